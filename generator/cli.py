@@ -1,0 +1,174 @@
+"""Command line: python -m generator validate | sweep | build | report | status.
+
+Exit codes: 0 when the work ran (failed points are data), 1 on a user error (one line, no
+traceback unless -v), 2 on usage, 130 when interrupted.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import ManifestError, UserError
+from .manifest import describe_schema, find_manifests, load
+from .plan import points, results_dir, select, skipped_pairs
+from .units import mib_label
+
+log = logging.getLogger("generator")
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("MEMBALLOON_CACHE", ".cache")).resolve()
+
+
+def _manifests(args) -> list:
+    paths = [Path(p) for p in args.manifests] or find_manifests(args.experiments)
+    if not paths:
+        raise UserError(f"no manifests: {args.experiments}/ has no */experiment.yaml or *.yaml; "
+                        "name one on the command line")
+    return [load(p) for p in paths]
+
+
+def cmd_validate(args) -> int:
+    if args.schema:
+        print(describe_schema())
+        return 0
+    paths = [Path(p) for p in args.manifests] or find_manifests(args.experiments)
+    if not paths:
+        raise UserError(f"no manifests found in {args.experiments}/")
+    bad = 0
+    for path in paths:
+        try:
+            m = load(path)
+        except ManifestError as e:
+            print(e.full(), file=sys.stderr)
+            bad += 1
+            continue
+        n = len(points(m))
+        print(f"{path}: ok - experiment {m.experiment}: {len(m.hosts)} host(s), {len(m.guests)} guest(s), "
+              f"{n} point(s)")
+        for memory, current in skipped_pairs(m):
+            print(f"  note: memory {mib_label(memory)} < currentMemory {mib_label(current)} is not measured")
+    if bad:
+        raise UserError(f"{bad} manifest(s) did not validate")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .progress import Progress
+    from .sweep import Sweep
+
+    manifests = _manifests(args)
+    code = 0
+    for m in manifests:
+        print(f"== {m.experiment} ({m.path})", file=sys.stderr)
+        sweep = Sweep(m, cache_dir=_cache_dir(), results_override=args.results, only=args.only, force=args.force,
+                      retry=args.retry_failed, jobs=args.jobs, progress=Progress(stream=sys.stderr))
+        summary = sweep.run()
+        if summary.interrupted:
+            print("interrupted: finished points are saved; run the same command again to resume", file=sys.stderr)
+            return 130
+        if summary.host_errors:
+            for message in summary.host_errors.values():
+                print(f"error: {message}", file=sys.stderr)
+            code = 1
+    return code
+
+
+def cmd_status(args) -> int:
+    from . import results
+
+    for m in _manifests(args):
+        folder = results_dir(m, args.results)
+        pts = select(points(m), args.only)
+        counts = {"done": 0, "failed": 0, "missing": 0}
+        print(f"{m.experiment}: results in {folder}")
+        for p in pts:
+            r = results.existing(p, folder)
+            if r is None:
+                state, detail = "missing", ""
+            elif r["status"] == "ok":
+                state = "done"
+                free = (r.get("free_m") or {}).get("total")
+                detail = f"free -m total {free} MiB, MemTotal {r.get('memtotal_settled_kib')} KiB, {r.get('domain_type')}"
+            else:
+                state, detail = "failed", f"{r['status']}: {r.get('reason', '')}"
+            counts[state] += 1
+            print(f"  {state:<8} {p.key:<40} {detail}")
+        print(f"  {counts['done']} done, {counts['failed']} failed, {counts['missing']} missing")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from .build import build_all
+
+    build_all(_manifests(args), results_override=args.results, site=Path(args.site), clean=args.clean,
+              layout=args.layout)
+    return 0
+
+
+def cmd_report(args) -> int:
+    code = cmd_sweep(args)
+    if code == 130:
+        return code
+    cmd_build(args)
+    return code
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("manifests", nargs="*", help="manifest files (default: every one in experiments/)")
+    common.add_argument("--experiments", default="experiments", help="folder of manifests (default: %(default)s)")
+    common.add_argument("--results", metavar="DIR", help="keep results in DIR/<experiment>/ instead of the manifest's")
+    common.add_argument("--only", action="append", metavar="GLOB",
+                        help="only points whose key matches, e.g. 'local/*/m4096-*' (repeatable)")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+
+    measuring = argparse.ArgumentParser(add_help=False)
+    measuring.add_argument("--force", action="store_true", help="measure points again even if recorded")
+    measuring.add_argument("--retry-failed", action="store_true",
+                           help="measure again points recorded as oom, panic or refused")
+    measuring.add_argument("--jobs", type=int, metavar="N", help="points measured at once per host")
+
+    building = argparse.ArgumentParser(add_help=False)
+    building.add_argument("--site", default="site", help="the Hugo site folder (default: %(default)s)")
+    building.add_argument("--clean", action="store_true", help="rebuild everything, ignoring the build state")
+    building.add_argument("--layout", choices=("bundle", "static"),
+                          help="override the manifest's post.layout")
+
+    p = argparse.ArgumentParser(prog="python -m generator",
+                                description="Measure how much memory libvirt guests see under ballooning, "
+                                            "and publish it.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    v = sub.add_parser("validate", parents=[common], help="check manifests")
+    v.add_argument("--schema", action="store_true", help="print every manifest key with its meaning")
+    v.set_defaults(func=cmd_validate)
+    sub.add_parser("sweep", parents=[common, measuring], help="measure missing points").set_defaults(func=cmd_sweep)
+    sub.add_parser("status", parents=[common], help="show each point as done, failed or missing"
+                   ).set_defaults(func=cmd_status)
+    sub.add_parser("build", parents=[common, building], help="render the posts into site/").set_defaults(func=cmd_build)
+    sub.add_parser("report", parents=[common, measuring, building], help="sweep, then build"
+                   ).set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
+        parser().error("--jobs must be 1 or more")
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except UserError as e:
+        if args.verbose:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,24 @@
+"""One exception base for everything a user can fix; the CLI turns it into one line and exit 1."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, worded so they can act on it."""
+
+
+class ManifestError(UserError):
+    """A manifest that does not validate; carries every problem found, each with its key path."""
+
+    def __init__(self, path: str, problems: list[str]):
+        self.path = path
+        self.problems = problems
+        first = problems[0] if problems else "invalid"
+        more = f" (and {len(problems) - 1} more problem(s); run 'validate' to see all)" if len(problems) > 1 else ""
+        super().__init__(f"{path}: {first}{more}")
+
+    def full(self) -> str:
+        return "\n".join(f"{self.path}: {p}" for p in self.problems)
+
+
+class HostError(UserError):
+    """A host that cannot be reached or used."""

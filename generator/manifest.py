@@ -1,0 +1,373 @@
+"""Experiment manifests: YAML validated against one schema declared here.
+
+The schema is the dataclasses below. Each field carries its converter and a docstring in its
+metadata; `_load_section` walks them generically, so a key is declared exactly once. Every problem
+is collected with its key path (``sweep.memory[3]``) and reported together; unknown keys are
+rejected with the closest known key as a hint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import difflib
+import hashlib
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from .errors import ManifestError, UserError
+from .units import parse_duration, parse_size
+
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+EMBEDDED = "embedded"  # the manifest's name for libvirt's in-process QEMU driver on this machine
+
+
+class _Problems(list):
+    def add(self, path: str, message: str) -> None:
+        self.append(f"{path}: {message}" if path else message)
+
+
+# --- converters: (value, path, problems, ctx) -> converted value, or _BAD -------------------------
+_BAD = object()
+_REQUIRED = object()
+
+
+def _name(value, path, problems, ctx):
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        problems.add(path, f"{value!r} is not a valid name (lowercase letters, digits, '-', '_', '.'; at most 40)")
+        return _BAD
+    return value
+
+
+def _text(value, path, problems, ctx):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        problems.add(path, f"{value!r} is not text")
+        return _BAD
+    return value
+
+
+def _positive_int(value, path, problems, ctx):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        problems.add(path, f"{value!r} is not a whole number >= 1")
+        return _BAD
+    return value
+
+
+def _slots(value, path, problems, ctx):
+    if value == "auto":
+        return 0
+    return _positive_int(value, path, problems, ctx)
+
+
+def _mib(value, path, problems, ctx):
+    try:
+        size = parse_size(value)
+    except ValueError as e:
+        problems.add(path, str(e))
+        return _BAD
+    if size % (1024 * 1024) or size <= 0:
+        problems.add(path, f"{value!r} must be a positive whole number of MiB")
+        return _BAD
+    return size // (1024 * 1024)
+
+
+def _seconds(value, path, problems, ctx):
+    try:
+        return parse_duration(value)
+    except ValueError as e:
+        problems.add(path, str(e))
+        return _BAD
+
+
+def _choice(*choices: str) -> Callable:
+    def convert(value, path, problems, ctx):
+        if value not in choices:
+            hint = difflib.get_close_matches(str(value), choices, n=1)
+            problems.add(path, f"{value!r} is not one of {', '.join(choices)}"
+                         + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            return _BAD
+        return value
+    return convert
+
+
+def _path_or(*keywords: str) -> Callable:
+    """A path resolved against the manifest's folder, or one of the given keywords."""
+    def convert(value, path, problems, ctx):
+        if not isinstance(value, str) or not value:
+            problems.add(path, f"{value!r} is not a path")
+            return _BAD
+        if value in keywords:
+            return value
+        p = Path(os.path.expanduser(value))
+        return str(p if p.is_absolute() else (ctx["base"] / p).resolve())
+    return convert
+
+
+def _date(value, path, problems, ctx):
+    if isinstance(value, _dt.datetime):
+        return value.isoformat()
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            _dt.datetime.fromisoformat(value)
+            return value
+        except ValueError:
+            pass
+    problems.add(path, f"{value!r} is not a date (write e.g. 2026-11-26 or 2026-11-26T10:00:00+00:00)")
+    return _BAD
+
+
+def _list_of(item: Callable, min_items: int = 0) -> Callable:
+    def convert(value, path, problems, ctx):
+        if not isinstance(value, list):
+            problems.add(path, f"expected a list, got {type(value).__name__}")
+            return _BAD
+        if len(value) < min_items:
+            problems.add(path, f"needs at least {min_items} item(s)")
+            return _BAD
+        out = [item(v, f"{path}[{i}]", problems, ctx) for i, v in enumerate(value)]
+        return _BAD if any(v is _BAD for v in out) else out
+    return convert
+
+
+def _section(cls: type) -> Callable:
+    def convert(value, path, problems, ctx):
+        return _load_section(cls, value, path, problems, ctx)
+    return convert
+
+
+def opt(convert: Callable, default: Any = _REQUIRED, doc: str = "") -> Any:
+    """Declare one manifest key: its converter, its default (none = required) and what it is for."""
+    kw: dict[str, Any] = {"metadata": {"convert": convert, "doc": doc, "required": default is _REQUIRED}}
+    if default is _REQUIRED:
+        kw["default"] = None
+    elif isinstance(default, (list, dict)):
+        kw["default_factory"] = lambda d=default: type(d)(d)
+    else:
+        kw["default"] = default
+    return field(**kw)
+
+
+def _load_section(cls: type, raw: Any, path: str, problems: _Problems, ctx: dict) -> Any:
+    where = path or "top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.add(path, f"expected a mapping of keys for {where}, got {type(raw).__name__}")
+        return _BAD
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values: dict[str, Any] = {}
+    bad = False
+    for key in raw:
+        if key not in fields:
+            hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5) or \
+                [f for f in fields if f.replace("_", "") == str(key).lower().replace("_", "")]
+            keypath = f"{path}.{key}" if path else str(key)
+            problems.add(keypath, "unknown key" + (f"; did you mean '{hint[0]}'?" if hint else
+                                                    f"; known keys here: {', '.join(fields)}"))
+            bad = True
+    for name, f in fields.items():
+        keypath = f"{path}.{name}" if path else name
+        if name not in raw:
+            if f.metadata.get("required"):
+                problems.add(keypath, f"is required ({f.metadata.get('doc', '')})".replace(" ()", ""))
+                bad = True
+            continue
+        value = f.metadata["convert"](raw[name], keypath, problems, ctx)
+        if value is _BAD:
+            bad = True
+        else:
+            values[name] = value
+    if bad:
+        return _BAD
+    obj = cls(**values)
+    check = getattr(obj, "_check", None)
+    if check:
+        check(path, problems)
+    return obj
+
+
+# --- the schema ------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SSH:
+    user: str = opt(_text, "root", "login user on the host")
+    port: int = opt(_positive_int, 22, "SSH port")
+    key: str = opt(_path_or(), "", "private key file; default: your SSH agent and ~/.ssh")
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str = opt(_name, doc="short name used in result paths and graphs")
+    uri: str = opt(_text, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
+                                     "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
+    address: str = opt(_text, "", "SSH address of a remote host (default: the host part of the URI)")
+    domain_type: str = opt(_choice("auto", "kvm", "qemu", "xen"), "auto",
+                           "kvm, qemu (TCG), xen, or auto: KVM where a canary boot works, else TCG")
+    slots: int = opt(_slots, 0, "points measured at once; 'auto' = bounded by the host's cores and memory")
+    ssh: SSH = opt(_section(SSH), SSH(), "how to reach a remote host")
+    workdir: str = opt(_text, "/var/tmp/memballoon", "folder on a remote host for the probe's kernel and initramfs")
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.uri == EMBEDDED
+
+    @property
+    def is_remote(self) -> bool:
+        return bool(self.ssh_address)
+
+    @property
+    def ssh_address(self) -> str:
+        if self.address:
+            return self.address
+        m = re.match(r"^[a-z0-9]+\+ssh://(?:[^@/]+@)?([^/:?]+)", self.uri)
+        return m.group(1) if m else ""
+
+    def _check(self, path, problems):
+        if not (self.is_embedded or re.match(r"^[a-z0-9+]+://", self.uri)):
+            problems.add(f"{path}.uri", f"{self.uri!r} is not a libvirt URI or '{EMBEDDED}'")
+        if self.domain_type == "xen" and not (self.uri.startswith("xen") or self.uri.startswith("libxl")):
+            problems.add(f"{path}.domain_type", "xen needs a xen:// or xen+ssh:// URI")
+
+
+@dataclass(frozen=True)
+class Guest:
+    name: str = opt(_name, doc="short name used in result paths and graph file names")
+    label: str = opt(_text, "", "how the post names it, e.g. 'Debian 12'; default: from the kernel")
+    kernel: str = opt(_path_or("host"), "host",
+                      "'host' (this machine's installed Debian kernel) or a path to a vmlinuz")
+    modules: str = opt(_path_or(), "", "the kernel's modules folder (default: /lib/modules/<release>)")
+    vcpus: int = opt(_positive_int, 1, "virtual CPUs")
+    cmdline: str = opt(_text, "", "extra kernel command line")
+
+
+@dataclass(frozen=True)
+class Balloon:
+    model: str = opt(_choice("virtio", "xen", "none"), "virtio", "the memballoon device model")
+    stats_period: float = opt(_seconds, 1.0, "seconds between the balloon's statistics updates")
+
+
+@dataclass(frozen=True)
+class Sweep:
+    memory: list = opt(_list_of(_mib, 1), doc="list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]")
+    current_memory: list = opt(_list_of(_mib, 1), doc="list of <currentMemory> sizes, e.g. [1024 MiB]")
+    repeats: int = opt(_positive_int, 1, "how many times each point is measured")
+
+    def _check(self, path, problems):
+        for key in ("memory", "current_memory"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                problems.add(f"{path}.{key}", "lists the same size twice")
+        if min(self.current_memory) > max(self.memory):
+            problems.add(f"{path}.current_memory", "every current_memory is above every memory; no point to measure")
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    boot: float = opt(_seconds, 180.0, "until the guest's init reports (kernel booted)")
+    settle: float = opt(_seconds, 600.0, "until MemTotal stops changing after the balloon driver loads")
+    stable: float = opt(_seconds, 4.0, "how long MemTotal must stay unchanged to count as settled")
+    canary: float = opt(_seconds, 60.0, "the KVM canary boot of domain_type auto")
+
+
+@dataclass(frozen=True)
+class Post:
+    slug: str = opt(_name, doc="the post's folder name under site/content/posts/")
+    title: str = opt(_text, doc="the post's title")
+    content: str = opt(_path_or(), doc="the Markdown+Jinja source of the prose, relative to this file")
+    date: str = opt(_date, "", "publication date; default: the newest result's date")
+    description: str = opt(_text, "", "one-sentence summary for the front matter")
+    categories: list = opt(_list_of(_text), [], "Hugo categories")
+    tags: list = opt(_list_of(_text), [], "Hugo tags")
+    aliases: list = opt(_list_of(_text), [], "old URLs that should redirect to this post")
+    menu: str = opt(_text, "", "Hugo menu to list the post in")
+    layout: str = opt(_choice("bundle", "static"), "bundle",
+                      "bundle: images beside index.md; static: images under static/img/ like the original")
+    original: str = opt(_text, "", "URL of the post this one updates")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    experiment: str = opt(_name, doc="the experiment's name")
+    description: str = opt(_text, "", "what the experiment asks")
+    hosts: list = opt(_list_of(_section(Host), 1), doc="hypervisor hosts")
+    guests: list = opt(_list_of(_section(Guest), 1), doc="guests to boot")
+    balloon: Balloon = opt(_section(Balloon), Balloon(), "the balloon device")
+    sweep: Sweep = opt(_section(Sweep), doc="the memory / currentMemory values and repeats")
+    timeouts: Timeouts = opt(_section(Timeouts), Timeouts(), "per-point time limits")
+    results: str = opt(_path_or(), "results", "where the JSON records go, relative to this file")
+    post: Post = opt(_section(Post), doc="what the report looks like")
+    # Filled by load(), not by the YAML.
+    path: str = field(default="", init=True, metadata={"internal": True})
+    sha256: str = field(default="", init=True, metadata={"internal": True})
+
+    def _check(self, path, problems):
+        for key, items in (("hosts", self.hosts), ("guests", self.guests)):
+            seen: set[str] = set()
+            for i, item in enumerate(items):
+                if item.name in seen:
+                    problems.add(f"{key}[{i}].name", f"{item.name!r} is used twice")
+                seen.add(item.name)
+        if sum(1 for h in self.hosts if h.is_embedded) > 1:
+            problems.add("hosts", f"only one host can use uri '{EMBEDDED}'")
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+    def guest(self, name: str) -> Guest:
+        return next(g for g in self.guests if g.name == name)
+
+
+def load(path: str | Path) -> Manifest:
+    """Read and validate a manifest; raise ManifestError with every problem found."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the manifest ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(data)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ManifestError(str(path), [f"not valid YAML at{where}: {reason}"]) from None
+    problems = _Problems()
+    if not isinstance(raw, dict):
+        raise ManifestError(str(path), ["expected a mapping of keys at the top level"])
+    ctx = {"base": path.resolve().parent}
+    manifest = _load_section(Manifest, raw, "", problems, ctx)
+    if problems or manifest is _BAD:
+        raise ManifestError(str(path), list(problems) or ["invalid"])
+    return dataclasses.replace(manifest, path=str(path), sha256=hashlib.sha256(data).hexdigest())
+
+
+def find_manifests(root: str | Path) -> list[Path]:
+    """Every manifest under experiments/: <name>/experiment.yaml or a top-level *.yaml."""
+    root = Path(root)
+    found = sorted(root.glob("*/experiment.yaml")) + sorted(root.glob("*.yaml")) + sorted(root.glob("*.yml"))
+    return found
+
+
+def describe_schema() -> str:
+    """The schema as text, for 'validate --schema' and the README."""
+    lines: list[str] = []
+
+    def walk(cls: type, indent: str) -> None:
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            req = " (required)" if f.metadata.get("required") else ""
+            lines.append(f"{indent}{f.name}{req}: {f.metadata.get('doc', '')}")
+            inner = {"ssh": SSH, "hosts": Host, "guests": Guest, "balloon": Balloon, "sweep": Sweep,
+                     "timeouts": Timeouts, "post": Post}.get(f.name)
+            if inner and inner is not cls:
+                walk(inner, indent + "  ")
+    walk(Manifest, "")
+    return "\n".join(lines)

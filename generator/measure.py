@@ -1,0 +1,330 @@
+"""Measure one point: define the domain, boot the probe, read both views of memory, tear down.
+
+The guest's view comes from the probe's serial console (markers written by its init); the host's
+view from libvirt: balloon statistics (``virDomainMemoryStats``) sampled every second and what
+``virsh dominfo`` shows (``virDomainGetInfo``: max and used memory). Failures are results: a guest
+that runs out of memory or panics, a host that refuses the allocation, a boot that times out.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+
+from . import __version__
+from .domain import domain_name, domain_xml, kernel_cmdline
+from .hosts import HostRuntime, libvirt_module
+from .manifest import Manifest
+from .plan import Point
+from .probe import MARK
+
+log = logging.getLogger(__name__)
+
+_MARK_RE = re.compile(rf"^{MARK} (\S+)(?: (.*))?$", re.M)
+_REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|cannot allocate|"
+                         r"not enough memory|Insufficient free host memory|out of memory", re.I)
+_OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer", re.I)
+_PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
+
+
+@dataclass
+class Console:
+    """What the probe printed: markers in order, and the sections between begin/end markers."""
+
+    text: str
+    markers: dict = field(default_factory=dict)
+    sections: dict = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str) -> "Console":
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        c = cls(text)
+        for m in _MARK_RE.finditer(text):
+            name, value = m.group(1), (m.group(2) or "").strip()
+            if name == "begin":
+                end = text.find(f"{MARK} end {value}", m.end())
+                if end != -1:
+                    c.sections[value] = text[m.end():end].strip("\n")
+            elif name != "end":
+                c.markers.setdefault(name, value)
+        return c
+
+    def has(self, name: str) -> bool:
+        return name in self.markers
+
+    def number(self, name: str, index: int = 0) -> float | None:
+        try:
+            return float(self.markers[name].split()[index])
+        except (KeyError, IndexError, ValueError):
+            return None
+
+
+def parse_free(text: str) -> dict | None:
+    """`free -m` (procps or busybox) -> {'total': 961, 'used': …, 'available': …} in MiB."""
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    header = next((line for line in lines if "total" in line), None)
+    mem = next((line for line in lines if line and line[0] == "Mem:"), None)
+    if not header or not mem:
+        return None
+    names = [h.replace("/", "_") for h in header]
+    try:
+        return {name: int(value) for name, value in zip(names, mem[1:])}
+    except ValueError:
+        return None
+
+
+def parse_meminfo(text: str) -> dict:
+    """/proc/meminfo -> {'MemTotal': 983744, …} in KiB (HugePages_* counts stay counts)."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(r"^([\w()]+):\s+(\d+)", line)
+        if m:
+            out[m.group(1)] = int(m.group(2))
+    return out
+
+
+def _excerpt(text: str, limit: int = 40) -> list[str]:
+    """The console's last lines, without the long meminfo dump, for the record."""
+    keep = []
+    skip = False
+    for line in text.replace("\r", "").splitlines():
+        if line.startswith(f"{MARK} begin meminfo"):
+            skip = True
+        if not skip and line.strip():
+            keep.append(line[:300])
+        if line.startswith(f"{MARK} end meminfo"):
+            skip = False
+    return keep[-limit:]
+
+
+class StopRequested(Exception):
+    """The sweep is being interrupted; the point is abandoned, not recorded."""
+
+
+def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, kernel: str,
+            initrd: str, guest_release: str, domain_type: str, domain_type_reason: str, run_id: str,
+            stop: threading.Event) -> dict:
+    """Boot one point and return its record (a dict ready for JSON). Never leaves the domain running."""
+    libvirt = libvirt_module()
+    conn = host.connect()
+    guest = manifest.guest(point.guest)
+    name = domain_name(run_id, f"{point.guest}-{point.short}")
+    console_path = host.console_path(name)
+    host.remove(console_path)
+    cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
+                             expect_drop=point.memory_mib > point.current_memory_mib, extra=guest.cmdline)
+    xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
+                     current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
+                     initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=manifest.balloon.model,
+                     stats_period=manifest.balloon.stats_period)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    record: dict = {
+        "experiment": manifest.experiment, "host": point.host, "guest": point.guest,
+        "memory_mib": point.memory_mib, "current_memory_mib": point.current_memory_mib, "repeat": point.repeat,
+        "status": "error", "reason": "",
+        "domain_type": domain_type, "domain_type_reason": domain_type_reason,
+        "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
+        "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
+        "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
+        "guest_kernel": guest_release, "guest_vcpus": guest.vcpus,
+        "balloon_model": manifest.balloon.model,
+        "started_at": started.isoformat(timespec="seconds"),
+        "tool_version": __version__, "manifest_sha256": manifest.sha256,
+        "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
+        "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
+        "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "console_excerpt": [],
+    }
+    t0 = time.monotonic()
+    dom = None
+    try:
+        try:
+            dom = conn.createXML(xml, 0)
+        except libvirt.libvirtError as e:
+            message = e.get_error_message() or str(e)
+            record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
+            record["reason"] = _one_line(message)
+            return record
+        _follow(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
+                libvirt=libvirt)
+        return record
+    finally:
+        if dom is not None:
+            _destroy(dom, libvirt)
+        record["durations"]["total_s"] = round(time.monotonic() - t0, 2)
+        console = host.read_text(console_path)
+        record["console_excerpt"] = _excerpt(console)
+        host.remove(console_path)
+
+
+def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, t0: float,
+            stop: threading.Event, libvirt) -> None:
+    """Poll console and balloon until the probe reports 'done', dies, or runs out of time."""
+    timeouts = manifest.timeouts
+    poll = 0.5 if not host.spec.is_remote else 1.0
+    try:
+        dom.setMemoryStatsPeriod(max(1, int(round(manifest.balloon.stats_period))), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    except libvirt.libvirtError:
+        pass  # the <stats period> in the XML already asks for it; some drivers refuse the call
+    booted_at = None
+    last_sample = 0.0
+    console = Console.parse("")
+    while True:
+        if stop.is_set():
+            raise StopRequested()
+        elapsed = time.monotonic() - t0
+        console = Console.parse(host.read_text(console_path))
+        alive = _alive(dom, libvirt)
+        if alive and elapsed - last_sample >= 1.0:
+            last_sample = elapsed
+            _sample(dom, record, elapsed, libvirt)
+        if booted_at is None and console.has("init"):
+            booted_at = elapsed
+        if console.has("done"):
+            if alive:
+                _sample(dom, record, elapsed, libvirt)
+            break
+        if not alive:
+            time.sleep(0.3)
+            console = Console.parse(host.read_text(console_path))
+            if console.has("done"):
+                break
+            _classify_death(record, console)
+            _fill_guest_view(record, console, booted_at)
+            return
+        if booted_at is None and elapsed > timeouts.boot:
+            record["status"] = "timeout"
+            record["reason"] = f"the guest did not report within the boot timeout ({timeouts.boot:g} s)"
+            _fill_guest_view(record, console, booted_at)
+            return
+        if booted_at is not None and elapsed - booted_at > timeouts.settle + 60:
+            record["status"] = "timeout"
+            record["reason"] = f"the guest did not finish within the settle timeout ({timeouts.settle:g} s)"
+            _fill_guest_view(record, console, booted_at)
+            return
+        time.sleep(poll)
+    _fill_guest_view(record, console, booted_at)
+    if console.has("settle-timeout"):
+        record["status"] = "timeout"
+        record["reason"] = f"MemTotal was still changing after {timeouts.settle:g} s"
+    elif record["memtotal_settled_kib"] is None:
+        record["status"] = "error"
+        record["reason"] = "the probe finished without reporting MemTotal"
+    else:
+        record["status"] = "ok"
+        failed = [v for k, v in console.markers.items() if k == "insmod-failed"]
+        record["reason"] = f"insmod failed: {', '.join(failed)}" if failed else ""
+
+
+def _alive(dom, libvirt) -> bool:
+    try:
+        return bool(dom.isActive())
+    except libvirt.libvirtError:
+        return False  # transient domain destroyed on poweroff/panic: it no longer exists
+
+
+def _sample(dom, record: dict, elapsed: float, libvirt) -> None:
+    """One reading of the host's view: balloon statistics and dominfo's max/used memory."""
+    try:
+        stats = dom.memoryStats()
+        state, max_kib, used_kib = dom.info()[:3]
+    except libvirt.libvirtError:
+        return
+    keep = {k: int(v) for k, v in stats.items() if k in
+            ("actual", "available", "usable", "unused", "rss", "swap_in", "swap_out", "major_fault",
+             "minor_fault", "disk_caches", "hugetlb_pgalloc", "hugetlb_pgfail", "last_update")}
+    record["balloon"] = keep
+    record["host_view"] = {"max_memory_kib": int(max_kib), "used_memory_kib": int(used_kib)}
+    record["balloon_timeline"].append([round(elapsed, 1), keep.get("actual"), keep.get("available")])
+
+
+def _fill_guest_view(record: dict, console: Console, booted_at: float | None) -> None:
+    boot = console.number("boot-memtotal-kib")
+    settled = console.number("settled-memtotal-kib")
+    record["memtotal_boot_kib"] = int(boot) if boot is not None else None
+    record["memtotal_settled_kib"] = int(settled) if settled is not None else None
+    if "free" in console.sections:
+        record["free_m"] = parse_free(console.sections["free"])
+    if "meminfo" in console.sections:
+        record["meminfo"] = parse_meminfo(console.sections["meminfo"])
+    if "dmesg" in console.sections:
+        record["dmesg"] = [line.strip() for line in console.sections["dmesg"].splitlines() if line.strip()]
+    if console.markers.get("kernel"):
+        record["guest_kernel"] = console.markers["kernel"]
+    init_at = console.number("init")
+    loaded_at = console.number("balloon-loaded")
+    settled_at = console.number("settled") or console.number("settle-timeout")
+    if booted_at is not None:
+        record["durations"]["boot_s"] = round(booted_at, 2)
+    if init_at is not None:
+        record["durations"]["guest_boot_s"] = round(init_at, 2)
+    if loaded_at is not None and settled_at is not None:
+        record["durations"]["settle_s"] = round(settled_at - loaded_at, 2)
+
+
+def _classify_death(record: dict, console: Console) -> None:
+    text = console.text
+    panic = _PANIC_RE.search(text)
+    if _OOM_RE.search(text):
+        record["status"] = "oom"
+        killed = re.search(r"Out of memory: Killed process[^\n]*|Out of memory[^\n]*", text)
+        record["reason"] = _one_line(killed.group(0) if killed else "the guest ran out of memory")
+        if panic:
+            record["reason"] += f"; {_one_line(panic.group(0))}"
+    elif panic:
+        record["status"] = "panic"
+        record["reason"] = _one_line(panic.group(0))
+    else:
+        record["status"] = "error"
+        record["reason"] = "the guest stopped before the probe reported" + \
+            (" (after the balloon driver loaded)" if console.has("balloon-loaded") else "")
+
+
+def _one_line(text: str) -> str:
+    text = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", text.strip())
+    # QEMU's own complaint, without libvirt's wrapper and QEMU's timestamp (keeps records diffable)
+    qemu = re.search(r"qemu-system-\w+: (.*)$", text, re.S)
+    if qemu:
+        text = qemu.group(1)
+    return " ".join(text.split())[:400]
+
+
+def _destroy(dom, libvirt) -> None:
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass
+
+
+def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, timeout: float, run_id: str) -> tuple[bool, str]:
+    """Boot the probe briefly with a domain type; (True, '') if its init answered in time."""
+    libvirt = libvirt_module()
+    conn = host.connect()
+    name = domain_name(run_id, f"canary-{domain_type}")
+    console_path = host.console_path(name)
+    host.remove(console_path)
+    xml = domain_xml(name=name, domain_type=domain_type, memory_mib=256, current_memory_mib=256, vcpus=1,
+                     kernel=kernel, initrd=initrd,
+                     cmdline=kernel_cmdline(mode="canary", stable=1, settle=1, expect_drop=False),
+                     console=console_path, balloon_model="none", stats_period=1)
+    t0 = time.monotonic()
+    dom = None
+    try:
+        dom = conn.createXML(xml, 0)
+        while time.monotonic() - t0 < timeout:
+            if Console.parse(host.read_text(console_path)).has("canary-ok"):
+                return True, f"canary boot answered in {time.monotonic() - t0:.1f} s"
+            if not _alive(dom, libvirt):
+                tail = _excerpt(host.read_text(console_path), 3)
+                return False, "canary guest stopped without answering" + (f": {tail[-1]}" if tail else "")
+            time.sleep(0.3)
+        return False, f"canary boot did not answer within {timeout:g} s"
+    except libvirt.libvirtError as e:
+        return False, _one_line(e.get_error_message() or str(e))
+    finally:
+        if dom is not None:
+            _destroy(dom, libvirt)
+        host.remove(console_path)

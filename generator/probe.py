@@ -1,0 +1,285 @@
+"""The probe guest: a kernel plus an initramfs built here, in Python, with no disk image.
+
+The initramfs is one static busybox, the virtio balloon driver and the modules it needs, and an
+init script that reports MemTotal at boot, loads the balloon driver, waits until MemTotal has
+stopped changing, prints ``free -m`` and ``/proc/meminfo`` between markers on the serial console
+and powers off. It is cached by the content hash of everything that goes into it.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import platform
+import re
+import shutil
+import struct
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import __version__
+from .errors import UserError
+
+MARK = "@@MEMBALLOON"
+PROBE_FORMAT = 1  # bump when the init script or layout changes in a way that matters
+
+BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
+
+# Module names as modules.dep writes them; the closure and order come from modules.dep.
+VIRTIO_MODULES = ("virtio_pci", "virtio_balloon")
+
+INIT_SCRIPT = r"""#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+M=@@MEMBALLOON
+say() { echo "$M $*"; }
+param() { sed -n "s/.*memballoon\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
+memtotal() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+MODE=$(param mode); STABLE=$(param stable); SETTLE=$(param settle); DROP=$(param expect_drop)
+HOLD=$(param hold)
+say "init $(uptime_s)"
+say "kernel $(uname -r)"
+say "boot-memtotal-kib $(memtotal)"
+if [ "$MODE" = canary ]; then say "canary-ok"; poweroff -f; fi
+for mod in $(cat /etc/probe-modules); do
+  insmod "/lib/modules/probe/$mod.ko" || say "insmod-failed $mod"
+done
+say "balloon-loaded $(uptime_s)"
+last=$(memtotal); boot=$(memtotal); same=0; waited=0; dropped=0
+while [ "$waited" -lt "${SETTLE:-600}" ]; do
+  sleep 1; waited=$((waited + 1)); now=$(memtotal)
+  if [ "$now" != "$boot" ]; then dropped=1; fi
+  if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; last=$now; fi
+  if [ "$same" -ge "${STABLE:-4}" ]; then
+    if [ "$DROP" != 1 ] || [ "$dropped" = 1 ]; then break; fi
+  fi
+done
+if [ "$same" -ge "${STABLE:-4}" ]; then say "settled $(uptime_s) $waited"; else say "settle-timeout $(uptime_s) $waited"; fi
+say "settled-memtotal-kib $(memtotal)"
+say "begin free"; free -m; say "end free"
+say "begin meminfo"; cat /proc/meminfo; say "end meminfo"
+say "begin dmesg"; dmesg | grep -E 'Memory:|swiotlb|software IO TLB|crashkernel|Out of memory|virtio_balloon|e820: BIOS-e820'; say "end dmesg"
+say "done $(uptime_s)"
+sleep "${HOLD:-30}"
+poweroff -f
+"""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A built probe guest: where its files are and what went into them."""
+
+    kernel: Path
+    initrd: Path
+    release: str
+    modules: tuple[str, ...]
+    sha256: str
+
+
+def kernel_release(image: Path) -> str:
+    """The release string a bzImage carries in its setup header (e.g. '6.1.0-26-amd64')."""
+    try:
+        with open(image, "rb") as f:
+            head = f.read(0x4000)
+            if head[0x202:0x206] != b"HdrS":
+                raise UserError(f"{image}: not a Linux bzImage kernel (no 'HdrS' header)")
+            (ptr,) = struct.unpack_from("<H", head, 0x20E)
+            f.seek(ptr + 0x200)
+            raw = f.read(256)
+    except OSError as e:
+        raise UserError(f"{image}: cannot read the kernel image ({e.strerror})") from None
+    return raw.split(b" ", 1)[0].split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def _version_key(name: str) -> list:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
+
+
+def find_host_kernel() -> Path:
+    """This machine's kernel: the running one if its image is in /boot, else the newest installed."""
+    running = Path("/boot") / f"vmlinuz-{platform.release()}"
+    if running.exists():
+        return running
+    images = sorted(Path("/boot").glob("vmlinuz-*"), key=lambda p: _version_key(p.name))
+    if not images:
+        raise UserError("guest kernel 'host': no /boot/vmlinuz-* on this machine; run 'make deps' "
+                        "(installs Debian's linux-image-amd64) or set guests[].kernel to a vmlinuz path")
+    return images[-1]
+
+
+def find_busybox() -> Path:
+    for candidate in BUSYBOX_CANDIDATES:
+        p = Path(candidate)
+        if p.exists():
+            if _elf_interpreter(p):
+                raise UserError(f"{p} is dynamically linked; the probe needs a static busybox "
+                                "(apt-get install busybox-static)")
+            return p
+    raise UserError("no busybox found; install Debian's busybox-static (make deps)")
+
+
+def _elf_interpreter(path: Path) -> bool:
+    """True if the ELF file asks for a dynamic loader (PT_INTERP)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            return False
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return any(struct.unpack_from("<I", table, i * phentsize)[0] == 3 for i in range(phnum))
+
+
+def module_closure(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str, Path]]:
+    """Modules to insmod, dependencies first, as (name, file); built-in ones are left out."""
+    dep_file = modules_dir / "modules.dep"
+    try:
+        lines = dep_file.read_text().splitlines()
+    except OSError:
+        raise UserError(f"{dep_file}: missing; the guest kernel's modules are not installed "
+                        "(set guests[].modules to the folder holding modules.dep)") from None
+    builtin = set()
+    builtin_file = modules_dir / "modules.builtin"
+    if builtin_file.exists():
+        builtin = {_mod_name(line) for line in builtin_file.read_text().split()}
+    deps: dict[str, tuple[str, list[str]]] = {}
+    for line in lines:
+        if ":" not in line:
+            continue
+        target, rest = line.split(":", 1)
+        deps[_mod_name(target)] = (target, [_mod_name(d) for d in rest.split()])
+    order: list[tuple[str, Path]] = []
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in seen:
+            return
+        seen.add(name)
+        if name in builtin:
+            return
+        if name not in deps:
+            raise UserError(f"{dep_file}: the kernel has no module {name!r} and it is not built in; "
+                            "this kernel cannot run the virtio balloon probe")
+        target, needs = deps[name]
+        for dep in reversed(needs):  # modules.dep lists the closest dependency first
+            visit(dep)
+        order.append((name, modules_dir / target))
+
+    for name in wanted:
+        visit(name)
+    return order
+
+
+def _mod_name(path: str) -> str:
+    base = os.path.basename(path)
+    base = re.sub(r"\.ko(\.(xz|zst|gz))?$", "", base)
+    return base.replace("-", "_")
+
+
+def read_module(path: Path) -> bytes:
+    """A module's bytes, decompressed: Debian 13 ships .ko.xz, others .ko.zst or .ko.gz."""
+    data = path.read_bytes()
+    if path.suffix == ".xz":
+        return lzma.decompress(data)
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
+    if path.suffix == ".zst":
+        try:
+            import zstandard  # type: ignore
+            return zstandard.ZstdDecompressor().decompressobj().decompress(data)
+        except ImportError:
+            if shutil.which("zstd"):
+                return subprocess.run(["zstd", "-dc"], input=data, capture_output=True, check=True).stdout
+            raise UserError(f"{path}: zstd-compressed module; install 'zstandard' (pip) or 'zstd' (apt)") from None
+    return data
+
+
+# --- newc cpio, written by hand: fixed times, owners and inode numbers so the bytes are reproducible --
+def _cpio_entry(out: io.BytesIO, ino: int, name: str, mode: int, data: bytes = b"") -> None:
+    encoded = name.encode() + b"\0"
+    fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
+    out.write(b"070701" + b"".join(b"%08X" % v for v in fields))
+    out.write(encoded)
+    out.write(b"\0" * ((-(110 + len(encoded))) % 4))
+    out.write(data)
+    out.write(b"\0" * ((-len(data)) % 4))
+
+
+def build_cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc archive of (name, mode, data); directories have mode 0o040755 and no data."""
+    out = io.BytesIO()
+    for ino, (name, mode, data) in enumerate(entries, start=1):
+        _cpio_entry(out, ino, name, mode, data)
+    _cpio_entry(out, 0, "TRAILER!!!", 0)
+    out.write(b"\0" * ((-out.tell()) % 512))
+    return out.getvalue()
+
+
+def initramfs(busybox: bytes, modules: list[tuple[str, bytes]]) -> bytes:
+    """The probe's initramfs, gzip-compressed with a fixed header so equal inputs give equal bytes."""
+    d, x, r = 0o040755, 0o100755, 0o100644
+    entries: list[tuple[str, int, bytes]] = [
+        ("bin", d, b""), ("dev", d, b""), ("etc", d, b""), ("lib", d, b""), ("lib/modules", d, b""),
+        ("lib/modules/probe", d, b""), ("proc", d, b""), ("sys", d, b""), ("tmp", d, b""),
+        ("bin/busybox", x, busybox),
+        ("init", x, INIT_SCRIPT.encode()),
+        ("etc/probe-modules", r, ("\n".join(name for name, _ in modules) + "\n").encode()),
+    ]
+    entries += [(f"lib/modules/probe/{name}.ko", r, data) for name, data in modules]
+    raw = build_cpio(entries)
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6, filename="") as gz:
+        gz.write(raw)
+    return buf.getvalue()
+
+
+def resolve_kernel(kernel: str, modules_dir: str = "") -> tuple[Path, Path, str]:
+    """(kernel image, modules folder, release) for a guest's kernel setting."""
+    image = find_host_kernel() if kernel == "host" else Path(kernel)
+    if not image.exists():
+        raise UserError(f"guest kernel {str(image)!r} does not exist")
+    release = kernel_release(image)
+    mods = Path(modules_dir) if modules_dir else Path("/lib/modules") / release
+    return image, mods, release
+
+
+def build(kernel: str, modules_dir: str, cache_dir: Path, balloon_model: str = "virtio") -> Probe:
+    """Build (or reuse from the cache) the probe for a kernel; returns where its files are."""
+    image, mods_dir, release = resolve_kernel(kernel, modules_dir)
+    wanted = VIRTIO_MODULES if balloon_model == "virtio" else ()
+    closure = module_closure(mods_dir, wanted) if wanted else []
+    busybox_path = find_busybox()
+    h = hashlib.sha256()
+    h.update(f"probe-format:{PROBE_FORMAT}\n".encode())
+    h.update(INIT_SCRIPT.encode())
+    kernel_bytes = image.read_bytes()
+    busybox = busybox_path.read_bytes()
+    modules = [(name, read_module(path)) for name, path in closure]
+    for blob in [kernel_bytes, busybox] + [m for _, m in modules]:
+        h.update(hashlib.sha256(blob).digest())
+    digest = h.hexdigest()
+    folder = cache_dir / "probe" / digest[:16]
+    info_path = folder / "probe.json"
+    if info_path.exists():
+        info = json.loads(info_path.read_text())
+        return Probe(folder / "vmlinuz", folder / "initrd.img", info["release"], tuple(info["modules"]), digest)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    (tmp / "vmlinuz").write_bytes(kernel_bytes)
+    (tmp / "initrd.img").write_bytes(initramfs(busybox, modules))
+    info = {"release": release, "modules": [n for n, _ in modules], "kernel_source": str(image),
+            "busybox": str(busybox_path), "sha256": digest, "tool_version": __version__}
+    (tmp / "probe.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return Probe(folder / "vmlinuz", folder / "initrd.img", release, tuple(info["modules"]), digest)

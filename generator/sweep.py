@@ -1,0 +1,265 @@
+"""The sweep: measure every point a manifest asks for that has no record yet.
+
+Per host: open libvirt, remove leftovers of a killed run, build and stage the probe, choose the
+domain type, then measure points in parallel slots bounded by the host's cores and memory. Each
+record is written the moment its point is done, so an interrupted sweep loses nothing measured.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import probe as probe_mod
+from . import results
+from .errors import UserError
+from .hosts import HostRuntime, libvirt_module, runtime_for
+from .manifest import Manifest
+from .measure import StopRequested, canary, measure
+from .plan import Point, points, results_dir, select
+from .progress import Progress
+
+log = logging.getLogger(__name__)
+
+QEMU_OVERHEAD_MIB = 256  # QEMU's own memory beside the guest's, roughly
+
+
+@dataclass
+class SweepSummary:
+    planned: int = 0
+    skipped: int = 0
+    measured: int = 0
+    failed: dict = field(default_factory=dict)  # point key -> status
+    host_errors: dict = field(default_factory=dict)  # host -> message
+    interrupted: bool = False
+
+
+def estimated_footprint_mib(point: Point) -> int:
+    """What a point may really take from the host: currentMemory, the guest's page descriptors for all
+    of memory (64 bytes per 4 KiB page), the bounce buffer, and QEMU itself. Pages the balloon took
+    back are never touched, so `memory` itself is not the cost."""
+    return point.current_memory_mib + point.memory_mib // 64 + 64 + QEMU_OVERHEAD_MIB
+
+
+def slots_for(host_spec, facts: dict, vcpus: int, jobs: int | None) -> int:
+    if jobs:
+        return max(1, jobs)
+    if host_spec.slots:
+        return host_spec.slots
+    return max(1, int(facts.get("cores") or 1) // max(1, vcpus))
+
+
+class MemoryBudget:
+    """Lets a point start only while the host has memory for it (one point may always run)."""
+
+    def __init__(self, mib: int):
+        self.total = max(0, mib)
+        self.used = 0
+        self.running = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, need: int, stop: threading.Event) -> None:
+        with self.cond:
+            while self.running and self.used + need > self.total:
+                if stop.is_set():
+                    raise StopRequested()
+                self.cond.wait(0.5)
+            self.used += need
+            self.running += 1
+
+    def release(self, need: int) -> None:
+        with self.cond:
+            self.used -= need
+            self.running -= 1
+            self.cond.notify_all()
+
+
+def _canary_cache(cache_dir: Path, facts: dict, release: str) -> Path:
+    key = f"{facts['name']}-{facts['hostname']}-{facts['hypervisor']}-{facts['kernel']}-{release}"
+    safe = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in key)
+    return cache_dir / "canary" / f"{safe}.json"
+
+
+def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str, release: str,
+                       canary_timeout: float, run_id: str, cache_dir: Path) -> tuple[str, str]:
+    """(domain type, why): as configured, or for 'auto' KVM if a short canary boot works, else TCG."""
+    wanted = host.spec.domain_type
+    if wanted != "auto":
+        return wanted, "set in the manifest"
+    if facts["hypervisor"].startswith("Xen") or host.uri.startswith(("xen", "libxl")):
+        return "xen", "the host runs Xen"
+    libvirt = libvirt_module()
+    try:
+        host.connect().getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+    except libvirt.libvirtError as e:
+        return "qemu", f"KVM not offered by the host ({e.get_error_message()}); using TCG"
+    cache = _canary_cache(cache_dir, facts, release)
+    if cache.exists():
+        try:
+            saved = json.loads(cache.read_text())
+            return saved["domain_type"], saved["reason"] + " (cached canary result)"
+        except (ValueError, KeyError):
+            pass
+    log.info("host %s: checking KVM with a canary boot (up to %g s)", host.name, canary_timeout)
+    ok, why = canary(host, kernel=kernel, initrd=initrd, domain_type="kvm", timeout=canary_timeout, run_id=run_id)
+    chosen = ("kvm", f"KVM {why}") if ok else ("qemu", f"KVM unusable ({why}); using TCG")
+    results.write_atomic(cache, json.dumps({"domain_type": chosen[0], "reason": chosen[1]}) + "\n")
+    return chosen
+
+
+class Sweep:
+    def __init__(self, manifest: Manifest, *, cache_dir: Path, results_override: str | None = None,
+                 only: list[str] | None = None, force: bool = False, retry: bool = False,
+                 jobs: int | None = None, progress: Progress | None = None):
+        self.manifest = manifest
+        self.cache_dir = cache_dir
+        self.results = results_dir(manifest, results_override)
+        self.points = select(points(manifest), only)
+        self.force = force
+        self.retry = retry
+        self.jobs = jobs
+        self.stop = threading.Event()
+        self.run_id = uuid.uuid4().hex[:6]
+        self.progress = progress or Progress(0, stream=sys.stderr)
+        self.summary = SweepSummary(planned=len(self.points))
+        self._write_lock = threading.Lock()
+
+    def todo(self) -> list[Point]:
+        return [p for p in self.points if results.needs_measuring(p, self.results, self.force, self.retry)]
+
+    def run(self) -> SweepSummary:
+        todo = self.todo()
+        self.summary.skipped = len(self.points) - len(todo)
+        self.progress.start(len(todo), skipped=self.summary.skipped)
+        if not todo:
+            self.progress.finish()
+            return self.summary
+        by_host: dict[str, list[Point]] = {}
+        for p in todo:
+            by_host.setdefault(p.host, []).append(p)
+        previous = _install_stop_handlers(self.stop)
+        try:
+            threads = [threading.Thread(target=self._host_guarded, args=(name, pts), name=f"host-{name}")
+                       for name, pts in by_host.items()]
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(0.2)
+        finally:
+            _restore_handlers(previous)
+            self.progress.finish()
+        self.summary.interrupted = self.stop.is_set()
+        return self.summary
+
+    def _host_guarded(self, name: str, pts: list[Point]) -> None:
+        try:
+            self._run_host(name, pts)
+        except StopRequested:
+            pass
+        except (UserError, OSError) as e:
+            self.summary.host_errors[name] = str(e)
+            self.progress.note(f"host {name}: {e}")
+            self.progress.skip_many(len(pts))
+        except Exception as e:  # noqa: BLE001 - one host failing must not hide the others
+            log.debug("host %s failed", name, exc_info=True)
+            self.summary.host_errors[name] = f"host {name}: {type(e).__name__}: {e}"
+            self.progress.note(f"host {name}: {type(e).__name__}: {e}")
+            self.progress.skip_many(len(pts))
+
+    def _run_host(self, name: str, pts: list[Point]) -> None:
+        spec = self.manifest.host(name)
+        host = runtime_for(spec, self.cache_dir)
+        try:
+            host.connect()
+            leftovers = host.clean_leftovers()
+            if leftovers:
+                self.progress.note(f"host {name}: removed {len(leftovers)} leftover domain(s) of an earlier run: "
+                                   + ", ".join(leftovers))
+            facts = host.facts()
+            staged: dict[str, tuple[str, str, str]] = {}
+            for guest in {p.guest for p in pts}:
+                g = self.manifest.guest(guest)
+                built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon.model)
+                staged[guest] = (host.stage(built.kernel, f"probe-{built.sha256[:16]}-vmlinuz"),
+                                 host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"),
+                                 built.release)
+            first = staged[pts[0].guest]
+            dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2],
+                                            self.manifest.timeouts.canary, self.run_id, self.cache_dir)
+            self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
+                               f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
+                               f"{facts['memory_mib']} MiB")
+            vcpus = max(self.manifest.guest(p.guest).vcpus for p in pts)
+            slots = slots_for(spec, facts, vcpus, self.jobs)
+            budget = MemoryBudget(int(facts["memory_available_mib"] * 0.8))
+            with ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-slot") as pool:
+                futures = [pool.submit(self._one, host, facts, staged[p.guest], dtype, why, p, budget) for p in pts]
+                for f in as_completed(futures):
+                    f.result()
+        finally:
+            host.close()
+
+    def _one(self, host: HostRuntime, facts: dict, staged: tuple[str, str, str], dtype: str, why: str,
+             point: Point, budget: MemoryBudget) -> None:
+        if self.stop.is_set():
+            return
+        need = estimated_footprint_mib(point)
+        budget.acquire(need, self.stop)
+        try:
+            if self.stop.is_set():
+                return
+            self.progress.begin(point.key)
+            try:
+                record = measure(point, manifest=self.manifest, host=host, host_facts=facts, kernel=staged[0],
+                                 initrd=staged[1], guest_release=staged[2], domain_type=dtype,
+                                 domain_type_reason=why, run_id=self.run_id, stop=self.stop)
+            except StopRequested:
+                self.progress.end(point.key, None)
+                return
+            except Exception as e:  # noqa: BLE001 - a tool error on one point is recorded, the sweep goes on
+                log.debug("point %s failed", point.key, exc_info=True)
+                record = {"experiment": self.manifest.experiment, "host": point.host, "guest": point.guest,
+                          "memory_mib": point.memory_mib, "current_memory_mib": point.current_memory_mib,
+                          "repeat": point.repeat, "status": "error", "reason": f"{type(e).__name__}: {e}",
+                          "manifest_sha256": self.manifest.sha256}
+            with self._write_lock:
+                results.write_record(point.record_path(self.results), record)
+                self.summary.measured += 1
+                if record["status"] != "ok":
+                    self.summary.failed[point.key] = record["status"]
+            self.progress.end(point.key, record)
+        finally:
+            budget.release(need)
+
+
+def _install_stop_handlers(stop: threading.Event):
+    """SIGINT/SIGTERM: stop starting points, destroy running guests, keep what is written."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    previous = {}
+
+    def handler(signum, _frame):
+        if stop.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        stop.set()
+        print(f"\n{signal.Signals(signum).name}: stopping; running guests are destroyed, finished points are kept",
+              file=sys.stderr)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def _restore_handlers(previous) -> None:
+    if previous:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
