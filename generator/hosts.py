@@ -157,6 +157,9 @@ class HostRuntime:
                         dom.undefine()
                     gone.append(dom.name())
                 except libvirt.libvirtError as e:
+                    if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:  # libvirt's reconnect already ended it
+                        gone.append(dom.name())
+                        continue
                     log.warning("host %s: could not remove leftover domain %s: %s", self.name, dom.name(),
                                 e.get_error_message())
         return gone
@@ -239,6 +242,21 @@ class LocalHost(HostRuntime):
         if self._conn is None and self.root:
             self._prepare_embed_root()
         return super().connect()
+
+    def clean_leftovers(self) -> list[str]:
+        gone = super().clean_leftovers()
+        if self.root:  # belt and braces: a QEMU whose domain libvirt no longer knows
+            for pidfile in (self.root / "run" / "qemu").glob(f"{PREFIX}*.pid"):
+                try:
+                    pid = int(pidfile.read_text().strip())
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                except (OSError, ValueError):
+                    continue
+                if b"qemu" in cmdline and pidfile.stem.encode() in cmdline:
+                    os.kill(pid, 9)
+                    if pidfile.stem not in gone:
+                        gone.append(pidfile.stem)
+        return gone
 
     def _prepare_embed_root(self) -> None:
         root = self.root

@@ -124,7 +124,8 @@ def _date(value, path, problems, ctx):
     return _BAD
 
 
-def _list_of(item: Callable, min_items: int = 0) -> Callable:
+def _list_of(item: Callable, min_items: int = 0, unique: Callable | None = None, what: str = "") -> Callable:
+    """A list of items; with `unique`, two items with the same unique(item) are an error."""
     def convert(value, path, problems, ctx):
         if not isinstance(value, list):
             problems.add(path, f"expected a list, got {type(value).__name__}")
@@ -133,7 +134,18 @@ def _list_of(item: Callable, min_items: int = 0) -> Callable:
             problems.add(path, f"needs at least {min_items} item(s)")
             return _BAD
         out = [item(v, f"{path}[{i}]", problems, ctx) for i, v in enumerate(value)]
-        return _BAD if any(v is _BAD for v in out) else out
+        bad = any(v is _BAD for v in out)
+        if unique:
+            seen: dict = {}
+            for i, v in enumerate(out):
+                if v is _BAD:
+                    continue
+                k = unique(v)
+                if k in seen:
+                    problems.add(f"{path}[{i}]{what}", f"{k!r} is already used by {path}[{seen[k]}]")
+                    bad = True
+                seen.setdefault(k, i)
+        return _BAD if bad else out
     return convert
 
 
@@ -255,15 +267,11 @@ class Balloon:
 
 @dataclass(frozen=True)
 class Sweep:
-    memory: list = opt(_list_of(_mib, 1), doc="list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]")
-    current_memory: list = opt(_list_of(_mib, 1), doc="list of <currentMemory> sizes, e.g. [1024 MiB]")
+    memory: list = opt(_list_of(_mib, 1, unique=lambda v: v), doc="list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]")
+    current_memory: list = opt(_list_of(_mib, 1, unique=lambda v: v), doc="list of <currentMemory> sizes, e.g. [1024 MiB]")
     repeats: int = opt(_positive_int, 1, "how many times each point is measured")
 
     def _check(self, path, problems):
-        for key in ("memory", "current_memory"):
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                problems.add(f"{path}.{key}", "lists the same size twice")
         if min(self.current_memory) > max(self.memory):
             problems.add(f"{path}.current_memory", "every current_memory is above every memory; no point to measure")
 
@@ -296,8 +304,8 @@ class Post:
 class Manifest:
     experiment: str = opt(_name, doc="the experiment's name")
     description: str = opt(_text, "", "what the experiment asks")
-    hosts: list = opt(_list_of(_section(Host), 1), doc="hypervisor hosts")
-    guests: list = opt(_list_of(_section(Guest), 1), doc="guests to boot")
+    hosts: list = opt(_list_of(_section(Host), 1, unique=lambda h: h.name, what=".name"), doc="hypervisor hosts")
+    guests: list = opt(_list_of(_section(Guest), 1, unique=lambda g: g.name, what=".name"), doc="guests to boot")
     balloon: Balloon = opt(_section(Balloon), Balloon(), "the balloon device")
     sweep: Sweep = opt(_section(Sweep), doc="the memory / currentMemory values and repeats")
     timeouts: Timeouts = opt(_section(Timeouts), Timeouts(), "per-point time limits")
@@ -308,12 +316,6 @@ class Manifest:
     sha256: str = field(default="", init=True, metadata={"internal": True})
 
     def _check(self, path, problems):
-        for key, items in (("hosts", self.hosts), ("guests", self.guests)):
-            seen: set[str] = set()
-            for i, item in enumerate(items):
-                if item.name in seen:
-                    problems.add(f"{key}[{i}].name", f"{item.name!r} is used twice")
-                seen.add(item.name)
         if sum(1 for h in self.hosts if h.is_embedded) > 1:
             problems.add("hosts", f"only one host can use uri '{EMBEDDED}'")
 

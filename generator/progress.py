@@ -46,12 +46,12 @@ class Progress:
     def start(self, total: int, skipped: int = 0) -> None:
         with self.lock:
             self.total, self.started = total, time.monotonic()
-            if skipped:
+            if not total:
+                self._print(f"nothing to measure: all {skipped} point(s) have a record (--force measures again)")
+            elif skipped:
                 self._print(f"{skipped} point(s) already measured; {total} to measure")
-            elif total:
-                self._print(f"{total} point(s) to measure")
             else:
-                self._print("nothing to measure: every point has a record (use --force to measure again)")
+                self._print(f"{total} point(s) to measure")
 
     def begin(self, key: str) -> None:
         with self.lock:

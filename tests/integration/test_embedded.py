@@ -1,0 +1,131 @@
+"""Boot the probe guest for real (TCG here, no KVM) and check the physics of ballooning."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from .conftest import cli, qemu_pids, start_cli, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def host_mem_gib() -> int:
+    with open("/proc/meminfo") as f:
+        kib = int(f.readline().split()[1])
+    return kib // (1024 * 1024)
+
+
+def records(folder: Path) -> dict[int, dict]:
+    return {json.loads(p.read_text())["memory_mib"]: json.loads(p.read_text())
+            for p in folder.rglob("*.json")}
+
+
+def test_ballooned_guest_sees_less_the_larger_memory_is(write_manifest, tmp_path, embed_env):
+    too_big = (host_mem_gib() * 2 // 8 + 1) * 8  # a size QEMU cannot allocate on this host
+    manifest = write_manifest("physics", memory=f"[1 GiB, 4 GiB, {too_big} GiB]")
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    recs = records(tmp_path / "res" / "physics")
+    assert sorted(recs) == [1024, 4096, too_big * 1024]
+    small, large, huge = recs[1024], recs[4096], recs[too_big * 1024]
+    for r, memory in ((small, 1024), (large, 4096)):
+        assert r["status"] == "ok", r
+        # at boot the guest sees (nearly) all of <memory>: the firmware and kernel keep a little
+        assert 0.85 * memory * 1024 < r["memtotal_boot_kib"] <= memory * 1024
+        # after ballooning it sees less than <currentMemory>
+        assert r["memtotal_settled_kib"] < 1024 * 1024
+        assert abs(r["free_m"]["total"] - r["memtotal_settled_kib"] / 1024) <= 1
+        assert r["meminfo"]["MemTotal"] == r["memtotal_settled_kib"]
+        # the host's view: dominfo max = memory, used = currentMemory; the balloon reached its target
+        assert r["host_view"] == {"max_memory_kib": memory * 1024, "used_memory_kib": 1024 * 1024}
+        assert r["balloon"]["actual"] == 1024 * 1024
+        assert r["balloon"]["available"] == r["memtotal_settled_kib"]
+        assert r["domain_type"] == "qemu" and r["libvirt_version"] and r["qemu_version"]
+        assert r["guest_kernel"] and r["host_kernel"] and len(r["manifest_sha256"]) == 64
+        assert r["durations"]["total_s"] > 0 and r["durations"]["settle_s"] is not None
+    # the larger memory is, the less the guest is left with
+    assert large["memtotal_settled_kib"] < small["memtotal_settled_kib"] - 50 * 1024
+    # the balloon walked down from memory to currentMemory
+    actuals = [a for _, a, _ in large["balloon_timeline"] if a is not None]
+    assert actuals[0] == 4096 * 1024 and actuals[-1] == 1024 * 1024
+    assert huge["status"] == "refused" and "memory" in huge["reason"].lower()
+    assert qemu_pids(embed_env["MEMBALLOON_EMBED_ROOT"]) == []
+
+    status = cli(embed_env, "status", str(manifest), "--results", str(tmp_path / "res"))
+    assert status.returncode == 0
+    assert "2 done, 1 failed, 0 missing" in status.stdout
+    assert f"failed   local/debian/m{too_big * 1024}-c1024-r1" in status.stdout
+
+    again = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert again.returncode == 0 and "nothing to measure" in again.stderr
+
+
+def test_killed_sweep_resumes_and_leaves_no_qemu(write_manifest, tmp_path, embed_env):
+    manifest = write_manifest("resume", memory="[1 GiB, 2 GiB, 3 GiB]")
+    res = tmp_path / "res"
+    first = res / "resume/local/debian/memory-1024MiB-current-1024MiB-r1.json"
+    proc = start_cli(embed_env, "sweep", str(manifest), "--results", str(res), "--jobs", "1")
+    root = embed_env["MEMBALLOON_EMBED_ROOT"]
+    try:
+        wait_for(first.exists, 300, "the first point's record")
+        wait_for(lambda: qemu_pids(root), 60, "the second point's guest to start")
+    finally:
+        proc.kill()  # SIGKILL: no chance to clean up
+        proc.wait()
+    kept = first.read_text()
+    assert qemu_pids(root), "expected the killed sweep to leave a guest behind for the next run to clean"
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(res), "--jobs", "1")
+    assert out.returncode == 0, out.stderr
+    assert "removed 1 leftover domain(s)" in out.stderr
+    assert "1 point(s) already measured; 2 to measure" in out.stderr
+    assert first.read_text() == kept  # not measured again
+    assert sorted(records(res / "resume")) == [1024, 2048, 3072]
+    assert all(r["status"] == "ok" for r in records(res / "resume").values())
+    assert qemu_pids(root) == []
+
+
+def test_sigterm_destroys_running_guests_and_records_nothing_half(write_manifest, tmp_path, embed_env):
+    manifest = write_manifest("term", memory="[2 GiB]")
+    proc = start_cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    root = embed_env["MEMBALLOON_EMBED_ROOT"]
+    try:
+        wait_for(lambda: qemu_pids(root), 120, "the guest to start")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "finished points are saved" in output
+    assert qemu_pids(root) == []
+    assert not list((tmp_path / "res").rglob("*.json")) if (tmp_path / "res").exists() else True
+
+
+def test_second_sweep_on_the_same_root_is_refused(write_manifest, tmp_path, embed_env):
+    manifest = write_manifest("lock", memory="[1 GiB]")
+    proc = start_cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "a"))
+    try:
+        wait_for(lambda: qemu_pids(embed_env["MEMBALLOON_EMBED_ROOT"]), 120, "the first sweep's guest")
+        out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "b"))
+        assert out.returncode == 1
+        assert "another sweep" in out.stderr and "MEMBALLOON_EMBED_ROOT" in out.stderr
+    finally:
+        proc.wait(timeout=300)
+    assert proc.returncode == 0
+
+
+def test_auto_domain_type_falls_back_to_tcg_and_says_why(write_manifest, tmp_path, embed_env):
+    manifest = write_manifest("auto", memory="[1 GiB]", domain_type="auto", canary="15s")
+    env = dict(embed_env, MEMBALLOON_CACHE=str(tmp_path / "cache"))  # no cached canary result
+    out = cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    [rec] = records(tmp_path / "res").values()
+    assert rec["status"] == "ok"
+    assert rec["domain_type"] in ("kvm", "qemu")
+    if rec["domain_type"] == "qemu":  # this machine: nested KVM does not work
+        assert "KVM" in rec["domain_type_reason"] and "TCG" in rec["domain_type_reason"]
+    else:
+        assert "canary" in rec["domain_type_reason"]
+    assert qemu_pids(embed_env["MEMBALLOON_EMBED_ROOT"]) == []

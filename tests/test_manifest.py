@@ -1,0 +1,155 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator.errors import ManifestError
+from generator.manifest import describe_schema, find_manifests, load
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_manifest_is_the_2012_experiment():
+    [path] = [p for p in find_manifests(ROOT / "experiments") if p.parent.name == "memory-ballooning"]
+    m = load(path)
+    assert m.sweep.memory == [1024, 2048, 4096, 8192, 16384, 32768]
+    assert m.sweep.current_memory == [1024]
+    assert [h.uri for h in m.hosts] == ["embedded"]
+    assert m.guests[0].kernel == "host"
+    assert len(m.sha256) == 64
+    # relative paths resolve against the manifest's folder
+    assert Path(m.results) == path.parent / "results"
+    assert Path(m.post.content).exists()
+
+
+def test_good_manifest(write_manifest):
+    m = load(write_manifest(memory="[1 GiB, 2048 MiB, 4G]"))
+    assert m.sweep.memory == [1024, 2048, 4096]
+    assert m.hosts[0].domain_type == "qemu"
+    assert m.timeouts.stable == 3
+    assert m.balloon.model == "virtio" and m.balloon.stats_period == 1
+
+
+def problems(write_manifest, **kw):
+    with pytest.raises(ManifestError) as e:
+        load(write_manifest(**kw))
+    return e.value.problems
+
+
+def test_bad_size_names_its_key_path(write_manifest):
+    got = problems(write_manifest, memory="[1 GiB, 2 GiB, 4 GiB, 16X]")
+    assert got == ["sweep.memory[3]: '16X' has an unknown unit 'X' (use KiB, MiB, GiB, TiB, k, M, G, T, KB, MB, GB)"]
+
+
+def test_every_problem_is_collected(write_manifest):
+    got = problems(write_manifest, memory="[1 GiB, 1000]", domain_type="kvmm", extra="""
+        balloon:
+          modle: virtio
+        """)
+    text = "\n".join(got)
+    assert "sweep.memory[1]: 1000 has no unit" in text
+    assert "hosts[0].domain_type: 'kvmm' is not one of auto, kvm, qemu, xen (did you mean 'kvm'?)" in text
+    assert "balloon.modle: unknown key; did you mean 'model'?" in text
+    assert len(got) == 3
+
+
+def test_unknown_key_suggests_the_libvirt_spelling(write_manifest):
+    text = "\n".join(problems(write_manifest, text="""
+experiment: x
+hosts: [{name: local}]
+guests: [{name: g}]
+sweep: {memory: [1 GiB], currentMemory: [1 GiB]}
+post: {slug: x, title: t, content: p.md}
+"""))
+    assert "sweep.currentMemory: unknown key; did you mean 'current_memory'?" in text
+    assert "sweep.current_memory: is required" in text
+
+
+def test_missing_sections_and_wrong_types(write_manifest):
+    got = problems(write_manifest, text="experiment: Bad Name\nhosts: local\n")
+    text = "\n".join(got)
+    assert "experiment: 'Bad Name' is not a valid name" in text
+    assert "hosts: expected a list, got str" in text
+    for key in ("guests", "sweep", "post"):
+        assert f"{key}: is required" in text
+
+
+def test_duplicates_and_unusable_sweeps(write_manifest):
+    got = problems(write_manifest, text="""
+experiment: x
+hosts: [{name: a}, {name: a, uri: 'qemu:///system'}]
+guests: [{name: g}]
+sweep: {memory: [1 GiB, 1024 MiB], current_memory: [2 GiB], repeats: 0}
+post: {slug: x, title: t, content: p.md}
+""")
+    text = "\n".join(got)
+    assert "hosts[1].name: 'a' is already used by hosts[0]" in text
+    assert "sweep.memory[1]: 1024 is already used by sweep.memory[0]" in text
+    assert "sweep.repeats: 0 is not a whole number >= 1" in text
+
+
+def test_sizes_must_be_whole_mib(write_manifest):
+    assert problems(write_manifest, memory="[1000 KiB]") == ["sweep.memory[0]: '1000 KiB' must be a positive whole number of MiB"]
+
+
+def test_yaml_syntax_error_names_the_line(write_manifest):
+    got = problems(write_manifest, text="experiment: x\nhosts: [\n  - oops: : :\n")
+    assert got[0].startswith("not valid YAML at line")
+
+
+def test_bad_uri(write_manifest):
+    got = problems(write_manifest, text="""
+experiment: x
+hosts: [{name: a, uri: 'my laptop'}]
+guests: [{name: g}]
+sweep: {memory: [1 GiB], current_memory: [1 GiB]}
+post: {slug: x, title: t, content: p.md}
+""")
+    assert got == ["hosts[0].uri: 'my laptop' is not a libvirt URI or 'embedded'"]
+
+
+def test_ssh_host_address_from_uri(write_manifest):
+    m = load(write_manifest(text="""
+experiment: x
+hosts: [{name: kvm1, uri: 'qemu+ssh://root@kvm1.example.org/system', domain_type: kvm}]
+guests: [{name: g}]
+sweep: {memory: [1 GiB], current_memory: [1 GiB]}
+post: {slug: x, title: t, content: p.md}
+"""))
+    assert m.hosts[0].is_remote and m.hosts[0].ssh_address == "kvm1.example.org"
+
+
+def test_schema_is_described():
+    text = describe_schema()
+    for key in ("experiment", "hosts", "domain_type", "current_memory", "stats_period", "post"):
+        assert key in text
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "generator", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def test_cli_bad_manifest_one_line_exit_1_nothing_written(write_manifest, tmp_path):
+    path = write_manifest(memory="[1 GiB, 16X]")
+    out = run_cli("sweep", str(path), "--results", str(tmp_path / "res"))
+    assert out.returncode == 1
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith(f"error: {path}: sweep.memory[1]: '16X'")
+    assert not (tmp_path / "res").exists()
+
+
+def test_cli_validate_lists_all_problems(write_manifest):
+    out = run_cli("validate", str(write_manifest(memory="[16X, 1000]")))
+    assert out.returncode == 1
+    assert "sweep.memory[0]" in out.stderr and "sweep.memory[1]" in out.stderr
+
+
+def test_cli_usage_error_exit_2():
+    assert run_cli("sweep", "--jobs", "many").returncode == 2
+    assert run_cli("frobnicate").returncode == 2
+
+
+def test_cli_missing_manifest():
+    out = run_cli("validate", "nope.yaml")
+    assert out.returncode == 1 and "nope.yaml: cannot read the manifest" in out.stderr

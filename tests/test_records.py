@@ -1,0 +1,105 @@
+import json
+import os
+
+import pytest
+
+from generator import results
+from generator.errors import UserError
+from generator.manifest import load
+from generator.measure import Console, _classify_death, parse_free, parse_meminfo
+from generator.plan import Point, points, select
+from generator.probe import MARK
+
+FREE = """              total        used        free      shared  buff/cache   available
+Mem:            843          26         806           2          11         741
+Swap:             0           0           0"""
+
+
+def test_plan_cross_product_and_order(write_manifest):
+    m = load(write_manifest(memory="[4 GiB, 1 GiB, 512 MiB]", extra=""))
+    pts = points(m)
+    # 512 MiB < currentMemory 1024 MiB is left out; smallest memory first
+    assert [(p.memory_mib, p.current_memory_mib) for p in pts] == [(1024, 1024), (4096, 1024)]
+    assert pts[0].key == "local/debian/m1024-c1024-r1"
+    path = pts[1].record_path("R")
+    assert str(path) == "R/local/debian/memory-4096MiB-current-1024MiB-r1.json"
+    assert select(pts, ["*m4096*"]) == [pts[1]]
+    with pytest.raises(UserError, match="matches no point"):
+        select(pts, ["nothing"])
+
+
+def test_repeats_cover_the_range_first(write_manifest):
+    text = write_manifest().read_text().replace("repeats: 1", "repeats: 2")
+    m = load(write_manifest(text=text))
+    assert [(p.memory_mib, p.repeat) for p in points(m)] == [(1024, 1), (2048, 1), (1024, 2), (2048, 2)]
+
+
+def test_atomic_write_and_read(tmp_path):
+    path = tmp_path / "a" / "b.json"
+    results.write_record(path, {"status": "ok", "balloon_timeline": [[1.0, 2, None]]})
+    text = path.read_text()
+    assert '"balloon_timeline": [\n    [1.0, 2, null]\n  ]' in text
+    assert json.loads(text)["schema_version"] == results.SCHEMA_VERSION
+    assert results.read_record(path)["status"] == "ok"
+    assert [p.name for p in path.parent.iterdir()] == ["b.json"]  # no temp files left
+
+
+def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "r.json"
+    results.write_record(path, {"status": "ok"})
+    before = path.read_text()
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
+    with pytest.raises(OSError):
+        results.write_record(path, {"status": "error"})
+    assert path.read_text() == before and len(list(tmp_path.iterdir())) == 1
+
+
+def test_corrupt_record_names_the_file(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('{"status": "ok",')
+    with pytest.raises(UserError, match=r"bad.json: corrupt result file \(line 1"):
+        results.read_record(path)
+    path.write_text('{"status": "ok", "schema_version": 99}')
+    with pytest.raises(UserError, match="schema version 99"):
+        results.read_record(path)
+
+
+def test_what_is_measured_again(tmp_path):
+    p = Point("h", "g", 1024, 1024, 1)
+    assert results.needs_measuring(p, tmp_path)
+    for status, again in [("ok", False), ("refused", False), ("oom", False), ("timeout", True), ("error", True)]:
+        results.write_record(p.record_path(tmp_path), {"status": status})
+        assert results.needs_measuring(p, tmp_path) is again, status
+        assert results.needs_measuring(p, tmp_path, force=True)
+    results.write_record(p.record_path(tmp_path), {"status": "oom"})
+    assert results.needs_measuring(p, tmp_path, retry=True)
+
+
+def test_console_markers_and_sections():
+    text = (f"[    0.1] booting\n{MARK} init 2.88\n{MARK} boot-memtotal-kib 4009396\n{MARK} balloon-loaded 3.15\n"
+            f"{MARK} settled 11.41 8\n{MARK} settled-memtotal-kib 863668\n{MARK} begin free\n{FREE}\n{MARK} end free\n"
+            f"{MARK} begin meminfo\nMemTotal:  863668 kB\nHugePages_Total:   0\n{MARK} end meminfo\n{MARK} done 11.5\n")
+    c = Console.parse(text)
+    assert c.number("boot-memtotal-kib") == 4009396 and c.number("settled") == 11.41
+    assert parse_free(c.sections["free"]) == {"total": 843, "used": 26, "free": 806, "shared": 2,
+                                              "buff_cache": 11, "available": 741}
+    assert parse_meminfo(c.sections["meminfo"]) == {"MemTotal": 863668, "HugePages_Total": 0}
+    assert c.has("done") and not c.has("settle-timeout")
+
+
+def test_busybox_free_without_available_column():
+    text = "             total       used       free     shared    buffers     cached\nMem:          1000        100        900          0         10         20\n"
+    assert parse_free(text)["total"] == 1000
+
+
+@pytest.mark.parametrize("console,status,fragment", [
+    ("[ 5.1] Out of memory: Killed process 1 (sh) total-vm:1kB\n[ 5.2] Kernel panic - not syncing: Attempted to kill init!",
+     "oom", "Out of memory: Killed process 1 (sh)"),
+    ("[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs", "panic",
+     "Kernel panic - not syncing: VFS: Unable to mount root fs"),
+    (f"{MARK} init 1\n{MARK} balloon-loaded 2\n", "error", "after the balloon driver loaded"),
+])
+def test_guest_deaths_are_classified(console, status, fragment):
+    record = {}
+    _classify_death(record, Console.parse(console))
+    assert record["status"] == status and fragment in record["reason"]
