@@ -1,0 +1,278 @@
+"""From result records to what the post says: series, numbers, a fitted line, an explanation.
+
+Pure Python (no matplotlib, no numpy) so that a no-op build never pays for importing them.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+
+from .units import mib_label
+
+HYPERVISOR_LABELS = {"kvm": "KVM", "qemu": "QEMU (TCG)", "xen": "Xen"}
+FAILURE_LABELS = {"oom": "OOM", "panic": "panic", "refused": "refused", "timeout": "timeout", "error": "error"}
+PAGE_SIZE = 4096
+STRUCT_PAGE = 64  # bytes per 4 KiB page on x86_64: what the kernel pays for every page of <memory>
+
+_RESERVED_RE = re.compile(r"Memory: (\d+)K/(\d+)K available .*?(\d+)K reserved")
+_SWIOTLB_RE = re.compile(r"software IO TLB: mapped .*\((\d+)MB\)")
+
+
+def seen_mib(record: dict) -> int | None:
+    """What the guest sees: `free -m`'s total, else MemTotal in MiB."""
+    free = (record.get("free_m") or {}).get("total")
+    if free is not None:
+        return int(free)
+    kib = record.get("memtotal_settled_kib")
+    return kib // 1024 if kib else None
+
+
+def reserved_mib(record: dict) -> float | None:
+    """What the guest kernel set aside at boot (the 'reserved' of its 'Memory:' line)."""
+    for line in record.get("dmesg") or []:
+        m = _RESERVED_RE.search(line)
+        if m:
+            return int(m.group(3)) / 1024
+    return None
+
+
+def swiotlb_mib(record: dict) -> int:
+    for line in record.get("dmesg") or []:
+        m = _SWIOTLB_RE.search(line)
+        if m:
+            return int(m.group(1))
+    return 0
+
+
+@dataclass
+class SeriesPoint:
+    memory_mib: int
+    records: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> list[dict]:
+        return [r for r in self.records if r["status"] == "ok" and seen_mib(r) is not None]
+
+    @property
+    def seen(self) -> list[int]:
+        return [seen_mib(r) for r in self.ok]
+
+    @property
+    def median(self) -> float | None:
+        return statistics.median(self.seen) if self.seen else None
+
+    @property
+    def spread(self) -> tuple[int, int] | None:
+        return (min(self.seen), max(self.seen)) if self.seen else None
+
+    @property
+    def failures(self) -> list[dict]:
+        return [r for r in self.records if r["status"] != "ok"]
+
+    @property
+    def status(self) -> str:
+        """'ok' if any repeat measured, else the first failure's status."""
+        return "ok" if self.ok else (self.failures[0]["status"] if self.failures else "missing")
+
+    @property
+    def failure_label(self) -> str:
+        return FAILURE_LABELS.get(self.status, self.status)
+
+    @property
+    def reason(self) -> str:
+        return self.failures[0].get("reason", "") if self.failures else ""
+
+    @property
+    def reserved(self) -> float | None:
+        values = [v for v in (reserved_mib(r) for r in self.ok) if v is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def swiotlb(self) -> int:
+        return max((swiotlb_mib(r) for r in self.ok), default=0)
+
+
+@dataclass
+class Series:
+    """One graph's worth: a host, a guest, one currentMemory, every memory measured."""
+
+    host: str
+    guest: str
+    guest_label: str
+    current_memory_mib: int
+    domain_type: str
+    points: list = field(default_factory=list)
+    file_stem: str = ""
+
+    @property
+    def hypervisor(self) -> str:
+        return HYPERVISOR_LABELS.get(self.domain_type, self.domain_type)
+
+    @property
+    def title(self) -> str:
+        return f"{self.hypervisor}, {self.guest_label}, {self.current_memory_mib} MB ram"
+
+    @property
+    def key(self) -> str:
+        return f"{self.host}/{self.guest}/c{self.current_memory_mib}"
+
+    @property
+    def measured(self) -> list[SeriesPoint]:
+        return [p for p in self.points if p.ok]
+
+    @property
+    def failed(self) -> list[SeriesPoint]:
+        return [p for p in self.points if not p.ok]
+
+    def at(self, memory_mib: int) -> SeriesPoint | None:
+        return next((p for p in self.points if p.memory_mib == memory_mib), None)
+
+    def lost(self, p: SeriesPoint) -> float | None:
+        return None if p.median is None else self.current_memory_mib - p.median
+
+    def fit(self) -> "Fit | None":
+        pts = [(p.memory_mib / 1024, self.current_memory_mib - s) for p in self.measured for s in p.seen]
+        return Fit.of(pts)
+
+    def alt_text(self) -> str:
+        parts = [f"Graph: memory the guest sees after ballooning (free -m total, MiB) against memory "
+                 f"(log scale), currentMemory {self.current_memory_mib} MiB, {self.hypervisor}, {self.guest_label}."]
+        if self.measured:
+            first, last = self.measured[0], self.measured[-1]
+            parts.append(f"It falls from {first.median:g} MiB at {mib_label(first.memory_mib)} to "
+                         f"{last.median:g} MiB at {mib_label(last.memory_mib)}.")
+        for p in self.failed:
+            parts.append(f"At {mib_label(p.memory_mib)}: {p.failure_label}.")
+        return " ".join(parts)
+
+
+@dataclass
+class Fit:
+    """Least squares y = intercept + slope * x, with the points it came from."""
+
+    slope: float
+    intercept: float
+    n: int
+    r2: float
+
+    @classmethod
+    def of(cls, pts: list[tuple[float, float]]) -> "Fit | None":
+        if len({x for x, _ in pts}) < 2:
+            return None
+        n = len(pts)
+        mx = sum(x for x, _ in pts) / n
+        my = sum(y for _, y in pts) / n
+        sxx = sum((x - mx) ** 2 for x, _ in pts)
+        sxy = sum((x - mx) * (y - my) for x, y in pts)
+        slope = sxy / sxx
+        intercept = my - slope * mx
+        ss_tot = sum((y - my) ** 2 for _, y in pts)
+        ss_res = sum((y - intercept - slope * x) ** 2 for x, y in pts)
+        return cls(slope, intercept, n, 1 - ss_res / ss_tot if ss_tot else 1.0)
+
+    def __call__(self, x: float) -> float:
+        return self.intercept + self.slope * x
+
+
+def build_series(records: list[dict], guest_labels: dict[str, str], host_count: int) -> list[Series]:
+    """Group records by (host, guest, currentMemory); name each graph's file like the original's."""
+    groups: dict[tuple, Series] = {}
+    for r in sorted(records, key=lambda r: (r["host"], r["guest"], r["current_memory_mib"], r["memory_mib"],
+                                            r.get("repeat", 1))):
+        key = (r["host"], r["guest"], r["current_memory_mib"])
+        s = groups.get(key)
+        if s is None:
+            label = guest_labels.get(r["guest"]) or _kernel_label(r.get("guest_kernel")) or r["guest"]
+            s = groups[key] = Series(r["host"], r["guest"], label, r["current_memory_mib"], "")
+        if r.get("domain_type") and not s.domain_type:
+            s.domain_type = r["domain_type"]
+        p = s.at(r["memory_mib"])
+        if p is None:
+            p = SeriesPoint(r["memory_mib"])
+            s.points.append(p)
+        p.records.append(r)
+    out = list(groups.values())
+    for s in out:
+        s.points.sort(key=lambda p: p.memory_mib)
+        s.domain_type = s.domain_type or "unknown"
+        prefix = f"{s.host}-" if host_count > 1 else ""
+        s.file_stem = f"{prefix}{s.domain_type}-{s.guest}-{s.current_memory_mib}"
+    return out
+
+
+def _kernel_label(release: str | None) -> str:
+    return f"Linux {release}" if release else ""
+
+
+class Data:
+    """What a post's Jinja template sees as `data`: the series and numbers worth quoting."""
+
+    def __init__(self, records: list[dict], series: list[Series], planned: int):
+        self.records = records
+        self.series = series
+        self.planned = planned
+
+    @property
+    def has_data(self) -> bool:
+        return any(s.measured for s in self.series)
+
+    @property
+    def main(self) -> Series | None:
+        """The series the prose talks about: the one with most measured points."""
+        return max(self.series, key=lambda s: len(s.measured), default=None)
+
+    @property
+    def failures(self) -> list[dict]:
+        return [r for r in self.records if r["status"] != "ok"]
+
+    @property
+    def memory_values(self) -> list[int]:
+        return sorted({r["memory_mib"] for r in self.records})
+
+    def versions(self, key: str) -> list[str]:
+        return sorted({str(r[key]) for r in self.records if r.get(key)})
+
+    @property
+    def dates(self) -> tuple[str, str] | None:
+        days = sorted(r["started_at"][:10] for r in self.records if r.get("started_at"))
+        return (days[0], days[-1]) if days else None
+
+    @property
+    def hosts(self) -> list[dict]:
+        seen: dict[str, dict] = {}
+        for r in self.records:
+            seen.setdefault(r["host"], {"name": r["host"], "kernel": r.get("host_kernel"),
+                                        "cores": r.get("host_cores"), "memory_mib": r.get("host_memory_mib"),
+                                        "hypervisor": r.get("hypervisor"), "libvirt": r.get("libvirt_version"),
+                                        "domain_types": set(), "reasons": set()})
+            if r.get("domain_type"):
+                seen[r["host"]]["domain_types"].add(r["domain_type"])
+            if r.get("domain_type_reason"):
+                seen[r["host"]]["reasons"].add(r["domain_type_reason"].replace(" (cached canary result)", ""))
+        return list(seen.values())
+
+    def explain(self, s: Series) -> list[dict]:
+        """For each measured point beyond the first: the loss next to what the kernel reserved at boot.
+
+        The page descriptors (64 bytes per 4 KiB page of *memory*) and the swiotlb bounce buffer are
+        allocated at boot for all of memory; ballooning later cannot give them back.
+        """
+        base = s.measured[0] if s.measured else None
+        rows = []
+        if base is None:
+            return rows
+        for p in s.measured:
+            extra_gib = (p.memory_mib - base.memory_mib) / 1024
+            rows.append({
+                "memory_mib": p.memory_mib,
+                "lost_mib": s.current_memory_mib - p.median,
+                "extra_lost_mib": base.median - p.median,
+                "reserved_mib": p.reserved,
+                "extra_reserved_mib": (p.reserved - base.reserved) if p.reserved is not None and
+                base.reserved is not None else None,
+                "struct_page_mib": (p.memory_mib - base.memory_mib) * STRUCT_PAGE / PAGE_SIZE,
+                "swiotlb_mib": p.swiotlb - base.swiotlb,
+                "extra_gib": extra_gib,
+            })
+        return rows
