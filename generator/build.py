@@ -184,9 +184,9 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
 
     def add(path: Path, inputs: str, render: Callable[[], bytes]) -> None:
         if path in outputs:
-            raise UserError(f"two outputs to one path: {path} (posts {outputs[path].post!r} and {slug!r}); "
-                            "give them different post.slug values or graph names")
-        outputs[path] = Output(path, inputs, render, slug)
+            raise UserError(f"two outputs to one path: {path} (from {outputs[path].post} and {manifest.path}); "
+                            "give the posts different post.slug values")
+        outputs[path] = Output(path, inputs, render, manifest.path)
 
     figures: dict[str, dict] = {}
     if data.has_data:
@@ -320,7 +320,7 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - say which output failed
-            raise UserError(f"building {out.path} for post {out.post!r} failed: {type(e).__name__}: {e}") from e
+            raise UserError(f"{out.post}: building {out.path} failed: {type(e).__name__}: {e}") from e
     # 2. write what changed
     for out in outputs.values():
         if out.path in report.skipped:

@@ -155,9 +155,13 @@ def _section(cls: type) -> Callable:
     return convert
 
 
-def opt(convert: Callable, default: Any = _REQUIRED, doc: str = "") -> Any:
-    """Declare one manifest key: its converter, its default (none = required) and what it is for."""
-    kw: dict[str, Any] = {"metadata": {"convert": convert, "doc": doc, "required": default is _REQUIRED}}
+def opt(convert: Callable, default: Any = _REQUIRED, doc: str = "", convert_default: bool = False) -> Any:
+    """Declare one manifest key: its converter, its default (none = required) and what it is for.
+
+    convert_default: pass the default through the converter too (a default path is relative to the
+    manifest's folder like a written one)."""
+    kw: dict[str, Any] = {"metadata": {"convert": convert, "doc": doc, "required": default is _REQUIRED,
+                                       "convert_default": convert_default, "default": default}}
     if default is _REQUIRED:
         kw["default"] = None
     elif isinstance(default, (list, dict)):
@@ -191,6 +195,8 @@ def _load_section(cls: type, raw: Any, path: str, problems: _Problems, ctx: dict
             if f.metadata.get("required"):
                 problems.add(keypath, f"is required ({f.metadata.get('doc', '')})".replace(" ()", ""))
                 bad = True
+            elif f.metadata.get("convert_default"):
+                values[name] = f.metadata["convert"](f.metadata["default"], keypath, problems, ctx)
             continue
         value = f.metadata["convert"](raw[name], keypath, problems, ctx)
         if value is _BAD:
@@ -309,7 +315,8 @@ class Manifest:
     balloon: Balloon = opt(_section(Balloon), Balloon(), "the balloon device")
     sweep: Sweep = opt(_section(Sweep), doc="the memory / currentMemory values and repeats")
     timeouts: Timeouts = opt(_section(Timeouts), Timeouts(), "per-point time limits")
-    results: str = opt(_path_or(), "results", "where the JSON records go, relative to this file")
+    results: str = opt(_path_or(), "results", "where the JSON records go, relative to this file",
+                       convert_default=True)
     post: Post = opt(_section(Post), doc="what the report looks like")
     # Filled by load(), not by the YAML.
     path: str = field(default="", init=True, metadata={"internal": True})

@@ -41,22 +41,26 @@ def _gib_axis(ax, memory_values: list[int]) -> None:
     ax.set_xlabel("memory (libvirt <memory>, log scale)")
 
 
-def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float) -> None:
+def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, slot: int = 0) -> None:
+    """One series; `slot` stacks the failure labels of several series at the same memory."""
     xs = [p.memory_mib for p in s.measured]
     ys = [p.median for p in s.measured]
     ax.plot(xs, ys, "-o", color=color, label=label, linewidth=1.8, markersize=5, zorder=3)
     # repeats: every value as a faint dot and the range as an error bar
+    spread_label = f"range of repeats ({label})" if label and slot else "range of repeats"
     for p in s.measured:
         if len(p.seen) > 1:
             lo, hi = p.spread
             ax.errorbar([p.memory_mib], [p.median], yerr=[[p.median - lo], [hi - p.median]], color=color,
-                        capsize=3, linewidth=1, zorder=2)
+                        capsize=4, linewidth=1, zorder=2, label=spread_label)
+            spread_label = None
             ax.scatter([p.memory_mib] * len(p.seen), p.seen, color=color, alpha=0.35, s=12, zorder=2)
     for p in s.failed:
         marker = _FAIL_MARKERS.get(p.status, "D")
-        ax.scatter([p.memory_mib], [bottom], marker=marker, color=color, s=60, zorder=4, clip_on=False)
-        ax.annotate(FAILURE_LABELS.get(p.status, p.status), (p.memory_mib, bottom), textcoords="offset points",
-                    xytext=(0, 8), ha="center", fontsize=9, color=color, fontweight="bold")
+        x = p.memory_mib * (1.06 ** slot)
+        ax.scatter([x], [bottom], marker=marker, color=color, s=60, zorder=4, clip_on=False)
+        ax.annotate(FAILURE_LABELS.get(p.status, p.status), (x, bottom), textcoords="offset points",
+                    xytext=(0, 8 + 12 * slot), ha="center", fontsize=9, color=color, fontweight="bold")
 
 
 def _y_range(series: list[Series]) -> tuple[float, float]:
@@ -99,7 +103,7 @@ def all_series_png(series: list[Series]) -> bytes:
             ax.axhline(cur, linestyle="--", color="#555555", linewidth=1.0,
                        label="currentMemory" if i == 0 else None)
         for i, s in enumerate(series):
-            _draw_series(ax, s, _COLORS[i % len(_COLORS)], f"{s.host}: {s.title}", y0 + (y1 - y0) * 0.04)
+            _draw_series(ax, s, _COLORS[i % len(_COLORS)], f"{s.host}: {s.title}", y0 + (y1 - y0) * 0.04, slot=i)
         _gib_axis(ax, memory_values)
         ax.set_ylabel("memory seen by the guest (MiB)")
         ax.set_title("Every guest: memory seen after ballooning")

