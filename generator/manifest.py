@@ -341,7 +341,7 @@ def load(path: str | Path) -> Manifest:
     except OSError as e:
         raise UserError(f"{path}: cannot read the manifest ({e.strerror})") from None
     try:
-        raw = yaml.safe_load(data)
+        raw = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
