@@ -7,7 +7,7 @@ ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 # Debian packages: QEMU, libvirt's QEMU driver (and the libvirt-qemu user it expects), what
 # libvirt-python builds with, a kernel for the probe guest, a static busybox, and sshd for the
 # Fabric tests.
-DEB_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-dev \
+DEB_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
 	pkg-config gcc python3-venv linux-image-$(ARCH) busybox-static openssh-server openssh-client
 STAMP := $(VENV)/.installed
 

@@ -143,6 +143,11 @@ class HostRuntime:
     def console_path(self, domain: str) -> str:
         return f"{self.workdir()}/consoles/{domain}.log"
 
+    def prepare_console(self, path: str) -> None:
+        """An empty console file QEMU may write: under a system libvirtd it runs as another user."""
+        q = shlex.quote(path)
+        self.run(f"rm -f {q} && : > {q} && chmod 666 {q}", hide=True)
+
     def clean_leftovers(self) -> list[str]:
         """Destroy domains a killed run left behind (they carry the tool's name prefix)."""
         libvirt = libvirt_module()
@@ -224,6 +229,14 @@ class LocalHost(HostRuntime):
     def remove(self, path: str) -> None:
         Path(path).unlink(missing_ok=True)
 
+    def prepare_console(self, path: str) -> None:
+        p = Path(path)
+        p.unlink(missing_ok=True)
+        if not self.root:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.touch(mode=0o666)
+            p.chmod(0o666)
+
     @property
     def uri(self) -> str:
         return f"qemu:///embed?root={self.root}" if self.root else self.spec.uri
@@ -299,13 +312,15 @@ class SSHHost(HostRuntime):
             connection = Connection(spec.ssh_address, user=spec.ssh.user, port=spec.ssh.port,
                                     connect_kwargs=connect_kwargs, connect_timeout=20)
         self.connection = connection
+        self._ssh_lock = threading.Lock()  # one SSH transport shared by the sweep's slots
 
     def run(self, command: str, **kwargs: Any):
         from invoke.exceptions import UnexpectedExit
 
         kwargs.setdefault("in_stream", False)
         try:
-            return self.connection.run(command, **kwargs)
+            with self._ssh_lock:
+                return self.connection.run(command, **kwargs)
         except UnexpectedExit:
             raise
         except Exception as e:  # paramiko/socket errors: say which host
@@ -313,10 +328,12 @@ class SSHHost(HostRuntime):
                             f"{self.spec.ssh.port} failed: {e}") from None
 
     def put(self, local: str | Path, remote: str) -> None:
-        self.connection.put(str(local), remote)
+        with self._ssh_lock:
+            self.connection.put(str(local), remote)
 
     def get(self, remote: str, local: str | Path) -> None:
-        self.connection.get(remote, str(local))
+        with self._ssh_lock:
+            self.connection.get(remote, str(local))
 
     def close(self) -> None:
         super().close()

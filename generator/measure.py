@@ -113,7 +113,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     guest = manifest.guest(point.guest)
     name = domain_name(run_id, f"{point.guest}-{point.short}")
     console_path = host.console_path(name)
-    host.remove(console_path)
+    host.prepare_console(console_path)
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
                              expect_drop=point.memory_mib > point.current_memory_mib, extra=guest.cmdline)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
@@ -305,7 +305,7 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
     conn = host.connect()
     name = domain_name(run_id, f"canary-{domain_type}")
     console_path = host.console_path(name)
-    host.remove(console_path)
+    host.prepare_console(console_path)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=256, current_memory_mib=256, vcpus=1,
                      kernel=kernel, initrd=initrd,
                      cmdline=kernel_cmdline(mode="canary", stable=1, settle=1, expect_drop=False),
