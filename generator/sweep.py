@@ -200,6 +200,9 @@ class Sweep:
             vcpus = max(self.manifest.guest(p.guest).vcpus for p in pts)
             slots = slots_for(spec, facts, vcpus, self.jobs)
             budget = MemoryBudget(int(facts["memory_available_mib"] * 0.8))
+            # Within a repeat, largest memory first: the longest boots start first, so the slots end
+            # together (and every repeat still covers the whole range before the next begins).
+            pts = sorted(pts, key=lambda p: (p.repeat, -p.memory_mib, p.current_memory_mib, p.guest))
             with ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-slot") as pool:
                 futures = [pool.submit(self._one, host, facts, staged[p.guest], dtype, why, p, budget) for p in pts]
                 for f in as_completed(futures):

@@ -67,15 +67,15 @@ def test_ballooned_guest_sees_less_the_larger_memory_is(write_manifest, tmp_path
 def test_killed_sweep_resumes_and_leaves_no_qemu(write_manifest, tmp_path, embed_env):
     manifest = write_manifest("resume", memory="[1 GiB, 2 GiB, 3 GiB]")
     res = tmp_path / "res"
-    first = res / "resume/local/debian/memory-1024MiB-current-1024MiB-r1.json"
     proc = start_cli(embed_env, "sweep", str(manifest), "--results", str(res), "--jobs", "1")
     root = embed_env["MEMBALLOON_EMBED_ROOT"]
     try:
-        wait_for(first.exists, 300, "the first point's record")
+        wait_for(lambda: list(res.rglob("*.json")), 300, "the first point's record")
         wait_for(lambda: qemu_pids(root), 60, "the second point's guest to start")
     finally:
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait()
+    [first] = list(res.rglob("*.json"))
     kept = first.read_text()
     assert qemu_pids(root), "expected the killed sweep to leave a guest behind for the next run to clean"
     out = cli(embed_env, "sweep", str(manifest), "--results", str(res), "--jobs", "1")
