@@ -71,15 +71,6 @@ class SeriesPoint:
         return [r for r in self.records if r["status"] != "ok"]
 
     @property
-    def max_repeats(self) -> int:
-        return max((len(p.seen) for s in self.series for p in s.points), default=0)
-
-    @property
-    def max_spread(self) -> int:
-        """The largest difference between repeats of one point (MiB)."""
-        return max((p.spread[1] - p.spread[0] for s in self.series for p in s.measured), default=0)
-
-    @property
     def status(self) -> str:
         """'ok' if any repeat measured, else the first failure's status."""
         return "ok" if self.ok else (self.failures[0]["status"] if self.failures else "missing")

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 _MARK_RE = re.compile(rf"^{MARK} (\S+)(?: (.*))?$", re.M)
 _REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|cannot allocate|"
                          r"not enough memory|Insufficient free host memory|out of memory", re.I)
-_OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer", re.I)
+# out_of_memory() with nothing left to kill panics with "System is deadlocked on memory"
+_OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer|deadlocked on memory", re.I)
 _PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
 
 
@@ -269,9 +270,9 @@ def _classify_death(record: dict, console: Console) -> None:
     panic = _PANIC_RE.search(text)
     if _OOM_RE.search(text):
         record["status"] = "oom"
-        killed = re.search(r"Out of memory: Killed process[^\n]*|Out of memory[^\n]*", text)
+        killed = re.search(r"Out of memory: Killed process[^\n]*|Out of memory[^\n]*|Kernel panic[^\n]*memory[^\n]*", text)
         record["reason"] = _one_line(killed.group(0) if killed else "the guest ran out of memory")
-        if panic:
+        if panic and panic.group(0) not in record["reason"]:
             record["reason"] += f"; {_one_line(panic.group(0))}"
     elif panic:
         record["status"] = "panic"

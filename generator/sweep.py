@@ -11,7 +11,6 @@ import logging
 import signal
 import sys
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field

@@ -95,6 +95,8 @@ def test_busybox_free_without_available_column():
 @pytest.mark.parametrize("console,status,fragment", [
     ("[ 5.1] Out of memory: Killed process 1 (sh) total-vm:1kB\n[ 5.2] Kernel panic - not syncing: Attempted to kill init!",
      "oom", "Out of memory: Killed process 1 (sh)"),
+    ("[ 25.7] Kernel panic - not syncing: System is deadlocked on memory\n", "oom",
+     "Kernel panic - not syncing: System is deadlocked on memory"),
     ("[ 1.0] Kernel panic - not syncing: VFS: Unable to mount root fs", "panic",
      "Kernel panic - not syncing: VFS: Unable to mount root fs"),
     (f"{MARK} init 1\n{MARK} balloon-loaded 2\n", "error", "after the balloon driver loaded"),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 from pathlib import Path
 
@@ -62,6 +61,20 @@ def test_ballooned_guest_sees_less_the_larger_memory_is(write_manifest, tmp_path
 
     again = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
     assert again.returncode == 0 and "nothing to measure" in again.stderr
+
+
+def test_guest_squeezed_below_its_boot_reservation_runs_out_of_memory(write_manifest, tmp_path, embed_env):
+    # At 16 GiB the kernel reserves about 400 MiB at boot; a 128 MiB balloon target leaves it nothing.
+    text = write_manifest("oom").read_text().replace("current_memory: [1024 MiB]", "current_memory: [128 MiB]")
+    manifest = write_manifest("oom", text=text.replace("memory: [1 GiB, 2 GiB]", "memory: [16 GiB]"))
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    [rec] = records(tmp_path / "res").values()
+    assert rec["status"] == "oom", rec
+    assert "memory" in rec["reason"].lower()
+    assert rec["memtotal_boot_kib"] > 15 * 1024 * 1024  # it booted with all of memory, then died
+    assert any("Kernel panic" in line or "Out of memory" in line for line in rec["console_excerpt"])
+    assert qemu_pids(embed_env["MEMBALLOON_EMBED_ROOT"]) == []
 
 
 def test_killed_sweep_resumes_and_leaves_no_qemu(write_manifest, tmp_path, embed_env):
