@@ -73,6 +73,11 @@ class Progress:
             self._print(f"  [{self.done}/{self.total}] {key} ({mem}) {describe(record)}")
             self._draw()
 
+    def tick(self) -> None:
+        """Redraw the live bar (elapsed time and ETA move even while no point finishes)."""
+        with self.lock:
+            self._draw()
+
     def skip_many(self, n: int) -> None:
         with self.lock:
             self.skipped += n

@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -129,6 +130,7 @@ class Sweep:
         self.progress = progress or Progress(0, stream=sys.stderr)
         self.summary = SweepSummary(planned=len(self.points))
         self._write_lock = threading.Lock()
+        self._finished: dict[str, int] = {}  # host -> points recorded, for the progress count
 
     def todo(self) -> list[Point]:
         return [p for p in self.points if results.needs_measuring(p, self.results, self.force, self.retry)]
@@ -149,9 +151,13 @@ class Sweep:
                        for name, pts in by_host.items()]
             for t in threads:
                 t.start()
+            last_tick = time.monotonic()
             while any(t.is_alive() for t in threads):
                 for t in threads:
                     t.join(0.2)
+                if time.monotonic() - last_tick >= 1.0:
+                    self.progress.tick()
+                    last_tick = time.monotonic()
         finally:
             _restore_handlers(previous)
             self.progress.finish()
@@ -166,12 +172,12 @@ class Sweep:
         except (UserError, OSError) as e:
             self.summary.host_errors[name] = str(e)
             self.progress.note(f"host {name}: {e}")
-            self.progress.skip_many(len(pts))
+            self.progress.skip_many(len(pts) - self._finished.get(name, 0))
         except Exception as e:  # noqa: BLE001 - one host failing must not hide the others
             log.debug("host %s failed", name, exc_info=True)
             self.summary.host_errors[name] = f"host {name}: {type(e).__name__}: {e}"
             self.progress.note(f"host {name}: {type(e).__name__}: {e}")
-            self.progress.skip_many(len(pts))
+            self.progress.skip_many(len(pts) - self._finished.get(name, 0))
 
     def _run_host(self, name: str, pts: list[Point]) -> None:
         spec = self.manifest.host(name)
@@ -235,6 +241,7 @@ class Sweep:
             with self._write_lock:
                 results.write_record(point.record_path(self.results), record)
                 self.summary.measured += 1
+                self._finished[point.host] = self._finished.get(point.host, 0) + 1
                 if record["status"] != "ok":
                     self.summary.failed[point.key] = record["status"]
             self.progress.end(point.key, record)

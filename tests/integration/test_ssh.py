@@ -151,3 +151,23 @@ post: {{slug: remote, title: remote, content: post.md}}
     assert list((workdir / "consoles").iterdir()) == []
     listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True)
     assert "mb-" not in listed.stdout
+
+
+def test_sweep_on_the_local_system_libvirtd(libvirtd, workdir, tmp_path, embed_env):
+    manifest = tmp_path / "system" / "experiment.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(f"""
+experiment: system
+hosts: [{{name: sys, uri: 'qemu:///system', domain_type: qemu, workdir: {workdir}}}]
+guests: [{{name: debian, kernel: host}}]
+sweep: {{memory: [2 GiB], current_memory: [1024 MiB]}}
+timeouts: {{stable: 3s}}
+post: {{slug: system, title: system, content: post.md}}
+""")
+    (manifest.parent / "post.md").write_text("x\n")
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    [rec] = [json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")]
+    assert rec["status"] == "ok", rec
+    assert rec["memtotal_settled_kib"] < 1024 * 1024 < rec["memtotal_boot_kib"]
+    assert rec["balloon"]["actual"] == 1024 * 1024
