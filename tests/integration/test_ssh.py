@@ -171,3 +171,25 @@ post: {{slug: system, title: system, content: post.md}}
     assert rec["status"] == "ok", rec
     assert rec["memtotal_settled_kib"] < 1024 * 1024 < rec["memtotal_boot_kib"]
     assert rec["balloon"]["actual"] == 1024 * 1024
+
+
+def test_one_unreachable_host_does_not_hide_the_others(tmp_path, embed_env):
+    port = free_port()  # nothing listens there
+    manifest = tmp_path / "two" / "experiment.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(f"""
+experiment: two
+hosts:
+  - {{name: local, uri: embedded, domain_type: qemu}}
+  - {{name: gone, uri: 'qemu+ssh://root@127.0.0.1:{port}/system', ssh: {{port: {port}}}}}
+guests: [{{name: debian, kernel: host}}]
+sweep: {{memory: [1 GiB], current_memory: [1024 MiB]}}
+timeouts: {{stable: 3s}}
+post: {{slug: two, title: two, content: post.md}}
+""")
+    (manifest.parent / "post.md").write_text("x\n")
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 1
+    assert "error: host gone:" in out.stderr
+    [rec] = [json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")]
+    assert rec["host"] == "local" and rec["status"] == "ok"
