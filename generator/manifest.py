@@ -109,6 +109,16 @@ def _path_or(*keywords: str) -> Callable:
     return convert
 
 
+def _kernel(value, path, problems, ctx):
+    """'host', 'debian:<suite>' (fetched from Debian's archive), or a path to a vmlinuz."""
+    if isinstance(value, str) and re.match(r"^debian:[a-z][a-z0-9-]*$", value):
+        return value
+    if isinstance(value, str) and value.startswith("debian:"):
+        problems.add(path, f"{value!r} is not a Debian suite (e.g. debian:trixie, debian:bookworm)")
+        return _BAD
+    return _path_or("host")(value, path, problems, ctx)
+
+
 def _date(value, path, problems, ctx):
     if isinstance(value, _dt.datetime):
         return value.isoformat()
@@ -258,8 +268,9 @@ class Host:
 class Guest:
     name: str = opt(_name, doc="short name used in result paths and graph file names")
     label: str = opt(_text, "", "how the post names it, e.g. 'Debian 12'; default: from the kernel")
-    kernel: str = opt(_path_or("host"), "host",
-                      "'host' (this machine's installed Debian kernel) or a path to a vmlinuz")
+    kernel: str = opt(_kernel, "host",
+                      "'host' (this machine's installed kernel), 'debian:<suite>' (that Debian release's "
+                      "kernel, fetched into the cache), or a path to a vmlinuz")
     modules: str = opt(_path_or(), "", "the kernel's modules folder (default: /lib/modules/<release>)")
     vcpus: int = opt(_positive_int, 1, "virtual CPUs")
     cmdline: str = opt(_text, "", "extra kernel command line")

@@ -21,7 +21,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__
+from . import __version__, kernels
 from .errors import UserError
 
 MARK = "@@MEMBALLOON"
@@ -139,24 +139,65 @@ def _elf_interpreter(path: Path) -> bool:
     return any(struct.unpack_from("<I", table, i * phentsize)[0] == 3 for i in range(phnum))
 
 
+def modinfo(data: bytes) -> dict[str, str]:
+    """The key=value pairs of a module's .modinfo ELF section (depends=, vermagic=, …)."""
+    if data[:4] != b"\x7fELF" or data[4] != 2:
+        return {}
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def section(i: int) -> tuple[int, int, int]:
+        name, _type, _flags, _addr, offset, size = struct.unpack_from("<IIQQQQ", data, shoff + i * shentsize)
+        return name, offset, size
+
+    _, str_off, _ = section(shstrndx)
+    for i in range(shnum):
+        name, offset, size = section(i)
+        if data[str_off + name: str_off + name + 9] == b".modinfo\0":
+            pairs = (item.split(b"=", 1) for item in data[offset:offset + size].split(b"\0") if b"=" in item)
+            return {k.decode(): v.decode(errors="replace") for k, v in pairs}
+    return {}
+
+
+def _deps_from_modinfo(modules_dir: Path) -> dict[str, tuple[str, list[str]]]:
+    """modules.dep's content, rebuilt from each module's own 'depends=' (Debian's packages ship no
+    modules.dep: depmod writes it at install time). Only the virtio modules are read."""
+    files = {_mod_name(p.name): p for p in modules_dir.rglob("*.ko*") if re.search(r"\.ko(\.(xz|zst|gz))?$", p.name)}
+    deps: dict[str, tuple[str, list[str]]] = {}
+
+    def add(name: str) -> None:
+        if name in deps or name not in files:
+            return
+        needs = [d for d in modinfo(read_module(files[name])).get("depends", "").split(",") if d]
+        deps[name] = (str(files[name].relative_to(modules_dir)), [_mod_name(d) for d in needs])
+        for d in needs:
+            add(_mod_name(d))
+
+    for name in files:
+        if name.startswith("virtio"):
+            add(name)
+    return deps
+
+
 def module_closure(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str, Path]]:
     """Modules to insmod, dependencies first, as (name, file); built-in ones are left out."""
     dep_file = modules_dir / "modules.dep"
-    try:
-        lines = dep_file.read_text().splitlines()
-    except OSError:
-        raise UserError(f"{dep_file}: missing; the guest kernel's modules are not installed "
-                        "(set guests[].modules to the folder holding modules.dep)") from None
+    if not modules_dir.is_dir():
+        raise UserError(f"{modules_dir}: missing; the guest kernel's modules are not installed "
+                        "(set guests[].modules to the kernel's modules folder)")
     builtin = set()
     builtin_file = modules_dir / "modules.builtin"
     if builtin_file.exists():
         builtin = {_mod_name(line) for line in builtin_file.read_text().split()}
     deps: dict[str, tuple[str, list[str]]] = {}
-    for line in lines:
-        if ":" not in line:
-            continue
-        target, rest = line.split(":", 1)
-        deps[_mod_name(target)] = (target, [_mod_name(d) for d in rest.split()])
+    if dep_file.exists():
+        for line in dep_file.read_text().splitlines():
+            if ":" not in line:
+                continue
+            target, rest = line.split(":", 1)
+            deps[_mod_name(target)] = (target, [_mod_name(d) for d in rest.split()])
+    else:
+        deps = _deps_from_modinfo(modules_dir)
     order: list[tuple[str, Path]] = []
     seen: set[str] = set()
 
@@ -167,7 +208,7 @@ def module_closure(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str
         if name in builtin:
             return
         if name not in deps:
-            raise UserError(f"{dep_file}: the kernel has no module {name!r} and it is not built in; "
+            raise UserError(f"{modules_dir}: the kernel has no module {name!r} and it is not built in; "
                             "this kernel cannot run the virtio balloon probe")
         target, needs = deps[name]
         for dep in reversed(needs):  # modules.dep lists the closest dependency first
@@ -242,19 +283,25 @@ def initramfs(busybox: bytes, modules: list[tuple[str, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def resolve_kernel(kernel: str, modules_dir: str = "") -> tuple[Path, Path, str]:
+def resolve_kernel(kernel: str, modules_dir: str, cache_dir: Path) -> tuple[Path, Path, str]:
     """(kernel image, modules folder, release) for a guest's kernel setting."""
-    image = find_host_kernel() if kernel == "host" else Path(kernel)
+    fetched_modules = None
+    if kernel == "host":
+        image = find_host_kernel()
+    elif kernels.is_debian_kernel(kernel):
+        image, fetched_modules = kernels.fetch(kernel, cache_dir)
+    else:
+        image = Path(kernel)
     if not image.exists():
         raise UserError(f"guest kernel {str(image)!r} does not exist")
     release = kernel_release(image)
-    mods = Path(modules_dir) if modules_dir else Path("/lib/modules") / release
+    mods = Path(modules_dir) if modules_dir else fetched_modules or Path("/lib/modules") / release
     return image, mods, release
 
 
 def build(kernel: str, modules_dir: str, cache_dir: Path, balloon_model: str = "virtio") -> Probe:
     """Build (or reuse from the cache) the probe for a kernel; returns where its files are."""
-    image, mods_dir, release = resolve_kernel(kernel, modules_dir)
+    image, mods_dir, release = resolve_kernel(kernel, modules_dir, cache_dir)
     wanted = VIRTIO_MODULES if balloon_model == "virtio" else ()
     closure = module_closure(mods_dir, wanted) if wanted else []
     busybox_path = find_busybox()

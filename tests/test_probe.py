@@ -86,8 +86,42 @@ def test_missing_module_is_a_clear_error(tmp_path):
     d = fake_modules(tmp_path)
     with pytest.raises(UserError, match="no module 'virtio_mem'"):
         probe.module_closure(d, ("virtio_mem",))
-    with pytest.raises(UserError, match="modules.dep: missing"):
-        probe.module_closure(tmp_path, ("virtio",))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no module 'virtio'"):
+        probe.module_closure(tmp_path / "empty", ("virtio",))  # no modules.dep and no modules
+    with pytest.raises(UserError, match="nowhere: missing"):
+        probe.module_closure(tmp_path / "nowhere", ("virtio",))
+
+
+def host_virtio_modules() -> Path:
+    release = probe.kernel_release(probe.find_host_kernel())
+    return Path("/lib/modules") / release
+
+
+def test_modinfo_of_a_real_module():
+    path = next((host_virtio_modules() / "kernel/drivers/virtio").glob("virtio_balloon.ko*"))
+    info = probe.modinfo(probe.read_module(path))
+    assert set(info["depends"].split(",")) == {"virtio", "virtio_ring"}
+    assert info["name"] == "virtio_balloon" and "vermagic" in info
+
+
+def test_without_modules_dep_the_closure_comes_from_modinfo_of_xz_modules(tmp_path):
+    """Debian's kernel packages ship .ko.xz (Debian 13) and no modules.dep: read each module's depends."""
+    src = host_virtio_modules()
+    expected = probe.module_closure(src, probe.VIRTIO_MODULES)
+    dest = tmp_path / "modules"
+    for name, path in expected:
+        target = dest / "kernel/drivers/virtio" / f"{name}.ko.xz"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(lzma.compress(probe.read_module(path), format=lzma.FORMAT_XZ))
+    got = probe.module_closure(dest, probe.VIRTIO_MODULES)
+    names = [n for n, _ in got]
+    assert sorted(names) == sorted(n for n, _ in expected)
+    for name, path in got:  # every module comes after what it depends on
+        for dep in probe.modinfo(probe.read_module(path)).get("depends", "").split(","):
+            if dep:
+                assert names.index(dep) < names.index(name)
+    assert probe.read_module(got[-1][1]) == probe.read_module(dict(expected)["virtio_balloon"])
 
 
 def fake_bzimage(path: Path, release: str) -> Path:

@@ -142,3 +142,17 @@ def test_auto_domain_type_falls_back_to_tcg_and_says_why(write_manifest, tmp_pat
     else:
         assert "canary" in rec["domain_type_reason"]
     assert qemu_pids(embed_env["MEMBALLOON_EMBED_ROOT"]) == []
+
+
+def test_a_debian_archive_kernel_with_xz_modules_boots(write_manifest, tmp_path, embed_env):
+    """kernel: debian:trixie - fetched from Debian's archive, .ko.xz modules, no modules.dep."""
+    text = write_manifest("trixie").read_text().replace("kernel: host", "kernel: 'debian:trixie'")
+    manifest = write_manifest("trixie", text=text.replace("memory: [1 GiB, 2 GiB]", "memory: [2 GiB]"))
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    [rec] = records(tmp_path / "res").values()
+    assert rec["status"] == "ok", rec
+    assert "deb13" in rec["guest_kernel"] or rec["guest_kernel"].startswith("6.")
+    assert rec["memtotal_settled_kib"] < 1024 * 1024 < rec["memtotal_boot_kib"]  # the balloon driver loaded
+    cache = Path(embed_env["MEMBALLOON_CACHE"]) / "kernels" / "debian-trixie"
+    assert list(cache.glob("usr/lib/modules/*/kernel/drivers/virtio/virtio_balloon.ko.xz"))

@@ -1,0 +1,92 @@
+"""Guest kernels from Debian's archive: `kernel: debian:<suite>` in a manifest.
+
+apt-get downloads the suite's linux-image package with a private sources list and state folder
+(the machine's own apt setup is not touched), and dpkg-deb unpacks it into the cache. The package
+carries no modules.dep (depmod runs at install time); the probe reads each module's own
+dependency list instead.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import UserError
+
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+MIRROR = os.environ.get("MEMBALLOON_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+_SUITE_RE = re.compile(r"^debian:([a-z][a-z0-9-]*)$")
+
+
+def is_debian_kernel(spec: str) -> bool:
+    return bool(_SUITE_RE.match(spec))
+
+
+def _arch() -> str:
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+
+
+def fetch(spec: str, cache_dir: Path) -> tuple[Path, Path]:
+    """(vmlinuz, modules folder) of Debian <suite>'s current kernel, fetched once into the cache."""
+    suite = _SUITE_RE.match(spec).group(1)
+    folder = cache_dir / "kernels" / f"debian-{suite}"
+    found = _unpacked(folder)
+    if found:
+        return found
+    for tool in ("apt-get", "apt-cache", "dpkg-deb"):
+        if not shutil.which(tool):
+            raise UserError(f"guest kernel {spec!r}: needs Debian's {tool}; on other systems set kernel to a "
+                            "vmlinuz path and modules to its modules folder")
+    work = folder.with_name(folder.name + ".work")
+    shutil.rmtree(work, ignore_errors=True)
+    (work / "lists" / "partial").mkdir(parents=True)
+    (work / "cache" / "archives" / "partial").mkdir(parents=True)
+    signed = f"[signed-by={KEYRING}] " if Path(KEYRING).exists() else ""
+    (work / "sources.list").write_text(f"deb {signed}{MIRROR} {suite} main\n")
+    opts = [f"-o=Dir::Etc::SourceList={work / 'sources.list'}", "-o=Dir::Etc::SourceParts=/dev/null",
+            f"-o=Dir::State::Lists={work / 'lists'}", f"-o=Dir::Cache={work / 'cache'}",
+            "-o=APT::Get::List-Cleanup=0", "-o=APT::Sandbox::User=root"]
+    _apt(["apt-get", *opts, "update"], spec)
+    meta = f"linux-image-{_arch()}"
+    depends = _apt(["apt-cache", *opts, "depends", meta], spec)
+    m = re.search(r"Depends: (linux-image-\S+)", depends)
+    if not m:
+        raise UserError(f"guest kernel {spec!r}: {meta} in {suite} names no kernel package")
+    package = m.group(1)
+    _apt(["apt-get", *opts, "download", package], spec, cwd=work)
+    debs = sorted(work.glob(f"{package}_*.deb"))
+    if not debs:
+        raise UserError(f"guest kernel {spec!r}: apt-get download {package} left no .deb")
+    unpacked = work / "root"
+    _apt(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)], spec)
+    shutil.rmtree(folder, ignore_errors=True)
+    unpacked.rename(folder)
+    shutil.rmtree(work, ignore_errors=True)
+    found = _unpacked(folder)
+    if not found:
+        raise UserError(f"guest kernel {spec!r}: {package} holds no vmlinuz and modules")
+    return found
+
+
+def _unpacked(folder: Path) -> tuple[Path, Path] | None:
+    images = sorted((folder / "boot").glob("vmlinuz-*"))
+    if not images:
+        return None
+    release = images[-1].name[len("vmlinuz-"):]
+    for base in ("usr/lib/modules", "lib/modules"):
+        modules = folder / base / release
+        if modules.is_dir():
+            return images[-1], modules
+    return None
+
+
+def _apt(cmd: list[str], spec: str, cwd: Path | None = None) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+    if out.returncode != 0:
+        tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise UserError(f"guest kernel {spec!r}: {' '.join(c for c in cmd if not c.startswith('-o='))} "
+                        f"failed: {tail}")
+    return out.stdout
