@@ -49,7 +49,7 @@ def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, sl
     # repeats: every value as a faint dot and the range as an error bar
     spread_label = f"range of repeats ({label})" if label and slot else "range of repeats"
     for p in s.measured:
-        if len(p.seen) > 1:
+        if len(p.seen) > 1 and p.spread[1] > p.spread[0]:  # identical repeats: nothing to draw
             lo, hi = p.spread
             ax.errorbar([p.memory_mib], [p.median], yerr=[[p.median - lo], [hi - p.median]], color=color,
                         capsize=4, linewidth=1, zorder=2, label=spread_label)
