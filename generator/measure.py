@@ -88,7 +88,11 @@ def parse_meminfo(text: str) -> dict:
 
 
 def _excerpt(text: str, limit: int = 40) -> list[str]:
-    """The console's last lines, without the long meminfo dump, for the record."""
+    """The console's last lines, without the long meminfo dump, for the record.
+
+    A panic's register dump can push the line that says why out of the tail: lines about running
+    out of memory or panicking are kept in front of the tail (at most 10), marked by a '…' line.
+    """
     keep = []
     skip = False
     for line in text.replace("\r", "").splitlines():
@@ -98,7 +102,10 @@ def _excerpt(text: str, limit: int = 40) -> list[str]:
             keep.append(line[:300])
         if line.startswith(f"{MARK} end meminfo"):
             skip = False
-    return keep[-limit:]
+    tail = keep[-limit:]
+    earlier = keep[:-limit] if len(keep) > limit else []
+    key = [line for line in earlier if _OOM_RE.search(line) or _PANIC_RE.search(line)][:10]
+    return key + ["…"] + tail if key else tail
 
 
 class StopRequested(Exception):

@@ -105,3 +105,13 @@ def test_guest_deaths_are_classified(console, status, fragment):
     record = {}
     _classify_death(record, Console.parse(console))
     assert record["status"] == status and fragment in record["reason"]
+
+
+def test_console_excerpt_keeps_why_the_guest_died():
+    from generator.measure import _excerpt
+    lines = ["[ 1.0] boot"] + ["[ 2.0] Out of memory: Killed process 1 (sh)",
+                               "[ 2.1] Kernel panic - not syncing: System is deadlocked on memory"]
+    lines += [f"[ 3.0] R{i:02d}: 0000000000000000" for i in range(60)]
+    got = _excerpt("\n".join(lines), limit=40)
+    assert got[:3] == [lines[1], lines[2], "…"] and got[3:] == lines[-40:]
+    assert _excerpt("\n".join(lines[:5]), limit=40) == lines[:5]
