@@ -227,6 +227,21 @@ class Data:
         return [r for r in self.records if r["status"] != "ok"]
 
     @property
+    def failure_groups(self) -> list[dict]:
+        """Failures with the same memory, currentMemory, status and reason, told once with where/how often."""
+        groups: dict[tuple, dict] = {}
+        for r in sorted(self.failures, key=lambda r: (r["memory_mib"], r["current_memory_mib"], r["host"], r["guest"])):
+            key = (r["memory_mib"], r["current_memory_mib"], r["status"], r.get("reason", ""))
+            g = groups.setdefault(key, {"memory_mib": key[0], "current_memory_mib": key[1], "status": key[2],
+                                        "reason": key[3], "count": 0, "where": {}})
+            g["count"] += 1
+            where = f"{r['host']}/{r['guest']}"
+            g["where"][where] = g["where"].get(where, 0) + 1
+        for g in groups.values():
+            g["where"] = [f"{w} (×{n})" if n > 1 else w for w, n in g["where"].items()]
+        return list(groups.values())
+
+    @property
     def max_repeats(self) -> int:
         return max((len(p.seen) for s in self.series for p in s.points), default=0)
 

@@ -103,7 +103,7 @@ def _jinja_env(content_dir: Path):
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader([str(content_dir), str(templates_dir())]),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
-        trim_blocks=True, lstrip_blocks=True)
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.do"])
     env.filters["mib"] = mib_label
     env.filters["num"] = lambda v, digits=0: "n/a" if v is None else f"{v:,.{digits}f}"
     env.filters["md_escape"] = lambda s: re.sub(r"([\[\]|*_`])", r"\\\1", str(s))
@@ -202,7 +202,7 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
         everything = sorted(digests)
         if len(series) > 1:
             all_name = f"{slug}-all-guests.png"
-            figures["all"] = {"file": all_name, "url": img_url + all_name, "title": "Every guest",
+            figures["all"] = {"file": all_name, "url": img_url + all_name, "title": "Every series",
                               "alt": _all_alt(series)}
             add(img_dir / all_name, _sha(plot_code, "all", *everything), lambda: plots.all_series_png(series))
         fits = [s.fit() for s in series]
@@ -263,11 +263,11 @@ def _display_path(folder: Path) -> str:
 
 
 def _all_alt(series) -> str:
-    parts = ["Graph: memory seen after ballooning against memory, every guest together."]
+    parts = ["Graph: memory seen after ballooning against memory, every series together."]
     for s in series:
-        if s.measured:
-            parts.append(f"{s.title}: {s.measured[0].median:g} MiB at {mib_label(s.measured[0].memory_mib)}, "
-                         f"{s.measured[-1].median:g} MiB at {mib_label(s.measured[-1].memory_mib)}.")
+        seen = [f"{p.median:g} MiB at {mib_label(p.memory_mib)}" for p in (s.measured[:1] + s.measured[1:][-1:])]
+        failed = [f"{p.failure_label} at {mib_label(p.memory_mib)}" for p in s.failed]
+        parts.append(f"{s.title}: {', '.join(seen + failed)}.")
     return " ".join(parts)
 
 

@@ -92,22 +92,27 @@ def series_png(s: Series) -> bytes:
 
 
 def all_series_png(series: list[Series]) -> bytes:
-    """Every (host, guest, currentMemory) on one graph."""
+    """Every (host, guest, currentMemory) on one graph: several guests, or several balloon targets."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = plt.subplots(figsize=(7.2, 4.2 + 0.22 * len(series)))
     try:
         memory_values = sorted({p.memory_mib for s in series for p in s.points})
         y0, y1 = _y_range(series)
         ax.set_ylim(y0, y1)
-        for i, cur in enumerate(sorted({s.current_memory_mib for s in series})):
-            ax.axhline(cur, linestyle="--", color="#555555", linewidth=1.0,
-                       label="currentMemory" if i == 0 else None)
+        currents = {s.current_memory_mib for s in series}
+        if len(currents) == 1:
+            ax.axhline(currents.pop(), linestyle="--", color="#555555", linewidth=1.0, label="currentMemory")
         for i, s in enumerate(series):
-            _draw_series(ax, s, _COLORS[i % len(_COLORS)], f"{s.host}: {s.title}", y0 + (y1 - y0) * 0.04, slot=i)
+            color = _COLORS[i % len(_COLORS)]
+            if len({x.current_memory_mib for x in series}) > 1:  # each target in its series' colour
+                ax.axhline(s.current_memory_mib, linestyle="--", color=color, linewidth=1.0, alpha=0.7)
+            _draw_series(ax, s, color, f"{s.host}: {s.title}", y0 + (y1 - y0) * 0.04, slot=i)
         _gib_axis(ax, memory_values)
         ax.set_ylabel("memory seen by the guest (MiB)")
-        ax.set_title("Every guest: memory seen after ballooning")
-        ax.legend(loc="lower left", fontsize=8, frameon=False)
+        ax.set_title("Every series: memory seen after ballooning"
+                     + ("" if len({s.current_memory_mib for s in series}) == 1 else
+                        " (dashed: each series' currentMemory)"), fontsize=10)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False, ncol=1)
         fig.tight_layout()
         return _png(fig)
     finally:

@@ -129,6 +129,9 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     assert (public / "post/sample-old/index.html").exists()  # the alias redirects
     assert "Ubuntu Precise" in html and "RHEL6" in html
     assert "KVM, Ubuntu Precise, 1024 MB ram" in html
+    # failures are data: each told once, with where and how often
+    assert "memory 32 GiB, currentMemory 1024 MiB, kvm1/precise (×2): <strong>oom</strong>" in html
+    assert "kvm1/rhel6 (×2): <strong>refused</strong>" in html
 
 
 def test_two_clean_builds_are_identical(sample, tmp_path):
