@@ -307,8 +307,9 @@ def _destroy(dom, libvirt) -> None:
         pass
 
 
-def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, timeout: float, run_id: str) -> tuple[bool, str]:
-    """Boot the probe briefly with a domain type; (True, '') if its init answered in time."""
+def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, timeout: float, run_id: str,
+           stop: threading.Event | None = None) -> tuple[bool, str]:
+    """Boot the probe briefly with a domain type; (True, why) if its init answered in time."""
     libvirt = libvirt_module()
     conn = host.connect()
     name = domain_name(run_id, f"canary-{domain_type}")
@@ -323,6 +324,8 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
     try:
         dom = conn.createXML(xml, 0)
         while time.monotonic() - t0 < timeout:
+            if stop is not None and stop.is_set():
+                raise StopRequested()
             if Console.parse(host.read_text(console_path)).has("canary-ok"):
                 return True, f"canary boot answered in {time.monotonic() - t0:.1f} s"
             if not _alive(dom, libvirt):

@@ -88,7 +88,8 @@ def _canary_cache(cache_dir: Path, facts: dict, release: str) -> Path:
 
 
 def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str, release: str,
-                       canary_timeout: float, run_id: str, cache_dir: Path) -> tuple[str, str]:
+                       canary_timeout: float, run_id: str, cache_dir: Path,
+                       stop: threading.Event | None = None) -> tuple[str, str]:
     """(domain type, why): as configured, or for 'auto' KVM if a short canary boot works, else TCG."""
     wanted = host.spec.domain_type
     if wanted != "auto":
@@ -108,7 +109,8 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
         except (ValueError, KeyError):
             pass
     log.info("host %s: checking KVM with a canary boot (up to %g s)", host.name, canary_timeout)
-    ok, why = canary(host, kernel=kernel, initrd=initrd, domain_type="kvm", timeout=canary_timeout, run_id=run_id)
+    ok, why = canary(host, kernel=kernel, initrd=initrd, domain_type="kvm", timeout=canary_timeout, run_id=run_id,
+                     stop=stop)
     chosen = ("kvm", f"KVM {why}") if ok else ("qemu", f"KVM unusable ({why}); using TCG")
     results.write_atomic(cache, json.dumps({"domain_type": chosen[0], "reason": chosen[1]}) + "\n")
     return chosen
@@ -198,7 +200,7 @@ class Sweep:
                                  built.release)
             first = staged[pts[0].guest]
             dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2],
-                                            self.manifest.timeouts.canary, self.run_id, self.cache_dir)
+                                            self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
                                f"{facts['memory_mib']} MiB")
