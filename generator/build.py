@@ -91,7 +91,7 @@ def _load_records(manifest: Manifest, folder: Path) -> tuple[list[dict], list[st
         if not path.exists():
             continue
         raw = path.read_bytes()
-        records.append(results_mod.read_record(path))
+        records.append(results_mod.parse_record(raw, path))
         digests.append(_sha(str(p.key), raw))
     return records, digests
 

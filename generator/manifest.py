@@ -156,12 +156,14 @@ def _list_of(item: Callable, min_items: int = 0, unique: Callable | None = None,
                     bad = True
                 seen.setdefault(k, i)
         return _BAD if bad else out
+    convert.section = getattr(item, "section", None)  # type: ignore[attr-defined]
     return convert
 
 
 def _section(cls: type) -> Callable:
     def convert(value, path, problems, ctx):
         return _load_section(cls, value, path, problems, ctx)
+    convert.section = cls  # type: ignore[attr-defined]  # lets describe_schema walk the tree
     return convert
 
 
@@ -385,9 +387,8 @@ def describe_schema() -> str:
                 continue
             req = " (required)" if f.metadata.get("required") else ""
             lines.append(f"{indent}{f.name}{req}: {f.metadata.get('doc', '')}")
-            inner = {"ssh": SSH, "hosts": Host, "guests": Guest, "balloon": Balloon, "sweep": Sweep,
-                     "timeouts": Timeouts, "post": Post}.get(f.name)
-            if inner and inner is not cls:
+            inner = getattr(f.metadata.get("convert"), "section", None)
+            if inner:
                 walk(inner, indent + "  ")
     walk(Manifest, "")
     return "\n".join(lines)

@@ -108,6 +108,14 @@ def _excerpt(text: str, limit: int = 40) -> list[str]:
     return key + ["…"] + tail if key else tail
 
 
+def point_identity(point: Point, manifest: Manifest, status: str = "error", reason: str = "") -> dict:
+    """The fields every record has, whatever happened to the point."""
+    return {"experiment": manifest.experiment, "host": point.host, "guest": point.guest,
+            "memory_mib": point.memory_mib, "current_memory_mib": point.current_memory_mib,
+            "repeat": point.repeat, "status": status, "reason": reason, "manifest_sha256": manifest.sha256,
+            "tool_version": __version__}
+
+
 class StopRequested(Exception):
     """The sweep is being interrupted; the point is abandoned, not recorded."""
 
@@ -130,9 +138,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
                      stats_period=manifest.balloon.stats_period)
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
-        "experiment": manifest.experiment, "host": point.host, "guest": point.guest,
-        "memory_mib": point.memory_mib, "current_memory_mib": point.current_memory_mib, "repeat": point.repeat,
-        "status": "error", "reason": "",
+        **point_identity(point, manifest),
         "domain_type": domain_type, "domain_type_reason": domain_type_reason,
         "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
         "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
@@ -140,7 +146,6 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "guest_kernel": guest_release, "guest_vcpus": guest.vcpus,
         "balloon_model": manifest.balloon.model,
         "started_at": started.isoformat(timespec="seconds"),
-        "tool_version": __version__, "manifest_sha256": manifest.sha256,
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
         "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "console_excerpt": [],

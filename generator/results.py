@@ -72,6 +72,11 @@ def read_record(path: Path) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as e:
         raise UserError(f"{path}: cannot read the result ({e.strerror})") from None
+    return parse_record(text, path)
+
+
+def parse_record(text: str | bytes, path: Path) -> dict:
+    """A record from its file's text; `path` only names the file in errors."""
     try:
         record = json.loads(text)
     except json.JSONDecodeError as e:

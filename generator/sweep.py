@@ -22,7 +22,7 @@ from . import results
 from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
-from .measure import StopRequested, canary, measure
+from .measure import StopRequested, canary, measure, point_identity
 from .plan import Point, points, results_dir, select
 from .progress import Progress
 
@@ -171,14 +171,12 @@ class Sweep:
             self._run_host(name, pts)
         except StopRequested:
             pass
-        except (UserError, OSError) as e:
-            self.summary.host_errors[name] = str(e)
-            self.progress.note(f"host {name}: {e}")
-            self.progress.skip_many(len(pts) - self._finished.get(name, 0))
         except Exception as e:  # noqa: BLE001 - one host failing must not hide the others
             log.debug("host %s failed", name, exc_info=True)
-            self.summary.host_errors[name] = f"host {name}: {type(e).__name__}: {e}"
-            self.progress.note(f"host {name}: {type(e).__name__}: {e}")
+            what = str(e) if isinstance(e, (UserError, OSError)) else f"{type(e).__name__}: {e}"
+            message = what if what.startswith(f"host {name}:") else f"host {name}: {what}"
+            self.summary.host_errors[name] = message
+            self.progress.note(message)
             self.progress.skip_many(len(pts) - self._finished.get(name, 0))
 
     def _run_host(self, name: str, pts: list[Point]) -> None:
@@ -236,10 +234,7 @@ class Sweep:
                 return
             except Exception as e:  # noqa: BLE001 - a tool error on one point is recorded, the sweep goes on
                 log.debug("point %s failed", point.key, exc_info=True)
-                record = {"experiment": self.manifest.experiment, "host": point.host, "guest": point.guest,
-                          "memory_mib": point.memory_mib, "current_memory_mib": point.current_memory_mib,
-                          "repeat": point.repeat, "status": "error", "reason": f"{type(e).__name__}: {e}",
-                          "manifest_sha256": self.manifest.sha256}
+                record = point_identity(point, self.manifest, "error", f"{type(e).__name__}: {e}")
             with self._write_lock:
                 results.write_record(point.record_path(self.results), record)
                 self.summary.measured += 1
