@@ -17,12 +17,14 @@ import shlex
 import shutil
 import tempfile
 import threading
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 from .domain import PREFIX
 from .errors import HostError, UserError
 from .manifest import Host as HostSpec
+from .safe import open_nofollow, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,11 @@ def _ensure_event_loop(libvirt) -> None:
 
 
 def embed_root(cache_dir: Path) -> Path:
-    """The embedded driver's root: under the cache folder, or a short /tmp path if that is too long."""
+    """The embedded driver's root: under the cache folder, or a short private folder if that is too long.
+
+    The short folder is in $XDG_RUNTIME_DIR when there is one, else in /tmp under a name with this
+    user's id; either way it is made (or accepted) only as a private folder of this user, so a
+    folder or symlink someone else planted at the name is refused (see safe.private_dir)."""
     override = os.environ.get("MEMBALLOON_EMBED_ROOT")
     if override:
         return Path(override)
@@ -66,7 +72,10 @@ def embed_root(cache_dir: Path) -> Path:
     if len(str(root)) <= _MAX_ROOT_LEN:
         return root
     digest = hashlib.sha256(str(root).encode()).hexdigest()[:10]
-    return Path(tempfile.gettempdir()) / f"memballoon-{digest}"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and len(runtime) < _MAX_ROOT_LEN - 24 and os.path.isdir(runtime):
+        return Path(runtime) / f"memballoon-{digest}"
+    return Path(tempfile.gettempdir()) / f"memballoon-{os.geteuid()}-{digest}"
 
 
 class HostRuntime:
@@ -124,29 +133,83 @@ class HostRuntime:
             self._lock_file.close()
             self._lock_file = None
 
+    # The folder on the host for the probe's files and the consoles. It is created private to the
+    # login user (others may only traverse it: QEMU under a system libvirtd runs as another user),
+    # and refused if it is a symlink, someone else's, or writable by others.
+    _WORKDIR_SCRIPT = r"""
+set -e
+d=$1
+if [ -z "$d" ]; then
+  if [ "$(id -u)" = 0 ]; then d=/var/lib/memballoon; else d="${XDG_CACHE_HOME:-$HOME/.cache}/memballoon"; fi
+fi
+umask 077
+[ -L "$d" ] && { echo "symlink $d"; exit 0; }
+mkdir -p "$(dirname "$d")"
+mkdir -m 0711 "$d" 2>/dev/null || true
+[ -L "$d/consoles" ] && { echo "symlink $d/consoles"; exit 0; }
+mkdir -m 0711 "$d/consoles" 2>/dev/null || true
+for x in "$d" "$d/consoles"; do
+  [ -L "$x" ] && { echo "symlink $x"; exit 0; }
+  echo "dir $x $(stat -c '%u %a %F' "$x")"
+done
+echo "uid $(id -u)"
+"""
+
     def workdir(self) -> str:
-        """Folder on the host where the probe's files and the consoles live."""
-        return self.spec.workdir
+        """Folder on the host where the probe's files and the consoles live (made private on first use)."""
+        if getattr(self, "_workdir", None):
+            return self._workdir
+        out = self.run(f"sh -c {shlex.quote(self._WORKDIR_SCRIPT)} workdir {shlex.quote(self.spec.workdir)}",
+                       hide=True, warn=True)
+        lines = out.stdout.splitlines()
+        uid = next((ln.split()[1] for ln in lines if ln.startswith("uid ")), None)
+        dirs = [ln.split(" ", 2)[1:] for ln in lines if ln.startswith("dir ")]
+        bad = next((ln for ln in lines if ln.startswith("symlink ")), None)
+        if bad:
+            raise HostError(f"host {self.name}: workdir {bad.split(' ', 1)[1]} is a symlink; remove it "
+                            "(someone may have planted it) or set hosts[].workdir")
+        if uid is None or len(dirs) != 2:
+            raise HostError(f"host {self.name}: cannot prepare the workdir {self.spec.workdir or '(default)'}: "
+                            f"{_last_line(out.stderr) or 'no answer'}")
+        for path, facts in dirs:
+            owner, mode, kind = (facts.split(" ", 2) + ["", "", ""])[:3]
+            if kind != "directory" or owner != uid or int(mode, 8) & 0o022:
+                raise HostError(f"host {self.name}: workdir {path} is not a private folder of uid {uid} (owner "
+                                f"{owner}, mode {mode}, {kind}); remove it or set hosts[].workdir")
+        self._workdir = dirs[0][0]
+        return self._workdir
 
     def stage(self, local: Path, name: str) -> str:
-        """Make a local file available on the host; return its path there."""
-        remote = f"{self.workdir()}/{name}"
-        self.run(f"mkdir -p {shlex.quote(self.workdir())}/consoles && chmod 755 {shlex.quote(self.workdir())}",
-                 hide=True)
-        probe = self.run(f"test -s {shlex.quote(remote)} && echo present || true", hide=True, warn=True)
-        if "present" not in probe.stdout:
-            self.put(local, remote + ".part")
-            self.run(f"chmod 644 {shlex.quote(remote)}.part && mv {shlex.quote(remote)}.part {shlex.quote(remote)}",
-                     hide=True)
+        """Make a local file available on the host, verified by its sha256; return its path there.
+
+        A file already at the name is used only if its sha256 matches; an upload goes to a file
+        created exclusively (mktemp) in the private workdir, is verified, then renamed."""
+        workdir = self.workdir()
+        remote = f"{workdir}/{name}"
+        digest = _sha256_file(local)
+        q = shlex.quote(remote)
+        have = self.run(f"sha256sum -- {q} 2>/dev/null || true", hide=True, warn=True).stdout.split()
+        if not have or have[0] != digest:
+            tmp = self.run(f"mktemp {shlex.quote(workdir)}/.upload.XXXXXXXX", hide=True).stdout.strip()
+            self.put(local, tmp)
+            got = self.run(f"sha256sum -- {shlex.quote(tmp)}", hide=True).stdout.split()
+            if not got or got[0] != digest:
+                self.remove(tmp)
+                raise HostError(f"host {self.name}: {remote} arrived with sha256 {got[0] if got else '?'}, "
+                                f"expected {digest}; the transfer was corrupted")
+            self.run(f"chmod 644 {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {q}", hide=True)
         return remote
 
     def console_path(self, domain: str) -> str:
         return f"{self.workdir()}/consoles/{domain}.log"
 
     def prepare_console(self, path: str) -> None:
-        """An empty console file QEMU may write: under a system libvirtd it runs as another user."""
+        """An empty console file only its owner can read or write.
+
+        libvirt opens file-backed serial consoles itself and hands QEMU the descriptor, so nobody
+        else needs access; a guest's console is evidence and must not be forgeable."""
         q = shlex.quote(path)
-        self.run(f"rm -f {q} && : > {q} && chmod 666 {q}", hide=True)
+        self.run(f"rm -f {q} && (umask 077 && set -C && : > {q})", hide=True)
 
     def clean_leftovers(self) -> list[str]:
         """Destroy domains a killed run left behind (they carry the tool's name prefix)."""
@@ -183,7 +246,7 @@ class HostRuntime:
         hv_version = _version(conn.getVersion())
         return {
             "name": self.name,
-            "uri": self.uri if not self.spec.is_embedded else "qemu:///embed",
+            "uri": self.spec.uri if not self.spec.is_embedded else "qemu:///embed",
             "hostname": conn.getHostname(),
             "arch": model,
             "cores": cpus,
@@ -194,6 +257,19 @@ class HostRuntime:
             "qemu_version": hv_version if hv_type == "QEMU" else None,
             "libvirt_version": _version(conn.getLibVersion()),
         }
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _last_line(text: str) -> str:
+    lines = [ln.strip() for ln in (text or "").splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
 
 
 def _version(number: int) -> str:
@@ -211,8 +287,13 @@ class LocalHost(HostRuntime):
         self.root = embed_root(cache_dir) if spec.is_embedded else None
 
     def run(self, command: str, **kwargs: Any):
+        from invoke.exceptions import UnexpectedExit
+
         kwargs.setdefault("in_stream", False)
-        return self._ctx.run(command, **kwargs)
+        try:
+            return self._ctx.run(command, **kwargs)
+        except UnexpectedExit as e:
+            raise HostError(_unexpected_exit(self.name, e)) from None
 
     def put(self, local: str | Path, remote: str) -> None:
         shutil.copyfile(local, remote)
@@ -233,9 +314,8 @@ class LocalHost(HostRuntime):
         p = Path(path)
         p.unlink(missing_ok=True)
         if not self.root:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            p.touch(mode=0o666)
-            p.chmod(0o666)
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
 
     @property
     def uri(self) -> str:
@@ -244,7 +324,7 @@ class LocalHost(HostRuntime):
     def workdir(self) -> str:
         if self.root:
             return str(self.root / "work")
-        return self.spec.workdir
+        return super().workdir()
 
     def stage(self, local: Path, name: str) -> str:
         if self.root:  # same process, same machine: use the cached file where it is
@@ -272,10 +352,10 @@ class LocalHost(HostRuntime):
         return gone
 
     def _prepare_embed_root(self) -> None:
-        root = self.root
-        (root / "etc").mkdir(parents=True, exist_ok=True)
-        (root / "work" / "consoles").mkdir(parents=True, exist_ok=True)
-        lock = open(root / "sweep.lock", "a+")
+        root = private_dir(self.root)
+        for sub in ("etc", "work", "work/consoles"):
+            private_dir(root / sub)
+        lock = open_nofollow(root / "sweep.lock")
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -296,21 +376,69 @@ class LocalHost(HostRuntime):
         conf = ['stdio_handler = "file"', "dynamic_ownership = 0", "remember_owner = 0"]
         if os.geteuid() == 0:
             conf += ['user = "+0"', 'group = "+0"']
-        (root / "etc" / "qemu.conf").write_text("\n".join(conf) + "\n")
+        write_nofollow(root / "etc" / "qemu.conf", ("\n".join(conf) + "\n").encode())
         os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{root}/libvirt.log")
 
 
+class HostKeyPolicy:
+    """What to do with a host key that no known_hosts file lists: refuse (the default), or with
+    ssh.accept_new_host_key record it and go on, like OpenSSH's StrictHostKeyChecking=accept-new."""
+
+    def __init__(self, host_name: str, known_hosts: Path, accept_new: bool):
+        self.host_name = host_name
+        self.known_hosts = known_hosts
+        self.accept_new = accept_new
+        self.accepted: list[str] = []
+
+    def missing_host_key(self, client, hostname: str, key) -> None:
+        line = f"{hostname} {key.get_name()} {key.get_base64()}"
+        if not self.accept_new:
+            host, _, port = hostname.strip("[").partition("]:")
+            scan = f"ssh-keyscan {'-p ' + port + ' ' if port else ''}-t {key.get_name()} {host} >> {self.known_hosts}"
+            raise HostError(f"host {self.host_name}: unknown SSH host key for {hostname} ({key.get_name()} "
+                            f"SHA256:{_fingerprint(key)}); if that is the host's key, add it with: {scan} "
+                            "(check the fingerprint first), or set ssh.accept_new_host_key: true")
+        self.known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.known_hosts, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        self.accepted.append(line)
+        log.warning("host %s: accepted the new SSH host key %s SHA256:%s and recorded it in %s", self.host_name,
+                    key.get_name(), _fingerprint(key), self.known_hosts)
+
+
+def _fingerprint(key) -> str:
+    import base64
+
+    return base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
 class SSHHost(HostRuntime):
-    """A remote hypervisor: commands and files over Fabric, libvirt over qemu+ssh:// or xen+ssh://."""
+    """A remote hypervisor: commands and files over Fabric, libvirt over qemu+ssh:// or xen+ssh://.
+
+    Host keys are checked as OpenSSH checks them: against ~/.ssh/known_hosts, /etc/ssh/ssh_known_hosts
+    and the manifest's ssh.known_hosts. libvirt's own SSH connection is then pinned to the key that
+    Fabric verified (see `uri`), so both paths trust exactly the same key."""
 
     def __init__(self, spec: HostSpec, cache_dir: Path, connection=None):
         super().__init__(spec, cache_dir)
+        self._policy = None
         if connection is None:
             from fabric import Connection
 
             connect_kwargs = {"key_filename": spec.ssh.key} if spec.ssh.key else {}
             connection = Connection(spec.ssh_address, user=spec.ssh.user, port=spec.ssh.port,
                                     connect_kwargs=connect_kwargs, connect_timeout=20)
+            client = connection.client
+            for system in ("/etc/ssh/ssh_known_hosts", os.path.expanduser("~/.ssh/known_hosts")):
+                if os.path.isfile(system):
+                    client.load_system_host_keys(system)
+            extra = Path(spec.ssh.known_hosts) if spec.ssh.known_hosts else Path(
+                os.path.expanduser("~/.ssh/known_hosts"))
+            if spec.ssh.known_hosts and extra.is_file():
+                client.load_host_keys(str(extra))
+            self._policy = HostKeyPolicy(spec.name, extra, spec.ssh.accept_new_host_key)
+            client.set_missing_host_key_policy(self._policy)
         self.connection = connection
         self._ssh_lock = threading.Lock()  # one SSH transport shared by the sweep's slots
 
@@ -321,11 +449,13 @@ class SSHHost(HostRuntime):
         try:
             with self._ssh_lock:
                 return self.connection.run(command, **kwargs)
-        except UnexpectedExit:
+        except UnexpectedExit as e:
+            raise HostError(_unexpected_exit(self.name, e)) from None
+        except UserError:
             raise
         except Exception as e:  # paramiko/socket errors: say which host
             raise HostError(f"host {self.name}: SSH to {self.spec.ssh.user}@{self.spec.ssh_address}:"
-                            f"{self.spec.ssh.port} failed: {e}") from None
+                            f"{self.spec.ssh.port} failed: {_ssh_reason(e)}") from None
 
     def put(self, local: str | Path, remote: str) -> None:
         with self._ssh_lock:
@@ -335,9 +465,75 @@ class SSHHost(HostRuntime):
         with self._ssh_lock:
             self.connection.get(remote, str(local))
 
+    def connect(self):
+        if self._conn is None:
+            self.run("true", hide=True)  # verifies the host key before libvirt's transport is used
+        return super().connect()
+
+    @property
+    def uri(self) -> str:
+        """The manifest's URI, with libvirt's SSH transport pinned to the host key Fabric verified."""
+        uri = self.spec.uri
+        scheme = urllib.parse.urlsplit(uri).scheme
+        transport = scheme.partition("+")[2]
+        if transport not in ("ssh", "libssh", "libssh2") or self._policy is None:
+            return uri
+        pinned = self._pinned_known_hosts()
+        if transport == "ssh":
+            extra = {"command": str(self._ssh_wrapper(pinned))}
+        else:
+            extra = {"known_hosts": str(pinned), "known_hosts_verify": "normal"}
+        parts = urllib.parse.urlsplit(uri)
+        query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if k not in extra]
+        query += list(extra.items())
+        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query, safe="/")))
+
+    def _pinned_known_hosts(self) -> Path:
+        """A private known_hosts with the one key this host presented to Fabric (already verified)."""
+        transport = self.connection.client.get_transport() if self.connection.client else None
+        if transport is None or not transport.is_active():
+            self.run("true", hide=True)
+            transport = self.connection.client.get_transport()
+        key = transport.get_remote_server_key()
+        name = self.spec.ssh_address if self.spec.ssh.port == 22 else f"[{self.spec.ssh_address}]:{self.spec.ssh.port}"
+        folder = private_dir(self.cache_dir / "ssh")
+        path = folder / f"{self.name}.known_hosts"
+        write_nofollow(path, f"{name} {key.get_name()} {key.get_base64()}\n".encode())
+        return path
+
+    def _ssh_wrapper(self, pinned: Path) -> Path:
+        """libvirt's ssh transport runs OpenSSH as `command`; this one checks only the pinned key."""
+        path = private_dir(self.cache_dir / "ssh") / f"{self.name}-ssh"
+        script = ("#!/bin/sh\n# written by memballoon: OpenSSH for libvirt, trusting only the host key that was verified\n"
+                  f"exec ssh -o UserKnownHostsFile={shlex.quote(str(pinned))} -o GlobalKnownHostsFile=/dev/null "
+                  "-o StrictHostKeyChecking=yes -o UpdateHostKeys=no \"$@\"\n")
+        write_nofollow(path, script.encode(), mode=0o700)
+        os.chmod(path, 0o700)
+        return path
+
     def close(self) -> None:
         super().close()
         self.connection.close()
+
+
+def _ssh_reason(e: Exception) -> str:
+    import paramiko
+
+    if isinstance(e, paramiko.BadHostKeyException):
+        return (f"the host key has CHANGED: {e.hostname} offered {e.key.get_name()} SHA256:{_fingerprint(e.key)}, "
+                f"known_hosts has SHA256:{_fingerprint(e.expected_key)}; refusing to connect. If the change is "
+                f"expected, remove the old key: ssh-keygen -R '{e.hostname}'")
+    return " ".join(str(e).split())[:300] or type(e).__name__
+
+
+def _unexpected_exit(host: str, e) -> str:
+    """invoke's UnexpectedExit as one line: host, command, exit code, last line of stderr."""
+    result = e.result
+    command = " ".join(str(result.command).split())
+    if len(command) > 80:
+        command = command[:77] + "..."
+    tail = _last_line(result.stderr) or _last_line(result.stdout)
+    return f"host {host}: '{command}' exited {result.exited}" + (f": {tail}" if tail else "")
 
 
 def runtime_for(spec: HostSpec, cache_dir: Path) -> HostRuntime:

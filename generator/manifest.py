@@ -20,10 +20,23 @@ from typing import Any, Callable
 import yaml
 
 from .errors import ManifestError, UserError
+from .safe import is_inside, read_regular
 from .units import parse_duration, parse_size
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,39}$")
+NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")  # used with fullmatch: no '/', no newline, no leading '.'
 EMBEDDED = "embedded"  # the manifest's name for libvirt's in-process QEMU driver on this machine
+
+# Bounds on what a manifest may ask for: a manifest may come from someone else, and a typo in a
+# size must not become a plan of a billion points or a 31-digit guest.
+MAX_MANIFEST_BYTES = 256 * 1024
+MAX_YAML_NODES = 20_000      # after expanding aliases (a "billion laughs" manifest stops here)
+MAX_LIST_ITEMS = 1000
+MAX_POINTS = 20_000
+MAX_REPEATS = 1000
+MAX_TEXT = 4000
+MAX_MEMORY_MIB = 16 * 1024 * 1024   # 16 TiB: beyond any x86_64 host libvirt manages today
+MIN_MEMORY_MIB = 16                 # below this no Linux kernel boots
+MAX_SECONDS = 7 * 24 * 3600.0
 
 
 class _Problems(list):
@@ -37,10 +50,13 @@ _REQUIRED = object()
 
 
 def _name(value, path, problems, ctx):
-    if not isinstance(value, str) or not NAME_RE.match(value):
+    if not isinstance(value, str) or not NAME_RE.fullmatch(value):
         problems.add(path, f"{value!r} is not a valid name (lowercase letters, digits, '-', '_', '.'; at most 40)")
         return _BAD
     return value
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def _text(value, path, problems, ctx):
@@ -49,12 +65,39 @@ def _text(value, path, problems, ctx):
     if not isinstance(value, str):
         problems.add(path, f"{value!r} is not text")
         return _BAD
+    if len(value) > MAX_TEXT:
+        problems.add(path, f"is {len(value)} characters long; at most {MAX_TEXT}")
+        return _BAD
+    if _CONTROL_RE.search(value):
+        problems.add(path, "contains control characters; only printable text, tabs and newlines")
+        return _BAD
     return value
 
 
-def _positive_int(value, path, problems, ctx):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        problems.add(path, f"{value!r} is not a whole number >= 1")
+def _line(value, path, problems, ctx):
+    """Text on one line (titles, labels, URIs)."""
+    value = _text(value, path, problems, ctx)
+    if value is not _BAD and ("\n" in value or "\r" in value):
+        problems.add(path, "must be on one line")
+        return _BAD
+    return value
+
+
+def _int_in(low: int, high: int) -> Callable:
+    def convert(value, path, problems, ctx):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            problems.add(path, f"{value!r} is not a whole number from {low} to {high}")
+            return _BAD
+        return value
+    return convert
+
+
+_positive_int = _int_in(1, 1024)
+
+
+def _flag(value, path, problems, ctx):
+    if not isinstance(value, bool):
+        problems.add(path, f"{value!r} is not true or false")
         return _BAD
     return value
 
@@ -62,7 +105,7 @@ def _positive_int(value, path, problems, ctx):
 def _slots(value, path, problems, ctx):
     if value == "auto":
         return 0
-    return _positive_int(value, path, problems, ctx)
+    return _int_in(1, 256)(value, path, problems, ctx)
 
 
 def _mib(value, path, problems, ctx):
@@ -74,15 +117,40 @@ def _mib(value, path, problems, ctx):
     if size % (1024 * 1024) or size <= 0:
         problems.add(path, f"{value!r} must be a positive whole number of MiB")
         return _BAD
-    return size // (1024 * 1024)
-
-
-def _seconds(value, path, problems, ctx):
-    try:
-        return parse_duration(value)
-    except ValueError as e:
-        problems.add(path, str(e))
+    mib = size // (1024 * 1024)
+    if not MIN_MEMORY_MIB <= mib <= MAX_MEMORY_MIB:
+        problems.add(path, f"{value!r} is outside {MIN_MEMORY_MIB} MiB .. {MAX_MEMORY_MIB // (1024 * 1024)} TiB")
         return _BAD
+    return mib
+
+
+def _seconds_in(low: float, high: float) -> Callable:
+    def convert(value, path, problems, ctx):
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            problems.add(path, str(e))
+            return _BAD
+        if not low <= seconds <= high:  # also false for nan; inf is above high
+            problems.add(path, f"{value!r} is outside {low:g} s .. {high:g} s")
+            return _BAD
+        return seconds
+    return convert
+
+
+_seconds = _seconds_in(0.001, MAX_SECONDS)
+
+
+def _workdir(value, path, problems, ctx):
+    """An absolute folder on the remote host, in plain characters, never '/' itself."""
+    if value == "":
+        return value  # the default: a private per-user folder chosen on the host
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._/-]{1,200}", value) or \
+            any(part in ("", ".", "..") for part in value.strip("/").split("/")) or value.strip("/") == "":
+        problems.add(path, f"{value!r} is not an absolute folder path of letters, digits, '.', '_', '-' "
+                           "(no '..', not '/')")
+        return _BAD
+    return value.rstrip("/")
 
 
 def _choice(*choices: str) -> Callable:
@@ -96,22 +164,30 @@ def _choice(*choices: str) -> Callable:
     return convert
 
 
-def _path_or(*keywords: str) -> Callable:
-    """A path resolved against the manifest's folder, or one of the given keywords."""
+def _path_or(*keywords: str, confined: bool = False) -> Callable:
+    """A path resolved against the manifest's folder, or one of the given keywords.
+
+    confined: the path must resolve (symlinks followed) inside the manifest's project root, so
+    that a manifest cannot publish or overwrite files elsewhere on the machine."""
     def convert(value, path, problems, ctx):
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not value or "\0" in value or len(value) > 1024:
             problems.add(path, f"{value!r} is not a path")
             return _BAD
         if value in keywords:
             return value
-        p = Path(os.path.expanduser(value))
-        return str(p if p.is_absolute() else (ctx["base"] / p).resolve())
+        p = Path(os.path.expanduser(value) if not confined else value)
+        resolved = (p if p.is_absolute() else ctx["base"] / p).resolve()
+        if confined and not is_inside(resolved, ctx["root"]):
+            problems.add(path, f"{value!r} resolves to {resolved}, outside the project folder {ctx['root']}; "
+                               "keep it inside (or use --results for results elsewhere)")
+            return _BAD
+        return str(resolved)
     return convert
 
 
 def _kernel(value, path, problems, ctx):
     """'host', 'debian:<suite>' (fetched from Debian's archive), or a path to a vmlinuz."""
-    if isinstance(value, str) and re.match(r"^debian:[a-z][a-z0-9-]*$", value):
+    if isinstance(value, str) and re.fullmatch(r"debian:[a-z][a-z0-9-]{0,30}", value):
         return value
     if isinstance(value, str) and value.startswith("debian:"):
         problems.add(path, f"{value!r} is not a Debian suite (e.g. debian:trixie, debian:bookworm)")
@@ -124,7 +200,7 @@ def _date(value, path, problems, ctx):
         return value.isoformat()
     if isinstance(value, _dt.date):
         return value.isoformat()
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 40:
         try:
             _dt.datetime.fromisoformat(value)
             return value
@@ -142,6 +218,9 @@ def _list_of(item: Callable, min_items: int = 0, unique: Callable | None = None,
             return _BAD
         if len(value) < min_items:
             problems.add(path, f"needs at least {min_items} item(s)")
+            return _BAD
+        if len(value) > MAX_LIST_ITEMS:
+            problems.add(path, f"has {len(value)} items; at most {MAX_LIST_ITEMS}")
             return _BAD
         out = [item(v, f"{path}[{i}]", problems, ctx) for i, v in enumerate(value)]
         bad = any(v is _BAD for v in out)
@@ -224,25 +303,64 @@ def _load_section(cls: type, raw: Any, path: str, problems: _Problems, ctx: dict
     return obj
 
 
+def _user(value, path, problems, ctx):
+    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
+        problems.add(path, f"{value!r} is not a login name (lowercase letters, digits, '_', '.', '-')")
+        return _BAD
+    return value
+
+
+def _hostname(value, path, problems, ctx):
+    if value == "":
+        return value
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}|\[[0-9A-Fa-f:.]+\]", value):
+        problems.add(path, f"{value!r} is not a host name or address")
+        return _BAD
+    return value
+
+
+def _site_path(value, path, problems, ctx):
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~/-]{0,300}", value) or "/../" in value + "/":
+        problems.add(path, f"{value!r} is not a site path like /post/old-name/")
+        return _BAD
+    return value
+
+
+def _url(value, path, problems, ctx):
+    if value == "":
+        return value
+    if isinstance(value, str) and (_site_path(value, path, _Problems(), ctx) is not _BAD or
+                                   re.fullmatch(r"https?://[A-Za-z0-9.-]+(:\d+)?(/[A-Za-z0-9._~/%?&=+#-]*)?", value)):
+        return value
+    problems.add(path, f"{value!r} is not an http(s) URL or a site path")
+    return _BAD
+
+
 # --- the schema ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SSH:
-    user: str = opt(_text, "root", "login user on the host")
-    port: int = opt(_positive_int, 22, "SSH port")
+    user: str = opt(_user, "root", "login user on the host")
+    port: int = opt(_int_in(1, 65535), 22, "SSH port")
     key: str = opt(_path_or(), "", "private key file; default: your SSH agent and ~/.ssh")
+    known_hosts: str = opt(_path_or(confined=True), "",
+                           "a known_hosts file (inside the project) checked besides ~/.ssh/known_hosts")
+    accept_new_host_key: bool = opt(_flag, False,
+                                    "accept and record an unknown host key on first contact, like OpenSSH's "
+                                    "StrictHostKeyChecking=accept-new (a changed key is still refused)")
 
 
 @dataclass(frozen=True)
 class Host:
     name: str = opt(_name, doc="short name used in result paths and graphs")
-    uri: str = opt(_text, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
+    uri: str = opt(_line, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
                                      "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
-    address: str = opt(_text, "", "SSH address of a remote host (default: the host part of the URI)")
+    address: str = opt(_hostname, "", "SSH address of a remote host (default: the host part of the URI)")
     domain_type: str = opt(_choice("auto", "kvm", "qemu", "xen"), "auto",
                            "kvm, qemu (TCG), xen, or auto: KVM where a canary boot works, else TCG")
     slots: int = opt(_slots, 0, "points measured at once; 'auto' = bounded by the host's cores and memory")
     ssh: SSH = opt(_section(SSH), SSH(), "how to reach a remote host")
-    workdir: str = opt(_text, "/var/tmp/memballoon", "folder on a remote host for the probe's kernel and initramfs")
+    workdir: str = opt(_workdir, "", "folder on a remote host for the probe's kernel, initramfs and consoles; "
+                                     "default: /var/lib/memballoon for root, ~/.cache/memballoon for others")
 
     @property
     def is_embedded(self) -> bool:
@@ -251,6 +369,10 @@ class Host:
     @property
     def is_remote(self) -> bool:
         return bool(self.ssh_address)
+
+    @property
+    def is_xen(self) -> bool:
+        return self.domain_type == "xen" or self.uri.startswith(("xen", "libxl"))
 
     @property
     def ssh_address(self) -> str:
@@ -262,6 +384,11 @@ class Host:
     def _check(self, path, problems):
         if not (self.is_embedded or re.match(r"^[a-z0-9+]+://", self.uri)):
             problems.add(f"{path}.uri", f"{self.uri!r} is not a libvirt URI or '{EMBEDDED}'")
+        if re.search(r"[?&]no_verify=(1|yes|true)\b", self.uri, re.I):
+            problems.add(f"{path}.uri", "no_verify turns off SSH host key checking; remove it and add the host's key "
+                                        "to known_hosts (or set ssh.accept_new_host_key: true)")
+        if self.is_remote and not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}|\[[0-9A-Fa-f:.]+\]", self.ssh_address):
+            problems.add(f"{path}.address", f"{self.ssh_address!r} is not a host name or address")
         if self.domain_type == "xen" and not (self.uri.startswith("xen") or self.uri.startswith("libxl")):
             problems.add(f"{path}.domain_type", "xen needs a xen:// or xen+ssh:// URI")
 
@@ -269,26 +396,26 @@ class Host:
 @dataclass(frozen=True)
 class Guest:
     name: str = opt(_name, doc="short name used in result paths and graph file names")
-    label: str = opt(_text, "", "how the post names it, e.g. 'Debian 12'; default: from the kernel")
+    label: str = opt(_line, "", "how the post names it, e.g. 'Debian 12'; default: from the kernel")
     kernel: str = opt(_kernel, "host",
                       "'host' (this machine's installed kernel), 'debian:<suite>' (that Debian release's "
                       "kernel, fetched into the cache), or a path to a vmlinuz")
     modules: str = opt(_path_or(), "", "the kernel's modules folder (default: /lib/modules/<release>)")
-    vcpus: int = opt(_positive_int, 1, "virtual CPUs")
-    cmdline: str = opt(_text, "", "extra kernel command line")
+    vcpus: int = opt(_int_in(1, 64), 1, "virtual CPUs")
+    cmdline: str = opt(_line, "", "extra kernel command line")
 
 
 @dataclass(frozen=True)
 class Balloon:
     model: str = opt(_choice("virtio", "xen", "none"), "virtio", "the memballoon device model")
-    stats_period: float = opt(_seconds, 1.0, "seconds between the balloon's statistics updates")
+    stats_period: float = opt(_seconds_in(1, 3600), 1.0, "seconds between the balloon's statistics updates")
 
 
 @dataclass(frozen=True)
 class Sweep:
     memory: list = opt(_list_of(_mib, 1, unique=lambda v: v), doc="list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]")
     current_memory: list = opt(_list_of(_mib, 1, unique=lambda v: v), doc="list of <currentMemory> sizes, e.g. [1024 MiB]")
-    repeats: int = opt(_positive_int, 1, "how many times each point is measured")
+    repeats: int = opt(_int_in(1, MAX_REPEATS), 1, "how many times each point is measured")
 
     def _check(self, path, problems):
         if min(self.current_memory) > max(self.memory):
@@ -306,17 +433,18 @@ class Timeouts:
 @dataclass(frozen=True)
 class Post:
     slug: str = opt(_name, doc="the post's folder name under site/content/posts/")
-    title: str = opt(_text, doc="the post's title")
-    content: str = opt(_path_or(), doc="the Markdown+Jinja source of the prose, relative to this file")
+    title: str = opt(_line, doc="the post's title")
+    content: str = opt(_path_or(confined=True),
+                       doc="the Markdown+Jinja source of the prose, relative to this file (inside the project)")
     date: str = opt(_date, "", "publication date; default: the newest result's date")
     description: str = opt(_text, "", "one-sentence summary for the front matter")
-    categories: list = opt(_list_of(_text), [], "Hugo categories")
-    tags: list = opt(_list_of(_text), [], "Hugo tags")
-    aliases: list = opt(_list_of(_text), [], "old URLs that should redirect to this post")
-    menu: str = opt(_text, "", "Hugo menu to list the post in")
+    categories: list = opt(_list_of(_line), [], "Hugo categories")
+    tags: list = opt(_list_of(_line), [], "Hugo tags")
+    aliases: list = opt(_list_of(_site_path), [], "old URLs (site paths like /post/old/) that redirect to this post")
+    menu: str = opt(_line, "", "Hugo menu to list the post in")
     layout: str = opt(_choice("bundle", "static"), "bundle",
                       "bundle: images beside index.md; static: images under static/img/ like the original")
-    original: str = opt(_text, "", "URL of the post this one updates")
+    original: str = opt(_url, "", "URL (http, https or a site path) of the post this one updates")
 
 
 @dataclass(frozen=True)
@@ -328,8 +456,8 @@ class Manifest:
     balloon: Balloon = opt(_section(Balloon), Balloon(), "the balloon device")
     sweep: Sweep = opt(_section(Sweep), doc="the memory / currentMemory values and repeats")
     timeouts: Timeouts = opt(_section(Timeouts), Timeouts(), "per-point time limits")
-    results: str = opt(_path_or(), "results", "where the JSON records go, relative to this file",
-                       convert_default=True)
+    results: str = opt(_path_or(confined=True), "results",
+                       "where the JSON records go, relative to this file (inside the project)", convert_default=True)
     post: Post = opt(_section(Post), doc="what the report looks like")
     # Filled by load(), not by the YAML.
     path: str = field(default="", init=True, metadata={"internal": True})
@@ -338,6 +466,19 @@ class Manifest:
     def _check(self, path, problems):
         if sum(1 for h in self.hosts if h.is_embedded) > 1:
             problems.add("hosts", f"only one host can use uri '{EMBEDDED}'")
+        planned = (len(self.hosts) * len(self.guests) * len(self.sweep.memory) * len(self.sweep.current_memory)
+                   * self.sweep.repeats)
+        if planned > MAX_POINTS:
+            problems.add("sweep", f"asks for {planned} points (hosts x guests x memory x current_memory x repeats); "
+                                  f"at most {MAX_POINTS} in one manifest")
+        xen_hosts = [h.name for h in self.hosts if h.is_xen]
+        other_hosts = [h.name for h in self.hosts if not h.is_xen]
+        if self.balloon.model == "xen" and other_hosts:
+            problems.add("balloon.model", f"'xen' is Xen's balloon, but host(s) {', '.join(other_hosts)} run QEMU; "
+                                          "use 'virtio' (or a separate manifest for the Xen hosts)")
+        if self.balloon.model == "virtio" and xen_hosts:
+            problems.add("balloon.model", f"'virtio' is QEMU's balloon, but host(s) {', '.join(xen_hosts)} run Xen; "
+                                          "use 'xen'")
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -346,24 +487,96 @@ class Manifest:
         return next(g for g in self.guests if g.name == name)
 
 
+def project_root(manifest_path: Path) -> Path:
+    """The folder a manifest's paths must stay in: the project of `<project>/experiments/<name>/x.yaml`
+    (or `<project>/experiments/x.yaml`), else the manifest's own folder."""
+    folder = manifest_path.resolve().parent
+    for candidate in (folder, folder.parent):
+        if candidate.name == "experiments":
+            return candidate.parent
+    return folder
+
+
+def _yaml_problem(mark, message: str) -> str:
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{message}"
+
+
+def _check_nodes(root, loader) -> list[str]:
+    """Bound the document after alias expansion, refuse duplicate keys and impossible dates."""
+    problems: list[str] = []
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:  # iterative post-order walk; `sizes` memoizes shared (aliased) nodes
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        if isinstance(node, yaml.ScalarNode):
+            sizes[id(node)] = 1
+            if node.tag == "tag:yaml.org,2002:timestamp":
+                try:
+                    loader.construct_yaml_timestamp(node)
+                except ValueError as e:
+                    problems.append(_yaml_problem(node.start_mark, f"{node.value!r} is not a valid date ({e})"))
+            continue
+        children = [c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode) else node.value
+        if not done:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+            continue
+        sizes[id(node)] = min(1 + sum(sizes.get(id(c), 1) for c in children), MAX_YAML_NODES + 1)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key, _value in node.value:
+                if isinstance(key, yaml.ScalarNode):
+                    if key.value in seen:
+                        problems.append(_yaml_problem(key.start_mark, f"duplicate key {key.value!r} (first at line "
+                                                                      f"{seen[key.value] + 1}); keep one"))
+                    seen.setdefault(key.value, key.start_mark.line)
+        if sizes[id(node)] > MAX_YAML_NODES:
+            return [f"the document expands to more than {MAX_YAML_NODES} values (through YAML aliases?); "
+                    "write it out plainly"]
+    return problems
+
+
+def parse_yaml(data: bytes, path: str) -> Any:
+    """Safe YAML with bounds: at most MAX_MANIFEST_BYTES, MAX_YAML_NODES values after alias expansion,
+    no duplicate keys. Every failure is a ManifestError naming the line."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(path, [f"the manifest is {len(data)} bytes; at most {MAX_MANIFEST_BYTES}"])
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)(data)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        problems = _check_nodes(node, loader)
+        if problems:
+            raise ManifestError(path, problems)
+        return loader.construct_document(node)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ManifestError(path, [f"not valid YAML at{where}: {reason}"]) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as e:
+        raise ManifestError(path, [f"not valid YAML: {type(e).__name__}: {e}"]) from None
+    finally:
+        loader.dispose()
+
+
 def load(path: str | Path) -> Manifest:
     """Read and validate a manifest; raise ManifestError with every problem found."""
     path = Path(path)
+    data = read_regular(path, MAX_MANIFEST_BYTES, "manifest")
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the manifest ({e.strerror})") from None
-    try:
-        raw = yaml.load(data, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        reason = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ManifestError(str(path), [f"not valid YAML at{where}: {reason}"]) from None
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(str(path), [f"not UTF-8 text (byte {e.start})"]) from None
+    raw = parse_yaml(data, str(path))
     problems = _Problems()
     if not isinstance(raw, dict):
         raise ManifestError(str(path), ["expected a mapping of keys at the top level"])
-    ctx = {"base": path.resolve().parent}
+    ctx = {"base": path.resolve().parent, "root": project_root(path)}
     manifest = _load_section(Manifest, raw, "", problems, ctx)
     if problems or manifest is _BAD:
         raise ManifestError(str(path), list(problems) or ["invalid"])

@@ -86,7 +86,7 @@ post: {slug: x, title: t, content: p.md}
     text = "\n".join(got)
     assert "hosts[1].name: 'a' is already used by hosts[0]" in text
     assert "sweep.memory[1]: 1024 is already used by sweep.memory[0]" in text
-    assert "sweep.repeats: 0 is not a whole number >= 1" in text
+    assert "sweep.repeats: 0 is not a whole number from 1 to 1000" in text
 
 
 def test_sizes_must_be_whole_mib(write_manifest):

@@ -50,7 +50,9 @@ def sshd(tmp_path_factory):
         with socket.socket() as s:
             return s.connect_ex(("127.0.0.1", port)) == 0
     wait_for(listening, 20, "sshd to listen")
-    yield {"port": port, "key": str(d / "client"), "dir": d}
+    host_pub = (d / "host.pub").read_text().split()
+    (d / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    yield {"port": port, "key": str(d / "client"), "dir": d, "known_hosts": str(d / "known_hosts")}
     proc.terminate()
     proc.wait(timeout=10)
 
@@ -64,10 +66,12 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
-def remote(sshd, workdir, port=None) -> SSHHost:
+def remote(sshd, workdir, port=None, known_hosts=None, accept_new=False, cache=None) -> SSHHost:
     spec = Host(name="loop", uri="qemu+ssh://root@127.0.0.1/system", domain_type="qemu",
-                ssh=SSH(user="root", port=port or sshd["port"], key=sshd["key"]), workdir=str(workdir))
-    return SSHHost(spec, Path(tempfile.gettempdir()))
+                ssh=SSH(user="root", port=port or sshd["port"], key=sshd["key"],
+                        known_hosts=sshd["known_hosts"] if known_hosts is None else known_hosts,
+                        accept_new_host_key=accept_new), workdir=str(workdir))
+    return SSHHost(spec, Path(cache or tempfile.mkdtemp(prefix="mbcache-")))
 
 
 def test_fabric_runs_puts_and_gets_over_real_ssh(sshd, workdir, tmp_path):
@@ -81,14 +85,17 @@ def test_fabric_runs_puts_and_gets_over_real_ssh(sshd, workdir, tmp_path):
         assert Path(path).read_bytes() == local.read_bytes()
         assert oct(Path(path).stat().st_mode & 0o777) == "0o644"
         before = Path(path).stat().st_mtime_ns
-        local.write_bytes(b"changed")  # same name = same content hash: not sent again
-        host.stage(local, "probe-abc-initrd.img")
+        host.stage(local, "probe-abc-initrd.img")  # same sha256 on the host: not sent again
         assert Path(path).stat().st_mtime_ns == before
+        local.write_bytes(b"changed")  # a file whose sha256 differs is replaced, never trusted by name
+        host.stage(local, "probe-abc-initrd.img")
+        assert Path(path).read_bytes() == b"changed"
         host.get(path, tmp_path / "back.bin")
-        assert (tmp_path / "back.bin").stat().st_size == 100_000
+        assert (tmp_path / "back.bin").read_bytes() == b"changed"
         console = host.console_path("mb-x-test")
         host.prepare_console(console)
-        assert oct(Path(console).stat().st_mode & 0o777) == "0o666" and host.read_text(console) == ""
+        # the console is evidence: only its owner may write it (libvirt hands QEMU the descriptor)
+        assert oct(Path(console).stat().st_mode & 0o777) == "0o600" and host.read_text(console) == ""
         Path(console).write_text("hello\n")
         assert host.read_text(console) == "hello\n"
         host.remove(console)
@@ -101,6 +108,124 @@ def test_unreachable_ssh_host_names_the_host(sshd, workdir):
     host = remote(sshd, workdir, port=free_port())
     with pytest.raises(HostError, match=r"host loop: SSH to root@127.0.0.1:\d+ failed"):
         host.run("true", hide=True)
+
+
+def test_known_host_key_is_accepted(sshd, workdir):
+    host = remote(sshd, workdir)
+    try:
+        assert host.run("echo ok", hide=True).stdout.strip() == "ok"
+    finally:
+        host.close()
+
+
+def test_unknown_host_key_is_refused_with_the_line_to_add(sshd, workdir, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    host = remote(sshd, workdir, known_hosts=str(empty))
+    with pytest.raises(HostError) as e:
+        host.run("true", hide=True)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"unknown SSH host key for [127.0.0.1]:{sshd['port']}" in message
+    assert f"ssh-keyscan -p {sshd['port']} -t ssh-ed25519 127.0.0.1 >> {empty}" in message
+    assert "ssh.accept_new_host_key" in message
+    assert empty.read_text() == ""  # nothing recorded without the opt-in
+
+
+def test_changed_host_key_is_refused(sshd, workdir, tmp_path):
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+    other = (tmp_path / "other.pub").read_text().split()
+    changed = tmp_path / "known_hosts"
+    changed.write_text(f"[127.0.0.1]:{sshd['port']} {other[0]} {other[1]}\n")
+    for accept_new in (False, True):  # accept-new never accepts a changed key
+        host = remote(sshd, workdir, known_hosts=str(changed), accept_new=accept_new)
+        with pytest.raises(HostError, match=r"host loop: .*the host key has CHANGED.*refusing to connect"):
+            host.run("true", hide=True)
+        assert changed.read_text().count("\n") == 1
+
+
+def test_accept_new_records_the_key_and_then_trusts_only_it(sshd, workdir, tmp_path):
+    recorded = tmp_path / "known_hosts"
+    host = remote(sshd, workdir, known_hosts=str(recorded), accept_new=True)
+    try:
+        assert host.run("echo first", hide=True).stdout.strip() == "first"
+    finally:
+        host.close()
+    host_pub = (sshd["dir"] / "host.pub").read_text().split()
+    assert recorded.read_text() == f"[127.0.0.1]:{sshd['port']} {host_pub[0]} {host_pub[1]}\n"
+    again = remote(sshd, workdir, known_hosts=str(recorded))  # no opt-in needed any more
+    try:
+        assert again.run("echo again", hide=True).stdout.strip() == "again"
+    finally:
+        again.close()
+
+
+def test_libvirt_transport_is_pinned_to_the_verified_key(sshd, workdir, tmp_path):
+    host = remote(sshd, workdir, cache=tmp_path / "cache")
+    try:
+        host.run("true", hide=True)
+        uri = host.uri
+        assert "no_verify" not in uri and "command=" in uri
+        wrapper = tmp_path / "cache" / "ssh" / "loop-ssh"
+        assert oct(wrapper.stat().st_mode & 0o777) == "0o700"
+        assert oct((tmp_path / "cache" / "ssh").stat().st_mode & 0o777) == "0o700"
+        pinned = (tmp_path / "cache" / "ssh" / "loop.known_hosts").read_text()
+        assert pinned == Path(sshd["known_hosts"]).read_text()
+        # OpenSSH through the wrapper: the pinned key works, another key for the host does not
+        ok = subprocess.run([str(wrapper), "-p", str(sshd["port"]), "-i", sshd["key"], "-o", "BatchMode=yes",
+                             "root@127.0.0.1", "echo pinned"], capture_output=True, text=True, timeout=30)
+        assert ok.returncode == 0 and ok.stdout.strip() == "pinned", ok.stderr
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "other")], check=True)
+        other = (tmp_path / "other.pub").read_text().split()
+        (tmp_path / "cache" / "ssh" / "loop.known_hosts").write_text(
+            f"[127.0.0.1]:{sshd['port']} {other[0]} {other[1]}\n")
+        bad = subprocess.run([str(wrapper), "-p", str(sshd["port"]), "-i", sshd["key"], "-o", "BatchMode=yes",
+                              "root@127.0.0.1", "true"], capture_output=True, text=True, timeout=30)
+        assert bad.returncode != 0 and "Host key verification failed" in bad.stderr
+    finally:
+        host.close()
+
+
+def test_staged_files_are_verified_and_planted_ones_replaced(sshd, workdir, tmp_path):
+    host = remote(sshd, workdir)
+    try:
+        local = tmp_path / "probe.bin"
+        local.write_bytes(os.urandom(50_000))
+        planted = workdir / "probe-x-vmlinuz"
+        planted.write_bytes(b"forged, but not empty")  # a file someone left at the name is not trusted
+        path = host.stage(local, "probe-x-vmlinuz")
+        assert Path(path).read_bytes() == local.read_bytes()
+        assert not list(workdir.glob(".upload.*"))
+    finally:
+        host.close()
+
+
+def test_workdir_someone_else_can_write_is_refused(sshd, tmp_path):
+    shared = Path(tempfile.mkdtemp(prefix="mbshared-", dir="/var/tmp"))
+    try:
+        shared.chmod(0o777)
+        host = remote(sshd, shared)
+        with pytest.raises(HostError, match=r"workdir .* is not a private folder .*mode 777"):
+            host.stage(tmp_path / "x", "probe-y")
+        link = Path(tempfile.mkdtemp(prefix="mblink-", dir="/var/tmp"))
+        link.rmdir()
+        link.symlink_to(tmp_path)
+        host = remote(sshd, link)
+        with pytest.raises(HostError, match=r"workdir .* is a symlink"):
+            host.stage(tmp_path / "x", "probe-y")
+        link.unlink()
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_failed_remote_command_is_one_line(sshd, workdir):
+    host = remote(sshd, workdir)
+    try:
+        with pytest.raises(HostError) as e:
+            host.run("echo first >&2; echo 'the real reason' >&2; exit 3", hide=True)
+        assert str(e.value) == "host loop: 'echo first >&2; echo 'the real reason' >&2; exit 3' exited 3: the real reason"
+    finally:
+        host.close()
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +243,17 @@ def libvirtd():
 
 
 def test_sweep_on_a_remote_host_over_qemu_ssh(sshd, libvirtd, workdir, tmp_path, embed_env):
-    uri = f"qemu+ssh://root@127.0.0.1:{sshd['port']}/system?keyfile={sshd['key']}&no_verify=1&no_tty=1"
+    uri = f"qemu+ssh://root@127.0.0.1:{sshd['port']}/system?keyfile={sshd['key']}&no_tty=1"
     manifest = tmp_path / "remote" / "experiment.yaml"
     manifest.parent.mkdir()
+    shutil.copy(sshd["known_hosts"], manifest.parent / "known_hosts")
     manifest.write_text(f"""
 experiment: remote
 hosts:
   - name: loop
     uri: '{uri}'
     domain_type: qemu
-    ssh: {{user: root, port: {sshd['port']}, key: {sshd['key']}}}
+    ssh: {{user: root, port: {sshd['port']}, key: {sshd['key']}, known_hosts: known_hosts}}
     workdir: {workdir}
 guests: [{{name: debian, kernel: host}}]
 sweep: {{memory: [1 GiB, 2 GiB], current_memory: [1024 MiB]}}

@@ -1,0 +1,116 @@
+"""Filesystem helpers for a tool that runs as root on input written by others.
+
+Every path that comes from a manifest, a record or a build state is checked to resolve inside
+its root (after symlinks); files read from such places must be regular files of bounded size;
+folders the tool keeps its own state in are private (0700, ours, not symlinks), and files in
+them are created without following symlinks.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from .errors import UserError
+
+
+def inside(path: str | Path, root: str | Path, what: str = "path") -> Path:
+    """`path` resolved (symlinks followed); a UserError unless it is `root` or below it."""
+    resolved = Path(path).resolve()
+    base = Path(root).resolve()
+    if resolved != base and base not in resolved.parents:
+        raise UserError(f"{what} {str(path)!r} resolves to {resolved}, outside {base}; "
+                        f"keep it inside {base}")
+    return resolved
+
+
+def is_inside(path: str | Path, root: str | Path) -> bool:
+    try:
+        inside(path, root)
+        return True
+    except UserError:
+        return False
+
+
+def read_regular(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of a regular file of at most `limit` bytes; never blocks on a FIFO or device."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{path}: the {what} is not a regular file; remove it or replace it with one")
+        if st.st_size > limit:
+            raise UserError(f"{path}: the {what} is {st.st_size} bytes, more than the {limit} allowed")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise UserError(f"{path}: the {what} grew past the {limit} bytes allowed while being read")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read the {what} ({e.strerror})") from None
+    finally:
+        os.close(fd)
+
+
+def private_dir(path: str | Path, mode: int = 0o700) -> Path:
+    """Create (or check) a folder only this user can write: a real folder, ours, no access for others.
+
+    A folder someone else planted at the name (a symlink, another owner, group- or world-writable)
+    is refused rather than used or "fixed": it may be an attack on a root-run tool.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(p, mode)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise UserError(f"{p}: cannot create the folder ({e.strerror})") from None
+    st = os.lstat(p)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"{p}: expected a private folder but found a symlink or a file; remove it "
+                        "(someone else may have planted it)")
+    if st.st_uid != os.geteuid():
+        raise UserError(f"{p}: the folder belongs to uid {st.st_uid}, not to you (uid {os.geteuid()}); "
+                        "remove it or choose another folder")
+    if st.st_mode & 0o022 or (mode & 0o077 == 0 and st.st_mode & 0o077):
+        raise UserError(f"{p}: the folder is accessible to others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                        f"run 'chmod {mode:o} {p}' or remove it")
+    return p
+
+
+def write_nofollow(path: str | Path, data: bytes, mode: int = 0o600) -> None:
+    """Replace a file's content without following a symlink at its name (a planted one is an error)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror}); a symlink there is refused") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise UserError(f"{path}: not a regular file of yours; remove it")
+        os.ftruncate(fd, 0)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def open_nofollow(path: str | Path, mode: int = 0o600):
+    """A file object for reading and writing, created if missing, never through a symlink."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as e:
+        raise UserError(f"{path}: cannot open ({e.strerror}); a symlink there is refused") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+        os.close(fd)
+        raise UserError(f"{path}: not a regular file of yours; remove it")
+    return os.fdopen(fd, "r+")
