@@ -10,8 +10,10 @@ import base64
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 import subprocess
+import tempfile
 import sys
 import time
 import traceback
@@ -23,14 +25,16 @@ from . import __version__
 from . import results as results_mod
 from .analysis import Data, build_series
 from .errors import UserError
-from .manifest import Manifest
+from .manifest import Manifest, project_root
+from .safe import inside, is_inside, read_regular
 from .plan import points, results_dir
 from .units import mib_label
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 STATE_FILE = ".memballoon-build.json"
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: each output names its post, so a build removes only outputs of the posts it built
+MAX_STATE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
@@ -40,7 +44,8 @@ class Output:
     path: Path
     inputs: str
     render: Callable[[], bytes]
-    post: str
+    post: str      # the post's slug: a build removes only outputs of the posts it built
+    source: str    # the manifest it comes from, for messages
     data: bytes | None = None
 
 
@@ -87,26 +92,66 @@ def _load_records(manifest: Manifest, folder: Path) -> tuple[list[dict], list[st
     """Records of the planned points, and the digest of each file (the build's inputs)."""
     records, digests = [], []
     for p in points(manifest):
-        path = p.record_path(folder)
-        if not path.exists():
+        found = results_mod.read_point(p, folder)
+        if found is None:
             continue
-        raw = path.read_bytes()
-        records.append(results_mod.parse_record(raw, path))
+        record, raw = found
+        records.append(record)
         digests.append(_sha(str(p.key), raw))
     return records, digests
 
 
 # --- Jinja -------------------------------------------------------------------------------------------
-def _jinja_env(content_dir: Path):
-    import jinja2
+# Values from manifests, records and guests are text, never Markdown or HTML: every {{ value }} is
+# escaped for Markdown (the characters that make links, code spans, table cells and escapes) and for
+# HTML (by Jinja's autoescape). Templates and macros are trusted; what they output is not escaped again.
+_MD_SPECIAL = re.compile(r"([\\`\[\]|])")
 
-    env = jinja2.Environment(
+
+def md_text(value) -> "Markup":
+    """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):
+        return value
+    text = " ".join(str(value).splitlines())
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+    return Markup(_MD_SPECIAL.sub(r"\\\1", text))
+
+
+def md_code(value) -> "Markup":
+    """A value as a Markdown code span, fenced by more backticks than it contains (no escaping applies
+    inside a code span, so none is done)."""
+    from markupsafe import Markup
+
+    text = " ".join(str(value).splitlines())
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return Markup(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _finalize(value):
+    from markupsafe import Markup
+
+    if value is None or isinstance(value, (Markup, int, float)):
+        return value
+    return md_text(value)
+
+
+def _jinja_env(content_dir: Path):
+    """A sandboxed environment: content files may come from someone else and get no Python access."""
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(
         loader=jinja2.FileSystemLoader([str(content_dir), str(templates_dir())]),
-        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=False,
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=True, finalize=_finalize,
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.do"])
     env.filters["mib"] = mib_label
     env.filters["num"] = lambda v, digits=0: "n/a" if v is None else f"{v:,.{digits}f}"
-    env.filters["md_escape"] = lambda s: re.sub(r"([\[\]|*_`])", r"\\\1", str(s))
+    env.filters["md_escape"] = md_text
+    env.filters["code"] = md_code
     return env
 
 
@@ -184,9 +229,9 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
 
     def add(path: Path, inputs: str, render: Callable[[], bytes]) -> None:
         if path in outputs:
-            raise UserError(f"two outputs to one path: {path} (from {outputs[path].post} and {manifest.path}); "
+            raise UserError(f"two outputs to one path: {path} (from {outputs[path].source} and {manifest.path}); "
                             "give the posts different post.slug values")
-        outputs[path] = Output(path, inputs, render, manifest.path)
+        outputs[path] = Output(path, inputs, render, slug, manifest.path)
 
     figures: dict[str, dict] = {}
     if data.has_data:
@@ -212,8 +257,9 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
         add(img_dir / lost_name, _sha(plot_code, "lost", *everything), lambda: plots.lost_png(series, fits))
 
     content_path = Path(manifest.post.content)
-    if not content_path.exists():
+    if not content_path.is_file():
         raise UserError(f"{manifest.path}: post.content {content_path} does not exist")
+    inside(content_path, project_root(Path(manifest.path)), "post.content")
     commit = results_commit(folder)
     template_files = sorted(templates_dir().glob("*"))
     page_inputs = _sha(__version__, manifest.sha256, layout, content_path.read_bytes(), str(commit),
@@ -225,27 +271,30 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
         context = {"post": manifest.post, "manifest": manifest, "data": data, "figures": figures,
                    "results_commit": commit, "results_dir": _display_path(folder), "layout": layout,
                    "tool_version": __version__}
+        from markupsafe import Markup
+
         body = _render(env, content_path.name, str(content_path), **context) if data.has_data else ""
         text = _render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
-                       front_matter=front_matter(manifest, _post_date(manifest, records)), body=body, **context)
+                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records))), body=Markup(body),
+                       **context)
         return text.encode()
 
     add(page, page_inputs, render_page)
     preview = site / "previews" / f"{slug}.html"
 
     def render_preview() -> bytes:
-        import markdown
+        from markupsafe import Markup
 
         text = outputs[page].data.decode()
         body_md = re.sub(r"\A\+\+\+\n.*?\n\+\+\+\n", "", text, flags=re.S)
-        html = markdown.markdown(body_md, extensions=["tables", "fenced_code"], output_format="html")
+        html = markdown_to_safe_html(body_md)
         for fig in figures.values():
             png = outputs[img_dir / fig["file"]].data
             uri = "data:image/png;base64," + base64.b64encode(png).decode()
             html = html.replace(f'src="{fig["url"]}"', f'src="{uri}"')
         env = _jinja_env(content_path.parent)
         return _render(env, "preview.html.j2", str(templates_dir() / "preview.html.j2"), post=manifest.post,
-                       html=html).encode()
+                       html=Markup(html)).encode()
 
     add(preview, _sha("preview", page_inputs, *[outputs[img_dir / f["file"]].inputs for f in figures.values()]),
         render_preview)
@@ -279,16 +328,85 @@ def _lost_alt(series, fits) -> str:
     return " ".join(parts)
 
 
+# --- the preview: Markdown to HTML as Hugo renders it (raw HTML dropped, unsafe links removed) ---------
+_SAFE_URL = re.compile(r"^(https?:|mailto:|#|/|\.{0,2}/|[A-Za-z0-9._~-]+(/|$|\.|#|\?))", re.I)
+
+
+def markdown_to_safe_html(text: str) -> str:
+    """HTML for the preview. Like Hugo's goldmark with unsafe off: raw HTML in the Markdown is shown
+    as text (never run), and links or images whose URL is not http(s), mailto or relative are dropped."""
+    import markdown
+    from markdown.treeprocessors import Treeprocessor
+
+    class DropUnsafeURLs(Treeprocessor):
+        def run(self, root):
+            for el in root.iter():
+                for attr in ("href", "src"):
+                    url = el.get(attr)
+                    if url is not None and not _SAFE_URL.match(url.strip()):
+                        el.set(attr, "")
+                for attr in list(el.keys()):
+                    if attr.lower().startswith("on"):
+                        del el.attrib[attr]
+
+    md = markdown.Markdown(extensions=["tables", "fenced_code"], output_format="html")
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    md.treeprocessors.register(DropUnsafeURLs(md), "drop_unsafe_urls", 0)
+    return md.convert(text)
+
+
 # --- the whole build ---------------------------------------------------------------------------------
 def _read_state(site: Path, clean: bool) -> dict:
+    """The previous build's outputs: {site-relative path: {"inputs", "sha256", "post"}}; only entries
+    naming a plain relative path inside the site are kept (the file may come from someone else)."""
     path = site / STATE_FILE
     if clean or not path.exists():
         return {}
     try:
-        state = json.loads(path.read_text())
-        return state.get("outputs", {}) if state.get("version") == STATE_VERSION else {}
-    except (ValueError, OSError):
+        state = json.loads(read_regular(path, MAX_STATE_BYTES, "build state").decode("utf-8"))
+    except (ValueError, UserError):
         return {}  # a broken state only costs a full build
+    if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("outputs"), dict):
+        return {}
+    good = {}
+    for rel_path, entry in state["outputs"].items():
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("inputs", "sha256", "post")):
+            continue
+        parts = Path(rel_path).parts
+        if Path(rel_path).is_absolute() or not parts or any(p in ("..", ".") for p in parts) or "\0" in rel_path:
+            continue
+        if not is_inside((site / rel_path).parent, site):
+            continue
+        good[rel_path] = entry
+    return good
+
+
+def _stage_writes(writes: list[Output]) -> None:
+    """Write every changed output to a temporary file beside it, then move them all in.
+
+    If any write fails (disk full), the temporary files are removed and the site stays as it was;
+    renaming cannot fail for lack of space."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for out in writes:
+            try:
+                out.path.parent.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=out.path.parent, prefix=f".{out.path.name}.", suffix=".tmp")
+                staged.append((tmp, out.path))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(out.data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.chmod(tmp, 0o644)
+            except OSError as e:
+                raise UserError(f"{out.path}: cannot write ({e.strerror}); nothing was changed in the site") from None
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    for tmp, target in staged:
+        os.replace(tmp, target)
 
 
 def build_all(manifests: list[Manifest], *, results_override: str | None = None, site: Path = Path("site"),
@@ -302,6 +420,7 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
     outputs: dict[Path, Output] = {}
     for m in manifests:
         plan_post(m, results_override=results_override, site=site, layout=layout, outputs=outputs)
+    built_posts = {m.post.slug for m in manifests}
 
     def rel(p: Path) -> str:
         return str(p.relative_to(site))
@@ -309,7 +428,7 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
     # 1. decide and render, in memory; nothing is written if anything fails
     for out in outputs.values():
         known = state.get(rel(out.path))
-        if known and known["inputs"] == out.inputs and out.path.exists():
+        if known and known["inputs"] == out.inputs and out.path.is_file() and not out.path.is_symlink():
             current = out.path.read_bytes()
             if _sha(current) == known["sha256"]:
                 out.data = current
@@ -320,25 +439,30 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         except UserError:
             raise
         except Exception as e:  # noqa: BLE001 - say which output failed
-            raise UserError(f"{out.post}: building {out.path} failed: {type(e).__name__}: {e}") from e
-    # 2. write what changed
+            raise UserError(f"{out.source}: building {out.path} failed: {type(e).__name__}: {e}") from e
+    # 2. write what changed: all staged first, then moved in together
+    writes = []
     for out in outputs.values():
         if out.path in report.skipped:
             continue
-        if out.path.exists() and out.path.read_bytes() == out.data:
+        if out.path.is_file() and not out.path.is_symlink() and out.path.read_bytes() == out.data:
             report.unchanged.append(out.path)
             continue
-        results_mod.write_atomic(out.path, out.data)
-        report.written.append(out.path)
-    # 3. remove what an earlier build wrote and this one no longer makes
+        inside(out.path.parent, site, "output")
+        writes.append(out)
+    _stage_writes(writes)
+    report.written.extend(out.path for out in writes)
+    # 3. remove what an earlier build of these posts wrote and this one no longer makes; outputs of
+    #    posts not built this time stay, and stay in the state
     produced = {rel(p) for p in outputs}
-    for old in sorted(set(state) - produced):
+    kept = {k: v for k, v in state.items() if v["post"] not in built_posts and k not in produced}
+    for old in sorted(set(state) - produced - set(kept)):
         target = site / old
-        if target.exists():
+        if target.is_file() or target.is_symlink():
             target.unlink()
             report.removed.append(target)
-    new_state = {"version": STATE_VERSION,
-                 "outputs": {rel(o.path): {"inputs": o.inputs, "sha256": _sha(o.data)} for o in outputs.values()}}
+    entries = {rel(o.path): {"inputs": o.inputs, "sha256": _sha(o.data), "post": o.post} for o in outputs.values()}
+    new_state = {"version": STATE_VERSION, "outputs": dict(sorted({**kept, **entries}.items()))}
     state_text = json.dumps(new_state, indent=1, sort_keys=True) + "\n"
     state_path = site / STATE_FILE
     if not state_path.exists() or state_path.read_text() != state_text:
@@ -352,4 +476,3 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         print(f"built {len(manifests)} post(s): {len(report.written)} written, "
               f"{len(report.skipped) + len(report.unchanged)} unchanged, in {report.seconds:.2f} s", file=sys.stderr)
     return report
-

@@ -44,7 +44,7 @@ def cmd_validate(args) -> int:
         try:
             m = load(path)
         except ManifestError as e:
-            print(e.full(), file=sys.stderr)
+            print("\n".join(f"error: {line}" for line in e.full().splitlines()), file=sys.stderr)
             bad += 1
             continue
         n = len(points(m))
@@ -53,7 +53,9 @@ def cmd_validate(args) -> int:
         for memory, current in skipped_pairs(m):
             print(f"  note: memory {mib_label(memory)} < currentMemory {mib_label(current)} is not measured")
     if bad:
-        raise UserError(f"{bad} manifest(s) did not validate")
+        if len(paths) > 1:
+            print(f"error: {bad} of {len(paths)} manifest(s) did not validate", file=sys.stderr)
+        return 1
     return 0
 
 

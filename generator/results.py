@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
 from .plan import Point
+from .safe import inside, read_regular
 
 SCHEMA_VERSION = 1
 
@@ -22,26 +22,45 @@ STATUSES = ("ok", "oom", "panic", "refused", "timeout", "error")
 FINAL = frozenset({"ok", "oom", "panic", "refused"})  # outcomes of the experiment, not of the run
 
 
-_SCALAR = r'(?:-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|null|true|false|"[^"\n]*")'
-_FLAT_LIST = re.compile(r"\[\s*(" + _SCALAR + r"(?:,\s*" + _SCALAR + r")*)\s*\]")
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # a record is a few KiB; anything this large is not one of ours
 
 
 def dumps(data: dict) -> str:
-    """Indented, sorted JSON; short lists of numbers (timeline samples) stay on one line."""
-    text = json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False)
+    """Indented JSON with sorted keys; short lists of numbers (timeline samples) stay on one line.
 
-    def flatten(m: re.Match) -> str:
-        inner = re.sub(r",\s*", ", ", m.group(1).strip())
-        return f"[{inner}]" if len(inner) < 80 and not inner.startswith('"') else m.group(0)
+    Written structurally: every string is encoded by json itself, whatever it contains."""
+    return _dump(data, "") + "\n"
 
-    return _FLAT_LIST.sub(flatten, text) + "\n"
+
+def _dump(value, indent: str) -> str:
+    inner = indent + "  "
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        items = [f"{inner}{json.dumps(str(k), ensure_ascii=False)}: {_dump(value[k], inner)}"
+                 for k in sorted(value, key=str)]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}"
+    if isinstance(value, (list, tuple)):
+        if not value:
+            return "[]"
+        if all(v is None or isinstance(v, (int, float)) for v in value):
+            flat = "[" + ", ".join(json.dumps(v) for v in value) + "]"
+            if len(flat) < 80:
+                return flat
+        return "[\n" + ",\n".join(inner + _dump(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file so that readers see the old one or the new one, never a part."""
+    """Write a file so that readers see the old one or the new one, never a part.
+
+    Any failure (disk full, read-only folder) is a UserError naming the path; no temporary file is left."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
@@ -49,9 +68,28 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{path}: cannot write ({e.strerror})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(folder: Path) -> None:
+    """Fail before anything is measured if records could not be written into `folder`."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-check.", suffix=".tmp")
+        try:
+            os.write(fd, b"x" * 65536)  # a record's size, so a full disk shows now and not after a boot
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+    except OSError as e:
+        raise UserError(f"{folder}: results cannot be written there ({e.strerror}); free space or fix the "
+                        "permissions before measuring") from None
 
 
 def write_record(path: Path, record: dict) -> None:
@@ -59,37 +97,123 @@ def write_record(path: Path, record: dict) -> None:
     write_atomic(path, dumps(record))
 
 
+# --- reading: every record is checked against its schema; a bad one is one line naming the file ---
+_INT, _NUM, _STR = (int,), (int, float), (str,)
+_OPT_INT, _OPT_STR, _OPT_DICT = (int, type(None)), (str, type(None)), (dict, type(None))
+# name -> (allowed types, required). Identity first: the point a record belongs to.
+FIELDS: dict[str, tuple[tuple, bool]] = {
+    "experiment": (_STR, True), "host": (_STR, True), "guest": (_STR, True),
+    "memory_mib": (_INT, True), "current_memory_mib": (_INT, True), "repeat": (_INT, True),
+    "status": (_STR, True), "reason": (_STR, True), "schema_version": (_INT, True),
+    "memtotal_boot_kib": (_OPT_INT, False), "memtotal_settled_kib": (_OPT_INT, False),
+    "free_m": (_OPT_DICT, False), "meminfo": (_OPT_DICT, False), "balloon": (_OPT_DICT, False),
+    "host_view": (_OPT_DICT, False), "durations": (_OPT_DICT, False), "balloon_timeline": ((list,), False),
+    "dmesg": ((list,), False), "console_excerpt": ((list,), False),
+    "domain_type": (_OPT_STR, False), "domain_type_reason": (_OPT_STR, False), "hypervisor": (_OPT_STR, False),
+    "qemu_version": (_OPT_STR, False), "libvirt_version": (_OPT_STR, False), "host_kernel": (_OPT_STR, False),
+    "guest_kernel": (_OPT_STR, False), "balloon_model": (_OPT_STR, False), "started_at": (_OPT_STR, False),
+    "tool_version": (_OPT_STR, False), "manifest_sha256": (_OPT_STR, False),
+    "host_cores": (_OPT_INT, False), "host_memory_mib": (_OPT_INT, False), "guest_vcpus": (_OPT_INT, False),
+}
+_NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view")
+
+
+def _problem(record: dict) -> str | None:
+    """What is wrong with a record, or None."""
+    for name, (types, required) in FIELDS.items():
+        if name not in record:
+            if required:
+                return f"missing {name!r}"
+            continue
+        value = record[name]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            return f"{name!r} is {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}"
+    if record["status"] not in STATUSES:
+        return f"unknown status {record['status']!r} (one of {', '.join(STATUSES)})"
+    for name in _NUMBER_MAPS:
+        for k, v in (record.get(name) or {}).items():
+            if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
+                return f"{name}.{k} is {type(v).__name__}, expected a number"
+    for name in ("dmesg", "console_excerpt"):
+        if any(not isinstance(line, str) for line in record.get(name, [])):
+            return f"{name!r} holds something other than text"
+    for sample in record.get("balloon_timeline", []):
+        if not isinstance(sample, list) or any(isinstance(v, bool) or not isinstance(v, _NUM + (type(None),))
+                                               for v in sample):
+            return "'balloon_timeline' holds something other than lists of numbers"
+    for k, v in (record.get("durations") or {}).items():
+        if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
+            return f"durations.{k} is {type(v).__name__}, expected a number"
+    return None
+
+
 def _migrate(record: dict, path: Path) -> dict:
+    """Bring an older record up to SCHEMA_VERSION, one `_update_to_N` step at a time."""
     version = record.get("schema_version")
-    if version == SCHEMA_VERSION:
-        return record
-    raise UserError(f"{path}: record schema version {version!r} is not supported by this tool "
-                    f"(expects {SCHEMA_VERSION}); re-measure it with 'sweep --force --only …'")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise UserError(f"{path}: not a result record (schema_version {version!r}); delete it to measure the "
+                        "point again")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{path}: written by a newer memballoon (record schema {version}, this tool reads up to "
+                        f"{SCHEMA_VERSION}); upgrade memballoon to read it")
+    while version < SCHEMA_VERSION:  # no older schema exists yet; steps go here as _update_to_<N>
+        version += 1
+        record = globals()[f"_update_to_{version}"](record)
+        record["schema_version"] = version
+    return record
 
 
-def read_record(path: Path) -> dict:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"{path}: cannot read the result ({e.strerror})") from None
-    return parse_record(text, path)
+def read_record(path: Path, root: Path | None = None) -> dict:
+    """A record from its file: a regular file (inside `root` when given), UTF-8 JSON, schema-checked."""
+    if root is not None:
+        inside(path, root, "result file")
+    raw = read_regular(path, MAX_RECORD_BYTES, "result file")
+    return parse_record(raw, path)
 
 
 def parse_record(text: str | bytes, path: Path) -> dict:
     """A record from its file's text; `path` only names the file in errors."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start}); delete it to measure the point again") from None
     try:
-        record = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: corrupt result file (line {e.lineno}: {e.msg}); delete it to measure the point "
-                        "again") from None
+        record = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, RecursionError, ValueError) as e:
+        detail = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
+        raise UserError(f"{path}: corrupt result file ({detail}); delete it to measure the point again") from None
     if not isinstance(record, dict) or "status" not in record:
         raise UserError(f"{path}: not a result record (no 'status'); delete it to measure the point again")
-    return _migrate(record, Path(path))
+    record = _migrate(record, Path(path))
+    problem = _problem(record)
+    if problem:
+        raise UserError(f"{path}: invalid result record: {problem}; delete it to measure the point again")
+    return record
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def read_point(point: Point, results_dir: Path) -> tuple[dict, bytes] | None:
+    """(record, its file's bytes) of a point, or None; a record that belongs to another point is refused."""
+    path = point.record_path(results_dir)
+    if not os.path.lexists(path):
+        return None
+    inside(path, results_dir, "result file")
+    raw = read_regular(path, MAX_RECORD_BYTES, "result file")
+    record = parse_record(raw, path)
+    for name in ("host", "guest", "memory_mib", "current_memory_mib", "repeat"):
+        if record[name] != getattr(point, name):
+            raise UserError(f"{path}: the record says {name} {record[name]!r}, but its place says "
+                            f"{getattr(point, name)!r}; move or delete it")
+    return record, raw
 
 
 def existing(point: Point, results_dir: Path) -> dict | None:
-    path = point.record_path(results_dir)
-    return read_record(path) if path.exists() else None
+    found = read_point(point, results_dir)
+    return found[0] if found else None
 
 
 def needs_measuring(point: Point, results_dir: Path, force: bool = False, retry: bool = False) -> bool:

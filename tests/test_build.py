@@ -65,10 +65,11 @@ def record(guest: str, memory: int, repeat: int) -> dict:
 @pytest.fixture
 def sample(tmp_path):
     """A manifest with records for two guests, and a copy of the project's Hugo site skeleton."""
-    def make(slug="sample", title='"Where did my memory go?"', content=str(ROOT / "content/memory-ballooning.md"),
-             with_records=True, name="sample"):
+    def make(slug="sample", title='"Where did my memory go?"', content="post.md", with_records=True, name="sample"):
         folder = tmp_path / name
         folder.mkdir(exist_ok=True)
+        if content == "post.md":  # the real post's prose, inside the sample project
+            shutil.copy(ROOT / "content/memory-ballooning.md", folder / "post.md")
         path = folder / "experiment.yaml"
         path.write_text(MANIFEST.format(slug=slug, title=title, content=content))
         if with_records:
@@ -242,7 +243,8 @@ def test_title_with_quotes_and_backslashes_is_escaped(sample, tmp_path):
     ("{{ data.main.points[0].median + 'x' }}\n", ":1:", "TypeError"),
 ])
 def test_template_errors_name_file_and_line_and_write_nothing(sample, tmp_path, body, where, what):
-    content = tmp_path / "broken.md"
+    content = tmp_path / "sample" / "broken.md"
+    content.parent.mkdir(exist_ok=True)
     content.write_text(body)
     m = sample(content=str(content))
     site = new_site(tmp_path)
@@ -261,7 +263,8 @@ def test_two_outputs_to_one_path_is_an_error(sample, tmp_path):
 
 
 def test_cli_build_template_error_is_one_line(sample, tmp_path):
-    content = tmp_path / "broken.md"
+    content = tmp_path / "sample" / "broken.md"
+    content.parent.mkdir(exist_ok=True)
     content.write_text("ok\n{{ nope }}\n")
     m = sample(content=str(content))
     site = new_site(tmp_path)

@@ -34,9 +34,16 @@ def test_repeats_cover_the_range_first(write_manifest):
     assert [(p.memory_mib, p.repeat) for p in points(m)] == [(1024, 1), (2048, 1), (1024, 2), (2048, 2)]
 
 
+def rec(status="ok", point=Point("h", "g", 1024, 1024, 1), **extra) -> dict:
+    """A minimal valid record of `point`."""
+    return {"experiment": "e", "host": point.host, "guest": point.guest, "memory_mib": point.memory_mib,
+            "current_memory_mib": point.current_memory_mib, "repeat": point.repeat, "status": status,
+            "reason": "", **extra}
+
+
 def test_atomic_write_and_read(tmp_path):
     path = tmp_path / "a" / "b.json"
-    results.write_record(path, {"status": "ok", "balloon_timeline": [[1.0, 2, None]]})
+    results.write_record(path, rec(balloon_timeline=[[1.0, 2, None]]))
     text = path.read_text()
     assert '"balloon_timeline": [\n    [1.0, 2, null]\n  ]' in text
     assert json.loads(text)["schema_version"] == results.SCHEMA_VERSION
@@ -44,13 +51,13 @@ def test_atomic_write_and_read(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["b.json"]  # no temp files left
 
 
-def test_failed_write_leaves_the_old_file(tmp_path, monkeypatch):
+def test_failed_write_leaves_the_old_file_and_names_the_path(tmp_path, monkeypatch):
     path = tmp_path / "r.json"
-    results.write_record(path, {"status": "ok"})
+    results.write_record(path, rec())
     before = path.read_text()
-    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left")))
-    with pytest.raises(OSError):
-        results.write_record(path, {"status": "error"})
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(UserError, match=rf"^{path}: cannot write \(No space left on device\)$"):
+        results.write_record(path, rec("error"))
     assert path.read_text() == before and len(list(tmp_path.iterdir())) == 1
 
 
@@ -59,19 +66,68 @@ def test_corrupt_record_names_the_file(tmp_path):
     path.write_text('{"status": "ok",')
     with pytest.raises(UserError, match=r"bad.json: corrupt result file \(line 1"):
         results.read_record(path)
-    path.write_text('{"status": "ok", "schema_version": 99}')
-    with pytest.raises(UserError, match="schema version 99"):
+    path.write_text(json.dumps(dict(rec(), schema_version=99)))
+    with pytest.raises(UserError, match=r"written by a newer memballoon \(record schema 99, this tool reads up to 1\); "
+                                        "upgrade memballoon"):
         results.read_record(path)
+
+
+@pytest.mark.parametrize("change,problem", [
+    (lambda r: r.pop("memory_mib"), "missing 'memory_mib'"),
+    (lambda r: r.update(memory_mib="1024"), "'memory_mib' is str, expected int"),
+    (lambda r: r.update(memory_mib=True), "'memory_mib' is bool, expected int"),
+    (lambda r: r.update(status="great"), "unknown status 'great' (one of ok, oom, panic, refused, timeout, error)"),
+    (lambda r: r.update(free_m={"total": "lots"}), "free_m.total is str, expected a number"),
+    (lambda r: r.update(dmesg=[1, 2]), "'dmesg' holds something other than text"),
+    (lambda r: r.update(balloon_timeline=[["x"]]), "'balloon_timeline' holds something other than lists of numbers"),
+    (lambda r: r.update(durations={"boot_s": [1]}), "durations.boot_s is list, expected a number"),
+])
+def test_records_are_checked_against_the_schema(tmp_path, change, problem):
+    r = dict(rec(), schema_version=1)
+    change(r)
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(r))
+    with pytest.raises(UserError) as e:
+        results.read_record(path)
+    assert str(e.value) == f"{path}: invalid result record: {problem}; delete it to measure the point again"
+
+
+def test_only_regular_files_inside_the_results_folder_are_read(tmp_path):
+    folder = tmp_path / "results"
+    p = Point("h", "g", 1024, 1024, 1)
+    path = p.record_path(folder)
+    path.parent.mkdir(parents=True)
+    os.mkfifo(path)  # would hang a plain read
+    with pytest.raises(UserError, match="is not a regular file"):
+        results.existing(p, folder)
+    path.unlink()
+    path.symlink_to("/dev/zero")  # would be an endless read
+    with pytest.raises(UserError, match="outside"):
+        results.existing(p, folder)
+    path.unlink()
+    path.write_bytes(b'{"status": "ok", "reason": "\xff\xfe"}')
+    with pytest.raises(UserError, match="not UTF-8 text"):
+        results.existing(p, folder)
+    results.write_record(path, rec(point=Point("h", "g", 2048, 1024, 1)))
+    with pytest.raises(UserError, match="the record says memory_mib 2048, but its place says 1024"):
+        results.existing(p, folder)
+
+
+def test_writer_keeps_strings_exactly():
+    tricky = ["[   27.5] init: \"sh\" killed", "a,  b", "[1, 2]", "tab\there", "\u00e9\u2028", "\\"]
+    r = rec(dmesg=tricky, console_excerpt=tricky, reason='"[ 1.0 ]"')
+    back = json.loads(results.dumps(r))
+    assert back == r
 
 
 def test_what_is_measured_again(tmp_path):
     p = Point("h", "g", 1024, 1024, 1)
     assert results.needs_measuring(p, tmp_path)
     for status, again in [("ok", False), ("refused", False), ("oom", False), ("timeout", True), ("error", True)]:
-        results.write_record(p.record_path(tmp_path), {"status": status})
+        results.write_record(p.record_path(tmp_path), rec(status))
         assert results.needs_measuring(p, tmp_path) is again, status
         assert results.needs_measuring(p, tmp_path, force=True)
-    results.write_record(p.record_path(tmp_path), {"status": "oom"})
+    results.write_record(p.record_path(tmp_path), rec("oom"))
     assert results.needs_measuring(p, tmp_path, retry=True)
 
 

@@ -1,0 +1,286 @@
+"""Hostile input, class by class (issue 8): manifests, records, content and build state written by
+someone else, and a full disk. Each test feeds the real code the attack and asserts it is refused
+cleanly or made harmless."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from generator import results
+from generator.build import build_all, markdown_to_safe_html, md_code, md_text
+from generator.errors import ManifestError, UserError
+from generator.manifest import load
+
+from test_build import HUGO, hugo, new_site, record, sample  # noqa: F401 - fixtures
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cli(*args, cwd=ROOT, timeout=60):
+    return subprocess.run([sys.executable, "-m", "generator", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(out) -> str:
+    assert out.returncode == 1, (out.returncode, out.stderr)
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+    return lines[0]
+
+
+# --- 5. unbounded or malformed manifests --------------------------------------------------------------
+BASE = """experiment: x
+hosts: [{name: local}]
+guests: [{name: g}]
+sweep: {memory: [1 GiB], current_memory: [1024 MiB]}
+post: {slug: x, title: t, content: p.md}
+"""
+
+
+def write(tmp_path, text: str) -> Path:
+    folder = tmp_path / "x"
+    folder.mkdir(exist_ok=True)
+    (folder / "p.md").write_text("x\n")
+    path = folder / "experiment.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_alias_bomb_is_refused_within_a_second(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+    for i, name in enumerate("bcdefghij"):
+        prev = "abcdefghij"[i]
+        bomb += f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]\n"
+    t0 = time.monotonic()
+    with pytest.raises(ManifestError, match="expands to more than 20000 values"):
+        load(write(tmp_path, bomb + BASE))
+    assert time.monotonic() - t0 < 1.0
+
+
+def test_huge_lists_and_plans_are_refused_quickly(tmp_path):
+    big = "[" + ", ".join(f"{i + 1} GiB" for i in range(2000)) + "]"
+    t0 = time.monotonic()
+    with pytest.raises(ManifestError, match=r"sweep.memory: has 2000 items; at most 1000"):
+        load(write(tmp_path, BASE.replace("[1 GiB]", big)))
+    with pytest.raises(ManifestError, match=r"sweep.repeats: 1000000000 is not a whole number from 1 to 1000"):
+        load(write(tmp_path, BASE.replace("current_memory: [1024 MiB]", "current_memory: [1024 MiB], repeats: 1000000000")))
+    many = "[" + ", ".join(f"{i + 1} GiB" for i in range(500)) + "]"
+    with pytest.raises(ManifestError, match=r"asks for 50000 points .* at most 20000"):
+        load(write(tmp_path, BASE.replace("[1 GiB]", many).replace("current_memory: [1024 MiB]",
+                                                                   "current_memory: [1024 MiB], repeats: 100")))
+    assert time.monotonic() - t0 < 2.0
+    with pytest.raises(UserError, match="bytes, more than the 262144 allowed"):
+        load(write(tmp_path, BASE + "#" * 300_000 + "\n"))
+
+
+@pytest.mark.parametrize("change,message", [
+    (("post: {slug: x", "post: {date: 2026-13-45, slug: x"), "line 5, column 14: '2026-13-45' is not a valid date"),
+    (("[1 GiB]", "[1 GiB]\n  memory: [2 GiB]"), None),  # flow mapping: not a duplicate but a YAML error
+    (("experiment: x\n", "experiment: x\nexperiment: y\n"), "line 2, column 1: duplicate key 'experiment' (first at line 1)"),
+    (("current_memory: [1024 MiB]}", "current_memory: [1024 MiB]}\ntimeouts: {boot: .inf}"),
+     "timeouts.boot: inf is outside 0.001 s .. 604800 s"),
+    (("current_memory: [1024 MiB]}", "current_memory: [1024 MiB]}\ntimeouts: {settle: .nan}"),
+     "timeouts.settle: nan is outside"),
+    (("current_memory: [1024 MiB]}", "current_memory: [1024 MiB]}\nballoon: {stats_period: 0.5s}"),
+     "balloon.stats_period: '0.5s' is outside 1 s .. 3600 s"),
+    (("{name: local}", "{name: r, uri: 'qemu+ssh://root@h/system', ssh: {port: 70000}}"),
+     "hosts[0].ssh.port: 70000 is not a whole number from 1 to 65535"),
+    (("{name: local}", "{name: r, uri: 'qemu+ssh://root@h/system', workdir: ''}"), None),
+    (("{name: local}", "{name: r, uri: 'qemu+ssh://root@h/system', workdir: /}"), "hosts[0].workdir: '/' is not an absolute folder"),
+    (("{name: local}", "{name: r, uri: 'qemu+ssh://root@h/system', workdir: /var/../etc}"), "hosts[0].workdir: '/var/../etc'"),
+    (("{name: local}", "{name: r, uri: 'qemu+ssh://root@h/system?no_verify=1'}"), "no_verify turns off SSH host key checking"),
+    (("[1 GiB]", "[1000000000000000000000000000000 GiB]"), "sweep.memory[0]: '1000000000000000000000000000000 GiB' is outside"),
+    (("current_memory: [1024 MiB]}", "current_memory: [1024 MiB]}\nballoon: {model: xen}"),
+     "balloon.model: 'xen' is Xen's balloon, but host(s) local run QEMU"),
+    (("{name: g}", "{name: \"g\\n\"}"), "guests[0].name: 'g\\n' is not a valid name"),
+    (("{name: g}", "{name: ../../etc}"), "guests[0].name: '../../etc' is not a valid name"),
+    (("slug: x", "slug: 'x/../../y'"), "post.slug: 'x/../../y' is not a valid name"),
+    (("experiment: x", "experiment: 'a/b'"), "experiment: 'a/b' is not a valid name"),
+    (("{name: g}", "{name: g, kernel: \"debian:trixie\\nmain\"}"), "is not a Debian suite"),
+    (("content: p.md", "content: /etc/hostname"), "post.content: '/etc/hostname' resolves to /etc/hostname, outside the project folder"),
+    (("content: p.md", "content: ../../../../etc/hostname"), "outside the project folder"),
+    (("post: {", "results: /tmp\npost: {"), "results: '/tmp' resolves to /tmp, outside the project folder"),
+    (("post: {slug: x", "post: {original: 'javascript:alert(1)', slug: x"), "post.original: 'javascript:alert(1)' is not an http(s) URL"),
+    (("title: t", "title: \"a\\u0000b\""), "post.title: contains control characters"),
+])
+def test_bad_values_are_one_clear_problem(tmp_path, change, message):
+    old, new = change
+    assert old in BASE
+    path = write(tmp_path, BASE.replace(old, new, 1))
+    if message is None:
+        try:
+            load(path)
+        except ManifestError:
+            pass
+        return
+    with pytest.raises(ManifestError) as e:
+        load(path)
+    assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_kernel_suite_with_a_newline_does_not_reach_apt(tmp_path):
+    with pytest.raises(ManifestError) as e:
+        load(write(tmp_path, BASE.replace("{name: g}", '{name: g, kernel: "debian:trixie\\n"}')))
+    assert "guests[0].kernel" in "\n".join(e.value.problems)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    path = write(tmp_path, BASE.replace("experiment: x\n", "experiment: x\nexperiment: y\n"))
+    line = one_line_error(cli("validate", str(path)))
+    assert "duplicate key 'experiment'" in line
+    line = one_line_error(cli("status", str(path)))
+    assert "duplicate key 'experiment'" in line
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)
+    line = one_line_error(cli("status", str(fifo), timeout=20))
+    assert "not a regular file" in line
+
+
+# --- 2. paths outside their folder -----------------------------------------------------------------------
+def test_build_state_cannot_delete_files_outside_the_site(sample, tmp_path):
+    m = sample()
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    victims = [tmp_path / "victim", tmp_path / "victim2"]
+    for v in victims:
+        v.write_text("keep me")
+    (site / "victim3").write_text("outside the outputs, inside the site")
+    state_path = site / ".memballoon-build.json"
+    state = json.loads(state_path.read_text())
+    for bad in (str(victims[0]), "../victim2", "content/../../victim2", "victim3/.."):
+        state["outputs"][bad] = {"inputs": "x", "sha256": "y", "post": "sample"}
+    state_path.write_text(json.dumps(state))
+    build_all([m], site=site, quiet=True)
+    assert all(v.read_text() == "keep me" for v in victims)
+    assert (site / "victim3").exists()
+
+
+def test_building_one_post_keeps_the_others(sample, tmp_path):
+    a = sample(name="a", slug="post-a")
+    b = sample(name="b", slug="post-b")
+    site = new_site(tmp_path)
+    build_all([a, b], site=site, quiet=True)
+    before = {p: p.read_bytes() for p in (site / "content/posts/post-b").iterdir()}
+    assert len(before) == 5
+    report = build_all([a], site=site, quiet=True)
+    assert report.removed == []
+    assert {p: p.read_bytes() for p in (site / "content/posts/post-b").iterdir()} == before
+    assert (site / "previews/post-b.html").exists()
+    state = json.loads((site / ".memballoon-build.json").read_text())["outputs"]
+    assert any(k.startswith("content/posts/post-b/") for k in state)  # still known, so still cleaned later
+    # a post's own stale outputs are still removed
+    shutil.rmtree(Path(b.results) / "kvm1" / "rhel6")
+    report = build_all([b], site=site, quiet=True)
+    assert sorted(p.name for p in report.removed) == ["kvm-rhel6-1024.png", "post-b-all-guests.png"]
+
+
+def test_symlinked_content_outside_the_project_is_refused(sample, tmp_path):
+    m = sample()
+    link = Path(m.path).parent / "post.md"
+    link.unlink()
+    link.symlink_to("/etc/hostname")
+    with pytest.raises(ManifestError, match="post.content: 'post.md' resolves to /etc/hostname, outside"):
+        load(m.path)
+
+
+# --- 4. text reaching HTML and templates ---------------------------------------------------------------
+XSS = ['<script>alert(1)</script>', '<img src=x onerror=alert(2)>', '[click](javascript:alert(3))',
+       '<a href="javascript:alert(4)">x</a>', '`code` | pipe [link](http://evil.example/)']
+
+
+def test_guest_controlled_record_text_cannot_run_in_the_preview_or_hugo(sample, tmp_path):
+    m = sample()
+    for path in Path(m.results).rglob("*.json"):
+        rec = results.read_record(path)
+        rec["guest_kernel"] = XSS[0] + XSS[2]
+        if rec["status"] != "ok":
+            rec["reason"] = XSS[1] + " " + XSS[3] + " " + XSS[4]
+        results.write_record(path, rec)
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    preview = (site / "previews/sample.html").read_text()
+    public = hugo(site)
+    page = (public / "posts/sample/index.html").read_text()
+    for html in (preview, page):
+        assert not re.search(r"<script", html, re.I) and not re.search(r"<[a-z]+[^>]*\son[a-z]+=", html, re.I)
+        assert not re.search(r"""<[a-z]+[^>]*\s(href|src)=["']?javascript:""", html, re.I)
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # shown as text, not dropped silently
+
+
+def test_markdown_helpers_make_text_literal():
+    assert md_text("[a](javascript:x) <b> | `c`") == "\\[a\\](javascript:x) &lt;b&gt; \\| \\`c\\`"
+    assert md_code("a ` b") == "``a ` b``"
+    html = markdown_to_safe_html('<script>x()</script>\n\n[y](javascript:z) ![i](data:text/html,x) [ok](https://a.example/)')
+    assert "<script>" not in html and 'href=""' in html and 'src=""' in html and 'href="https://a.example/"' in html
+
+
+def test_content_files_are_sandboxed(sample, tmp_path):
+    evil = Path(sample().path).parent / "evil.md"
+    marker = tmp_path / "pwned"
+    evil.write_text("{{ cycler.__init__.__globals__.os.system('touch " + str(marker) + "') }}\n"
+                    "{{ ''.__class__.__mro__[1].__subclasses__() }}\n")
+    m = sample(content=str(evil))
+    site = new_site(tmp_path)
+    with pytest.raises(UserError, match=r"evil.md:1: template error: SecurityError"):
+        build_all([m], site=site, quiet=True)
+    assert not marker.exists()
+    assert not (site / "content/posts/sample").exists()
+
+
+# --- 7. failing late and loudly: a full disk during build ------------------------------------------------
+def fill(mnt: Path, leave: int = 0) -> None:
+    """Fill a file system, then give back `leave` bytes."""
+    fd = os.open(mnt / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    size = (mnt / "filler").stat().st_size
+    os.truncate(mnt / "filler", max(0, size - leave))
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    mnt = tmp_path / "tmpfs"
+    mnt.mkdir()
+    out = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0755", "tmpfs", str(mnt)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, f"this test needs root to mount a tmpfs: {out.stderr}"
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)])
+
+
+def test_disk_full_during_build_leaves_the_site_as_it_was(sample, tmp_path, small_tmpfs):
+    m = sample()
+    site = small_tmpfs / "site"
+    shutil.copytree(new_site(tmp_path), site)
+    build_all([m], site=site, quiet=True)
+    before = {str(p): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    for path in Path(m.results).rglob("*.json"):  # every output must be rendered again
+        rec = results.read_record(path)
+        rec["guest_kernel"] = "9.9.9-changed"
+        results.write_record(path, rec)
+    fill(small_tmpfs, leave=20 * 1024)  # less than the new outputs need
+    with pytest.raises(UserError, match=r"cannot write \(No space left on device\); nothing was changed in the site"):
+        build_all([m], site=site, quiet=True)
+    after = {str(p): p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    assert after == before  # no half-old, half-new site and no temporary files
+
+
+def test_results_folder_is_checked_before_anything_boots(tmp_path, small_tmpfs):
+    full = small_tmpfs / "results"
+    full.mkdir()
+    fill(small_tmpfs)
+    with pytest.raises(UserError, match=rf"{full}: results cannot be written there \(No space left on device\)"):
+        results.check_writable(full)
