@@ -12,7 +12,7 @@ DEB_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps install test test-unit test-integration report sweep build site serve status \
-	bench-sweep bench-build clean
+	bench-sweep bench-build fuzz clean
 
 all: report
 
@@ -36,6 +36,10 @@ test-unit: install
 
 test-integration: install
 	$(PY) -m pytest -q -ra -m "integration or ssh" tests
+
+# Generated bad manifests and records through validate, status and build (also part of make test).
+fuzz: install
+	$(PY) -m pytest -q -ra -s -m fuzz tests
 
 report: install
 	$(PY) -m generator report

@@ -17,7 +17,16 @@ from pathlib import Path
 from .errors import UserError
 
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-MIRROR = os.environ.get("MEMBALLOON_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+def mirror() -> str:
+    """The Debian mirror: MEMBALLOON_DEBIAN_MIRROR, else Debian's CDN. It goes into a sources.list
+    line, so it must be one plain http(s) URL."""
+    url = os.environ.get("MEMBALLOON_DEBIAN_MIRROR", DEFAULT_MIRROR)
+    if not re.fullmatch(r"https?://[A-Za-z0-9.:\[\]_-]+(/[A-Za-z0-9._~/%+-]*)?", url):
+        raise UserError(f"MEMBALLOON_DEBIAN_MIRROR={url!r} is not a plain http(s) URL of a Debian mirror")
+    return url
 _SUITE_RE = re.compile(r"^debian:([a-z][a-z0-9-]*)$")
 
 
@@ -42,14 +51,40 @@ def fetch(spec: str, cache_dir: Path) -> tuple[Path, Path]:
                             "vmlinuz path and modules to its modules folder")
     work = folder.with_name(folder.name + ".work")
     shutil.rmtree(work, ignore_errors=True)
+    try:
+        package, deb = _download(spec, suite, work)
+        unpacked = work / "root"
+        _apt(["dpkg-deb", "-x", str(deb), str(unpacked)], spec)
+        shutil.rmtree(folder, ignore_errors=True)
+        unpacked.rename(folder)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # never leave a half-made work folder behind
+    found = _unpacked(folder)
+    if not found:
+        raise UserError(f"guest kernel {spec!r}: {package} holds no vmlinuz and modules")
+    return found
+
+
+def _download(spec: str, suite: str, work: Path) -> tuple[str, Path]:
+    """apt-get with a private sources list and an empty package state: only the mirror counts,
+    never the packages installed on this machine."""
     (work / "lists" / "partial").mkdir(parents=True)
     (work / "cache" / "archives" / "partial").mkdir(parents=True)
+    (work / "parts").mkdir()
+    (work / "status").write_text("")
     signed = f"[signed-by={KEYRING}] " if Path(KEYRING).exists() else ""
-    (work / "sources.list").write_text(f"deb {signed}{MIRROR} {suite} main\n")
-    opts = [f"-o=Dir::Etc::SourceList={work / 'sources.list'}", "-o=Dir::Etc::SourceParts=/dev/null",
-            f"-o=Dir::State::Lists={work / 'lists'}", f"-o=Dir::Cache={work / 'cache'}",
-            "-o=APT::Get::List-Cleanup=0", "-o=APT::Sandbox::User=root"]
-    _apt(["apt-get", *opts, "update"], spec)
+    url = mirror()
+    (work / "sources.list").write_text(f"deb {signed}{url} {suite} main\n")
+    opts = [f"-o=Dir::Etc::SourceList={work / 'sources.list'}", f"-o=Dir::Etc::SourceParts={work / 'parts'}",
+            f"-o=Dir::State::Lists={work / 'lists'}", f"-o=Dir::State::Status={work / 'status'}",
+            f"-o=Dir::Cache={work / 'cache'}", "-o=APT::Get::List-Cleanup=0", "-o=APT::Sandbox::User=root",
+            "-o=Acquire::Retries=1", "-o=Acquire::http::Timeout=30"]
+    update = _apt(["apt-get", *opts, "update"], spec, both=True)
+    if not list((work / "lists").glob("*_Packages*")):  # apt-get update exits 0 when a mirror is unreachable
+        warning = next((ln for ln in reversed(update.splitlines()) if ln.startswith(("W:", "E:", "Err:"))), "")
+        raise UserError(f"guest kernel {spec!r}: could not reach the Debian mirror {url} for {suite!r}"
+                        + (f" ({warning.strip()[:200]})" if warning else "")
+                        + "; check the network or set MEMBALLOON_DEBIAN_MIRROR")
     meta = f"linux-image-{_arch()}"
     depends = _apt(["apt-cache", *opts, "depends", meta], spec)
     m = re.search(r"Depends: (linux-image-\S+)", depends)
@@ -60,15 +95,7 @@ def fetch(spec: str, cache_dir: Path) -> tuple[Path, Path]:
     debs = sorted(work.glob(f"{package}_*.deb"))
     if not debs:
         raise UserError(f"guest kernel {spec!r}: apt-get download {package} left no .deb")
-    unpacked = work / "root"
-    _apt(["dpkg-deb", "-x", str(debs[-1]), str(unpacked)], spec)
-    shutil.rmtree(folder, ignore_errors=True)
-    unpacked.rename(folder)
-    shutil.rmtree(work, ignore_errors=True)
-    found = _unpacked(folder)
-    if not found:
-        raise UserError(f"guest kernel {spec!r}: {package} holds no vmlinuz and modules")
-    return found
+    return package, debs[-1]
 
 
 def _unpacked(folder: Path) -> tuple[Path, Path] | None:
@@ -83,10 +110,10 @@ def _unpacked(folder: Path) -> tuple[Path, Path] | None:
     return None
 
 
-def _apt(cmd: list[str], spec: str, cwd: Path | None = None) -> str:
-    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd)
+def _apt(cmd: list[str], spec: str, cwd: Path | None = None, both: bool = False) -> str:
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=900)
     if out.returncode != 0:
         tail = (out.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise UserError(f"guest kernel {spec!r}: {' '.join(c for c in cmd if not c.startswith('-o='))} "
                         f"failed: {tail}")
-    return out.stdout
+    return out.stdout + ("\n" + out.stderr if both else "")

@@ -320,7 +320,8 @@ def _hostname(value, path, problems, ctx):
 
 
 def _site_path(value, path, problems, ctx):
-    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~/-]{0,300}", value) or "/../" in value + "/":
+    if not isinstance(value, str) or not re.fullmatch(r"/[A-Za-z0-9._~/-]{0,300}", value) or "/../" in value + "/" \
+            or value.startswith("//"):  # '//host/x' is another site
         problems.add(path, f"{value!r} is not a site path like /post/old-name/")
         return _BAD
     return value

@@ -140,6 +140,8 @@ class Sweep:
     def run(self) -> SweepSummary:
         todo = self.todo()
         self.summary.skipped = len(self.points) - len(todo)
+        if todo:  # before anything boots: a measurement that cannot be saved is a measurement lost
+            results.check_writable(self.results)
         self.progress.start(len(todo), skipped=self.summary.skipped)
         if not todo:
             self.progress.finish()
@@ -175,8 +177,7 @@ class Sweep:
             log.debug("host %s failed", name, exc_info=True)
             what = str(e) if isinstance(e, (UserError, OSError)) else f"{type(e).__name__}: {e}"
             message = what if what.startswith(f"host {name}:") else f"host {name}: {what}"
-            self.summary.host_errors[name] = message
-            self.progress.note(message)
+            self.summary.host_errors[name] = message  # printed once, by the CLI, when the sweep ends
             self.progress.skip_many(len(pts) - self._finished.get(name, 0))
 
     def _run_host(self, name: str, pts: list[Point]) -> None:

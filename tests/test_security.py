@@ -30,8 +30,9 @@ def cli(*args, cwd=ROOT, timeout=60):
 
 
 def one_line_error(out) -> str:
+    """Exit 1 with one error line and no traceback (a sweep's '== experiment' heading aside)."""
     assert out.returncode == 1, (out.returncode, out.stderr)
-    lines = out.stderr.strip().splitlines()
+    lines = [ln for ln in out.stderr.strip().splitlines() if not ln.startswith("== ")]
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in out.stderr, out.stderr
     return lines[0]
 
@@ -284,3 +285,86 @@ def test_results_folder_is_checked_before_anything_boots(tmp_path, small_tmpfs):
     fill(small_tmpfs)
     with pytest.raises(UserError, match=rf"{full}: results cannot be written there \(No space left on device\)"):
         results.check_writable(full)
+
+
+def test_unreachable_debian_mirror_is_named_and_leaves_nothing(tmp_path, monkeypatch):
+    import socket
+
+    from generator import kernels
+
+    with socket.socket() as s:  # a loopback port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("MEMBALLOON_DEBIAN_MIRROR", f"http://127.0.0.1:{port}/debian")
+    with pytest.raises(UserError, match=rf"guest kernel 'debian:bookworm': could not reach the Debian mirror "
+                                        rf"http://127.0.0.1:{port}/debian for 'bookworm'"):
+        kernels.fetch("debian:bookworm", tmp_path)
+    assert list((tmp_path / "kernels").iterdir()) == []  # no work folder, no half-unpacked kernel
+    monkeypatch.setenv("MEMBALLOON_DEBIAN_MIRROR", "http://x/\nevil")
+    with pytest.raises(UserError, match="is not a plain http"):
+        kernels.fetch("debian:bookworm", tmp_path)
+
+
+def test_sweep_refuses_an_unwritable_results_folder_before_booting(tmp_path, small_tmpfs):
+    path = write(tmp_path, BASE)
+    fill(small_tmpfs)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "generator", "sweep", str(path), "--results", str(small_tmpfs)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, MEMBALLOON_CACHE=str(tmp_path / "cache")))
+    line = one_line_error(out)
+    assert f"{small_tmpfs}/x: results cannot be written there (No space left on device)" in line
+    assert time.monotonic() - t0 < 15 and not (tmp_path / "cache" / "probe").exists()  # nothing was built or booted
+
+
+# --- 3. shared and world-writable places ----------------------------------------------------------------
+def local_host(tmp_path, root: Path):
+    from generator.hosts import LocalHost
+    from generator.manifest import Host
+
+    os.environ["MEMBALLOON_EMBED_ROOT"] = str(root)
+    try:
+        return LocalHost(Host(name="local"), tmp_path / "cache")
+    finally:
+        del os.environ["MEMBALLOON_EMBED_ROOT"]
+
+
+def test_planted_embed_roots_are_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(UserError, match=r"accessible to others \(mode 0777\)"):
+        local_host(tmp_path, shared).connect()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UserError, match="found a symlink"):
+        local_host(tmp_path, link).connect()
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)  # nobody's folder
+    with pytest.raises(UserError, match="belongs to uid 65534"):
+        local_host(tmp_path, other).connect()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "sweep.lock").symlink_to(victim)
+    with pytest.raises(UserError, match="sweep.lock: cannot open .* a symlink there is refused"):
+        local_host(tmp_path, private).connect()
+    (private / "sweep.lock").unlink()
+    (private / "etc").mkdir(mode=0o700, exist_ok=True)
+    (private / "etc" / "qemu.conf").symlink_to(victim)
+    with pytest.raises(UserError, match="qemu.conf: cannot write .* a symlink there is refused"):
+        local_host(tmp_path, private).connect()
+    assert victim.read_text() == "keep me"
+
+
+def test_the_short_embed_root_is_private_and_per_user(tmp_path, monkeypatch):
+    from generator.hosts import embed_root
+
+    monkeypatch.delenv("MEMBALLOON_EMBED_ROOT", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    deep = tmp_path / ("x" * 60)
+    root = embed_root(deep)
+    assert root.parent == Path("/tmp") and root.name.startswith(f"memballoon-{os.geteuid()}-")

@@ -316,6 +316,7 @@ post: {{slug: two, title: two, content: post.md}}
     (manifest.parent / "post.md").write_text("x\n")
     out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
     assert out.returncode == 1
+    assert out.stderr.count("host gone:") == 1  # told once, at the end
     assert "error: host gone:" in out.stderr
     [rec] = [json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")]
     assert rec["host"] == "local" and rec["status"] == "ok"

@@ -1,0 +1,232 @@
+"""Generated bad input through the real CLI: manifests through validate, status and build, records
+through status and build. Every one must end with exit 1, one 'error:' line and no traceback, and
+nothing outside the test's temporary folders may change. `make fuzz` runs only this file."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from generator.cli import main
+
+pytestmark = pytest.mark.fuzz
+
+ROOT = Path(__file__).resolve().parents[1]
+SEED = 20261126
+
+GOOD = {
+    "experiment": "fuzz",
+    "hosts": [{"name": "local", "uri": "embedded", "domain_type": "qemu"}],
+    "guests": [{"name": "g", "kernel": "host"}],
+    "sweep": {"memory": ["1 GiB", "2 GiB"], "current_memory": ["1024 MiB"], "repeats": 1},
+    "timeouts": {"boot": "60s", "stable": "3s"},
+    "post": {"slug": "fuzz", "title": "Fuzz", "content": "../../content/fuzz.md"},
+}
+# (key path, a bad value) pairs; each alone makes the manifest invalid
+BAD_VALUES = {
+    ("experiment",): ["", "Bad Name", "a/b", "../x", "x\n", 7, None, ["x"], "x" * 41, ".hidden"],
+    ("hosts",): [[], "local", {"name": "x"}, None, [[]], [None]],
+    ("hosts", 0, "name"): ["", "A", "a b", "../h", "h\n", 1.5, True],
+    ("hosts", 0, "uri"): ["", "nonsense", "qemu+ssh://h/system?no_verify=1", "x" * 5000, "a\nb", 3],
+    ("hosts", 0, "domain_type"): ["kvmm", "", 1, None],
+    ("hosts", 0, "slots"): [0, -1, 10**9, "many", 1.5],
+    ("hosts", 0, "ssh"): ["root", [1], {"port": 0}, {"port": 70000}, {"port": "22"}, {"user": "Root;rm"},
+                          {"known_hosts": "/etc/ssh/ssh_known_hosts"}, {"accept_new_host_key": "yes"}],
+    ("hosts", 0, "workdir"): ["/", "relative", "/var/../etc", "/tmp/a b", "/x\n", 5],
+    ("guests", 0, "name"): ["", "../../etc", "g/h", "G"],
+    ("guests", 0, "kernel"): ["debian:", "debian:Trixie", "debian:trixie\nmain", "", 5],
+    ("guests", 0, "vcpus"): [0, 65, -3, "2", True],
+    ("guests", 0, "cmdline"): ["a\nb", "\x01", 7.5j if False else [1]],
+    ("balloon",): ["virtio", [1]],
+    ("balloon", "model"): ["xen", "virtio-mem", "", None],
+    ("balloon", "stats_period"): [0, "0.2s", ".inf", float("inf"), float("nan"), "-1s", "forever", "100000s"],
+    ("sweep", "memory"): [[], ["1000"], [1024], ["16X"], ["1 GiB", "1 GiB"], ["0 MiB"], ["-1 GiB"],
+                          ["1000000000000000000000000000000 GiB"], ["1.5 KiB"], [".nan GiB"], "1 GiB",
+                          [f"{i} GiB" for i in range(1, 1200)]],
+    ("sweep", "current_memory"): [[], ["4 GiB"], [None], ["1 MiB"]],
+    ("sweep", "repeats"): [0, -1, 1000000000, "3", 2.5, None],
+    ("timeouts", "boot"): [0, "-5s", ".inf", float("nan"), "1e400s", "10 years", "inf"],
+    ("timeouts", "stable"): ["", [], {}],
+    ("post", "slug"): ["", "a/b", "../../etc", "x\n", "UPPER"],
+    ("post", "title"): [None, "a\nb", "\0", "t" * 5000],
+    ("post", "content"): ["/etc/hostname", "../../../../etc/passwd", "", "missing.md\0"],
+    ("post", "date"): ["2026-13-45", "yesterday", "2026-02-30T10:00:00", 20261126],
+    ("post", "original"): ["javascript:alert(1)", "data:text/html,x", "ftp://x", "//evil.example/x"],
+    ("post", "aliases"): [["../../etc"], ["javascript:x"], "x"],
+    ("post", "layout"): ["magazine", ""],
+    ("results",): ["/tmp", "../../../elsewhere", "", 5],
+}
+RAW_MANIFESTS = [
+    "", "[]", "- a\n- b\n", "just text", "{", "experiment: [\n", "\t\tbad: indent\n", "a: b: c\n",
+    "experiment: fuzz\nexperiment: fuzz\n", "!!python/object:os.system 'id'\n",
+    "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdefgh", "bcdefghi")),
+    "x: " + "[" * 5000 + "]" * 5000 + "\n", "\xff\xfe\x00garbage", "key: 2026-13-45\n",
+    "post: {date: 2026-99-99}\n", "a: 1\n" * 20 + "a: 2\n",
+]
+
+
+def bad_manifests() -> list[tuple[str, bytes]]:
+    import yaml
+
+    cases = []
+    for keypath, values in BAD_VALUES.items():
+        for value in values:
+            doc = json.loads(json.dumps(GOOD))
+            target = doc
+            for k in keypath[:-1]:
+                target = target.setdefault(k, {}) if isinstance(target, dict) else target[k]
+            target[keypath[-1]] = value
+            text = yaml.safe_dump(doc, allow_unicode=True, sort_keys=False)
+            cases.append((f"{'.'.join(map(str, keypath))}={value!r}"[:80], text.encode()))
+    rng = random.Random(SEED)
+    for key in list(GOOD) + ["post.unknown", "sweep.currentMemory"]:  # required keys gone, unknown keys added
+        doc = json.loads(json.dumps(GOOD))
+        if "." in key:
+            sec, k = key.split(".")
+            doc[sec][k] = ["x"]
+        elif key in ("experiment", "hosts", "guests", "sweep", "post"):
+            del doc[key]
+        else:
+            doc["bogus_" + key] = rng.choice([1, "x", [1]])
+        cases.append((f"missing-or-unknown {key}", yaml.safe_dump(doc).encode()))
+    cases += [(f"raw {i}", raw.encode("utf-8", "surrogateescape") if isinstance(raw, str) else raw)
+              for i, raw in enumerate(RAW_MANIFESTS)]
+    return cases
+
+
+def good_record(memory: int) -> dict:
+    return {"experiment": "fuzz", "host": "local", "guest": "g", "memory_mib": memory, "current_memory_mib": 1024,
+            "repeat": 1, "status": "ok", "reason": "", "schema_version": 1, "free_m": {"total": 900},
+            "memtotal_settled_kib": 921600, "dmesg": [], "started_at": "2026-11-26T00:00:00+00:00"}
+
+
+def bad_records() -> list[tuple[str, object]]:
+    """(name, content): content is bytes, a dict, or a special marker for a FIFO / symlink."""
+    cases: list[tuple[str, object]] = []
+    base = good_record(1024)
+    for key in ["experiment", "host", "guest", "memory_mib", "current_memory_mib", "repeat", "status", "reason",
+                "schema_version"]:
+        r = dict(base)
+        del r[key]
+        cases.append((f"missing {key}", r))
+    wrong = {"memory_mib": ["1024", 1024.5, None, True, [1024]], "repeat": ["1", None, {}],
+             "status": ["great", "", None, 1, "OK"], "reason": [None, 5, ["x"]], "schema_version": [0, -1, "1", 99, True],
+             "free_m": ["lots", [1], {"total": "x"}, {"total": [1]}, {"total": True}],
+             "meminfo": [5, {"MemTotal": "x"}], "balloon": ["x", {"actual": None, "rss": "1"}],
+             "dmesg": ["text", [1], [None], [{"a": 1}]], "console_excerpt": [{"a": 1}, [1.5]],
+             "balloon_timeline": ["x", [["a"]], [1, 2], [[True]]], "durations": [[], {"boot_s": "1"}],
+             "memtotal_settled_kib": ["921600", 1.5, [1]], "guest_kernel": [5, ["x"]], "host": [5, None],
+             "memory_mib_extra": []}
+    for key, values in wrong.items():
+        for v in values:
+            cases.append((f"{key}={v!r}", dict(base, **{key: v})))
+    cases.append(("other point's record", dict(base, memory_mib=2048)))
+    cases.append(("other host's record", dict(base, host="elsewhere")))
+    raw = [b"", b"{", b"[]", b"null", b"42", b'"text"', b'{"status": "ok"', b"\xff\xfe\xfd",
+           json.dumps(base).encode().replace(b'"ok"', b'"\xff"'), b"[" * 100000 + b"]" * 100000,
+           json.dumps(dict(base, free_m={"total": float("nan")})).encode(), b'{"status": NaN}',
+           b'{"status": "ok", "memory_mib": Infinity}', b"x" * (5 * 1024 * 1024)]
+    cases += [(f"raw {i}", r) for i, r in enumerate(raw)]
+    cases += [("fifo", "FIFO"), ("symlink to /dev/zero", "/dev/zero"), ("symlink outside", "/etc/hostname"),
+              ("directory", "DIR")]
+    return cases
+
+
+def project_snapshot() -> str:
+    """A digest of the project's own files (the temporary projects are elsewhere)."""
+    h = hashlib.sha256()
+    for p in sorted(ROOT.rglob("*")):
+        rel = p.relative_to(ROOT)
+        if rel.parts[0] in (".git", ".venv", ".cache", ".pytest_cache", ".hypothesis") or "__pycache__" in rel.parts:
+            continue
+        if p.is_file() and not p.is_symlink():
+            h.update(str(rel).encode() + b"\0" + p.read_bytes())
+    return h.hexdigest()
+
+
+def run(*argv) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(list(argv))
+    return code, err.getvalue()
+
+
+def check_one_line(code: int, stderr: str, what: str, per_problem: str | None = None) -> None:
+    """Exit 1, one 'error:' line, no traceback. `validate` lists every problem of a manifest, one line
+    each (per_problem: the prefix every such line has)."""
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert code == 1, f"{what}: exit {code}: {stderr}"
+    assert "Traceback" not in stderr, f"{what}: {stderr}"
+    if per_problem:
+        assert lines and all(ln.startswith(per_problem) for ln in lines), f"{what}: {stderr!r}"
+    else:
+        assert len(lines) == 1 and lines[0].startswith("error: "), f"{what}: {stderr!r}"
+
+
+@pytest.fixture
+def project(tmp_path):
+    proj = tmp_path / "proj"
+    (proj / "experiments" / "fuzz").mkdir(parents=True)
+    (proj / "content").mkdir()
+    (proj / "content" / "fuzz.md").write_text("# {{ post.title }}\n\n{{ data.records | length }} records\n")
+    shutil.copytree(ROOT / "site", proj / "site", ignore=shutil.ignore_patterns(
+        "content", "static", "previews", "public", ".memballoon-build.json", "resources"))
+    return proj
+
+
+def test_bad_manifests_and_records_fail_cleanly(project, tmp_path):
+    before = project_snapshot()
+    manifest = project / "experiments" / "fuzz" / "experiment.yaml"
+    site = str(project / "site")
+    counts = {"manifests": 0, "records": 0, "runs": 0}
+    for name, data in bad_manifests():
+        manifest.write_bytes(data)
+        for argv in (["validate", str(manifest)], ["status", str(manifest)],
+                     ["build", str(manifest), "--site", site]):
+            code, stderr = run(*argv)
+            check_one_line(code, stderr, f"manifest {name} / {argv[0]}",
+                           per_problem=f"error: {manifest}: " if argv[0] == "validate" else None)
+            counts["runs"] += 1
+        counts["manifests"] += 1
+    import yaml
+
+    manifest.write_text(yaml.safe_dump(GOOD))
+    results = project / "experiments" / "fuzz" / "results" / "local" / "g"
+    results.mkdir(parents=True)
+    good = results / "memory-2048MiB-current-1024MiB-r1.json"
+    good.write_text(json.dumps(good_record(2048)))
+    assert run("build", str(manifest), "--site", site)[0] == 0  # the good project builds
+    target = results / "memory-1024MiB-current-1024MiB-r1.json"
+    for name, content in bad_records():
+        if target.is_dir() and not target.is_symlink():
+            target.rmdir()
+        elif os.path.lexists(target):
+            target.unlink()
+        if content == "FIFO":
+            os.mkfifo(target)
+        elif content == "DIR":
+            target.mkdir()
+        elif isinstance(content, str):
+            target.symlink_to(content)
+        elif isinstance(content, dict):
+            target.write_text(json.dumps(content))
+        else:
+            target.write_bytes(content)
+        for argv in (["status", str(manifest)], ["build", str(manifest), "--site", site]):
+            code, stderr = run(*argv)
+            check_one_line(code, stderr, f"record {name} / {argv[0]}")
+            assert str(target) in stderr, f"record {name}: the message does not name the file: {stderr}"
+            counts["runs"] += 1
+        counts["records"] += 1
+    assert project_snapshot() == before
+    print(f"\nfuzz: {counts['manifests']} bad manifests, {counts['records']} bad records, {counts['runs']} runs, "
+          "every one exit 1 with one line")
+    assert counts["manifests"] + counts["records"] >= 200
