@@ -408,7 +408,8 @@ class Guest:
 
 @dataclass(frozen=True)
 class Balloon:
-    model: str = opt(_choice("virtio", "xen", "none"), "virtio", "the memballoon device model")
+    model: str = opt(_choice("auto", "virtio", "xen", "none"), "auto",
+                     "the balloon: virtio (QEMU/KVM), xen (Xen's own), none, or auto: the host's kind")
     stats_period: float = opt(_seconds_in(1, 3600), 1.0, "seconds between the balloon's statistics updates")
 
 
@@ -483,6 +484,12 @@ class Manifest:
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
+
+    def balloon_model(self, host: Host) -> str:
+        """The balloon a guest on `host` gets: as written, or for 'auto' the hypervisor's own."""
+        if self.balloon.model != "auto":
+            return self.balloon.model
+        return "xen" if host.is_xen else "virtio"
 
     def guest(self, name: str) -> Guest:
         return next(g for g in self.guests if g.name == name)

@@ -134,7 +134,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
                              expect_drop=point.memory_mib > point.current_memory_mib, extra=guest.cmdline)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
                      current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
-                     initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=manifest.balloon.model,
+                     initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=manifest.balloon_model(host.spec),
                      stats_period=manifest.balloon.stats_period)
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
@@ -144,7 +144,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
         "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
         "guest_kernel": guest_release, "guest_vcpus": guest.vcpus,
-        "balloon_model": manifest.balloon.model,
+        "balloon_model": manifest.balloon_model(host.spec),
         "started_at": started.isoformat(timespec="seconds"),
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],

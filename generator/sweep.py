@@ -193,7 +193,7 @@ class Sweep:
             staged: dict[str, tuple[str, str, str]] = {}
             for guest in {p.guest for p in pts}:
                 g = self.manifest.guest(guest)
-                built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon.model)
+                built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon_model(spec))
                 staged[guest] = (host.stage(built.kernel, f"probe-{built.sha256[:16]}-vmlinuz"),
                                  host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"),
                                  built.release)
