@@ -28,7 +28,7 @@ def test_good_manifest(write_manifest):
     assert m.sweep.memory == [1024, 2048, 4096]
     assert m.hosts[0].domain_type == "qemu"
     assert m.timeouts.stable == 3
-    assert m.balloon.model == "virtio" and m.balloon.stats_period == 1
+    assert m.balloon.model == "auto" and m.balloon_model(m.hosts[0]) == "virtio" and m.balloon.stats_period == 1
 
 
 def problems(write_manifest, **kw):
