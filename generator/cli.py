@@ -100,8 +100,23 @@ def cmd_status(args) -> int:
                 state, detail = "failed", f"{r['status']}: {r.get('reason', '')}"
             counts[state] += 1
             print(f"  {state:<8} {p.key:<40} {detail}")
+            if args.verbose and r is not None and r.get("phases"):
+                print("           " + phase_line(r))
         print(f"  {counts['done']} done, {counts['failed']} failed, {counts['missing']} missing")
     return 0
+
+
+PHASES = ("define_start", "firmware", "kernel_to_init", "module_load", "inflation", "stability", "reading",
+          "teardown")
+
+
+def phase_line(record: dict) -> str:
+    """Where a point's time went: 'define_start 0.4 s, firmware 0.3 s, … of 25.8 s' (status -v)."""
+    phases = record.get("phases") or {}
+    parts = [f"{name} {phases[name + '_s']:.2f} s" for name in PHASES if phases.get(name + "_s") is not None]
+    total = (record.get("durations") or {}).get("total_s")
+    boot = record.get("boot_method")
+    return ", ".join(parts) + (f" of {total:.1f} s" if total is not None else "") + (f" ({boot} boot)" if boot else "")
 
 
 def cmd_build(args) -> int:

@@ -52,11 +52,14 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
 """
 
 
-def kernel_cmdline(*, mode: str, stable: float, settle: float, expect_drop: bool, extra: str = "") -> str:
-    """The probe's kernel command line: console on the serial port, panic => reboot => destroy."""
+def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "") -> str:
+    """The probe's kernel command line: console on the serial port, panic => reboot => destroy.
+
+    balloon_kib: what the balloon must hold once inflated (memory - currentMemory); the probe ends
+    as soon as it does."""
     parts = ["console=ttyS0", "loglevel=4", "panic=-1", "rdinit=/init",
              f"memballoon.mode={mode}", f"memballoon.stable={max(1, int(round(stable)))}",
-             f"memballoon.settle={max(1, int(settle))}", f"memballoon.expect_drop={int(expect_drop)}",
+             f"memballoon.settle={max(1, int(settle))}", f"memballoon.balloon_kib={max(0, int(balloon_kib))}",
              "memballoon.hold=30"]
     if extra:
         parts.append(extra)

@@ -338,17 +338,29 @@ class LocalHost(HostRuntime):
 
     def clean_leftovers(self) -> list[str]:
         gone = super().clean_leftovers()
-        if self.root:  # belt and braces: a QEMU whose domain libvirt no longer knows
-            for pidfile in (self.root / "run" / "qemu").glob(f"{PREFIX}*.pid"):
-                try:
-                    pid = int(pidfile.read_text().strip())
-                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-                except (OSError, ValueError):
+        if self.root:
+            # belt and braces: a QEMU of this root that libvirt no longer knows (a run killed while the
+            # guest was starting leaves one that libvirt's reconnect drops). Its command line names the
+            # root and the tool's domain prefix.
+            root = str(self.root).encode()
+            for proc in Path("/proc").iterdir():
+                if not proc.name.isdigit():
                     continue
-                if b"qemu" in cmdline and pidfile.stem.encode() in cmdline:
-                    os.kill(pid, 9)
-                    if pidfile.stem not in gone:
-                        gone.append(pidfile.stem)
+                try:
+                    argv = (proc / "cmdline").read_bytes().split(b"\0")
+                except OSError:
+                    continue
+                if not argv or b"qemu-system" not in argv[0] or not any(root in a for a in argv):
+                    continue
+                name = next((a.split(b"guest=", 1)[1].split(b",", 1)[0] for a in argv if a.startswith(b"guest=")), b"")
+                if not name.startswith(PREFIX.encode()):
+                    continue
+                try:
+                    os.kill(int(proc.name), 9)
+                except ProcessLookupError:
+                    continue
+                if name.decode(errors="replace") not in gone:
+                    gone.append(name.decode(errors="replace"))
         return gone
 
     def _prepare_embed_root(self) -> None:

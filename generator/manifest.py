@@ -403,6 +403,9 @@ class Guest:
                       "kernel, fetched into the cache), or a path to a vmlinuz")
     modules: str = opt(_path_or(), "", "the kernel's modules folder (default: /lib/modules/<release>)")
     vcpus: int = opt(_int_in(1, 64), 1, "virtual CPUs")
+    boot: str = opt(_choice("auto", "pvh", "bzimage"), "auto",
+                    "how QEMU starts the kernel: pvh (the uncompressed vmlinux through its PVH entry, fastest), "
+                    "bzimage (firmware and the compressed kernel), or auto: pvh where the kernel has the entry")
     cmdline: str = opt(_line, "", "extra kernel command line")
 
 

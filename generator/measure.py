@@ -122,19 +122,26 @@ class StopRequested(Exception):
 
 def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, kernel: str,
             initrd: str, guest_release: str, domain_type: str, domain_type_reason: str, run_id: str,
-            stop: threading.Event) -> dict:
-    """Boot one point and return its record (a dict ready for JSON). Never leaves the domain running."""
+            stop: threading.Event, boot_method: str = "bzimage", teardown=None) -> dict:
+    """Boot one point and return its record (a dict ready for JSON). Never leaves the domain running.
+
+    kernel is what the domain boots: the bzImage, or (boot_method 'pvh') the uncompressed vmlinux
+    that QEMU starts through its PVH entry point, skipping firmware work and decompression.
+    teardown: called with the still-running domain once everything is read, to destroy it in the
+    background (the sweep's reaper); without it, or when the point is interrupted, it is destroyed here."""
     libvirt = libvirt_module()
     conn = host.connect()
     guest = manifest.guest(point.guest)
     name = domain_name(run_id, f"{point.guest}-{point.short}")
     console_path = host.console_path(name)
     host.prepare_console(console_path)
+    balloon_model = manifest.balloon_model(host.spec)
+    target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_model != "none" else 0
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
-                             expect_drop=point.memory_mib > point.current_memory_mib, extra=guest.cmdline)
+                             balloon_kib=target_kib, extra=guest.cmdline)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
                      current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
-                     initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=manifest.balloon_model(host.spec),
+                     initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=balloon_model,
                      stats_period=manifest.balloon.stats_period)
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
@@ -143,15 +150,16 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
         "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
         "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
-        "guest_kernel": guest_release, "guest_vcpus": guest.vcpus,
-        "balloon_model": manifest.balloon_model(host.spec),
+        "guest_kernel": guest_release, "guest_vcpus": guest.vcpus, "boot_method": boot_method,
+        "balloon_model": balloon_model,
         "started_at": started.isoformat(timespec="seconds"),
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
-        "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "console_excerpt": [],
+        "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {}, "console_excerpt": [],
     }
-    t0 = time.monotonic()
+    clock = {"t0": time.monotonic()}
     dom = None
+    finished = False
     try:
         try:
             dom = conn.createXML(xml, 0)
@@ -160,29 +168,70 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
             record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
             record["reason"] = _one_line(message)
             return record
-        _follow(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
+        clock["started"] = time.monotonic() - clock["t0"]
+        _follow(dom, record, host=host, console_path=console_path, manifest=manifest, clock=clock, stop=stop,
                 libvirt=libvirt)
+        finished = True
         return record
     finally:
+        console = host.read_text(console_path)  # nothing the guest prints after 'done' is read
         if dom is not None:
-            _destroy(dom, libvirt)
-        record["durations"]["total_s"] = round(time.monotonic() - t0, 2)
-        console = host.read_text(console_path)
-        record["console_excerpt"] = _excerpt(console)
+            if finished and teardown is not None:
+                teardown(dom)
+            else:
+                destroy(dom, libvirt)
         host.remove(console_path)
+        record["durations"]["total_s"] = round(time.monotonic() - clock["t0"], 2)
+        record["console_excerpt"] = _excerpt(console)
+        record["phases"] = _phases(record, Console.parse(console), clock)
 
 
-def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, t0: float,
+def _phases(record: dict, console: Console, clock: dict) -> dict:
+    """Where a point's time went, in seconds: host-side steps from the host's clock, in-guest steps
+    from the guest's uptime stamps (so the host's polling does not blur them)."""
+    u = {k: console.number(k) for k in ("init", "balloon-loaded", "inflate-start", "inflate-end", "settled", "done")}
+    total = record["durations"]["total_s"]
+    started, init_seen, done_seen = clock.get("started"), clock.get("init_seen"), clock.get("done_seen")
+    out: dict = {"define_start_s": started}
+    if init_seen is not None and u["init"] is not None and started is not None:
+        out["firmware_s"] = max(0.0, init_seen - started - u["init"])  # includes up to one poll interval
+    out["kernel_to_init_s"] = u["init"]
+    if u["balloon-loaded"] is not None and u["init"] is not None:
+        out["module_load_s"] = u["balloon-loaded"] - u["init"]
+    if u["inflate-start"] is not None and u["inflate-end"] is not None:
+        out["inflation_s"] = u["inflate-end"] - u["inflate-start"]
+    elif u["settled"] is not None:
+        out["inflation_s"] = 0.0
+    if u["settled"] is not None:
+        settle_from = u["inflate-end"] if u["inflate-end"] is not None else u["balloon-loaded"]
+        if settle_from is not None:
+            out["stability_s"] = u["settled"] - settle_from
+    if u["done"] is not None and u["settled"] is not None:
+        out["reading_s"] = u["done"] - u["settled"]
+    if done_seen is not None:
+        out["teardown_s"] = total - done_seen
+        if init_seen is not None and u["done"] is not None and u["init"] is not None:
+            out["host_notice_s"] = max(0.0, done_seen - init_seen - (u["done"] - u["init"]))
+    actual = [(t, a) for t, a, *_ in record.get("balloon_timeline", []) if a is not None]
+    changes = [t for (t, a), (_, prev) in zip(actual[1:], actual) if a != prev]
+    if changes:
+        before = max(t for t, _ in actual if t < changes[0])
+        out["inflation_host_s"] = changes[-1] - before  # first to last change of the balloon's actual
+    return {k: round(v, 2) for k, v in out.items() if v is not None}
+
+
+def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, clock: dict,
             stop: threading.Event, libvirt) -> None:
     """Poll console and balloon until the probe reports 'done', dies, or runs out of time."""
     timeouts = manifest.timeouts
-    poll = 0.5 if not host.spec.is_remote else 1.0
+    t0 = clock["t0"]
+    poll = 0.1 if not host.spec.is_remote else 1.0
     try:
         dom.setMemoryStatsPeriod(max(1, int(round(manifest.balloon.stats_period))), libvirt.VIR_DOMAIN_AFFECT_LIVE)
     except libvirt.libvirtError:
         pass  # the <stats period> in the XML already asks for it; some drivers refuse the call
     booted_at = None
-    last_sample = 0.0
+    last_sample = -1.0
     console = Console.parse("")
     while True:
         if stop.is_set():
@@ -195,7 +244,9 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
             _sample(dom, record, elapsed, libvirt)
         if booted_at is None and console.has("init"):
             booted_at = elapsed
+            clock["init_seen"] = elapsed
         if console.has("done"):
+            clock["done_seen"] = elapsed
             if alive:
                 _sample(dom, record, elapsed, libvirt)
             break
@@ -221,14 +272,18 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
     _fill_guest_view(record, console, booted_at)
     if console.has("settle-timeout"):
         record["status"] = "timeout"
-        record["reason"] = f"MemTotal was still changing after {timeouts.settle:g} s"
+        record["reason"] = f"the balloon was still inflating after {timeouts.settle:g} s"
     elif record["memtotal_settled_kib"] is None:
         record["status"] = "error"
         record["reason"] = "the probe finished without reporting MemTotal"
     else:
         record["status"] = "ok"
-        failed = [v for k, v in console.markers.items() if k == "insmod-failed"]
-        record["reason"] = f"insmod failed: {', '.join(failed)}" if failed else ""
+        notes = [f"insmod failed: {v}" for k, v in console.markers.items() if k == "insmod-failed"]
+        short = console.markers.get("balloon-short", "").split()
+        if len(short) == 2 and short[0].isdigit() and short[1].isdigit():
+            notes.append(f"the balloon stopped at {int(short[0]) // 1024} MiB of its {int(short[1]) // 1024} MiB "
+                         "target (nothing changed for the stability window)")
+        record["reason"] = "; ".join(notes)
 
 
 def _alive(dom, libvirt) -> bool:
@@ -304,7 +359,8 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:400]
 
 
-def _destroy(dom, libvirt) -> None:
+def destroy(dom, libvirt) -> None:
+    """Destroy a domain if it still runs (a transient one is gone with it)."""
     try:
         if dom.isActive():
             dom.destroy()
@@ -322,7 +378,7 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
     host.prepare_console(console_path)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=256, current_memory_mib=256, vcpus=1,
                      kernel=kernel, initrd=initrd,
-                     cmdline=kernel_cmdline(mode="canary", stable=1, settle=1, expect_drop=False),
+                     cmdline=kernel_cmdline(mode="canary", stable=1, settle=1, balloon_kib=0),
                      console=console_path, balloon_model="none", stats_period=1)
     t0 = time.monotonic()
     dom = None
@@ -342,5 +398,5 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
         return False, _one_line(e.get_error_message() or str(e))
     finally:
         if dom is not None:
-            _destroy(dom, libvirt)
+            destroy(dom, libvirt)
         host.remove(console_path)

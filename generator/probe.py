@@ -18,6 +18,7 @@ import re
 import shutil
 import struct
 import subprocess
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from . import __version__, kernels
 from .errors import UserError
 
 MARK = "@@MEMBALLOON"
-PROBE_FORMAT = 1  # bump when the init script or layout changes in a way that matters
+PROBE_FORMAT = 2  # bump when the init script or layout changes in a way that matters
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -43,7 +44,7 @@ say() { echo "$M $*"; }
 param() { sed -n "s/.*memballoon\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 memtotal() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
-MODE=$(param mode); STABLE=$(param stable); SETTLE=$(param settle); DROP=$(param expect_drop)
+MODE=$(param mode); STABLE=$(param stable); SETTLE=$(param settle); TARGET=$(param balloon_kib)
 HOLD=$(param hold)
 say "init $(uptime_s)"
 say "kernel $(uname -r)"
@@ -53,16 +54,30 @@ for mod in $(cat /etc/probe-modules); do
   insmod "/lib/modules/probe/$mod.ko" || say "insmod-failed $mod"
 done
 say "balloon-loaded $(uptime_s)"
-last=$(memtotal); boot=$(memtotal); same=0; waited=0; dropped=0
-while [ "$waited" -lt "${SETTLE:-600}" ]; do
-  sleep 1; waited=$((waited + 1)); now=$(memtotal)
-  if [ "$now" != "$boot" ]; then dropped=1; fi
-  if [ "$now" = "$last" ]; then same=$((same + 1)); else same=0; last=$now; fi
-  if [ "$same" -ge "${STABLE:-4}" ]; then
-    if [ "$DROP" != 1 ] || [ "$dropped" = 1 ]; then break; fi
+# The balloon's size in KiB: pages inflated minus pages deflated (exact event counters, any balloon
+# driver, also with deflate-on-OOM where MemTotal does not move), else what MemTotal lost.
+boot=$(memtotal)
+balloon() {
+  b=$(awk '/^balloon_inflate /{i=$2} /^balloon_deflate /{d=$2} END{if (i != "") print (i - d) * 4}' /proc/vmstat)
+  if [ -n "$b" ]; then echo "$b"; else echo $((boot - $(memtotal))); fi
+}
+# Done when the balloon holds its target and nothing changed for one sample (0.2 s). Guards: a
+# balloon that stops short (nothing changes for STABLE s), and the settle timeout.
+TARGET=${TARGET:-0}; tick=200000; per_s=5
+last_mt=$(memtotal); last_b=$(balloon); quiet=0; n=0; limit=$(( ${SETTLE:-600} * per_s )); started=""; end=""
+while [ "$n" -lt "$limit" ]; do
+  usleep $tick; n=$((n + 1)); mt=$(memtotal); b=$(balloon)
+  if [ "$mt" != "$last_mt" ] || [ "$b" != "$last_b" ]; then
+    now=$(uptime_s); [ -z "$started" ] && { started=$now; say "inflate-start $now"; }
+    end=$now; last_mt=$mt; last_b=$b; quiet=0; continue
   fi
+  quiet=$((quiet + 1))
+  if [ "$b" -ge "$TARGET" ]; then break; fi
+  if [ "$quiet" -ge $(( ${STABLE:-4} * per_s )) ]; then say "balloon-short $b $TARGET"; break; fi
 done
-if [ "$same" -ge "${STABLE:-4}" ]; then say "settled $(uptime_s) $waited"; else say "settle-timeout $(uptime_s) $waited"; fi
+[ -n "$end" ] && say "inflate-end $end"
+say "balloon-kib $(balloon)"
+if [ "$n" -lt "$limit" ]; then say "settled $(uptime_s)"; else say "settle-timeout $(uptime_s)"; fi
 say "settled-memtotal-kib $(memtotal)"
 say "begin free"; free -m; say "end free"
 say "begin meminfo"; cat /proc/meminfo; say "end meminfo"
@@ -82,6 +97,16 @@ class Probe:
     release: str
     modules: tuple[str, ...]
     sha256: str
+    vmlinux: Path | None = None  # the uncompressed kernel, when it has a PVH entry point
+
+    def boot_image(self, boot: str) -> tuple[Path, str]:
+        """(image to boot, boot method) for a guest's `boot` setting: pvh, bzimage, or auto (pvh if possible)."""
+        if boot == "bzimage" or (boot == "auto" and self.vmlinux is None):
+            return self.kernel, "bzimage"
+        if self.vmlinux is None:
+            raise UserError(f"guest kernel {self.release}: boot 'pvh' asked for, but the kernel has no PVH "
+                            "entry point (an ELF note XEN_ELFNOTE_PHYS32_ENTRY); use boot: bzimage")
+        return self.vmlinux, "pvh"
 
 
 def kernel_release(image: Path) -> str:
@@ -97,6 +122,53 @@ def kernel_release(image: Path) -> str:
     except OSError as e:
         raise UserError(f"{image}: cannot read the kernel image ({e.strerror})") from None
     return raw.split(b" ", 1)[0].split(b"\0", 1)[0].decode("ascii", "replace")
+
+
+def extract_vmlinux(image: bytes) -> bytes | None:
+    """The uncompressed kernel (ELF) inside a bzImage, or None if no payload decompresses to one.
+
+    The payload's format is found by its magic (XZ for Debian, also gzip and zstd); the first one
+    that decompresses to an ELF image wins."""
+    magics = [(b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b\x08", "gzip"), (b"\x28\xb5\x2f\xfd", "zstd")]
+    for magic, kind in magics:
+        start = image.find(magic)
+        while start != -1:
+            data = image[start:]
+            try:
+                if kind == "xz":
+                    out = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data)
+                elif kind == "gzip":
+                    out = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data)
+                else:
+                    import zstandard  # type: ignore
+                    out = zstandard.ZstdDecompressor().decompressobj().decompress(data)
+            except Exception:  # noqa: BLE001 - a magic inside other data: try the next one
+                out = b""
+            if out[:4] == b"\x7fELF":
+                return out
+            start = image.find(magic, start + 1)
+    return None
+
+
+def has_pvh_entry(elf: bytes) -> bool:
+    """True if the ELF kernel carries Xen's PHYS32_ENTRY note: QEMU can then boot it through PVH."""
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        return False
+    phoff, = struct.unpack_from("<Q", elf, 0x20)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    for i in range(phnum):
+        p_type, _flags, offset = struct.unpack_from("<IIQ", elf, phoff + i * phentsize)
+        filesz, = struct.unpack_from("<Q", elf, phoff + i * phentsize + 0x20)
+        if p_type != 4:  # PT_NOTE
+            continue
+        pos, end = offset, offset + filesz
+        while pos + 12 <= end:
+            namesz, descsz, ntype = struct.unpack_from("<III", elf, pos)
+            name = elf[pos + 12:pos + 12 + namesz].rstrip(b"\0")
+            if name == b"Xen" and ntype == 18:  # XEN_ELFNOTE_PHYS32_ENTRY
+                return True
+            pos += 12 + ((namesz + 3) & ~3) + ((descsz + 3) & ~3)
+    return False
 
 
 def _version_key(name: str) -> list:
@@ -318,15 +390,22 @@ def build(kernel: str, modules_dir: str, cache_dir: Path, balloon_model: str = "
     info_path = folder / "probe.json"
     if info_path.exists():
         info = json.loads(info_path.read_text())
-        return Probe(folder / "vmlinuz", folder / "initrd.img", info["release"], tuple(info["modules"]), digest)
+        vmlinux = folder / "vmlinux" if info.get("pvh") else None
+        return Probe(folder / "vmlinuz", folder / "initrd.img", info["release"], tuple(info["modules"]), digest,
+                     vmlinux)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     (tmp / "vmlinuz").write_bytes(kernel_bytes)
     (tmp / "initrd.img").write_bytes(initramfs(busybox, modules))
+    elf = extract_vmlinux(kernel_bytes)
+    pvh = bool(elf) and has_pvh_entry(elf)
+    if pvh:
+        (tmp / "vmlinux").write_bytes(elf)
     info = {"release": release, "modules": [n for n, _ in modules], "kernel_source": str(image),
-            "busybox": str(busybox_path), "sha256": digest, "tool_version": __version__}
+            "busybox": str(busybox_path), "sha256": digest, "tool_version": __version__, "pvh": pvh}
     (tmp / "probe.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(folder, ignore_errors=True)
     os.replace(tmp, folder)
-    return Probe(folder / "vmlinuz", folder / "initrd.img", release, tuple(info["modules"]), digest)
+    return Probe(folder / "vmlinuz", folder / "initrd.img", release, tuple(info["modules"]), digest,
+                 folder / "vmlinux" if pvh else None)

@@ -114,6 +114,7 @@ FIELDS: dict[str, tuple[tuple, bool]] = {
     "guest_kernel": (_OPT_STR, False), "balloon_model": (_OPT_STR, False), "started_at": (_OPT_STR, False),
     "tool_version": (_OPT_STR, False), "manifest_sha256": (_OPT_STR, False),
     "host_cores": (_OPT_INT, False), "host_memory_mib": (_OPT_INT, False), "guest_vcpus": (_OPT_INT, False),
+    "boot_method": (_OPT_STR, False), "phases": (_OPT_DICT, False),
 }
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view")
 
@@ -141,9 +142,10 @@ def _problem(record: dict) -> str | None:
         if not isinstance(sample, list) or any(isinstance(v, bool) or not isinstance(v, _NUM + (type(None),))
                                                for v in sample):
             return "'balloon_timeline' holds something other than lists of numbers"
-    for k, v in (record.get("durations") or {}).items():
-        if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
-            return f"durations.{k} is {type(v).__name__}, expected a number"
+    for name in ("durations", "phases"):
+        for k, v in (record.get(name) or {}).items():
+            if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
+                return f"{name}.{k} is {type(v).__name__}, expected a number"
     return None
 
 

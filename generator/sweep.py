@@ -22,7 +22,7 @@ from . import results
 from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
-from .measure import StopRequested, canary, measure, point_identity
+from .measure import StopRequested, destroy, canary, measure, point_identity
 from .plan import Point, points, results_dir, select
 from .progress import Progress
 
@@ -190,15 +190,16 @@ class Sweep:
                 self.progress.note(f"host {name}: removed {len(leftovers)} leftover domain(s) of an earlier run: "
                                    + ", ".join(leftovers))
             facts = host.facts()
-            staged: dict[str, tuple[str, str, str]] = {}
-            for guest in {p.guest for p in pts}:
+            staged: dict[str, tuple[str, str, str, str]] = {}
+            for guest in sorted({p.guest for p in pts}):
                 g = self.manifest.guest(guest)
                 built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon_model(spec))
-                staged[guest] = (host.stage(built.kernel, f"probe-{built.sha256[:16]}-vmlinuz"),
+                image, method = built.boot_image("bzimage" if spec.is_xen else g.boot)  # Xen PV boots the bzImage
+                staged[guest] = (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
                                  host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"),
-                                 built.release)
+                                 built.release, method)
             first = staged[pts[0].guest]
-            dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2],
+            dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2] + "-" + first[3],
                                             self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
@@ -209,19 +210,33 @@ class Sweep:
             # Within a repeat, largest memory first: the longest boots start first, so the slots end
             # together (and every repeat still covers the whole range before the next begins).
             pts = sorted(pts, key=lambda p: (p.repeat, -p.memory_mib, p.current_memory_mib, p.guest))
-            with ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-slot") as pool:
-                futures = [pool.submit(self._one, host, facts, staged[p.guest], dtype, why, p, budget) for p in pts]
+            # Finished guests are destroyed by the reaper while the slot boots the next point; the sweep
+            # waits for the reaper before it returns, so no guest outlives it.
+            with ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-reaper") as reaper, \
+                    ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-slot") as pool:
+                futures = [pool.submit(self._one, host, facts, staged[p.guest], dtype, why, p, budget, reaper)
+                           for p in pts]
                 for f in as_completed(futures):
                     f.result()
         finally:
             host.close()
 
-    def _one(self, host: HostRuntime, facts: dict, staged: tuple[str, str, str], dtype: str, why: str,
-             point: Point, budget: MemoryBudget) -> None:
+    def _one(self, host: HostRuntime, facts: dict, staged: tuple[str, str, str, str], dtype: str, why: str,
+             point: Point, budget: MemoryBudget, reaper: ThreadPoolExecutor) -> None:
         if self.stop.is_set():
             return
         need = estimated_footprint_mib(point)
         budget.acquire(need, self.stop)
+        handed_off = []
+
+        def teardown(dom) -> None:
+            """Destroy the finished guest in the background; its memory is free for others only after."""
+            def reap() -> None:
+                try:
+                    destroy(dom, libvirt_module())
+                finally:
+                    budget.release(need)
+            handed_off.append(reaper.submit(reap))
         try:
             if self.stop.is_set():
                 return
@@ -229,7 +244,8 @@ class Sweep:
             try:
                 record = measure(point, manifest=self.manifest, host=host, host_facts=facts, kernel=staged[0],
                                  initrd=staged[1], guest_release=staged[2], domain_type=dtype,
-                                 domain_type_reason=why, run_id=self.run_id, stop=self.stop)
+                                 domain_type_reason=why, run_id=self.run_id, stop=self.stop, boot_method=staged[3],
+                                 teardown=teardown)
             except StopRequested:
                 self.progress.end(point.key, None)
                 return
@@ -244,7 +260,8 @@ class Sweep:
                     self.summary.failed[point.key] = record["status"]
             self.progress.end(point.key, record)
         finally:
-            budget.release(need)
+            if not handed_off:
+                budget.release(need)
 
 
 def _install_stop_handlers(stop: threading.Event):

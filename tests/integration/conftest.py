@@ -26,10 +26,19 @@ def embed_env(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
-def qemu_pids(root: Path | str) -> list[int]:
-    """QEMU processes started under an embedded root (their command lines name it)."""
+def qemu_pids(root: Path | str, also: str = "") -> list[int]:
+    """QEMU processes started under an embedded root (their command lines name it), optionally only
+    those whose command line also holds `also` (e.g. a point's '-m2048-')."""
     out = subprocess.run(["pgrep", "-f", f"qemu-system.*{root}"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    pids = [int(p) for p in out.stdout.split()]
+    if also:
+        def cmdline(pid: int) -> str:
+            try:
+                return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                return ""
+        pids = [p for p in pids if also in cmdline(p)]
+    return pids
 
 
 def cli(env, *args, timeout=900):
