@@ -1,7 +1,14 @@
-"""make bench-sweep: wall time of a sweep in parallel slots vs. the same points one at a time.
+"""make bench-sweep: what a point costs against the physics, measured side by side in one run.
 
-Prints, from one run: the wall time with the automatic slots, the ratio of that wall time to the
-ideal (sum of per-point durations / slots), the wall time with --jobs 1, and the speed-up.
+1. The floor: a bare qemu-system-x86_64 boot of the same probe (compressed kernel, no libvirt, no
+   waits) that prints MemTotal and powers off. Median of 5.
+2. Points at 1 GiB and 16 GiB (currentMemory 1 GiB) through the real sweep, one at a time, 3 each:
+   their phases, the 1 GiB point against the floor (target <= 1.0), and the 16 GiB point's
+   overhead beyond its boot and its balloon's inflation (target <= 2 s).
+3. The default experiment's points before the larger-than-host sizes (both kernels, memory 1-16
+   GiB, 3 repeats: 30 points) with the automatic slots: the sum of their durations against the
+   same 30 points as archived with the previous probe (target <= 0.5).
+4. Slots: 4 points (1-8 GiB) in parallel slots and one at a time.
 """
 from __future__ import annotations
 
@@ -16,18 +23,52 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from generator import probe as probe_mod  # noqa: E402
+from generator.cli import PHASES  # noqa: E402
+
+# The 30 default points as measured with the probe before issue 9 (fixed wait, bzImage boot).
+BASELINE_COMMIT = "4ce0b2b"
+BASELINE_SIZES = (1024, 2048, 4096, 8192, 16384)
 
 MANIFEST = """\
 experiment: bench
-hosts: [{{name: local, uri: embedded, domain_type: {domain_type}}}]
-guests: [{{name: debian, kernel: host}}]
-sweep: {{memory: [{memory}], current_memory: [1024 MiB], repeats: 1}}
+hosts: [{{name: local, uri: embedded, domain_type: qemu}}]
+guests: {guests}
+sweep: {{memory: [{memory}], current_memory: [1024 MiB], repeats: {repeats}}}
 timeouts: {{stable: 4s}}
 post: {{slug: bench, title: bench, content: post.md}}
 """
+HOST = "[{name: debian, kernel: host}]"
+BOTH = "[{name: debian, kernel: host}, {name: trixie, kernel: 'debian:trixie'}]"
 
 
-def sweep(manifest: Path, results: Path, env: dict, jobs: int | None) -> tuple[float, list[dict]]:
+def floor(cache: Path, runs: int = 5) -> list[float]:
+    """Bare QEMU: the probe's bzImage and initramfs, canary mode (print MemTotal, power off)."""
+    built = probe_mod.build("host", "", cache)
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        out = subprocess.run(
+            ["qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-m", "1024", "-smp", "1", "-display", "none",
+             "-no-reboot", "-serial", "stdio", "-monitor", "none", "-kernel", str(built.kernel),
+             "-initrd", str(built.initrd), "-append",
+             "console=ttyS0 loglevel=4 panic=-1 rdinit=/init memballoon.mode=canary"],
+            capture_output=True, text=True, timeout=120)
+        times.append(time.monotonic() - t0)
+        if "canary-ok" not in out.stdout or "boot-memtotal-kib" not in out.stdout:
+            sys.exit(f"bench-sweep: the bare QEMU boot did not report MemTotal:\n{out.stdout[-2000:]}{out.stderr}")
+    return times
+
+
+def sweep(tmp: Path, name: str, guests: str, memory: str, repeats: int, env: dict,
+          jobs: int | None) -> tuple[float, list[dict]]:
+    manifest = tmp / name / "experiment.yaml"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    manifest.write_text(MANIFEST.format(guests=guests, memory=memory, repeats=repeats))
+    (manifest.parent / "post.md").write_text("bench\n")
+    results = tmp / f"{name}-results"
     args = [sys.executable, "-m", "generator", "sweep", str(manifest), "--results", str(results)]
     if jobs:
         args += ["--jobs", str(jobs)]
@@ -37,38 +78,88 @@ def sweep(manifest: Path, results: Path, env: dict, jobs: int | None) -> tuple[f
     if out.returncode != 0:
         sys.exit(f"bench-sweep: sweep failed:\n{out.stderr}")
     recs = [json.loads(p.read_text()) for p in results.rglob("*.json")]
+    bad = [r for r in recs if r["status"] != "ok"]
+    if bad:
+        sys.exit(f"bench-sweep: {len(bad)} point(s) failed: {bad[0]['status']}: {bad[0]['reason']}")
     return wall, recs
 
 
+def baseline_sum() -> tuple[float, int]:
+    """Sum of total_s of the archived default points (1-16 GiB, both kernels, 3 repeats)."""
+    total, n = 0.0, 0
+    for guest in ("debian", "trixie"):
+        for memory in BASELINE_SIZES:
+            for repeat in (1, 2, 3):
+                path = (f"experiments/memory-ballooning/results/local/{guest}/"
+                        f"memory-{memory}MiB-current-1024MiB-r{repeat}.json")
+                out = subprocess.run(["git", "show", f"{BASELINE_COMMIT}:{path}"], cwd=ROOT, capture_output=True,
+                                     text=True)
+                if out.returncode != 0:
+                    sys.exit(f"bench-sweep: cannot read the baseline record {path} at {BASELINE_COMMIT} "
+                             "(needs the project's git history)")
+                total += json.loads(out.stdout)["durations"]["total_s"]
+                n += 1
+    return total, n
+
+
+def phase_medians(recs: list[dict]) -> str:
+    parts = []
+    for name in PHASES:
+        values = [r["phases"].get(f"{name}_s") for r in recs if r["phases"].get(f"{name}_s") is not None]
+        if values:
+            parts.append(f"{name} {statistics.median(values):.2f}")
+    return ", ".join(parts)
+
+
+def overhead(r: dict) -> float:
+    """Wall time beyond the physics: the boot (firmware, kernel to init) and the balloon's inflation."""
+    p = r["phases"]
+    return r["durations"]["total_s"] - p.get("firmware_s", 0) - p.get("kernel_to_init_s", 0) - p.get("inflation_s", 0)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--memory", default="1 GiB, 2 GiB, 4 GiB, 8 GiB", help="memory sizes to sweep")
-    ap.add_argument("--domain-type", default="qemu", help="domain type (default qemu: no canary)")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--skip-default", action="store_true", help="leave out part 3 (the 30 default points)")
     args = ap.parse_args()
+    cache = ROOT / ".cache"
+    env = dict(os.environ, MEMBALLOON_CACHE=str(cache))
+    slots = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="mbbench-") as tmp:
         tmp = Path(tmp)
-        manifest = tmp / "bench" / "experiment.yaml"
-        manifest.parent.mkdir()
-        manifest.write_text(MANIFEST.format(memory=args.memory, domain_type=args.domain_type))
-        (manifest.parent / "post.md").write_text("bench\n")
-        env = dict(os.environ, MEMBALLOON_CACHE=str(ROOT / ".cache"))
-        slots = os.cpu_count() or 1
-        wall_par, recs = sweep(manifest, tmp / "par", env, None)
-        wall_seq, recs_seq = sweep(manifest, tmp / "seq", env, 1)
-    per_point = [r["durations"]["total_s"] for r in recs]
-    ideal = sum(per_point) / slots
-    print(f"points: {len(recs)} (memory {args.memory}; currentMemory 1024 MiB; domain type {recs[0]['domain_type']})")
-    print(f"slots (auto, = cores): {slots}")
-    print(f"per-point duration, parallel run: median {statistics.median(per_point):.1f} s, "
-          f"sum {sum(per_point):.1f} s")
-    print(f"per-point duration, sequential run: median "
-          f"{statistics.median(r['durations']['total_s'] for r in recs_seq):.1f} s")
-    print(f"sweep wall time, {slots} slots: {wall_par:.1f} s")
-    print(f"  ratio wall / (sum of point durations / slots): {wall_par / ideal:.2f}  (1.00 = no overhead)")
-    print(f"sweep wall time, one at a time (--jobs 1): {wall_seq:.1f} s")
-    print(f"  speed-up of {slots} slots over one at a time: {wall_seq / wall_par:.2f}x")
-    statuses = sorted({r["status"] for r in recs + recs_seq})
-    print(f"statuses: {', '.join(statuses)}")
+        env["MEMBALLOON_EMBED_ROOT"] = tempfile.mkdtemp(prefix="mbb-", dir="/tmp")
+        bare = floor(cache)
+        fl = statistics.median(bare)
+        print(f"1. floor: bare qemu-system-x86_64, bzImage, 1 GiB, prints MemTotal and powers off: "
+              f"median {fl:.2f} s of {len(bare)} ({', '.join(f'{t:.2f}' for t in bare)})")
+        _, small = sweep(tmp, "one", HOST, "1 GiB", 3, env, 1)
+        _, large = sweep(tmp, "sixteen", HOST, "16 GiB", 3, env, 1)
+        one = statistics.median(r["durations"]["total_s"] for r in small)
+        print(f"2. 1 GiB point (pvh boot, through libvirt): median {one:.2f} s of 3; phases (medians, s): "
+              f"{phase_medians(small)}")
+        print(f"   ratio 1 GiB point / floor: {one / fl:.2f}  (target <= 1.0)")
+        sixteen = statistics.median(r["durations"]["total_s"] for r in large)
+        infl = statistics.median(r["phases"]["inflation_s"] for r in large)
+        over = statistics.median(overhead(r) for r in large)
+        print(f"   16 GiB point: median {sixteen:.2f} s of 3, of which inflation {infl:.2f} s; phases (medians, s): "
+              f"{phase_medians(large)}")
+        print(f"   16 GiB overhead beyond boot and inflation: median {over:.2f} s  (target <= 2 s); "
+              f"beyond inflation alone: {sixteen - infl:.2f} s")
+        if not args.skip_default:
+            base, n = baseline_sum()
+            wall, recs = sweep(tmp, "default", BOTH, ", ".join(f"{m // 1024} GiB" for m in BASELINE_SIZES), 3, env,
+                               None)
+            now = sum(r["durations"]["total_s"] for r in recs)
+            print(f"3. default points (2 kernels x 1-16 GiB x 3 repeats = {len(recs)}): sum of point durations "
+                  f"{now:.0f} s, archived with the previous probe {base:.0f} s ({n} points, {BASELINE_COMMIT})")
+            print(f"   ratio now / archived: {now / base:.2f}  (target <= 0.5); sweep wall time {wall:.0f} s "
+                  f"with {slots} slots")
+        wall_par, recs = sweep(tmp, "par", HOST, "1 GiB, 2 GiB, 4 GiB, 8 GiB", 1, env, None)
+        wall_seq, recs_seq = sweep(tmp, "seq", HOST, "1 GiB, 2 GiB, 4 GiB, 8 GiB", 1, env, 1)
+        per_point = [r["durations"]["total_s"] for r in recs]
+        print(f"4. slots: 4 points (1-8 GiB), {slots} slots: wall {wall_par:.1f} s, sum of point durations "
+              f"{sum(per_point):.1f} s; one at a time: wall {wall_seq:.1f} s")
+        print(f"   ratio wall / (sum / slots): {wall_par / (sum(per_point) / slots):.2f}  (1.00 = no overhead); "
+              f"speed-up over one at a time: {wall_seq / wall_par:.2f}x")
 
 
 if __name__ == "__main__":
