@@ -125,6 +125,14 @@ class Series:
     def failed(self) -> list[SeriesPoint]:
         return [p for p in self.points if not p.ok]
 
+    def lean(self) -> "Series":
+        """A copy with only what a graph draws: each record cut to its status and what the guest saw.
+        Sent to the processes that draw graphs, so a big experiment is not pickled whole each time."""
+        points = [SeriesPoint(p.memory_mib, [{"status": r["status"], "free_m": {"total": seen_mib(r)}}
+                                             for r in p.records]) for p in self.points]
+        return Series(self.host, self.guest, self.guest_label, self.current_memory_mib, self.domain_type, points,
+                      self.file_stem)
+
     def at(self, memory_mib: int) -> SeriesPoint | None:
         return next((p for p in self.points if p.memory_mib == memory_mib), None)
 

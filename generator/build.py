@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import sys
@@ -33,20 +34,24 @@ from .units import mib_label
 PACKAGE_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = PACKAGE_DIR.parent
 STATE_FILE = ".memballoon-build.json"
-STATE_VERSION = 2  # 2: each output names its post, so a build removes only outputs of the posts it built
+STATE_VERSION = 3  # 2: each output names its post (a build removes only its posts' outputs); 3: post input hashes
 MAX_STATE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass
 class Output:
-    """One file the build produces: where, what it depends on, and how to make its bytes."""
+    """One file the build produces: where, what it depends on, and how to make its bytes.
+
+    A graph has a `job` (a plots function's name and its arguments, all picklable) so that graphs
+    render in worker processes; pages and previews have `render`, run in this process."""
 
     path: Path
     inputs: str
-    render: Callable[[], bytes]
+    render: Callable[[Callable[[str], str]], bytes] | None  # given a Markdown-to-HTML function
     post: str      # the post's slug: a build removes only outputs of the posts it built
     source: str    # the manifest it comes from, for messages
     data: bytes | None = None
+    job: tuple | None = None
 
 
 @dataclass
@@ -56,6 +61,7 @@ class BuildReport:
     skipped: list = field(default_factory=list)
     removed: list = field(default_factory=list)
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)  # where the time went: inputs, parse, render, write
 
 
 def _sha(*parts: bytes | str) -> str:
@@ -88,17 +94,55 @@ def results_commit(folder: Path) -> str | None:
         return None
 
 
-def _load_records(manifest: Manifest, folder: Path) -> tuple[list[dict], list[str]]:
-    """Records of the planned points, and the digest of each file (the build's inputs)."""
-    records, digests = [], []
+# What a post sees of each record: its summary. The bulky parts (meminfo, the balloon timeline, the
+# console) stay in the JSON files; keeping them out of memory is what lets 10,000 records build in
+# little memory.
+SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_mib", "repeat", "status", "reason",
+                  "memtotal_boot_kib", "memtotal_settled_kib", "free_m", "domain_type", "domain_type_reason",
+                  "hypervisor", "qemu_version", "libvirt_version", "host_kernel", "host_cores", "host_memory_mib",
+                  "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "started_at", "tool_version",
+                  "manifest_sha256", "durations", "phases")
+_DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel")
+
+
+def summary(record: dict) -> dict:
+    """A record cut to what a post uses; repeated text (versions, names) shared, not copied 10,000 times."""
+    out = {k: sys.intern(v) if isinstance(v, str) and len(v) < 100 else v
+           for k, v in record.items() if k in SUMMARY_FIELDS}
+    out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
+    if record.get("balloon"):
+        out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}
+    return out
+
+
+def _read_records(manifest: Manifest, folder: Path) -> list[tuple]:
+    """(point, path, sha of its key and bytes) of every planned point that has a record. The bytes
+    are not kept: an unchanged post never needs them, and a changed one reads them again."""
+    found = []
+    base = folder.resolve()
     for p in points(manifest):
-        found = results_mod.read_point(p, folder)
-        if found is None:
+        path = p.record_path(folder)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
             continue
-        record, raw = found
-        records.append(record)
-        digests.append(_sha(str(p.key), raw))
-    return records, digests
+        if stat.S_ISLNK(st.st_mode):  # only a symlink needs resolving to stay inside the folder
+            inside(path, base, "result file")
+        found.append((p, path, _sha(p.key, read_regular(path, results_mod.MAX_RECORD_BYTES, "result file"))))
+    return found
+
+
+def _parse_records(found: list) -> list[dict]:
+    """The records' summaries, read again and checked against the digests the build is keyed on."""
+    records = []
+    for p, path, digest in found:
+        data = read_regular(path, results_mod.MAX_RECORD_BYTES, "result file")
+        if _sha(p.key, data) != digest:
+            raise UserError(f"{path}: changed while the site was being built; build again")
+        record = results_mod.parse_record(data, path)
+        results_mod.check_identity(record, p, path)
+        records.append(summary(record))
+    return records
 
 
 # --- Jinja -------------------------------------------------------------------------------------------
@@ -208,16 +252,47 @@ def _post_date(manifest: Manifest, records: list[dict]) -> str:
 
 
 # --- one post ----------------------------------------------------------------------------------------
-def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, layout: str | None,
-              outputs: dict[Path, Output]) -> None:
-    """Add this post's outputs (not yet rendered) to `outputs`; two outputs to one path is an error."""
+@dataclass
+class PostPlan:
+    """What one post's build needs before anything is parsed: its files' bytes and their hash."""
+
+    manifest: Manifest
+    slug: str
+    layout: str
+    folder: Path
+    raw: list            # (point, path, digest) of its records
+    digests: list        # one per record: sha of (point key, bytes)
+    commit: str | None
+    content_path: Path
+    inputs: str          # hash of everything the post is made from
+
+
+def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str | None) -> PostPlan:
+    """Read a post's inputs (records as bytes, prose, templates, code) and hash them, without parsing."""
     folder = results_dir(manifest, results_override)
-    records, digests = _load_records(manifest, folder)
+    raw = _read_records(manifest, folder)
+    digests = [digest for _, _, digest in raw]
+    layout = layout or manifest.post.layout
+    content_path = Path(manifest.post.content)
+    if not content_path.is_file():
+        raise UserError(f"{manifest.path}: post.content {content_path} does not exist")
+    inside(content_path, project_root(Path(manifest.path)), "post.content")
+    commit = results_commit(folder)
+    template_files = sorted(templates_dir().glob("*"))
+    inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
+                  _code_hash("build.py", "analysis.py", "plots.py"),
+                  *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
+    return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
+
+
+def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> None:
+    """Add this post's outputs (not yet rendered) to `outputs`; two outputs to one path is an error."""
+    manifest, slug, layout, folder, commit = plan.manifest, plan.slug, plan.layout, plan.folder, plan.commit
+    records = _parse_records(plan.raw)
+    digests = plan.digests
     labels = {g.name: g.label for g in manifest.guests}
     series = build_series(records, labels, len(manifest.hosts))
     data = Data(records, series, planned=len(points(manifest)))
-    layout = layout or manifest.post.layout
-    slug = manifest.post.slug
     if layout == "bundle":
         page = site / "content" / "posts" / slug / "index.md"
         img_dir, img_url = page.parent, ""
@@ -227,46 +302,38 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
     by_key = dict(zip([_record_key(r) for r in records], digests))
     plot_code = _code_hash("plots.py", "analysis.py")
 
-    def add(path: Path, inputs: str, render: Callable[[], bytes]) -> None:
+    def add(path: Path, inputs: str, render: Callable | None, job: tuple | None = None) -> None:
         if path in outputs:
             raise UserError(f"two outputs to one path: {path} (from {outputs[path].source} and {manifest.path}); "
                             "give the posts different post.slug values")
-        outputs[path] = Output(path, inputs, render, slug, manifest.path)
+        outputs[path] = Output(path, inputs, render, slug, manifest.path, job=job)
 
     figures: dict[str, dict] = {}
     if data.has_data:
-        from . import plots  # matplotlib itself is imported only when a graph renders
-
         for s in series:
             if not s.measured and not s.failed:
                 continue
             deps = sorted(by_key[_record_key(r)] for p in s.points for r in p.records)
             name = f"{s.file_stem}.png"
             figures[s.key] = {"file": name, "url": img_url + name, "alt": s.alt_text(), "title": s.title}
-            add(img_dir / name, _sha(plot_code, "series", s.title, *deps), lambda s=s: plots.series_png(s))
+            add(img_dir / name, _sha(plot_code, "series", s.title, *deps), None, ("series_png", (s.lean(),)))
         everything = sorted(digests)
         if len(series) > 1:
             all_name = f"{slug}-all-guests.png"
             figures["all"] = {"file": all_name, "url": img_url + all_name, "title": "Every series",
                               "alt": _all_alt(series)}
-            add(img_dir / all_name, _sha(plot_code, "all", *everything), lambda: plots.all_series_png(series))
+            lean = [s.lean() for s in series]
+            add(img_dir / all_name, _sha(plot_code, "all", *everything), None, ("all_series_png", (lean,)))
         fits = [s.fit() for s in series]
         lost_name = f"{slug}-memory-lost.png"
         figures["lost"] = {"file": lost_name, "url": img_url + lost_name, "title": "Memory lost",
                            "alt": _lost_alt(series, fits)}
-        add(img_dir / lost_name, _sha(plot_code, "lost", *everything), lambda: plots.lost_png(series, fits))
+        add(img_dir / lost_name, _sha(plot_code, "lost", *everything), None,
+            ("lost_png", ([s.lean() for s in series], fits)))
 
-    content_path = Path(manifest.post.content)
-    if not content_path.is_file():
-        raise UserError(f"{manifest.path}: post.content {content_path} does not exist")
-    inside(content_path, project_root(Path(manifest.path)), "post.content")
-    commit = results_commit(folder)
-    template_files = sorted(templates_dir().glob("*"))
-    page_inputs = _sha(__version__, manifest.sha256, layout, content_path.read_bytes(), str(commit),
-                       _code_hash("build.py", "analysis.py"),
-                       *[f.name.encode() + f.read_bytes() for f in template_files], *sorted(digests))
+    content_path = plan.content_path
 
-    def render_page() -> bytes:
+    def render_page(_markdown) -> bytes:
         env = _jinja_env(content_path.parent)
         context = {"post": manifest.post, "manifest": manifest, "data": data, "figures": figures,
                    "results_commit": commit, "results_dir": _display_path(folder), "layout": layout,
@@ -279,24 +346,34 @@ def plan_post(manifest: Manifest, *, results_override: str | None, site: Path, l
                        **context)
         return text.encode()
 
-    add(page, page_inputs, render_page)
+    add(page, plan.inputs, render_page)
     preview = site / "previews" / f"{slug}.html"
 
-    def render_preview() -> bytes:
+    def render_preview(markdown) -> bytes:
+        """The page as one HTML file with its graphs inlined, assembled as bytes: a big post's preview
+        (hundreds of base64 graphs) is never copied around as one large string."""
         from markupsafe import Markup
 
         text = outputs[page].data.decode()
         body_md = re.sub(r"\A\+\+\+\n.*?\n\+\+\+\n", "", text, flags=re.S)
-        html = markdown_to_safe_html(body_md)
-        for fig in figures.values():
-            png = outputs[img_dir / fig["file"]].data
-            uri = "data:image/png;base64," + base64.b64encode(png).decode()
-            html = html.replace(f'src="{fig["url"]}"', f'src="{uri}"')
+        html = markdown(body_md).encode()
         env = _jinja_env(content_path.parent)
-        return _render(env, "preview.html.j2", str(templates_dir() / "preview.html.j2"), post=manifest.post,
-                       html=Markup(html)).encode()
+        marker = "\0memballoon-preview-body\0"  # no text from a manifest can hold a NUL
+        shell = _render(env, "preview.html.j2", str(templates_dir() / "preview.html.j2"), post=manifest.post,
+                        html=Markup(marker)).encode()
+        head, tail = shell.split(marker.encode(), 1)
+        inline = {f'src="{fig["url"]}"'.encode(): outputs[img_dir / fig["file"]].data for fig in figures.values()}
+        parts, pos = [head], 0
+        if inline:  # one pass over the page, however many graphs
+            pattern = re.compile(b"|".join(re.escape(k) for k in sorted(inline, key=len, reverse=True)))
+            for m in pattern.finditer(html):
+                parts += [html[pos:m.start()], b'src="data:image/png;base64,', base64.b64encode(inline[m.group(0)]),
+                          b'"']
+                pos = m.end()
+        parts += [html[pos:], tail]
+        return b"".join(parts)
 
-    add(preview, _sha("preview", page_inputs, *[outputs[img_dir / f["file"]].inputs for f in figures.values()]),
+    add(preview, _sha("preview", plan.inputs, *[outputs[img_dir / f["file"]].inputs for f in figures.values()]),
         render_preview)
 
 
@@ -357,18 +434,19 @@ def markdown_to_safe_html(text: str) -> str:
 
 
 # --- the whole build ---------------------------------------------------------------------------------
-def _read_state(site: Path, clean: bool) -> dict:
-    """The previous build's outputs: {site-relative path: {"inputs", "sha256", "post"}}; only entries
-    naming a plain relative path inside the site are kept (the file may come from someone else)."""
+def _read_state(site: Path, clean: bool) -> tuple[dict, dict]:
+    """The previous build's outputs, {site-relative path: {"inputs", "sha256", "post"}}, and each
+    post's input hash. Only entries naming a plain relative path inside the site are kept (the file
+    may come from someone else)."""
     path = site / STATE_FILE
     if clean or not path.exists():
-        return {}
+        return {}, {}
     try:
         state = json.loads(read_regular(path, MAX_STATE_BYTES, "build state").decode("utf-8"))
     except (ValueError, UserError):
-        return {}  # a broken state only costs a full build
+        return {}, {}  # a broken state only costs a full build
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION or not isinstance(state.get("outputs"), dict):
-        return {}
+        return {}, {}
     good = {}
     for rel_path, entry in state["outputs"].items():
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("inputs", "sha256", "post")):
@@ -379,7 +457,62 @@ def _read_state(site: Path, clean: bool) -> dict:
         if not is_inside((site / rel_path).parent, site):
             continue
         good[rel_path] = entry
-    return good
+    posts = state.get("posts") if isinstance(state.get("posts"), dict) else {}
+    return good, {k: v for k, v in posts.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _intact(path: Path, sha: str) -> bytes | None:
+    """The file's bytes if it is a regular file with the recorded hash, else None."""
+    if not path.is_file() or path.is_symlink():
+        return None
+    data = path.read_bytes()
+    return data if _sha(data) == sha else None
+
+
+def render_all(stale: list[Output], workers: int) -> None:
+    """Render the stale outputs. Graphs go to worker processes (a forkserver that loaded matplotlib
+    once) while this process renders the pages; a preview's Markdown is converted by a worker too,
+    so the large trees of a big post never live in this process. With one stale graph and nothing
+    else to overlap, everything runs here."""
+    graphs = [o for o in stale if o.job is not None]
+    others = [o for o in stale if o.job is None]
+    if len(graphs) <= 1 and workers <= 1 or not graphs:
+        for out in graphs:
+            from . import plots
+
+            out.data = plots.render(out.job)
+        for out in others:
+            out.data = out.render(markdown_to_safe_html)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["generator.plots", "generator.build", "matplotlib.pyplot", "markdown"])
+    from . import plots
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        # the graphs of every series first: they take longest, and must not be left to the end
+        futures = [(o, pool.submit(plots.render, o.job)) for o in sorted(graphs, key=lambda o: o.job[0] == "series_png")]
+        try:
+            for out in others:
+                if out.path.suffix == ".html":  # a preview inlines the graphs: wait for them
+                    for graph, future in futures:
+                        graph.data = future.result()
+                out.data = out.render(lambda text: pool.submit(markdown_to_safe_html, text).result())
+            for graph, future in futures:
+                graph.data = future.result()
+        except BaseException:
+            for _, future in futures:
+                future.cancel()
+            raise
+
+
+def _page_inputs(outputs: dict[Path, Output], slug: str) -> str | None:
+    """A built post's input hash: its page's (the page depends on everything the post is made of)."""
+    return next((o.inputs for o in outputs.values() if o.post == slug and o.render is not None and
+                 o.path.suffix == ".md"), None)
 
 
 def _stage_writes(writes: list[Output]) -> None:
@@ -410,36 +543,62 @@ def _stage_writes(writes: list[Output]) -> None:
 
 
 def build_all(manifests: list[Manifest], *, results_override: str | None = None, site: Path = Path("site"),
-              clean: bool = False, layout: str | None = None, quiet: bool = False) -> BuildReport:
+              clean: bool = False, layout: str | None = None, quiet: bool = False,
+              workers: int | None = None) -> BuildReport:
     t0 = time.monotonic()
     report = BuildReport()
     if not (site / "hugo.toml").exists():
         raise UserError(f"{site}: not the project's Hugo site (no hugo.toml); run from the project folder "
                         "or pass --site")
-    state = _read_state(site, clean)
+    workers = workers or os.cpu_count() or 1
+    state, post_hashes = _read_state(site, clean)
     outputs: dict[Path, Output] = {}
+    unchanged_posts: dict[str, str] = {}
     for m in manifests:
-        plan_post(m, results_override=results_override, site=site, layout=layout, outputs=outputs)
+        t = time.monotonic()
+        plan = post_inputs(m, results_override=results_override, layout=layout)
+        report.timings["inputs"] = report.timings.get("inputs", 0.0) + time.monotonic() - t
+        own = {k: v for k, v in state.items() if v["post"] == plan.slug}
+        # a post whose inputs are all as last time and whose every output is intact: nothing to parse
+        if post_hashes.get(plan.slug) == plan.inputs and own and \
+                all(_intact(site / k, v["sha256"]) is not None for k, v in own.items()):
+            unchanged_posts[plan.slug] = plan.inputs
+            report.skipped.extend(site / k for k in own)
+            continue
+        t = time.monotonic()
+        plan_post(plan, site=site, outputs=outputs)
+        report.timings["parse"] = report.timings.get("parse", 0.0) + time.monotonic() - t
     built_posts = {m.post.slug for m in manifests}
 
     def rel(p: Path) -> str:
         return str(p.relative_to(site))
 
+    clash = [rel(p) for p in outputs if state.get(rel(p), {}).get("post") in unchanged_posts and
+             state[rel(p)]["post"] != outputs[p].post]
+    if clash:
+        raise UserError(f"two outputs to one path: {site / clash[0]}; give the posts different post.slug values")
+
     # 1. decide and render, in memory; nothing is written if anything fails
+    stale: list[Output] = []
     for out in outputs.values():
         known = state.get(rel(out.path))
-        if known and known["inputs"] == out.inputs and out.path.is_file() and not out.path.is_symlink():
-            current = out.path.read_bytes()
-            if _sha(current) == known["sha256"]:
+        if known and known["inputs"] == out.inputs:
+            current = _intact(out.path, known["sha256"])
+            if current is not None:
                 out.data = current
                 report.skipped.append(out.path)
                 continue
-        try:
-            out.data = out.render()
-        except UserError:
-            raise
-        except Exception as e:  # noqa: BLE001 - say which output failed
-            raise UserError(f"{out.source}: building {out.path} failed: {type(e).__name__}: {e}") from e
+        stale.append(out)
+    try:
+        t = time.monotonic()
+        render_all(stale, workers)
+        if stale:
+            report.timings["render"] = time.monotonic() - t
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - say which output failed
+        failed = next((o for o in stale if o.data is None), stale[0])
+        raise UserError(f"{failed.source}: building {failed.path} failed: {type(e).__name__}: {e}") from e
     # 2. write what changed: all staged first, then moved in together
     writes = []
     for out in outputs.values():
@@ -450,23 +609,31 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
             continue
         inside(out.path.parent, site, "output")
         writes.append(out)
+    t = time.monotonic()
     _stage_writes(writes)
     report.written.extend(out.path for out in writes)
     # 3. remove what an earlier build of these posts wrote and this one no longer makes; outputs of
     #    posts not built this time stay, and stay in the state
     produced = {rel(p) for p in outputs}
-    kept = {k: v for k, v in state.items() if v["post"] not in built_posts and k not in produced}
+    kept = {k: v for k, v in state.items() if (v["post"] not in built_posts or v["post"] in unchanged_posts)
+            and k not in produced}
     for old in sorted(set(state) - produced - set(kept)):
         target = site / old
         if target.is_file() or target.is_symlink():
             target.unlink()
             report.removed.append(target)
     entries = {rel(o.path): {"inputs": o.inputs, "sha256": _sha(o.data), "post": o.post} for o in outputs.values()}
-    new_state = {"version": STATE_VERSION, "outputs": dict(sorted({**kept, **entries}.items()))}
+    hashes = {k: v for k, v in post_hashes.items() if k not in built_posts}
+    hashes.update(unchanged_posts)
+    hashes.update({m.post.slug: outputs_post_inputs for m in manifests
+                   if (outputs_post_inputs := _page_inputs(outputs, m.post.slug)) is not None})
+    new_state = {"version": STATE_VERSION, "outputs": dict(sorted({**kept, **entries}.items())),
+                 "posts": dict(sorted(hashes.items()))}
     state_text = json.dumps(new_state, indent=1, sort_keys=True) + "\n"
     state_path = site / STATE_FILE
     if not state_path.exists() or state_path.read_text() != state_text:
         results_mod.write_atomic(state_path, state_text)
+    report.timings["write"] = time.monotonic() - t
     report.seconds = time.monotonic() - t0
     if not quiet:
         for p in report.written:
@@ -474,5 +641,8 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         for p in report.removed:
             print(f"  removed {p}", file=sys.stderr)
         print(f"built {len(manifests)} post(s): {len(report.written)} written, "
-              f"{len(report.skipped) + len(report.unchanged)} unchanged, in {report.seconds:.2f} s", file=sys.stderr)
+              f"{len(report.skipped) + len(report.unchanged)} unchanged, in {report.seconds:.2f} s ("
+              + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items())
+              + (f"; {len([o for o in stale if o.job])} graphs drawn by {workers} worker(s)"
+                 if report.timings.get("render") else "") + ")", file=sys.stderr)
     return report

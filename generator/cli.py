@@ -123,6 +123,7 @@ def cmd_build(args) -> int:
     from .build import build_all
 
     build_all(_manifests(args), results_override=args.results, site=Path(args.site), clean=args.clean,
+              workers=args.workers,
               layout=args.layout)
     return 0
 
@@ -155,6 +156,8 @@ def parser() -> argparse.ArgumentParser:
     building.add_argument("--clean", action="store_true", help="rebuild everything, ignoring the build state")
     building.add_argument("--layout", choices=("bundle", "static"),
                           help="override the manifest's post.layout")
+    building.add_argument("--workers", type=int, metavar="N",
+                          help="processes that render graphs (default: one per core)")
 
     p = argparse.ArgumentParser(prog="python -m generator",
                                 description="Measure how much memory libvirt guests see under ballooning, "
@@ -177,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if getattr(args, "jobs", None) is not None and args.jobs < 1:
         parser().error("--jobs must be 1 or more")
+    if getattr(args, "workers", None) is not None and not 1 <= args.workers <= 256:
+        parser().error("--workers must be from 1 to 256")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -6,8 +6,17 @@ import io
 from .analysis import FAILURE_LABELS, Fit, Series
 from .units import mib_label
 
+MAX_LEGEND = 16  # series named in a combined graph's legend
 _COLORS = ["#1f5fa6", "#c0392b", "#2e8b57", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]
 _FAIL_MARKERS = {"oom": "X", "panic": "X", "refused": "s", "timeout": "v", "error": "D"}
+
+
+def render(job: tuple) -> bytes:
+    """Run one graph job, (function name, arguments): what worker processes are sent."""
+    name, args = job
+    if name not in ("series_png", "all_series_png", "lost_png"):
+        raise ValueError(f"no graph called {name!r}")
+    return globals()[name](*args)
 
 
 def _pyplot():
@@ -94,7 +103,8 @@ def series_png(s: Series) -> bytes:
 def all_series_png(series: list[Series]) -> bytes:
     """Every (host, guest, currentMemory) on one graph: several guests, or several balloon targets."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.2 + 0.22 * len(series)))
+    legend = len(series) <= MAX_LEGEND  # beyond that a legend is a wall of text: the per-series graphs name them
+    fig, ax = plt.subplots(figsize=(7.2, 4.2 + (0.22 * len(series) if legend else 0)))
     try:
         memory_values = sorted({p.memory_mib for s in series for p in s.points})
         y0, y1 = _y_range(series)
@@ -106,13 +116,16 @@ def all_series_png(series: list[Series]) -> bytes:
             color = _COLORS[i % len(_COLORS)]
             if len({x.current_memory_mib for x in series}) > 1:  # each target in its series' colour
                 ax.axhline(s.current_memory_mib, linestyle="--", color=color, linewidth=1.0, alpha=0.7)
-            _draw_series(ax, s, color, f"{s.host}: {s.title}", y0 + (y1 - y0) * 0.04, slot=i)
+            _draw_series(ax, s, color, f"{s.host}: {s.title}" if legend else None, y0 + (y1 - y0) * 0.04,
+                         slot=i if legend else 0)
         _gib_axis(ax, memory_values)
         ax.set_ylabel("memory seen by the guest (MiB)")
-        ax.set_title("Every series: memory seen after ballooning"
+        ax.set_title(("Every series: memory seen after ballooning" if legend else
+                      f"All {len(series)} series: memory seen after ballooning")
                      + ("" if len({s.current_memory_mib for s in series}) == 1 else
                         " (dashed: each series' currentMemory)"), fontsize=10)
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False, ncol=1)
+        if legend:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False, ncol=1)
         fig.tight_layout()
         return _png(fig)
     finally:
@@ -135,10 +148,12 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
                         label=f"fit: {fit.slope:.1f} MiB lost per GiB of memory (+{fit.intercept:.0f} MiB)")
         ax.set_xlabel("memory (GiB)")
         ax.set_ylabel("currentMemory - what the guest sees (MiB)")
-        ax.set_title("Memory lost to a large <memory>")
+        ax.set_title("Memory lost to a large <memory>" + ("" if len(series) <= MAX_LEGEND else
+                                                           f" ({len(series)} series)"))
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
+        if len(series) <= MAX_LEGEND:
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
         fig.tight_layout()
         return _png(fig)
     finally:

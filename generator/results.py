@@ -206,11 +206,16 @@ def read_point(point: Point, results_dir: Path) -> tuple[dict, bytes] | None:
     inside(path, results_dir, "result file")
     raw = read_regular(path, MAX_RECORD_BYTES, "result file")
     record = parse_record(raw, path)
+    check_identity(record, point, path)
+    return record, raw
+
+
+def check_identity(record: dict, point: Point, path: Path) -> None:
+    """A record must belong to the point its path names."""
     for name in ("host", "guest", "memory_mib", "current_memory_mib", "repeat"):
         if record[name] != getattr(point, name):
             raise UserError(f"{path}: the record says {name} {record[name]!r}, but its place says "
                             f"{getattr(point, name)!r}; move or delete it")
-    return record, raw
 
 
 def existing(point: Point, results_dir: Path) -> dict | None:
