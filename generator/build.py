@@ -100,7 +100,8 @@ def results_commit(folder: Path) -> str | None:
 SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_mib", "repeat", "status", "reason",
                   "memtotal_boot_kib", "memtotal_settled_kib", "free_m", "domain_type", "domain_type_reason",
                   "hypervisor", "qemu_version", "libvirt_version", "host_kernel", "host_cores", "host_memory_mib",
-                  "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "started_at", "tool_version",
+                  "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "memory_backing", "started_at",
+                  "tool_version",
                   "manifest_sha256", "durations", "phases")
 _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel")
 

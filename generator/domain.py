@@ -1,7 +1,7 @@
 """The libvirt domain XML of one measured point."""
 from __future__ import annotations
 
-from xml.sax.saxutils import escape, quoteattr
+import xml.etree.ElementTree as ET
 
 PREFIX = "mb-"  # every domain this tool starts is named so; leftovers with it are cleaned at start
 
@@ -13,43 +13,44 @@ def domain_name(run_id: str, point_key: str) -> str:
 
 def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_mib: int, vcpus: int,
                kernel: str, initrd: str, cmdline: str, console: str, balloon_model: str,
-               stats_period: float) -> str:
+               stats_period: float, memory_backing: str = "default") -> str:
     """A transient domain that boots the probe straight from kernel + initramfs, console to a file.
 
-    on_poweroff/on_reboot/on_crash=destroy: when the guest is done (or panics with panic=-1),
-    the transient domain disappears by itself.
-    """
-    period = max(1, int(round(stats_period)))
-    if balloon_model == "none":
-        balloon = "<memballoon model='none'/>"
-    else:
-        balloon = f"<memballoon model={quoteattr(balloon_model)}><stats period='{period}'/></memballoon>"
-    os_type = "xen" if domain_type == "xen" else "hvm"
-    machine = "" if domain_type == "xen" else " machine='pc'"
-    devices_serial = (f"<serial type='file'><source path={quoteattr(console)}/><target port='0'/></serial>"
-                      "<console type='file'><source path=" + quoteattr(console) + "/>"
-                      "<target type='serial' port='0'/></console>")
-    return f"""<domain type={quoteattr(domain_type)}>
-  <name>{escape(name)}</name>
-  <memory unit='KiB'>{memory_mib * 1024}</memory>
-  <currentMemory unit='KiB'>{current_memory_mib * 1024}</currentMemory>
-  <vcpu>{vcpus}</vcpu>
-  <os>
-    <type arch='x86_64'{machine}>{os_type}</type>
-    <kernel>{escape(kernel)}</kernel>
-    <initrd>{escape(initrd)}</initrd>
-    <cmdline>{escape(cmdline)}</cmdline>
-  </os>
-  <features><acpi/></features>
-  <on_poweroff>destroy</on_poweroff>
-  <on_reboot>destroy</on_reboot>
-  <on_crash>destroy</on_crash>
-  <devices>
-    {devices_serial}
-    {balloon}
-  </devices>
-</domain>
-"""
+    Built with ElementTree, so every value is escaped by the library. on_poweroff/on_reboot/
+    on_crash=destroy: when the guest is done (or panics with panic=-1), the transient domain
+    disappears by itself. memory_backing 'memfd': guest RAM is a shared memfd that the host does
+    not commit up front, so a guest larger than the host can start (and the balloon gives the pages
+    back by punching holes into it)."""
+    xen = domain_type == "xen"
+    dom = ET.Element("domain", type=domain_type)
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="KiB").text = str(memory_mib * 1024)
+    ET.SubElement(dom, "currentMemory", unit="KiB").text = str(current_memory_mib * 1024)
+    if memory_backing == "memfd":
+        backing = ET.SubElement(dom, "memoryBacking")
+        ET.SubElement(backing, "source", type="memfd")
+        ET.SubElement(backing, "access", mode="shared")
+    ET.SubElement(dom, "vcpu").text = str(vcpus)
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", {"arch": "x86_64", **({} if xen else {"machine": "pc"})}).text = "xen" if xen else "hvm"
+    ET.SubElement(os_el, "kernel").text = kernel
+    ET.SubElement(os_el, "initrd").text = initrd
+    ET.SubElement(os_el, "cmdline").text = cmdline
+    ET.SubElement(ET.SubElement(dom, "features"), "acpi")
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        ET.SubElement(dom, event).text = "destroy"
+    devices = ET.SubElement(dom, "devices")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=console)
+    ET.SubElement(serial, "target", port="0")
+    cons = ET.SubElement(devices, "console", type="file")
+    ET.SubElement(cons, "source", path=console)
+    ET.SubElement(cons, "target", type="serial", port="0")
+    balloon = ET.SubElement(devices, "memballoon", model=balloon_model)
+    if balloon_model != "none":
+        ET.SubElement(balloon, "stats", period=str(max(1, int(round(stats_period)))))
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode") + "\n"
 
 
 def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "") -> str:

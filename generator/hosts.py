@@ -239,6 +239,7 @@ echo "uid $(id -u)"
         kernel = self.run("uname -r", hide=True).stdout.strip()
         meminfo = self.read_text("/proc/meminfo")
         available = re.search(r"^MemAvailable:\s+(\d+)", meminfo, re.M)
+        swap = re.search(r"^SwapTotal:\s+(\d+)", meminfo, re.M)
         total = re.search(r"^MemTotal:\s+(\d+)", meminfo, re.M)
         if total:  # libvirt's node info can be off (the embedded driver reports a cgroup's view)
             memory_mib = int(total.group(1)) // 1024
@@ -252,6 +253,7 @@ echo "uid $(id -u)"
             "cores": cpus,
             "memory_mib": memory_mib,
             "memory_available_mib": int(available.group(1)) // 1024 if available else memory_mib,
+            "swap_mib": int(swap.group(1)) // 1024 if swap else 0,
             "kernel": kernel,
             "hypervisor": f"{hv_type} {hv_version}",
             "qemu_version": hv_version if hv_type == "QEMU" else None,

@@ -359,6 +359,10 @@ class Host:
     domain_type: str = opt(_choice("auto", "kvm", "qemu", "xen"), "auto",
                            "kvm, qemu (TCG), xen, or auto: KVM where a canary boot works, else TCG")
     slots: int = opt(_slots, 0, "points measured at once; 'auto' = bounded by the host's cores and memory")
+    memory_backing: str = opt(_choice("auto", "default", "memfd"), "auto",
+                              "guest RAM: default (private, committed by QEMU up front), memfd (shared, committed "
+                              "page by page: a guest larger than the host can start), or auto: memfd for points "
+                              "larger than the host can commit, default otherwise")
     ssh: SSH = opt(_section(SSH), SSH(), "how to reach a remote host")
     workdir: str = opt(_workdir, "", "folder on a remote host for the probe's kernel, initramfs and consoles; "
                                      "default: /var/lib/memballoon for root, ~/.cache/memballoon for others")

@@ -116,6 +116,15 @@ def point_identity(point: Point, manifest: Manifest, status: str = "error", reas
             "tool_version": __version__}
 
 
+def memory_backing(setting: str, memory_mib: int, host_facts: dict) -> str:
+    """How a point's RAM is backed. 'auto': memfd when the point is larger than the host can commit
+    (RAM + swap: with Linux's overcommit heuristic one larger private allocation is refused)."""
+    if setting != "auto":
+        return setting
+    commit = (host_facts.get("memory_mib") or 0) + (host_facts.get("swap_mib") or 0)
+    return "memfd" if commit and memory_mib > commit * 0.9 else "default"
+
+
 class StopRequested(Exception):
     """The sweep is being interrupted; the point is abandoned, not recorded."""
 
@@ -139,10 +148,11 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_model != "none" else 0
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
                              balloon_kib=target_kib, extra=guest.cmdline)
+    backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
                      current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
                      initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=balloon_model,
-                     stats_period=manifest.balloon.stats_period)
+                     stats_period=manifest.balloon.stats_period, memory_backing=backing)
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),
@@ -151,7 +161,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
         "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
         "guest_kernel": guest_release, "guest_vcpus": guest.vcpus, "boot_method": boot_method,
-        "balloon_model": balloon_model,
+        "balloon_model": balloon_model, "memory_backing": backing,
         "started_at": started.isoformat(timespec="seconds"),
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],

@@ -114,7 +114,7 @@ FIELDS: dict[str, tuple[tuple, bool]] = {
     "guest_kernel": (_OPT_STR, False), "balloon_model": (_OPT_STR, False), "started_at": (_OPT_STR, False),
     "tool_version": (_OPT_STR, False), "manifest_sha256": (_OPT_STR, False),
     "host_cores": (_OPT_INT, False), "host_memory_mib": (_OPT_INT, False), "guest_vcpus": (_OPT_INT, False),
-    "boot_method": (_OPT_STR, False), "phases": (_OPT_DICT, False),
+    "boot_method": (_OPT_STR, False), "phases": (_OPT_DICT, False), "memory_backing": (_OPT_STR, False),
 }
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view")
 
