@@ -8,6 +8,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
+from .manifest import FACTORS
 from .units import mib_label
 
 HYPERVISOR_LABELS = {"kvm": "KVM", "qemu": "QEMU (TCG)", "xen": "Xen"}
@@ -100,10 +101,20 @@ class Series:
     host: str
     guest: str
     guest_label: str
-    current_memory_mib: int
+    factors: dict          # every factor but the x axis (memory): currentMemory, memory model, …
     domain_type: str
     points: list = field(default_factory=list)
     file_stem: str = ""
+
+    @property
+    def current_memory_mib(self) -> int:
+        return self.factors["current_memory_mib"]
+
+    @property
+    def variant(self) -> str:
+        """The factors beyond currentMemory that are not at their default, e.g. 'virtio-mem, autodeflate'."""
+        return ", ".join(f.label(self.factors[f.name]) for f in FACTORS
+                         if f.name in self.factors and f.name != "current_memory_mib" and f.shown(self.factors[f.name]))
 
     @property
     def hypervisor(self) -> str:
@@ -111,11 +122,14 @@ class Series:
 
     @property
     def title(self) -> str:
-        return f"{self.hypervisor}, {self.guest_label}, {self.current_memory_mib} MB ram"
+        return f"{self.hypervisor}, {self.guest_label}, {self.current_memory_mib} MB ram" + \
+            (f", {self.variant}" if self.variant else "")
 
     @property
     def key(self) -> str:
-        return f"{self.host}/{self.guest}/c{self.current_memory_mib}"
+        """'local/debian/c1024', with the other factors' parts when not at their default."""
+        return f"{self.host}/{self.guest}/" + "-".join(f.key(self.factors[f.name]) for f in FACTORS
+                                                        if f.name in self.factors and f.shown(self.factors[f.name]))
 
     @property
     def measured(self) -> list[SeriesPoint]:
@@ -130,7 +144,7 @@ class Series:
         Sent to the processes that draw graphs, so a big experiment is not pickled whole each time."""
         points = [SeriesPoint(p.memory_mib, [{"status": r["status"], "free_m": {"total": seen_mib(r)}}
                                              for r in p.records]) for p in self.points]
-        return Series(self.host, self.guest, self.guest_label, self.current_memory_mib, self.domain_type, points,
+        return Series(self.host, self.guest, self.guest_label, self.factors, self.domain_type, points,
                       self.file_stem)
 
     def at(self, memory_mib: int) -> SeriesPoint | None:
@@ -184,15 +198,18 @@ class Fit:
 
 
 def build_series(records: list[dict], guest_labels: dict[str, str], host_count: int) -> list[Series]:
-    """Group records by (host, guest, currentMemory); name each graph's file like the original's."""
+    """Group records by host, guest and every factor but memory (the x axis); name each graph's file
+    like the original's ('qemu-debian-1024.png', with the other factors' parts where not default)."""
     groups: dict[tuple, Series] = {}
-    for r in sorted(records, key=lambda r: (r["host"], r["guest"], r["current_memory_mib"], r["memory_mib"],
-                                            r.get("repeat", 1))):
-        key = (r["host"], r["guest"], r["current_memory_mib"])
+    others = [f for f in FACTORS if not f.axis]
+    for r in sorted(records, key=lambda r: (r["host"], r["guest"], *[_sortable(r.get(f.name)) for f in others],
+                                            r["memory_mib"], r.get("repeat", 1))):
+        values = {f.name: r.get(f.name, f.default) for f in others}
+        key = (r["host"], r["guest"], *values.values())
         s = groups.get(key)
         if s is None:
             label = guest_labels.get(r["guest"]) or _kernel_label(r.get("guest_kernel")) or r["guest"]
-            s = groups[key] = Series(r["host"], r["guest"], label, r["current_memory_mib"], "")
+            s = groups[key] = Series(r["host"], r["guest"], label, values, "")
         if r.get("domain_type") and not s.domain_type:
             s.domain_type = r["domain_type"]
         p = s.at(r["memory_mib"])
@@ -205,8 +222,14 @@ def build_series(records: list[dict], guest_labels: dict[str, str], host_count: 
         s.points.sort(key=lambda p: p.memory_mib)
         s.domain_type = s.domain_type or "unknown"
         prefix = f"{s.host}-" if host_count > 1 else ""
-        s.file_stem = f"{prefix}{s.domain_type}-{s.guest}-{s.current_memory_mib}"
+        variant = "".join(f"-{f.key(s.factors[f.name])}" for f in others
+                          if f.name != "current_memory_mib" and f.shown(s.factors[f.name]))
+        s.file_stem = f"{prefix}{s.domain_type}-{s.guest}-{s.current_memory_mib}{variant}"
     return out
+
+
+def _sortable(value) -> tuple:
+    return (str(type(value)), value if value is not None else 0)
 
 
 def _kernel_label(release: str | None) -> str:

@@ -26,7 +26,7 @@ from . import __version__
 from . import results as results_mod
 from .analysis import Data, build_series
 from .errors import UserError
-from .manifest import Manifest, project_root
+from .manifest import FACTORS, Manifest, project_root
 from .safe import inside, is_inside, read_regular
 from .plan import points, results_dir
 from .units import mib_label
@@ -379,7 +379,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
 
 
 def _record_key(r: dict) -> str:
-    return f"{r['host']}/{r['guest']}/{r['memory_mib']}/{r['current_memory_mib']}/{r.get('repeat', 1)}"
+    return "/".join(str(r.get(name)) for name in ["host", "guest", "repeat"] + [f.name for f in FACTORS])
 
 
 def _display_path(folder: Path) -> str:

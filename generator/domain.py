@@ -13,24 +13,41 @@ def domain_name(run_id: str, point_key: str) -> str:
 
 def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_mib: int, vcpus: int,
                kernel: str, initrd: str, cmdline: str, console: str, balloon_model: str,
-               stats_period: float, memory_backing: str = "default") -> str:
+               stats_period: float, memory_backing: str = "default", memory_model: str = "balloon",
+               autodeflate: bool = False, free_page_reporting: bool = False) -> str:
     """A transient domain that boots the probe straight from kernel + initramfs, console to a file.
 
     Built with ElementTree, so every value is escaped by the library. on_poweroff/on_reboot/
     on_crash=destroy: when the guest is done (or panics with panic=-1), the transient domain
     disappears by itself. memory_backing 'memfd': guest RAM is a shared memfd that the host does
     not commit up front, so a guest larger than the host can start (and the balloon gives the pages
-    back by punching holes into it)."""
+    back by punching holes into it).
+
+    memory_model: 'balloon' boots with all of memory and the balloon takes it down to currentMemory;
+    'virtio-mem' boots with currentMemory (one NUMA cell) and a virtio-mem device that can plug the
+    rest, nothing plugged; 'dimm' boots with currentMemory and room (maxMemory, slots) for DIMMs up to
+    memory, none plugged. Either way the guest's kernel sizes itself for currentMemory at boot."""
     xen = domain_type == "xen"
     dom = ET.Element("domain", type=domain_type)
+    hotplug = memory_model in ("virtio-mem", "dimm") and memory_mib > current_memory_mib
     ET.SubElement(dom, "name").text = name
-    ET.SubElement(dom, "memory", unit="KiB").text = str(memory_mib * 1024)
+    if hotplug:
+        ET.SubElement(dom, "maxMemory", slots="16" if memory_model == "dimm" else "1", unit="KiB").text = \
+            str(memory_mib * 1024)
+        boot_mib = current_memory_mib
+    else:
+        boot_mib = memory_mib
+    ET.SubElement(dom, "memory", unit="KiB").text = str(boot_mib * 1024)
     ET.SubElement(dom, "currentMemory", unit="KiB").text = str(current_memory_mib * 1024)
     if memory_backing == "memfd":
         backing = ET.SubElement(dom, "memoryBacking")
         ET.SubElement(backing, "source", type="memfd")
         ET.SubElement(backing, "access", mode="shared")
     ET.SubElement(dom, "vcpu").text = str(vcpus)
+    if hotplug:  # memory devices need a NUMA topology
+        numa = ET.SubElement(ET.SubElement(dom, "cpu"), "numa")
+        ET.SubElement(numa, "cell", id="0", cpus=f"0-{vcpus - 1}" if vcpus > 1 else "0",
+                      memory=str(current_memory_mib * 1024), unit="KiB")
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", {"arch": "x86_64", **({} if xen else {"machine": "pc"})}).text = "xen" if xen else "hvm"
     ET.SubElement(os_el, "kernel").text = kernel
@@ -46,7 +63,19 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
     cons = ET.SubElement(devices, "console", type="file")
     ET.SubElement(cons, "source", path=console)
     ET.SubElement(cons, "target", type="serial", port="0")
-    balloon = ET.SubElement(devices, "memballoon", model=balloon_model)
+    if hotplug and memory_model == "virtio-mem":
+        mem = ET.SubElement(ET.SubElement(devices, "memory", model="virtio-mem"), "target")
+        ET.SubElement(mem, "size", unit="KiB").text = str((memory_mib - current_memory_mib) * 1024)
+        ET.SubElement(mem, "node").text = "0"
+        ET.SubElement(mem, "block", unit="KiB").text = "2048"
+        ET.SubElement(mem, "requested", unit="KiB").text = "0"
+    options = {}
+    if balloon_model == "virtio":
+        if autodeflate:
+            options["autodeflate"] = "on"
+        if free_page_reporting:
+            options["freePageReporting"] = "on"
+    balloon = ET.SubElement(devices, "memballoon", model=balloon_model, **options)
     if balloon_model != "none":
         ET.SubElement(balloon, "stats", period=str(max(1, int(round(stats_period)))))
     ET.indent(dom)

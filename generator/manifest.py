@@ -420,15 +420,86 @@ class Balloon:
     stats_period: float = opt(_seconds_in(1, 3600), 1.0, "seconds between the balloon's statistics updates")
 
 
+# --- the sweep's factors, declared once ---------------------------------------------------------------
+# A point is a host, a guest, one value of every factor, and a repeat. Everything else follows from
+# this list: the manifest's sweep keys, the plan's cross product, point keys and record paths, the
+# fields a record must carry, how records are grouped into series and named in posts. A factor's
+# default value is left out of keys and paths (so adding a factor keeps every existing record where
+# it is) and is what a record written before the factor existed is migrated to.
 @dataclass(frozen=True)
-class Sweep:
-    memory: list = opt(_list_of(_mib, 1, unique=lambda v: v), doc="list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]")
-    current_memory: list = opt(_list_of(_mib, 1, unique=lambda v: v), doc="list of <currentMemory> sizes, e.g. [1024 MiB]")
-    repeats: int = opt(_int_in(1, MAX_REPEATS), 1, "how many times each point is measured")
+class Factor:
+    name: str                     # the record's field and the Point's attribute
+    sweep: str                    # its key under sweep: in a manifest
+    convert: Callable             # converter of one value
+    kind: type                    # int, str or bool: what a record holds
+    default: Any                  # not swept: this value; None = required
+    key: Callable[[Any], str]     # its part of a point key, e.g. 'm4096'
+    path: Callable[[Any], str]    # its part of a record's file name, e.g. 'memory-4096MiB'
+    label: Callable[[Any], str]   # how posts and tables name a value
+    doc: str
+    axis: bool = False            # the x axis of the graphs (memory)
 
-    def _check(self, path, problems):
-        if min(self.current_memory) > max(self.memory):
-            problems.add(f"{path}.current_memory", "every current_memory is above every memory; no point to measure")
+    def shown(self, value) -> bool:
+        """Whether the value appears in keys, paths and series names (defaults do not)."""
+        return self.default is None or value != self.default
+
+
+def _on_off(name: str) -> Callable:
+    return lambda v: name if v else f"no-{name}"
+
+
+FACTORS: list[Factor] = [
+    Factor("memory_mib", "memory", _list_of(_mib, 1, unique=lambda v: v), int, None,
+           lambda v: f"m{v}", lambda v: f"memory-{v}MiB", lambda v: f"memory {v} MiB",
+           "list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]", axis=True),
+    Factor("current_memory_mib", "current_memory", _list_of(_mib, 1, unique=lambda v: v), int, None,
+           lambda v: f"c{v}", lambda v: f"current-{v}MiB", lambda v: f"{v} MB ram",
+           "list of <currentMemory> sizes, e.g. [1024 MiB]"),
+    Factor("memory_model", "memory_model", _list_of(_choice("balloon", "virtio-mem", "dimm"), 1, unique=lambda v: v),
+           str, "balloon", lambda v: v, lambda v: f"model-{v}", lambda v: v,
+           "how memory above currentMemory is given: balloon (boot with memory, balloon down to currentMemory), "
+           "virtio-mem (boot with currentMemory, a virtio-mem device up to memory), dimm (boot with currentMemory, "
+           "DIMM slots up to memory)"),
+    Factor("autodeflate", "autodeflate", _list_of(_flag, 1, unique=lambda v: v), bool, False,
+           _on_off("autodeflate"), _on_off("autodeflate"), lambda v: "autodeflate" if v else "no autodeflate",
+           "the balloon gives memory back when the guest runs out (virtio deflate-on-OOM): [false], [true] or both"),
+    Factor("free_page_reporting", "free_page_reporting", _list_of(_flag, 1, unique=lambda v: v), bool, False,
+           _on_off("fpr"), _on_off("fpr"), lambda v: "free page reporting" if v else "no free page reporting",
+           "the guest reports free pages to the host (virtio free page reporting)"),
+]
+
+
+def factor(name: str) -> Factor:
+    return next(f for f in FACTORS if f.name == name)
+
+
+def _sweep_check(self, path, problems):
+    if min(self.current_memory) > max(self.memory):
+        problems.add(f"{path}.current_memory", "every current_memory is above every memory; no point to measure")
+
+
+def sweep_schema(factors: list[Factor]) -> type:
+    """The manifest's sweep: section, one list per factor, and the repeats."""
+    fields = [(f.sweep, list, opt(f.convert, doc=f.doc) if f.default is None else opt(f.convert, [f.default], f.doc))
+              for f in factors]
+    fields.append(("repeats", int, opt(_int_in(1, MAX_REPEATS), 1, "how many times each point is measured")))
+    cls = dataclasses.make_dataclass("Sweep", fields, frozen=True, namespace={"_check": _sweep_check})
+    cls.__module__ = __name__
+    return cls
+
+
+Sweep = sweep_schema(FACTORS)
+
+
+def add_factor(new: Factor) -> None:
+    """Declare one more factor (for extensions and tests): the sweep schema is made again from the list."""
+    global Sweep
+    FACTORS.append(new)
+    Sweep = sweep_schema(FACTORS)
+
+
+def _sweep_section(value, path, problems, ctx):
+    return _load_section(Sweep, value, path, problems, ctx)
 
 
 @dataclass(frozen=True)
@@ -463,7 +534,7 @@ class Manifest:
     hosts: list = opt(_list_of(_section(Host), 1, unique=lambda h: h.name, what=".name"), doc="hypervisor hosts")
     guests: list = opt(_list_of(_section(Guest), 1, unique=lambda g: g.name, what=".name"), doc="guests to boot")
     balloon: Balloon = opt(_section(Balloon), Balloon(), "the balloon device")
-    sweep: Sweep = opt(_section(Sweep), doc="the memory / currentMemory values and repeats")
+    sweep: Any = opt(_sweep_section, doc="the values of every factor (memory, current_memory, …) and the repeats")
     timeouts: Timeouts = opt(_section(Timeouts), Timeouts(), "per-point time limits")
     results: str = opt(_path_or(confined=True), "results",
                        "where the JSON records go, relative to this file (inside the project)", convert_default=True)
@@ -475,10 +546,11 @@ class Manifest:
     def _check(self, path, problems):
         if sum(1 for h in self.hosts if h.is_embedded) > 1:
             problems.add("hosts", f"only one host can use uri '{EMBEDDED}'")
-        planned = (len(self.hosts) * len(self.guests) * len(self.sweep.memory) * len(self.sweep.current_memory)
-                   * self.sweep.repeats)
+        planned = len(self.hosts) * len(self.guests) * self.sweep.repeats
+        for f in FACTORS:
+            planned *= len(getattr(self.sweep, f.sweep))
         if planned > MAX_POINTS:
-            problems.add("sweep", f"asks for {planned} points (hosts x guests x memory x current_memory x repeats); "
+            problems.add("sweep", f"asks for {planned} points (hosts x guests x every factor's values x repeats); "
                                   f"at most {MAX_POINTS} in one manifest")
         xen_hosts = [h.name for h in self.hosts if h.is_xen]
         other_hosts = [h.name for h in self.hosts if not h.is_xen]
@@ -615,7 +687,8 @@ def describe_schema() -> str:
                 continue
             req = " (required)" if f.metadata.get("required") else ""
             lines.append(f"{indent}{f.name}{req}: {f.metadata.get('doc', '')}")
-            inner = getattr(f.metadata.get("convert"), "section", None)
+            convert = f.metadata.get("convert")
+            inner = Sweep if convert is _sweep_section else getattr(convert, "section", None)
             if inner:
                 walk(inner, indent + "  ")
     walk(Manifest, "")

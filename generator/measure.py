@@ -110,8 +110,7 @@ def _excerpt(text: str, limit: int = 40) -> list[str]:
 
 def point_identity(point: Point, manifest: Manifest, status: str = "error", reason: str = "") -> dict:
     """The fields every record has, whatever happened to the point."""
-    return {"experiment": manifest.experiment, "host": point.host, "guest": point.guest,
-            "memory_mib": point.memory_mib, "current_memory_mib": point.current_memory_mib,
+    return {"experiment": manifest.experiment, "host": point.host, "guest": point.guest, **point.factors,
             "repeat": point.repeat, "status": status, "reason": reason, "manifest_sha256": manifest.sha256,
             "tool_version": __version__}
 
@@ -145,14 +144,19 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     console_path = host.console_path(name)
     host.prepare_console(console_path)
     balloon_model = manifest.balloon_model(host.spec)
-    target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_model != "none" else 0
+    balloon_sized = point.memory_model == "balloon" and balloon_model != "none"
+    target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_sized else 0
+    extra = " ".join(x for x in (
+        "memhp_default_state=online_movable" if point.memory_model != "balloon" else "", guest.cmdline) if x)
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
-                             balloon_kib=target_kib, extra=guest.cmdline)
+                             balloon_kib=target_kib, extra=extra)
     backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
                      current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
                      initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=balloon_model,
-                     stats_period=manifest.balloon.stats_period, memory_backing=backing)
+                     stats_period=manifest.balloon.stats_period, memory_backing=backing,
+                     memory_model=point.memory_model, autodeflate=point.autodeflate,
+                     free_page_reporting=point.free_page_reporting)
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),

@@ -26,12 +26,13 @@ from . import __version__, kernels
 from .errors import UserError
 
 MARK = "@@MEMBALLOON"
-PROBE_FORMAT = 2  # bump when the init script or layout changes in a way that matters
+PROBE_FORMAT = 3  # bump when the init script or layout changes in a way that matters
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Module names as modules.dep writes them; the closure and order come from modules.dep.
 VIRTIO_MODULES = ("virtio_pci", "virtio_balloon")
+OPTIONAL_MODULES = ("virtio_mem",)  # loaded where the kernel has it (Linux 5.8 and later)
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 /bin/busybox mkdir -p /proc /sys /dev /tmp /sbin /usr/bin /usr/sbin
@@ -83,7 +84,12 @@ say "begin free"; free -m; say "end free"
 say "begin meminfo"; cat /proc/meminfo; say "end meminfo"
 say "begin dmesg"; dmesg | grep -E 'Memory:|swiotlb|software IO TLB|crashkernel|Out of memory|virtio_balloon|e820: BIOS-e820'; say "end dmesg"
 say "done $(uptime_s)"
-sleep "${HOLD:-30}"
+# Until the host ends the guest: report MemTotal whenever it changes (memory plugged or unplugged).
+n=0; last=$(memtotal)
+while [ "$n" -lt $(( ${HOLD:-30} * 5 )) ]; do
+  usleep 200000; n=$((n + 1)); now=$(memtotal)
+  if [ "$now" != "$last" ]; then say "memtotal-now $now $(uptime_s)"; last=$now; fi
+done
 poweroff -f
 """
 
@@ -376,6 +382,12 @@ def build(kernel: str, modules_dir: str, cache_dir: Path, balloon_model: str = "
     image, mods_dir, release = resolve_kernel(kernel, modules_dir, cache_dir)
     wanted = VIRTIO_MODULES if balloon_model == "virtio" else ()
     closure = module_closure(mods_dir, wanted) if wanted else []
+    if wanted:
+        for optional in OPTIONAL_MODULES:
+            try:
+                closure += [m for m in module_closure(mods_dir, (optional,)) if m not in closure]
+            except UserError:
+                pass  # this kernel has no such module: the points that need it say so
     busybox_path = find_busybox()
     h = hashlib.sha256()
     h.update(f"probe-format:{PROBE_FORMAT}\n".encode())

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
+from .manifest import FACTORS
 from .plan import Point
 from .safe import inside, read_regular
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every factor is a field (memory_model, autodeflate, free_page_reporting)
 
 # ok: measured. oom/panic: the guest died (a result). refused: the host would not start a guest that
 # large (a result). timeout: no answer in time. error: something else went wrong (see reason).
@@ -100,10 +101,10 @@ def write_record(path: Path, record: dict) -> None:
 # --- reading: every record is checked against its schema; a bad one is one line naming the file ---
 _INT, _NUM, _STR = (int,), (int, float), (str,)
 _OPT_INT, _OPT_STR, _OPT_DICT = (int, type(None)), (str, type(None)), (dict, type(None))
-# name -> (allowed types, required). Identity first: the point a record belongs to.
+# name -> (allowed types, required). Identity first: the point a record belongs to; its factors
+# come from their declaration (manifest.FACTORS).
 FIELDS: dict[str, tuple[tuple, bool]] = {
-    "experiment": (_STR, True), "host": (_STR, True), "guest": (_STR, True),
-    "memory_mib": (_INT, True), "current_memory_mib": (_INT, True), "repeat": (_INT, True),
+    "experiment": (_STR, True), "host": (_STR, True), "guest": (_STR, True), "repeat": (_INT, True),
     "status": (_STR, True), "reason": (_STR, True), "schema_version": (_INT, True),
     "memtotal_boot_kib": (_OPT_INT, False), "memtotal_settled_kib": (_OPT_INT, False),
     "free_m": (_OPT_DICT, False), "meminfo": (_OPT_DICT, False), "balloon": (_OPT_DICT, False),
@@ -119,9 +120,13 @@ FIELDS: dict[str, tuple[tuple, bool]] = {
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view")
 
 
+def _fields() -> dict[str, tuple[tuple, bool]]:
+    return {**{f.name: ((f.kind,), True) for f in FACTORS}, **FIELDS}
+
+
 def _problem(record: dict) -> str | None:
     """What is wrong with a record, or None."""
-    for name, (types, required) in FIELDS.items():
+    for name, (types, required) in _fields().items():
         if name not in record:
             if required:
                 return f"missing {name!r}"
@@ -158,11 +163,17 @@ def _migrate(record: dict, path: Path) -> dict:
     if version > SCHEMA_VERSION:
         raise UserError(f"{path}: written by a newer memballoon (record schema {version}, this tool reads up to "
                         f"{SCHEMA_VERSION}); upgrade memballoon to read it")
-    while version < SCHEMA_VERSION:  # no older schema exists yet; steps go here as _update_to_<N>
+    while version < SCHEMA_VERSION:  # one step per schema version, like asv's update_to_N
         version += 1
         record = globals()[f"_update_to_{version}"](record)
         record["schema_version"] = version
     return record
+
+
+def _update_to_2(record: dict) -> dict:
+    """Version 1 had memory and currentMemory only: every other factor was at its default (a virtio
+    balloon, no autodeflate, no free page reporting). Factors declared later default the same way."""
+    return {**{f.name: f.default for f in FACTORS if f.default is not None}, **record}
 
 
 def read_record(path: Path, root: Path | None = None) -> dict:
@@ -212,7 +223,7 @@ def read_point(point: Point, results_dir: Path) -> tuple[dict, bytes] | None:
 
 def check_identity(record: dict, point: Point, path: Path) -> None:
     """A record must belong to the point its path names."""
-    for name in ("host", "guest", "memory_mib", "current_memory_mib", "repeat"):
+    for name in ["host", "guest", "repeat"] + [f.name for f in FACTORS]:
         if record[name] != getattr(point, name):
             raise UserError(f"{path}: the record says {name} {record[name]!r}, but its place says "
                             f"{getattr(point, name)!r}; move or delete it")

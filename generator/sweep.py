@@ -209,7 +209,7 @@ class Sweep:
             budget = MemoryBudget(int(facts["memory_available_mib"] * 0.8))
             # Within a repeat, largest memory first: the longest boots start first, so the slots end
             # together (and every repeat still covers the whole range before the next begins).
-            pts = sorted(pts, key=lambda p: (p.repeat, -p.memory_mib, p.current_memory_mib, p.guest))
+            pts = sorted(pts, key=lambda p: (p.repeat, -p.memory_mib, p.values, p.guest))
             # Finished guests are destroyed by the reaper while the slot boots the next point; the sweep
             # waits for the reaper before it returns, so no guest outlives it.
             with ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-reaper") as reaper, \

@@ -44,6 +44,7 @@ SEEN = {"precise": {1024: 961, 2048: 943, 4096: 843, 8192: 773}, "rhel6": {1024:
 
 def record(guest: str, memory: int, repeat: int) -> dict:
     base = {"experiment": "sample", "host": "kvm1", "guest": guest, "memory_mib": memory, "current_memory_mib": 1024,
+            "memory_model": "balloon", "autodeflate": False, "free_page_reporting": False,
             "repeat": repeat, "domain_type": "kvm", "domain_type_reason": "set in the manifest",
             "hypervisor": "QEMU 8.2.0", "qemu_version": "8.2.0", "libvirt_version": "10.0.0",
             "host_kernel": "6.8.0-40-generic", "host_cores": 16, "host_memory_mib": 65536,

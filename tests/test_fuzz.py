@@ -104,7 +104,8 @@ def bad_manifests() -> list[tuple[str, bytes]]:
 
 def good_record(memory: int) -> dict:
     return {"experiment": "fuzz", "host": "local", "guest": "g", "memory_mib": memory, "current_memory_mib": 1024,
-            "repeat": 1, "status": "ok", "reason": "", "schema_version": 1, "free_m": {"total": 900},
+            "memory_model": "balloon", "autodeflate": False, "free_page_reporting": False,
+            "repeat": 1, "status": "ok", "reason": "", "schema_version": 2, "free_m": {"total": 900},
             "memtotal_settled_kib": 921600, "dmesg": [], "started_at": "2026-11-26T00:00:00+00:00"}
 
 

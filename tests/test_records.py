@@ -34,11 +34,15 @@ def test_repeats_cover_the_range_first(write_manifest):
     assert [(p.memory_mib, p.repeat) for p in points(m)] == [(1024, 1), (2048, 1), (1024, 2), (2048, 2)]
 
 
-def rec(status="ok", point=Point("h", "g", 1024, 1024, 1), **extra) -> dict:
+def point(memory=1024, current=1024, repeat=1, **factors) -> Point:
+    return Point.make("h", "g", repeat, memory_mib=memory, current_memory_mib=current, **factors)
+
+
+def rec(status="ok", point=None, **extra) -> dict:
     """A minimal valid record of `point`."""
-    return {"experiment": "e", "host": point.host, "guest": point.guest, "memory_mib": point.memory_mib,
-            "current_memory_mib": point.current_memory_mib, "repeat": point.repeat, "status": status,
-            "reason": "", **extra}
+    point = point or Point.make("h", "g", memory_mib=1024, current_memory_mib=1024)
+    return {"experiment": "e", "host": point.host, "guest": point.guest, **point.factors, "repeat": point.repeat,
+            "status": status, "reason": "", **extra}
 
 
 def test_atomic_write_and_read(tmp_path):
@@ -67,7 +71,7 @@ def test_corrupt_record_names_the_file(tmp_path):
     with pytest.raises(UserError, match=r"bad.json: corrupt result file \(line 1"):
         results.read_record(path)
     path.write_text(json.dumps(dict(rec(), schema_version=99)))
-    with pytest.raises(UserError, match=r"written by a newer memballoon \(record schema 99, this tool reads up to 1\); "
+    with pytest.raises(UserError, match=r"written by a newer memballoon \(record schema 99, this tool reads up to 2\); "
                                         "upgrade memballoon"):
         results.read_record(path)
 
@@ -83,7 +87,7 @@ def test_corrupt_record_names_the_file(tmp_path):
     (lambda r: r.update(durations={"boot_s": [1]}), "durations.boot_s is list, expected a number"),
 ])
 def test_records_are_checked_against_the_schema(tmp_path, change, problem):
-    r = dict(rec(), schema_version=1)
+    r = dict(rec(), schema_version=2)
     change(r)
     path = tmp_path / "r.json"
     path.write_text(json.dumps(r))
@@ -94,7 +98,7 @@ def test_records_are_checked_against_the_schema(tmp_path, change, problem):
 
 def test_only_regular_files_inside_the_results_folder_are_read(tmp_path):
     folder = tmp_path / "results"
-    p = Point("h", "g", 1024, 1024, 1)
+    p = point()
     path = p.record_path(folder)
     path.parent.mkdir(parents=True)
     os.mkfifo(path)  # would hang a plain read
@@ -108,7 +112,7 @@ def test_only_regular_files_inside_the_results_folder_are_read(tmp_path):
     path.write_bytes(b'{"status": "ok", "reason": "\xff\xfe"}')
     with pytest.raises(UserError, match="not UTF-8 text"):
         results.existing(p, folder)
-    results.write_record(path, rec(point=Point("h", "g", 2048, 1024, 1)))
+    results.write_record(path, rec(point=point(2048)))
     with pytest.raises(UserError, match="the record says memory_mib 2048, but its place says 1024"):
         results.existing(p, folder)
 
@@ -121,7 +125,7 @@ def test_writer_keeps_strings_exactly():
 
 
 def test_what_is_measured_again(tmp_path):
-    p = Point("h", "g", 1024, 1024, 1)
+    p = point()
     assert results.needs_measuring(p, tmp_path)
     for status, again in [("ok", False), ("refused", False), ("oom", False), ("timeout", True), ("error", True)]:
         results.write_record(p.record_path(tmp_path), rec(status))
