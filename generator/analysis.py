@@ -21,12 +21,21 @@ _SWIOTLB_RE = re.compile(r"software IO TLB: mapped .*\((\d+)MB\)")
 
 
 def seen_mib(record: dict) -> int | None:
-    """What the guest sees: `free -m`'s total, else MemTotal in MiB."""
+    """What the guest sees: `free -m`'s total, else MemTotal in MiB.
+
+    With autodeflate (deflate-on-OOM) the balloon's pages stay counted in the guest's MemTotal, so
+    `free -m` shows the whole ceiling; what the guest can use is that minus the balloon, whose size
+    the host reports (memory - actual)."""
     free = (record.get("free_m") or {}).get("total")
-    if free is not None:
-        return int(free)
-    kib = record.get("memtotal_settled_kib")
-    return kib // 1024 if kib else None
+    if free is None:
+        kib = record.get("memtotal_settled_kib")
+        free = kib // 1024 if kib else None
+    if free is None:
+        return None
+    actual = (record.get("balloon") or {}).get("actual")
+    if record.get("autodeflate") and actual and record.get("memory_model", "balloon") == "balloon":
+        return int(free) - (record["memory_mib"] - int(actual) // 1024)
+    return int(free)
 
 
 def reserved_mib(record: dict) -> float | None:
@@ -228,6 +237,12 @@ def build_series(records: list[dict], guest_labels: dict[str, str], host_count: 
     return out
 
 
+def _generic(reason: str) -> str:
+    """A failure's reason without what differs between otherwise equal deaths (pids, sizes)."""
+    reason = re.sub(r"Killed process \d+ (\([^)]*\))[^;]*", r"Killed process \1", reason)
+    return reason
+
+
 def _sortable(value) -> tuple:
     return (str(type(value)), value if value is not None else 0)
 
@@ -262,7 +277,7 @@ class Data:
         """Failures with the same memory, currentMemory, status and reason, told once with where/how often."""
         groups: dict[tuple, dict] = {}
         for r in sorted(self.failures, key=lambda r: (r["memory_mib"], r["current_memory_mib"], r["host"], r["guest"])):
-            key = (r["memory_mib"], r["current_memory_mib"], r["status"], r.get("reason", ""))
+            key = (r["memory_mib"], r["current_memory_mib"], r["status"], _generic(r.get("reason", "")))
             g = groups.setdefault(key, {"memory_mib": key[0], "current_memory_mib": key[1], "status": key[2],
                                         "reason": key[3], "count": 0, "where": {}})
             g["count"] += 1
@@ -284,6 +299,11 @@ class Data:
     @property
     def memory_values(self) -> list[int]:
         return sorted({r["memory_mib"] for r in self.records})
+
+    @property
+    def memfd_from(self) -> int | None:
+        """The smallest memory whose guest RAM was a memfd (larger than the host could commit)."""
+        return min((r["memory_mib"] for r in self.records if r.get("memory_backing") == "memfd"), default=None)
 
     def versions(self, key: str) -> list[str]:
         return sorted({str(r[key]) for r in self.records if r.get(key)})

@@ -108,8 +108,8 @@ _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel")
 
 def summary(record: dict) -> dict:
     """A record cut to what a post uses; repeated text (versions, names) shared, not copied 10,000 times."""
-    out = {k: sys.intern(v) if isinstance(v, str) and len(v) < 100 else v
-           for k, v in record.items() if k in SUMMARY_FIELDS}
+    keep = set(SUMMARY_FIELDS) | {f.name for f in FACTORS}
+    out = {k: sys.intern(v) if isinstance(v, str) and len(v) < 100 else v for k, v in record.items() if k in keep}
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
         out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}

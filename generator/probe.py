@@ -26,7 +26,7 @@ from . import __version__, kernels
 from .errors import UserError
 
 MARK = "@@MEMBALLOON"
-PROBE_FORMAT = 3  # bump when the init script or layout changes in a way that matters
+PROBE_FORMAT = 4  # bump when the init script or layout changes in a way that matters
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -63,17 +63,19 @@ balloon() {
   if [ -n "$b" ]; then echo "$b"; else echo $((boot - $(memtotal))); fi
 }
 # Done when the balloon holds its target and nothing changed for one sample (0.2 s). Guards: a
-# balloon that stops short (nothing changes for STABLE s), and the settle timeout.
+# balloon that makes no progress (no new largest size for STABLE s: stuck, or inflating and
+# deflating again as autodeflate does when the guest runs short), and the settle timeout.
 TARGET=${TARGET:-0}; tick=200000; per_s=5
-last_mt=$(memtotal); last_b=$(balloon); quiet=0; n=0; limit=$(( ${SETTLE:-600} * per_s )); started=""; end=""
+last_mt=$(memtotal); last_b=$(balloon); best=$last_b; quiet=0; n=0; limit=$(( ${SETTLE:-600} * per_s ))
+started=""; end=""
 while [ "$n" -lt "$limit" ]; do
-  usleep $tick; n=$((n + 1)); mt=$(memtotal); b=$(balloon)
+  usleep $tick; n=$((n + 1)); mt=$(memtotal); b=$(balloon); changed=0
   if [ "$mt" != "$last_mt" ] || [ "$b" != "$last_b" ]; then
     now=$(uptime_s); [ -z "$started" ] && { started=$now; say "inflate-start $now"; }
-    end=$now; last_mt=$mt; last_b=$b; quiet=0; continue
+    end=$now; last_mt=$mt; last_b=$b; changed=1
   fi
-  quiet=$((quiet + 1))
-  if [ "$b" -ge "$TARGET" ]; then break; fi
+  if [ "$b" -gt "$best" ]; then best=$b; quiet=0; else quiet=$((quiet + 1)); fi
+  if [ "$changed" = 0 ] && [ "$b" -ge "$TARGET" ]; then break; fi
   if [ "$quiet" -ge $(( ${STABLE:-4} * per_s )) ]; then say "balloon-short $b $TARGET"; break; fi
 done
 [ -n "$end" ] && say "inflate-end $end"

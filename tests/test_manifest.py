@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_manifest_is_the_2012_experiment():
     [path] = [p for p in find_manifests(ROOT / "experiments") if p.parent.name == "memory-ballooning"]
     m = load(path)
-    assert m.sweep.memory == [1024, 2048, 4096, 8192, 16384, 32768, 65536]
+    assert m.sweep.memory == [1024, 2048, 4096, 8192, 16384, 32768]
     assert [g.kernel for g in m.guests] == ["host", "debian:trixie", "debian:bullseye"]
     assert m.sweep.memory_model == ["balloon"] and m.hosts[0].memory_backing == "auto"
     assert m.sweep.current_memory == [1024]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import xml.etree.ElementTree as ET
 import signal
 from pathlib import Path
 
@@ -27,6 +28,9 @@ def records(folder: Path) -> dict[int, dict]:
 def test_ballooned_guest_sees_less_the_larger_memory_is(write_manifest, tmp_path, embed_env):
     too_big = (host_mem_gib() * 2 // 8 + 1) * 8  # a size QEMU cannot allocate on this host
     manifest = write_manifest("physics", memory=f"[1 GiB, 4 GiB, {too_big} GiB]")
+    # QEMU's default (private, committed up front) RAM: the host refuses what it cannot commit
+    manifest.write_text(manifest.read_text().replace("    domain_type: qemu\n",
+                                                     "    domain_type: qemu\n    memory_backing: default\n"))
     out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
     assert out.returncode == 0, out.stderr
     recs = records(tmp_path / "res" / "physics")
@@ -195,3 +199,101 @@ def test_pvh_boot_measures_what_the_bzimage_boot_measures(write_manifest, tmp_pa
     assert four["balloon"]["actual"] == 1024 * 1024
     status = cli(embed_env, "status", str(manifest), "--results", str(tmp_path / "res"), "-v")
     assert status.returncode == 0 and "kernel_to_init" in status.stdout and "inflation" in status.stdout
+
+
+def test_a_point_larger_than_the_host_boots_on_a_memfd(write_manifest, tmp_path, embed_env):
+    """memory_backing auto: RAM the host commits page by page, so a guest larger than the host starts
+    (the balloon then takes back only 1 GiB, to keep the test short)."""
+    big = host_mem_gib() * 4 // 3 + 1
+    text = write_manifest("big").read_text().replace("current_memory: [1024 MiB]", f"current_memory: [{big - 1} GiB]")
+    manifest = write_manifest("big", text=text.replace("memory: [1 GiB, 2 GiB]", f"memory: [{big} GiB]"))
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    [rec] = records(tmp_path / "res").values()
+    assert rec["status"] == "ok", rec
+    assert rec["memory_backing"] == "memfd"
+    assert rec["memtotal_boot_kib"] > host_mem_gib() * 1024 * 1024  # the guest saw more than the host has
+    assert rec["balloon"]["actual"] == (big - 1) * 1024 * 1024
+    assert qemu_pids(embed_env["MEMBALLOON_EMBED_ROOT"]) == []
+
+
+def test_virtio_mem_and_dimm_guests_boot_with_current_memory(write_manifest, tmp_path, embed_env):
+    text = write_manifest("models").read_text().replace("repeats: 1", "repeats: 1\n  memory_model: [virtio-mem, dimm]")
+    manifest = write_manifest("models", text=text.replace("memory: [1 GiB, 2 GiB]", "memory: [16 GiB]"))
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    recs = {json.loads(p.read_text())["memory_model"]: json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")}
+    assert sorted(recs) == ["dimm", "virtio-mem"]
+    for r in recs.values():
+        assert r["status"] == "ok", r
+        # booted with currentMemory: nothing sized for the 16 GiB ceiling but the bounce buffer
+        assert r["memtotal_boot_kib"] == r["memtotal_settled_kib"] < 1024 * 1024
+        assert r["host_view"]["used_memory_kib"] == 1024 * 1024
+        assert r["phases"]["inflation_s"] == 0
+    assert "-virtio-mem-r1.json" in str(next((tmp_path / "res").rglob("*virtio-mem*")))
+
+
+def test_memory_plugged_live_reaches_the_guest(tmp_path, embed_env, monkeypatch):
+    """Plug 1 GiB into a running guest: virtio-mem by raising its requested size, a DIMM by attaching
+    one. The probe reports MemTotal whenever it changes."""
+    import libvirt
+
+    from generator import probe
+    from generator.domain import domain_xml, kernel_cmdline
+    from generator.hosts import LocalHost
+    from generator.manifest import Host
+    from generator.measure import Console, destroy
+
+    monkeypatch.setenv("MEMBALLOON_EMBED_ROOT", embed_env["MEMBALLOON_EMBED_ROOT"])
+    built = probe.build("host", "", Path(embed_env["MEMBALLOON_CACHE"]))
+    image, _ = built.boot_image("auto")
+    host = LocalHost(Host(name="local", domain_type="qemu"), Path(embed_env["MEMBALLOON_CACHE"]))
+    conn = host.connect()
+    try:
+        for model in ("virtio-mem", "dimm"):
+            console = host.console_path(f"mb-plug-{model}")
+            host.prepare_console(console)
+            xml = domain_xml(name=f"mb-plug-{model}", domain_type="qemu", memory_mib=8192, current_memory_mib=1024,
+                             vcpus=1, kernel=str(image), initrd=str(built.initrd), console=console,
+                             cmdline=kernel_cmdline(mode="measure", stable=2, settle=60, balloon_kib=0,
+                                                    extra="memhp_default_state=online_movable"),
+                             balloon_model="virtio", stats_period=1, memory_model=model)
+            dom = conn.createXML(xml, 0)
+            try:
+                wait_for(lambda: Console.parse(host.read_text(console)).has("done"), 120, f"{model} guest to settle")
+                before = Console.parse(host.read_text(console)).number("settled-memtotal-kib")
+                if model == "virtio-mem":
+                    device = ET.fromstring(dom.XMLDesc(0)).find("devices/memory[@model='virtio-mem']")
+                    device.find("target/requested").text = str(1024 * 1024)
+                    dom.updateDeviceFlags(ET.tostring(device, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+                else:
+                    dom.attachDeviceFlags("<memory model='dimm'><target><size unit='KiB'>1048576</size>"
+                                          "<node>0</node></target></memory>", libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+                def grown() -> bool:
+                    now = Console.parse(host.read_text(console)).markers.get("memtotal-now", "")
+                    return bool(now) and int(now.split()[0]) >= before + 1000 * 1024
+                try:
+                    wait_for(grown, 60, f"the guest to see the plugged {model} memory")
+                except AssertionError:
+                    tail = [ln for ln in host.read_text(console).splitlines() if "@@" in ln or "virtio" in ln][-8:]
+                    raise AssertionError(f"{model}: the guest never saw the plugged memory; console: {tail}; "
+                                         f"device: {ET.tostring(ET.fromstring(dom.XMLDesc(0)).find('devices'))}")
+            finally:
+                destroy(dom, libvirt)
+                host.remove(console)
+    finally:
+        host.close()
+
+
+def test_autodeflate_keeps_a_squeezed_guest_alive(write_manifest, tmp_path, embed_env):
+    text = write_manifest("deflate").read_text().replace("current_memory: [1024 MiB]", "current_memory: [128 MiB]")
+    text = text.replace("repeats: 1", "repeats: 1\n  autodeflate: [false, true]")
+    manifest = write_manifest("deflate", text=text.replace("memory: [1 GiB, 2 GiB]", "memory: [4 GiB]"))
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    recs = {json.loads(p.read_text())["autodeflate"]: json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")}
+    assert recs[False]["status"] == "oom", recs[False]["reason"]  # squeezed below its boot-time bookkeeping
+    assert recs[True]["status"] == "ok", recs[True]["reason"]  # the balloon gave memory back instead
+    assert "the balloon stopped at" in recs[True]["reason"]
+    assert recs[True]["balloon"]["actual"] > 128 * 1024
