@@ -303,20 +303,23 @@ def _load_section(cls: type, raw: Any, path: str, problems: _Problems, ctx: dict
     return obj
 
 
-def _user(value, path, problems, ctx):
-    if not isinstance(value, str) or not re.fullmatch(r"[a-z_][a-z0-9_.-]{0,31}", value):
-        problems.add(path, f"{value!r} is not a login name (lowercase letters, digits, '_', '.', '-')")
-        return _BAD
-    return value
+_HOSTNAME = r"[A-Za-z0-9.:_-]{1,253}|\[[0-9A-Fa-f:.]+\]"
 
 
-def _hostname(value, path, problems, ctx):
-    if value == "":
+def _matching(pattern: str, what: str, allow_empty: bool = False) -> Callable:
+    """Text that matches `pattern` whole (it reaches a URI, a login or a shell)."""
+    def convert(value, path, problems, ctx):
+        if allow_empty and value == "":
+            return value
+        if not isinstance(value, str) or not re.fullmatch(pattern, value):
+            problems.add(path, f"{value!r} is not {what}")
+            return _BAD
         return value
-    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}|\[[0-9A-Fa-f:.]+\]", value):
-        problems.add(path, f"{value!r} is not a host name or address")
-        return _BAD
-    return value
+    return convert
+
+
+_user = _matching(r"[a-z_][a-z0-9_.-]{0,31}", "a login name (lowercase letters, digits, '_', '.', '-')")
+_hostname = _matching(_HOSTNAME, "a host name or address", allow_empty=True)
 
 
 def _site_path(value, path, problems, ctx):
@@ -392,7 +395,7 @@ class Host:
         if re.search(r"[?&]no_verify=(1|yes|true)\b", self.uri, re.I):
             problems.add(f"{path}.uri", "no_verify turns off SSH host key checking; remove it and add the host's key "
                                         "to known_hosts (or set ssh.accept_new_host_key: true)")
-        if self.is_remote and not re.fullmatch(r"[A-Za-z0-9.:_-]{1,253}|\[[0-9A-Fa-f:.]+\]", self.ssh_address):
+        if self.is_remote and not re.fullmatch(_HOSTNAME, self.ssh_address):
             problems.add(f"{path}.address", f"{self.ssh_address!r} is not a host name or address")
         if self.domain_type == "xen" and not (self.uri.startswith("xen") or self.uri.startswith("libxl")):
             problems.add(f"{path}.domain_type", "xen needs a xen:// or xen+ssh:// URI")
