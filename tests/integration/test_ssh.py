@@ -273,7 +273,7 @@ post: {{slug: remote, title: remote, content: post.md}}
         assert r["host_view"]["max_memory_kib"] == memory * 1024
     assert recs[2048]["memtotal_settled_kib"] < recs[1024]["memtotal_settled_kib"]
     # the probe was staged on the "remote" by content hash, and no console or domain is left
-    assert len(list(workdir.glob("probe-*-vmlinuz"))) == 1
+    assert len(list(workdir.glob("probe-*-vmlinu[xz]"))) == 1  # the kernel (PVH: the uncompressed one)
     assert list((workdir / "consoles").iterdir()) == []
     listed = subprocess.run(["virsh", "-c", "qemu:///system", "list", "--all", "--name"], capture_output=True, text=True)
     assert "mb-" not in listed.stdout
