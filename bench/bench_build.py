@@ -70,7 +70,8 @@ def synthetic_project(tmp: Path) -> Path:
             for current in CURRENT:
                 seen = int(current - 40 - memory / 64 - gi - rng.random() * 3)
                 rec = {"experiment": "synthetic", "host": "big", "guest": guest, "memory_mib": memory,
-                       "current_memory_mib": current, "repeat": 1, "reason": "", "domain_type": "kvm",
+                       "current_memory_mib": current, "memory_model": "balloon", "autodeflate": False,
+                       "free_page_reporting": False, "repeat": 1, "reason": "", "domain_type": "kvm",
                        "domain_type_reason": "set in the manifest", "hypervisor": "QEMU 8.2.0",
                        "qemu_version": "8.2.0", "libvirt_version": "10.0.0", "host_kernel": "6.8.0",
                        "host_cores": 64, "host_memory_mib": 524288, "guest_kernel": f"6.{gi}.0-amd64",

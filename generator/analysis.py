@@ -254,10 +254,11 @@ def _kernel_label(release: str | None) -> str:
 class Data:
     """What a post's Jinja template sees as `data`: the series and numbers worth quoting."""
 
-    def __init__(self, records: list[dict], series: list[Series], planned: int):
+    def __init__(self, records: list[dict], series: list[Series], planned: int, guest_order: list[str] = ()):
         self.records = records
         self.series = series
         self.planned = planned
+        self.guest_order = list(guest_order)
 
     @property
     def has_data(self) -> bool:
@@ -265,8 +266,12 @@ class Data:
 
     @property
     def main(self) -> Series | None:
-        """The series the prose talks about: the one with most measured points."""
-        return max(self.series, key=lambda s: len(s.measured), default=None)
+        """The series the prose talks about: the one with most measured points; on a tie, the guest
+        the manifest names first."""
+        def rank(s: Series) -> tuple:
+            order = self.guest_order.index(s.guest) if s.guest in self.guest_order else len(self.guest_order)
+            return (-len(s.measured), order)
+        return min(self.series, key=rank, default=None)
 
     @property
     def failures(self) -> list[dict]:

@@ -293,7 +293,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
     digests = plan.digests
     labels = {g.name: g.label for g in manifest.guests}
     series = build_series(records, labels, len(manifest.hosts))
-    data = Data(records, series, planned=len(points(manifest)))
+    data = Data(records, series, planned=len(points(manifest)), guest_order=[g.name for g in manifest.guests])
     if layout == "bundle":
         page = site / "content" / "posts" / slug / "index.md"
         img_dir, img_url = page.parent, ""
