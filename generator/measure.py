@@ -184,7 +184,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
             return record
         clock["started"] = time.monotonic() - clock["t0"]
         _follow(dom, record, host=host, console_path=console_path, manifest=manifest, clock=clock, stop=stop,
-                libvirt=libvirt)
+                libvirt=libvirt, actual_target_kib=point.current_memory_mib * 1024 if balloon_sized else None)
         finished = True
         return record
     finally:
@@ -235,8 +235,12 @@ def _phases(record: dict, console: Console, clock: dict) -> dict:
 
 
 def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, clock: dict,
-            stop: threading.Event, libvirt) -> None:
-    """Poll console and balloon until the probe reports 'done', dies, or runs out of time."""
+            stop: threading.Event, libvirt, actual_target_kib: int | None = None) -> None:
+    """Poll console and balloon until the probe reports 'done', dies, or runs out of time.
+
+    The guest knows first that its balloon holds the target; the host hears of it through QEMU's
+    balloon events, which QEMU sends at most once a second. So at 'done' the host waits (up to 3 s)
+    until its own view of the balloon's actual has arrived at the target before its last sample."""
     timeouts = manifest.timeouts
     t0 = clock["t0"]
     poll = 0.1 if not host.spec.is_remote else 1.0
@@ -262,7 +266,9 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
         if console.has("done"):
             clock["done_seen"] = elapsed
             if alive:
-                _sample(dom, record, elapsed, libvirt)
+                if actual_target_kib is not None and not console.has("balloon-short"):
+                    _wait_for_actual(dom, actual_target_kib, libvirt)
+                _sample(dom, record, time.monotonic() - t0, libvirt)
             break
         if not alive:
             time.sleep(0.3)
@@ -298,6 +304,21 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
             notes.append(f"the balloon stopped at {int(short[0]) // 1024} MiB of its {int(short[1]) // 1024} MiB "
                          "target (nothing changed for the stability window)")
         record["reason"] = "; ".join(notes)
+
+
+def _wait_for_actual(dom, target_kib: int, libvirt, limit: float = 3.0) -> None:
+    """Until both host views agree the balloon is at its target: the live query (memoryStats'
+    actual) and libvirt's cached value behind `virsh dominfo` (updated by QEMU's balloon events)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            actual = dom.memoryStats().get("actual")
+            used = dom.info()[2]
+        except libvirt.libvirtError:
+            return
+        if actual is not None and int(actual) <= target_kib and int(used) <= target_kib:
+            return
+        time.sleep(0.1)
 
 
 def _alive(dom, libvirt) -> bool:
