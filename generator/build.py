@@ -106,9 +106,8 @@ SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_m
 _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel")
 
 
-def summary(record: dict) -> dict:
-    """A record cut to what a post uses; repeated text (versions, names) shared, not copied 10,000 times."""
-    keep = set(SUMMARY_FIELDS) | {f.name for f in FACTORS}
+def summary(record: dict, keep: frozenset) -> dict:
+    """A record cut to the fields in `keep`; repeated text (versions, names) shared, not copied 10,000 times."""
     out = {k: sys.intern(v) if isinstance(v, str) and len(v) < 100 else v for k, v in record.items() if k in keep}
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
@@ -136,13 +135,14 @@ def _read_records(manifest: Manifest, folder: Path) -> list[tuple]:
 def _parse_records(found: list) -> list[dict]:
     """The records' summaries, read again and checked against the digests the build is keyed on."""
     records = []
+    keep = frozenset(SUMMARY_FIELDS) | {f.name for f in FACTORS}  # what a post uses, decided once
     for p, path, digest in found:
         data = read_regular(path, results_mod.MAX_RECORD_BYTES, "result file")
         if _sha(p.key, data) != digest:
             raise UserError(f"{path}: changed while the site was being built; build again")
         record = results_mod.parse_record(data, path)
         results_mod.check_identity(record, p, path)
-        records.append(summary(record))
+        records.append(summary(record, keep))
     return records
 
 

@@ -87,6 +87,7 @@ class HostRuntime:
         self.cache_dir = cache_dir
         self._conn = None
         self._lock_file = None
+        self._workdir: str | None = None  # resolved and checked on the host on first use
 
     # -- the Fabric-shaped part --------------------------------------------------------------------
     def run(self, command: str, **kwargs: Any):
@@ -157,7 +158,7 @@ echo "uid $(id -u)"
 
     def workdir(self) -> str:
         """Folder on the host where the probe's files and the consoles live (made private on first use)."""
-        if getattr(self, "_workdir", None):
+        if self._workdir:
             return self._workdir
         out = self.run(f"sh -c {shlex.quote(self._WORKDIR_SCRIPT)} workdir {shlex.quote(self.spec.workdir)}",
                        hide=True, warn=True)

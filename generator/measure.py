@@ -8,6 +8,7 @@ that runs out of memory or panics, a host that refuses the allocation, a boot th
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import logging
 import re
 import threading
@@ -57,10 +58,12 @@ class Console:
         return name in self.markers
 
     def number(self, name: str, index: int = 0) -> float | None:
+        """A marker's number; None if missing or not a finite number (a guest may print anything)."""
         try:
-            return float(self.markers[name].split()[index])
+            value = float(self.markers[name].split()[index])
         except (KeyError, IndexError, ValueError):
             return None
+        return value if math.isfinite(value) and abs(value) < 1e15 else None
 
 
 def parse_free(text: str) -> dict | None:

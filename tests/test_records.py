@@ -147,6 +147,11 @@ def test_console_markers_and_sections():
     assert c.has("done") and not c.has("settle-timeout")
 
 
+def test_hostile_console_numbers_are_ignored():
+    c = Console.parse(f"{MARK} init inf\n{MARK} settled nan\n{MARK} done 1e400\n{MARK} boot-memtotal-kib 12x\n")
+    assert [c.number(k) for k in ("init", "settled", "done", "boot-memtotal-kib")] == [None] * 4
+
+
 def test_busybox_free_without_available_column():
     text = "             total       used       free     shared    buffers     cached\nMem:          1000        100        900          0         10         20\n"
     assert parse_free(text)["total"] == 1000
