@@ -27,7 +27,9 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
     'virtio-mem' boots with currentMemory (one NUMA cell) and a virtio-mem device that can plug the
     rest, nothing plugged; 'dimm' boots with currentMemory and room (maxMemory, slots) for DIMMs up to
     memory, none plugged. Either way the guest's kernel sizes itself for currentMemory at boot."""
-    xen = domain_type == "xen"
+    if domain_type == "xen":
+        return xen_pv_xml(name=name, memory_mib=memory_mib, current_memory_mib=current_memory_mib, vcpus=vcpus,
+                          kernel=kernel, initrd=initrd, cmdline=cmdline)
     dom = ET.Element("domain", type=domain_type)
     hotplug = memory_model in ("virtio-mem", "dimm") and memory_mib > current_memory_mib
     ET.SubElement(dom, "name").text = name
@@ -49,7 +51,7 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
         ET.SubElement(numa, "cell", id="0", cpus=f"0-{vcpus - 1}" if vcpus > 1 else "0",
                       memory=str(current_memory_mib * 1024), unit="KiB")
     os_el = ET.SubElement(dom, "os")
-    ET.SubElement(os_el, "type", {"arch": "x86_64", **({} if xen else {"machine": "pc"})}).text = "xen" if xen else "hvm"
+    ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
     ET.SubElement(os_el, "kernel").text = kernel
     ET.SubElement(os_el, "initrd").text = initrd
     ET.SubElement(os_el, "cmdline").text = cmdline
@@ -82,12 +84,38 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
     return ET.tostring(dom, encoding="unicode") + "\n"
 
 
-def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "") -> str:
-    """The probe's kernel command line: console on the serial port, panic => reboot => destroy.
+def xen_pv_xml(*, name: str, memory_mib: int, current_memory_mib: int, vcpus: int, kernel: str, initrd: str,
+               cmdline: str) -> str:
+    """A Xen PV domain booting the probe: Xen builds it with currentMemory populated and memory as its
+    ceiling (the rest is ballooned out from the start), console on hvc0, which xenconsoled logs."""
+    dom = ET.Element("domain", type="xen")
+    ET.SubElement(dom, "name").text = name
+    ET.SubElement(dom, "memory", unit="KiB").text = str(memory_mib * 1024)
+    ET.SubElement(dom, "currentMemory", unit="KiB").text = str(current_memory_mib * 1024)
+    ET.SubElement(dom, "vcpu").text = str(vcpus)
+    os_el = ET.SubElement(dom, "os")
+    ET.SubElement(os_el, "type", arch="x86_64", machine="xenpv").text = "linux"
+    ET.SubElement(os_el, "kernel").text = kernel
+    ET.SubElement(os_el, "initrd").text = initrd
+    ET.SubElement(os_el, "cmdline").text = cmdline
+    for event in ("on_poweroff", "on_reboot", "on_crash"):
+        ET.SubElement(dom, event).text = "destroy"
+    devices = ET.SubElement(dom, "devices")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="xen", port="0")
+    ET.SubElement(devices, "memballoon", model="xen")
+    ET.indent(dom)
+    return ET.tostring(dom, encoding="unicode") + "\n"
+
+
+def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "",
+                   console: str = "ttyS0") -> str:
+    """The probe's kernel command line: console on the serial port (hvc0 on Xen PV), panic =>
+    reboot => destroy.
 
     balloon_kib: what the balloon must hold once inflated (memory - currentMemory); the probe ends
     as soon as it does."""
-    parts = ["console=ttyS0", "loglevel=4", "panic=-1", "rdinit=/init",
+    parts = [f"console={console}", "loglevel=4", "panic=-1", "rdinit=/init",
              f"memballoon.mode={mode}", f"memballoon.stable={max(1, int(round(stable)))}",
              f"memballoon.settle={max(1, int(settle))}", f"memballoon.balloon_kib={max(0, int(balloon_kib))}",
              "memballoon.hold=30"]

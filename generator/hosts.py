@@ -201,16 +201,45 @@ echo "uid $(id -u)"
             self.run(f"chmod 644 {shlex.quote(tmp)} && mv -f {shlex.quote(tmp)} {q}", hide=True)
         return remote
 
+    # Xen's console daemon writes each guest's console here when started with
+    # XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console" (in /etc/default/xen).
+    XEN_CONSOLE_DIR = "/var/log/xen/console"
+
     def console_path(self, domain: str) -> str:
+        if self.spec.is_xen:
+            return f"{self.XEN_CONSOLE_DIR}/guest-{domain}.log"
         return f"{self.workdir()}/consoles/{domain}.log"
 
     def prepare_console(self, path: str) -> None:
         """An empty console file only its owner can read or write.
 
         libvirt opens file-backed serial consoles itself and hands QEMU the descriptor, so nobody
-        else needs access; a guest's console is evidence and must not be forgeable."""
+        else needs access; a guest's console is evidence and must not be forgeable. On Xen,
+        xenconsoled creates the log itself: only an old one of the same name is removed."""
         q = shlex.quote(path)
+        if self.spec.is_xen:
+            self.run(f"rm -f {q}", hide=True)
+            return
         self.run(f"rm -f {q} && (umask 077 && set -C && : > {q})", hide=True)
+
+    def creation_failure(self, domain: str) -> str:
+        """Why Xen could not build a domain, from libxl's log (libvirt's own message only says that it
+        failed): its last error lines about the domain, shortened."""
+        out = self.run("tail -n 300 /var/log/libvirt/libxl/libxl-driver.log 2>/dev/null || true",
+                       hide=True, warn=True).stdout
+        lines = [ln for ln in out.splitlines() if ("error" in ln.lower() or "fail" in ln.lower())]
+        picked = [re.sub(r"^[0-9: .-]+", "", ln).strip() for ln in lines[-3:]]
+        return "; ".join(p for p in picked if p)[:300]
+
+    def check_console_logging(self) -> None:
+        """On Xen the probe is read from xenconsoled's logs: say how to turn them on if they are off."""
+        if not self.spec.is_xen:
+            return
+        out = self.run("ps -eo args 2>/dev/null | grep '^[^ ]*xenconsoled' || true", hide=True, warn=True).stdout
+        if "--log=guest" not in out and "--log=all" not in out and "-l guest" not in out:
+            raise HostError(f"host {self.name}: xenconsoled does not log guest consoles, and the probe is read "
+                            "from them; set XENCONSOLED_ARGS=\"--log=guest --log-dir=/var/log/xen/console\" in "
+                            "/etc/default/xen and restart xenconsoled")
 
     def clean_leftovers(self) -> list[str]:
         """Destroy domains a killed run left behind (they carry the tool's name prefix)."""
@@ -246,20 +275,48 @@ echo "uid $(id -u)"
             memory_mib = int(total.group(1)) // 1024
         hv_type = conn.getType()
         hv_version = _version(conn.getVersion())
-        return {
+        xen = self._xen_facts() if hv_type == "Xen" else None
+        if xen and xen.get("free_mib") is not None:
+            memory_available = xen["free_mib"]  # guests take Xen's free memory, not dom0's
+        else:
+            memory_available = int(available.group(1)) // 1024 if available else memory_mib
+        facts = {
             "name": self.name,
             "uri": self.spec.uri if not self.spec.is_embedded else "qemu:///embed",
             "hostname": conn.getHostname(),
             "arch": model,
             "cores": cpus,
             "memory_mib": memory_mib,
-            "memory_available_mib": int(available.group(1)) // 1024 if available else memory_mib,
+            "memory_available_mib": memory_available,
             "swap_mib": int(swap.group(1)) // 1024 if swap else 0,
             "kernel": kernel,
             "hypervisor": f"{hv_type} {hv_version}",
             "qemu_version": hv_version if hv_type == "QEMU" else None,
             "libvirt_version": _version(conn.getLibVersion()),
         }
+        if xen:  # the machine is Xen's: its CPUs and memory, not dom0's share of them
+            facts["xen"] = xen
+            facts["cores"] = xen.get("cpus") or cpus
+            facts["memory_mib"] = xen.get("total_mib") or memory_mib
+        return facts
+
+    def _xen_facts(self) -> dict:
+        """What `xl info` says: Xen's version, its memory (total, free), its command line, dom0's kernel."""
+        out = self.run("xl info 2>/dev/null || true", hide=True, warn=True).stdout
+        info = {}
+        for line in out.splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                info[key.strip()] = value.strip()
+
+        def num(key: str) -> int | None:
+            return int(info[key]) if info.get(key, "").isdigit() else None
+        version = f"{info['xen_major']}.{info['xen_minor']}{info.get('xen_extra', '')}" \
+            if info.get("xen_major") and info.get("xen_minor") else None
+        return {"version": version, "total_mib": num("total_memory"), "free_mib": num("free_memory"),
+                "cpus": num("nr_cpus"), "caps": info.get("xen_caps"), "virt_caps": info.get("virt_caps"),
+                "commandline": info.get("xen_commandline"), "dom0_kernel": info.get("release"),
+                "scheduler": info.get("xen_scheduler")}
 
 
 def _sha256_file(path: Path) -> str:
@@ -496,6 +553,8 @@ class SSHHost(HostRuntime):
         pinned = self._pinned_known_hosts()
         if transport == "ssh":
             extra = {"command": str(self._ssh_wrapper(pinned))}
+            if self.spec.ssh.key:
+                extra["keyfile"] = self.spec.ssh.key
         else:
             extra = {"known_hosts": str(pinned), "known_hosts_verify": "normal"}
         parts = urllib.parse.urlsplit(uri)
@@ -521,7 +580,7 @@ class SSHHost(HostRuntime):
         path = private_dir(self.cache_dir / "ssh") / f"{self.name}-ssh"
         script = ("#!/bin/sh\n# written by memballoon: OpenSSH for libvirt, trusting only the host key that was verified\n"
                   f"exec ssh -o UserKnownHostsFile={shlex.quote(str(pinned))} -o GlobalKnownHostsFile=/dev/null "
-                  "-o StrictHostKeyChecking=yes -o UpdateHostKeys=no \"$@\"\n")
+                  "-o StrictHostKeyChecking=yes -o UpdateHostKeys=no -o BatchMode=yes \"$@\"\n")
         write_nofollow(path, script.encode(), mode=0o700)
         os.chmod(path, 0o700)
         return path
@@ -551,5 +610,10 @@ def _unexpected_exit(host: str, e) -> str:
     return f"host {host}: '{command}' exited {result.exited}" + (f": {tail}" if tail else "")
 
 
-def runtime_for(spec: HostSpec, cache_dir: Path) -> HostRuntime:
+def runtime_for(spec: HostSpec, cache_dir: Path, note=None) -> HostRuntime:
+    """The runtime of a manifest's host; `note` hears progress of long steps (building, booting)."""
+    if spec.is_nested:
+        from .nested_xen import NestedXenHost  # it builds on SSHHost: imported here, not at the top
+
+        return NestedXenHost(spec, cache_dir, note)
     return SSHHost(spec, cache_dir) if spec.is_remote else LocalHost(spec, cache_dir)

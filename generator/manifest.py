@@ -353,9 +353,40 @@ class SSH:
                                     "StrictHostKeyChecking=accept-new (a changed key is still refused)")
 
 
+def _mib_in(low: int, high: int) -> Callable:
+    def convert(value, path, problems, ctx):
+        mib = _mib(value, path, problems, ctx)
+        if mib is not _BAD and not low <= mib <= high:
+            problems.add(path, f"{value!r} is outside {low} MiB .. {high} MiB")
+            return _BAD
+        return mib
+    return convert
+
+
+@dataclass(frozen=True)
+class Nested:
+    """The machine of a `kind: nested-xen` host: QEMU on this machine running Xen and a Debian dom0."""
+
+    memory: int = opt(_mib_in(2048, 1024 * 1024), 4096,
+                          "RAM of the QEMU machine that runs Xen (dom0 and every guest live in it)")
+    dom0_memory: int = opt(_mib_in(512, 16384), 1024, "dom0's fixed memory (Xen's dom0_mem)")
+    cpus: int = opt(_int_in(1, 64), 1, "CPUs of the QEMU machine, taken from this machine's slots")
+    suite: str = opt(_choice("bookworm"), "bookworm", "Debian suite of dom0 (Xen 4.17)")
+    boot_timeout: float = opt(_seconds_in(10, 3600), 300.0, "how long dom0 may take to come up")
+
+    def _check(self, path, problems):
+        if self.dom0_memory + 1024 > self.memory:
+            problems.add(f"{path}.memory", f"{self.memory} MiB leaves less than 1 GiB for guests beside a "
+                                           f"{self.dom0_memory} MiB dom0; raise it")
+
+
 @dataclass(frozen=True)
 class Host:
     name: str = opt(_name, doc="short name used in result paths and graphs")
+    kind: str = opt(_choice("libvirt", "nested-xen"), "libvirt",
+                    "libvirt: a hypervisor reached through `uri`; nested-xen: a Xen host the tool builds and "
+                    "boots itself in QEMU on this machine, then measures over SSH")
+    nested: Nested = opt(_section(Nested), Nested(), "the nested host's machine (kind: nested-xen)")
     uri: str = opt(_line, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
                                      "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
     address: str = opt(_hostname, "", "SSH address of a remote host (default: the host part of the URI)")
@@ -371,16 +402,20 @@ class Host:
                                      "default: /var/lib/memballoon for root, ~/.cache/memballoon for others")
 
     @property
+    def is_nested(self) -> bool:
+        return self.kind == "nested-xen"
+
+    @property
     def is_embedded(self) -> bool:
-        return self.uri == EMBEDDED
+        return self.uri == EMBEDDED and not self.is_nested
 
     @property
     def is_remote(self) -> bool:
-        return bool(self.ssh_address)
+        return self.is_nested or bool(self.ssh_address)
 
     @property
     def is_xen(self) -> bool:
-        return self.domain_type == "xen" or self.uri.startswith(("xen", "libxl"))
+        return self.is_nested or self.domain_type == "xen" or self.uri.startswith(("xen", "libxl"))
 
     @property
     def ssh_address(self) -> str:
@@ -390,6 +425,15 @@ class Host:
         return m.group(1) if m else ""
 
     def _check(self, path, problems):
+        if self.is_nested:
+            for key, value, default in (("uri", self.uri, EMBEDDED), ("address", self.address, ""),
+                                        ("workdir", self.workdir, "")):
+                if value != default:
+                    problems.add(f"{path}.{key}", "a nested-xen host is started by the tool, which sets its own "
+                                                  f"{key}; remove the key")
+            if self.domain_type not in ("auto", "xen"):
+                problems.add(f"{path}.domain_type", "a nested-xen host runs Xen: use 'xen' or 'auto'")
+            return
         if not (self.is_embedded or re.match(r"^[a-z0-9+]+://", self.uri)):
             problems.add(f"{path}.uri", f"{self.uri!r} is not a libvirt URI or '{EMBEDDED}'")
         if re.search(r"[?&]no_verify=(1|yes|true)\b", self.uri, re.I):
@@ -560,6 +604,15 @@ class Manifest:
         if self.balloon.model == "xen" and other_hosts:
             problems.add("balloon.model", f"'xen' is Xen's balloon, but host(s) {', '.join(other_hosts)} run QEMU; "
                                           "use 'virtio' (or a separate manifest for the Xen hosts)")
+        if xen_hosts:
+            models = [m for m in getattr(self.sweep, "memory_model", ["balloon"]) if m != "balloon"]
+            if models:
+                problems.add("sweep.memory_model", f"{', '.join(models)} is QEMU's; host(s) {', '.join(xen_hosts)} "
+                                                   "run Xen, whose guests here use its balloon: only 'balloon'")
+            for flag in ("autodeflate", "free_page_reporting"):
+                if any(getattr(self.sweep, flag, [False])):
+                    problems.add(f"sweep.{flag}", f"is a virtio balloon option; host(s) {', '.join(xen_hosts)} "
+                                                  "run Xen: leave it false (or use a separate manifest)")
         if self.balloon.model == "virtio" and xen_hosts:
             problems.add("balloon.model", f"'virtio' is QEMU's balloon, but host(s) {', '.join(xen_hosts)} run Xen; "
                                           "use 'xen'")

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 _MARK_RE = re.compile(rf"^{MARK} (\S+)(?: (.*))?$", re.M)
 _REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|cannot allocate|"
-                         r"not enough memory|Insufficient free host memory|out of memory", re.I)
+                         r"not enough memory|Insufficient free host memory|out of memory|"
+                         r"failed to free memory|Failed to balloon domain0|claim.*memory", re.I)
 # out_of_memory() with nothing left to kill panics with "System is deadlocked on memory"
 _OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer|deadlocked on memory", re.I)
 _PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
@@ -147,12 +148,15 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     console_path = host.console_path(name)
     host.prepare_console(console_path)
     balloon_model = manifest.balloon_model(host.spec)
-    balloon_sized = point.memory_model == "balloon" and balloon_model != "none"
+    # The virtio balloon inflates from memory down to currentMemory after boot; a Xen PV guest is built
+    # with currentMemory populated, so there is nothing to inflate (the probe waits for Xen's balloon
+    # to report its target instead).
+    balloon_sized = point.memory_model == "balloon" and balloon_model == "virtio"
     target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_sized else 0
     extra = " ".join(x for x in (
         "memhp_default_state=online_movable" if point.memory_model != "balloon" else "", guest.cmdline) if x)
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
-                             balloon_kib=target_kib, extra=extra)
+                             balloon_kib=target_kib, extra=extra, console="hvc0" if domain_type == "xen" else "ttyS0")
     backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
     xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
                      current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
@@ -168,12 +172,15 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
         "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
         "guest_kernel": guest_release, "guest_vcpus": guest.vcpus, "boot_method": boot_method,
-        "balloon_model": balloon_model, "memory_backing": backing,
+        "balloon_model": balloon_model, "memory_backing": backing if domain_type != "xen" else None,
         "started_at": started.isoformat(timespec="seconds"),
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
         "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {}, "console_excerpt": [],
     }
+    for extra_facts in ("xen", "nested"):  # Xen's version and memory; the outer machine of a nested host
+        if host_facts.get(extra_facts):
+            record[extra_facts] = host_facts[extra_facts]
     clock = {"t0": time.monotonic()}
     dom = None
     finished = False
@@ -182,8 +189,9 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
             dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as e:
             message = e.get_error_message() or str(e)
-            record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
-            record["reason"] = _one_line(message)
+            detail = host.creation_failure(name) if domain_type == "xen" else ""
+            record["status"] = "refused" if _REFUSED_RE.search(message + " " + detail) else "error"
+            record["reason"] = _one_line(message + (f" ({detail})" if detail else ""))
             return record
         clock["started"] = time.monotonic() - clock["t0"]
         _follow(dom, record, host=host, console_path=console_path, manifest=manifest, clock=clock, stop=stop,
@@ -246,7 +254,7 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
     until its own view of the balloon's actual has arrived at the target before its last sample."""
     timeouts = manifest.timeouts
     t0 = clock["t0"]
-    poll = 0.1 if not host.spec.is_remote else 1.0
+    poll = 0.1 if not host.spec.is_remote else 0.5 if host.spec.is_nested else 1.0
     try:
         dom.setMemoryStatsPeriod(max(1, int(round(manifest.balloon.stats_period))), libvirt.VIR_DOMAIN_AFFECT_LIVE)
     except libvirt.libvirtError:
@@ -355,6 +363,13 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
         record["free_m"] = parse_free(console.sections["free"])
     if "meminfo" in console.sections:
         record["meminfo"] = parse_meminfo(console.sections["meminfo"])
+    if "xen-balloon" in console.sections:
+        xen = {}
+        for line in console.sections["xen-balloon"].splitlines():
+            key, _, value = line.strip().partition(" ")
+            if value.strip().isdigit() and re.fullmatch(r"(info/)?[a-z_]{1,20}", key):
+                xen[key.split("/")[-1]] = int(value)
+        record["xen_balloon"] = xen
     if "dmesg" in console.sections:
         record["dmesg"] = [line.strip() for line in console.sections["dmesg"].splitlines() if line.strip()]
     if console.markers.get("kernel"):

@@ -26,7 +26,7 @@ from . import __version__, kernels
 from .errors import UserError
 
 MARK = "@@MEMBALLOON"
-PROBE_FORMAT = 4  # bump when the init script or layout changes in a way that matters
+PROBE_FORMAT = 5  # bump when the init script or layout changes in a way that matters
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -62,6 +62,10 @@ balloon() {
   b=$(awk '/^balloon_inflate /{i=$2} /^balloon_deflate /{d=$2} END{if (i != "") print (i - d) * 4}' /proc/vmstat)
   if [ -n "$b" ]; then echo "$b"; else echo $((boot - $(memtotal))); fi
 }
+# Xen's balloon (built into the kernel): settled when its current size equals the target the
+# toolstack set. A PV guest starts with currentMemory populated, so that is usually at once.
+XEN=/sys/devices/system/xen_memory/xen_memory0
+xen_settled() { [ ! -d "$XEN" ] || [ "$(cat "$XEN/target_kb")" = "$(cat "$XEN/info/current_kb")" ]; }
 # Done when the balloon holds its target and nothing changed for one sample (0.2 s). Guards: a
 # balloon that makes no progress (no new largest size for STABLE s: stuck, or inflating and
 # deflating again as autodeflate does when the guest runs short), and the settle timeout.
@@ -75,7 +79,7 @@ while [ "$n" -lt "$limit" ]; do
     end=$now; last_mt=$mt; last_b=$b; changed=1
   fi
   if [ "$b" -gt "$best" ]; then best=$b; quiet=0; else quiet=$((quiet + 1)); fi
-  if [ "$changed" = 0 ] && [ "$b" -ge "$TARGET" ]; then break; fi
+  if [ "$changed" = 0 ] && [ "$b" -ge "$TARGET" ] && xen_settled; then break; fi
   if [ "$quiet" -ge $(( ${STABLE:-4} * per_s )) ]; then say "balloon-short $b $TARGET"; break; fi
 done
 [ -n "$end" ] && say "inflate-end $end"
@@ -84,7 +88,12 @@ if [ "$n" -lt "$limit" ]; then say "settled $(uptime_s)"; else say "settle-timeo
 say "settled-memtotal-kib $(memtotal)"
 say "begin free"; free -m; say "end free"
 say "begin meminfo"; cat /proc/meminfo; say "end meminfo"
-say "begin dmesg"; dmesg | grep -E 'Memory:|swiotlb|software IO TLB|crashkernel|Out of memory|virtio_balloon|e820: BIOS-e820'; say "end dmesg"
+if [ -d "$XEN" ]; then
+  say "begin xen-balloon"
+  for f in target_kb info/current_kb info/low_kb info/high_kb; do echo "$f $(cat "$XEN/$f" 2>/dev/null)"; done
+  say "end xen-balloon"
+fi
+say "begin dmesg"; dmesg | grep -E 'Memory:|swiotlb|software IO TLB|crashkernel|Out of memory|virtio_balloon|e820: BIOS-e820|Xen: \[mem|xen:balloon|p2m virtual area|Released [0-9]+ page|Remapped [0-9]+ page|Hypervisor detected|Booting paravirtualized kernel'; say "end dmesg"
 say "done $(uptime_s)"
 # Until the host ends the guest: report MemTotal whenever it changes (memory plugged or unplugged).
 n=0; last=$(memtotal)

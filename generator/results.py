@@ -116,8 +116,9 @@ FIELDS: dict[str, tuple[tuple, bool]] = {
     "tool_version": (_OPT_STR, False), "manifest_sha256": (_OPT_STR, False),
     "host_cores": (_OPT_INT, False), "host_memory_mib": (_OPT_INT, False), "guest_vcpus": (_OPT_INT, False),
     "boot_method": (_OPT_STR, False), "phases": (_OPT_DICT, False), "memory_backing": (_OPT_STR, False),
+    "xen_balloon": (_OPT_DICT, False), "xen": (_OPT_DICT, False), "nested": (_OPT_DICT, False),
 }
-_NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view")
+_NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon")
 
 
 def _fields() -> dict[str, tuple[tuple, bool]]:

@@ -48,12 +48,14 @@ def estimated_footprint_mib(point: Point) -> int:
     return point.current_memory_mib + point.memory_mib // 64 + 64 + QEMU_OVERHEAD_MIB
 
 
-def slots_for(host_spec, facts: dict, vcpus: int, jobs: int | None) -> int:
+def slots_for(host_spec, facts: dict, vcpus: int, jobs: int | None, cores_taken: int = 0) -> int:
+    """Points measured at once: --jobs, else the manifest's slots, else one per free core (cores
+    that a nested host on this machine uses are not free)."""
     if jobs:
         return max(1, jobs)
     if host_spec.slots:
         return host_spec.slots
-    return max(1, int(facts.get("cores") or 1) // max(1, vcpus))
+    return max(1, (int(facts.get("cores") or 1) - cores_taken) // max(1, vcpus))
 
 
 class MemoryBudget:
@@ -133,6 +135,7 @@ class Sweep:
         self.summary = SweepSummary(planned=len(self.points))
         self._write_lock = threading.Lock()
         self._finished: dict[str, int] = {}  # host -> points recorded, for the progress count
+        self._hosts_running: list[str] = []
 
     def todo(self) -> list[Point]:
         return [p for p in self.points if results.needs_measuring(p, self.results, self.force, self.retry)]
@@ -149,6 +152,7 @@ class Sweep:
         by_host: dict[str, list[Point]] = {}
         for p in todo:
             by_host.setdefault(p.host, []).append(p)
+        self._hosts_running = list(by_host)
         previous = _install_stop_handlers(self.stop)
         try:
             threads = [threading.Thread(target=self._host_guarded, args=(name, pts), name=f"host-{name}")
@@ -182,9 +186,10 @@ class Sweep:
 
     def _run_host(self, name: str, pts: list[Point]) -> None:
         spec = self.manifest.host(name)
-        host = runtime_for(spec, self.cache_dir)
+        host = runtime_for(spec, self.cache_dir, note=self.progress.note)
         try:
             host.connect()
+            host.check_console_logging()
             leftovers = host.clean_leftovers()
             if leftovers:
                 self.progress.note(f"host {name}: removed {len(leftovers)} leftover domain(s) of an earlier run: "
@@ -205,8 +210,9 @@ class Sweep:
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
                                f"{facts['memory_mib']} MiB")
             vcpus = max(self.manifest.guest(p.guest).vcpus for p in pts)
-            slots = slots_for(spec, facts, vcpus, self.jobs)
-            budget = MemoryBudget(int(facts["memory_available_mib"] * 0.8))
+            cores_taken, memory_taken = self._nested_share(spec, self._hosts_running)
+            slots = slots_for(spec, facts, vcpus, self.jobs, cores_taken)
+            budget = MemoryBudget(int(facts["memory_available_mib"] * 0.8) - memory_taken)
             # Within a repeat, largest memory first: the longest boots start first, so the slots end
             # together (and every repeat still covers the whole range before the next begins).
             pts = sorted(pts, key=lambda p: (p.repeat, -p.memory_mib, p.values, p.guest))
@@ -220,6 +226,15 @@ class Sweep:
                     f.result()
         finally:
             host.close()
+
+    def _nested_share(self, spec, hosts_with_points: list[str]) -> tuple[int, int]:
+        """(cores, MiB) that nested hosts measured in this run take from this machine: the local host
+        plans its slots and memory without them, so both sweeps run at once without starving."""
+        if spec.is_remote:
+            return 0, 0
+        nested = [self.manifest.host(h) for h in set(hosts_with_points)]
+        nested = [h for h in nested if h.is_nested]
+        return sum(h.nested.cpus for h in nested), sum(h.nested.memory + QEMU_OVERHEAD_MIB for h in nested)
 
     def _one(self, host: HostRuntime, facts: dict, staged: tuple[str, str, str, str], dtype: str, why: str,
              point: Point, budget: MemoryBudget, reaper: ThreadPoolExecutor) -> None:

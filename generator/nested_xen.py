@@ -1,0 +1,342 @@
+"""A Xen host the tool starts itself: Xen and a Debian dom0 inside QEMU on this machine.
+
+The dom0 disk is an image built from Debian's packages (see `images`): Xen 4.17, its tools,
+libvirt's Xen driver and sshd, with a key pair and a host key made when the image is built. QEMU
+boots Xen (multiboot) with the dom0 kernel and initrd as modules, the disk as a snapshot (the cached
+image is never written), and user networking that forwards one loopback port to dom0's sshd.
+dom0's init starts the Xen daemons, libvirtd and sshd and says so on the serial console.
+
+From then on the nested host is an ordinary remote Xen host: Fabric over SSH for commands and files,
+libvirt through ``xen+ssh://root@127.0.0.1:<port>/system``, with the host key the image was built
+with written to a known_hosts file first. Nothing in the measuring path knows it is nested.
+
+QEMU runs with the sweep: it is stopped when the host is closed (end of the sweep, Ctrl-C), dies
+with the thread that started it if the tool is killed (PR_SET_PDEATHSIG), and a leftover of a killed
+run is found by its name on the next start and stopped.
+"""
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import images
+from .errors import HostError, UserError
+from .hosts import SSHHost
+from .manifest import SSH
+from .manifest import Host as HostSpec
+from .safe import private_dir, write_nofollow
+
+log = logging.getLogger(__name__)
+
+READY = "@@MEMBALLOON-DOM0"
+# libvirtd's Xen driver refuses AMD-vendor CPU models; Haswell-noTSX works (no HVM under TCG: PV only).
+CPU_MODEL = "Haswell-noTSX"
+
+DOM0_INIT = r"""#!/bin/sh
+# PID 1 of the nested Xen host's dom0 (written by memballoon): Xen daemons, libvirtd, sshd.
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+say() { echo "@@MEMBALLOON-DOM0 $*" > /dev/hvc0; }
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null
+mkdir -p /dev/pts /dev/shm /run /tmp
+mount -t devpts devpts /dev/pts
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -o remount,rw /
+hostname dom0
+say "init $(cut -d' ' -f1 /proc/uptime)"
+for m in xen-evtchn xen-gntdev xen-gntalloc xen-privcmd xenfs virtio_net; do
+  modprobe "$m" || say "modprobe-failed $m"
+done
+mountpoint -q /proc/xen || mount -t xenfs xenfs /proc/xen
+# QEMU's user network: the guest is 10.0.2.15, the gateway 10.0.2.2
+NIC=$(ls /sys/class/net | grep -v '^lo$' | head -n1)
+ip link set lo up
+ip link set "$NIC" up
+ip addr add 10.0.2.15/24 dev "$NIC"
+ip route add default via 10.0.2.2
+mkdir -p /var/log/xen/console /var/log/libvirt /run/libvirt /run/sshd
+/etc/init.d/xen start > /var/log/xen-start.log 2>&1 || say "xen-start-failed"
+virtlogd -d || say "virtlogd-failed"
+libvirtd -d || say "libvirtd-failed"
+/usr/sbin/sshd || say "sshd-failed"
+say "ready $(cut -d' ' -f1 /proc/uptime)"
+while :; do sleep 3600; done
+"""
+
+SSHD_CONFIG = """# written by memballoon: keys only, the one host key the tool knows
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+HostKey /etc/ssh/ssh_host_ed25519_key
+"""
+
+DOM0_COMMANDS = r"""
+# libvirtd's QEMU driver (pulled in by libvirt-daemon) refuses to start without its user
+id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin libvirt-qemu
+# every guest console is logged to /var/log/xen/console/guest-<name>.log: that is how the probe is read
+echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >> /etc/default/xen
+echo dom0 > /etc/hostname
+# a small initramfs: only what finds the root disk (boots faster under emulation)
+sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf
+printf 'virtio_pci\nvirtio_blk\next4\n' >> /etc/initramfs-tools/modules
+update-initramfs -u -k all >/dev/null
+# one host key, made now; the client key leaves the image (exported), its public half stays
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -q -t ed25519 -N '' -C memballoon-dom0 -f /etc/ssh/ssh_host_ed25519_key
+cp /etc/ssh/ssh_host_ed25519_key.pub /memballoon-export/host_key.pub
+ssh-keygen -q -t ed25519 -N '' -C memballoon -f /memballoon-export/client_key
+install -d -m 0700 /root/.ssh
+install -m 0600 /memballoon-export/client_key.pub /root/.ssh/authorized_keys
+# what QEMU boots: Xen (uncompressed: QEMU loads it as a multiboot ELF), dom0's kernel and initrd
+gunzip -c /boot/xen-4.17-amd64.gz > /memballoon-export/xen
+cp /boot/vmlinuz-* /memballoon-export/vmlinuz
+cp /boot/initrd.img-* /memballoon-export/initrd.img
+"""
+
+
+def dom0_recipe(suite: str = "bookworm") -> images.Recipe:
+    return images.Recipe(
+        name="xen-dom0", suite=suite,
+        packages=("xen-hypervisor-4.17-amd64", "xen-utils-4.17", "xen-utils-common", "xenstore-utils",
+                  "libvirt-daemon", "libvirt-daemon-driver-xen", "libvirt-clients", "linux-image-amd64",
+                  "initramfs-tools", "kmod", "procps", "iproute2", "util-linux", "udev", "openssh-server",
+                  "netcat-openbsd"),
+        files=(("/usr/local/sbin/memballoon-dom0-init", 0o755, DOM0_INIT),
+               ("/etc/ssh/sshd_config.d/memballoon.conf", 0o644, SSHD_CONFIG)),
+        commands=DOM0_COMMANDS, size_mib=2048)
+
+
+@dataclasses.dataclass
+class Machine:
+    """A running nested Xen host: its QEMU process and how to reach dom0."""
+
+    proc: subprocess.Popen
+    port: int
+    state: Path
+    image: images.Image
+    boot_seconds: float
+    qemu_version: str
+
+
+def _tag(state: Path) -> str:
+    return hashlib.sha256(str(state.resolve()).encode()).hexdigest()[:10]
+
+
+def qemu_name(state: Path, host: str) -> str:
+    """QEMU's -name of a nested host: how a leftover of a killed run is recognised."""
+    return f"memballoon-nested-{host}-{_tag(state)}"
+
+
+def kill_leftovers(state: Path, host: str) -> list[int]:
+    """Stop QEMU processes a killed run left for this nested host (found by their -name)."""
+    name = qemu_name(state, host).encode()
+    killed = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and name in argv:
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed.append(int(proc.name))
+            except ProcessLookupError:
+                pass
+    return killed
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL when the thread that started QEMU ends (the tool was killed)."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    os.setsid()  # Ctrl-C in the terminal reaches the tool, which stops QEMU itself
+
+
+def qemu_command(spec: HostSpec, image: images.Image, state: Path, port: int) -> list[str]:
+    n = spec.nested
+    xen, kernel, initrd = image.file("xen"), image.file("vmlinuz"), image.file("initrd.img")
+    for path in (xen, kernel, initrd, image.disk):
+        if "," in str(path) or " " in str(path):
+            raise UserError(f"host {spec.name}: {path}: QEMU's multiboot module list cannot hold a path with ',' "
+                            "or a space; set MEMBALLOON_CACHE to a folder without them")
+    xen_args = (f"console=com1 com1=115200,8n1 dom0_mem={n.dom0_memory}M,max:{n.dom0_memory}M "
+                f"dom0_max_vcpus=1 noreboot")
+    dom0_args = "root=/dev/vda rw console=hvc0 earlyprintk=xen init=/usr/local/sbin/memballoon-dom0-init"
+    return [shutil.which("qemu-system-x86_64") or "qemu-system-x86_64",
+            "-name", qemu_name(state, spec.name), "-nodefaults", "-accel", "tcg", "-M", "q35",
+            "-cpu", CPU_MODEL, "-smp", str(n.cpus), "-m", str(n.memory),
+            "-display", "none", "-vga", "none", "-monitor", "none", "-no-reboot",
+            "-serial", f"file:{state / 'console.log'}",
+            "-kernel", str(xen), "-append", xen_args, "-initrd", f"{kernel} {dom0_args},{initrd}",
+            "-drive", f"file={image.disk},if=virtio,format=raw,snapshot=on",
+            "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+            "-device", "virtio-net-pci,netdev=net0"]
+
+
+def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None]) -> Machine:
+    """Build (or reuse) the dom0 image and boot the nested host until dom0's sshd answers."""
+    image = images.build(dom0_recipe(spec.nested.suite), cache_dir, note)
+    state = private_dir(private_dir(cache_dir / "nested") / spec.name)
+    for pid in kill_leftovers(state, spec.name):
+        note(f"host {spec.name}: stopped the nested host QEMU (pid {pid}) a killed run left behind")
+    version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
+    version = version.split("version ", 1)[-1].split()[0] if "version " in version else "?"
+    last_error = ""
+    for _attempt in range(3):  # the port was free a moment ago; QEMU may lose a race for it
+        port = _free_port()
+        console = state / "console.log"
+        console.unlink(missing_ok=True)
+        log_path = state / "qemu.log"
+        t0 = time.monotonic()
+        with open(log_path, "wb") as qemu_log:
+            proc = subprocess.Popen(qemu_command(spec, image, state, port), stdin=subprocess.DEVNULL,
+                                    stdout=qemu_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        note(f"host {spec.name}: booting Xen with a {spec.nested.dom0_memory} MiB dom0 in QEMU "
+             f"({spec.nested.memory} MiB, {spec.nested.cpus} CPU, TCG); about a minute")
+        try:
+            _wait_ready(spec, proc, state, spec.nested.boot_timeout)
+        except _PortTaken as e:
+            last_error = str(e)
+            continue
+        except BaseException:
+            stop_process(proc)
+            raise
+        return Machine(proc, port, state, image, round(time.monotonic() - t0, 1), version)
+    raise HostError(f"host {spec.name}: QEMU could not forward a loopback port to dom0: {last_error}")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _wait_ready(spec: HostSpec, proc: subprocess.Popen, state: Path, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    console = state / "console.log"
+    while time.monotonic() < end:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        if f"{READY} ready" in text:
+            failed = [ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(READY) and "-failed" in ln]
+            if failed:
+                raise HostError(f"host {spec.name}: dom0 started, but {', '.join(failed)} "
+                                f"(see {state / 'console.log'})")
+            return
+        if proc.poll() is not None:
+            qemu_out = (state / "qemu.log").read_text(errors="replace").strip().splitlines()
+            last = next((ln for ln in reversed(qemu_out) if "warning" not in ln), "")
+            if "hostfwd" in last or "Could not set up host forwarding" in last:
+                raise _PortTaken(last)
+            tail = [ln for ln in text.splitlines() if ln.strip()][-1:] or [last or "no output"]
+            raise HostError(f"host {spec.name}: the nested host's QEMU exited ({proc.returncode}) before dom0 was "
+                            f"ready: {tail[0][:200]}")
+        time.sleep(0.5)
+    tail = [ln for ln in (console.read_text(errors="replace") if console.exists() else "").splitlines()
+            if ln.strip()][-1:]
+    raise HostError(f"host {spec.name}: dom0 was not ready within {timeout:g} s (last console line: "
+                    f"{tail[0][:200] if tail else 'none'}); see {console}")
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class NestedXenHost(SSHHost):
+    """A `kind: nested-xen` host: started on first use, then measured as any Xen host over SSH."""
+
+    def __init__(self, spec: HostSpec, cache_dir: Path, note: Callable[[str], None] | None = None):
+        # The SSH side is set up once the machine runs (its port is known then).
+        self._manifest_spec = spec
+        self._note = note or (lambda m: log.info("%s", m))
+        self.machine: Machine | None = None
+        self.connection = None
+        self._policy = None
+        super(SSHHost, self).__init__(spec, cache_dir)
+
+    def _ensure(self) -> None:
+        if self.machine is not None:
+            return
+        spec = self._manifest_spec
+        machine = start(spec, self.cache_dir, self._note)
+        self.machine = machine
+        try:
+            known = machine.state / "known_hosts"
+            host_key = machine.image.file("host_key.pub").read_text().split()
+            write_nofollow(known, f"[127.0.0.1]:{machine.port} {host_key[0]} {host_key[1]}\n".encode())
+            runtime = dataclasses.replace(
+                spec, uri=f"xen+ssh://root@127.0.0.1:{machine.port}/system",
+                ssh=SSH(user="root", port=machine.port, key=str(machine.image.file("client_key")),
+                        known_hosts=str(known), accept_new_host_key=False))
+            SSHHost.__init__(self, runtime, self.cache_dir)
+            for _ in range(30):  # sshd said it started; give it a moment to accept
+                try:
+                    SSHHost.run(self, "true", hide=True)
+                    break
+                except HostError:
+                    time.sleep(1)
+            else:
+                SSHHost.run(self, "true", hide=True)
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, command: str, **kwargs):
+        self._ensure()
+        return super().run(command, **kwargs)
+
+    def put(self, local, remote: str) -> None:
+        self._ensure()
+        super().put(local, remote)
+
+    def get(self, remote: str, local) -> None:
+        self._ensure()
+        super().get(remote, local)
+
+    def connect(self):
+        self._ensure()
+        return super().connect()
+
+    def facts(self) -> dict:
+        out = super().facts()
+        m = self.machine
+        out["uri"] = "xen+ssh://root@127.0.0.1/system (nested)"
+        out["nested"] = {"outer": f"QEMU {m.qemu_version} (TCG) on this machine", "cpu_model": CPU_MODEL,
+                         "cpus": self.spec.nested.cpus, "memory_mib": self.spec.nested.memory,
+                         "dom0_memory_mib": self.spec.nested.dom0_memory, "boot_s": m.boot_seconds,
+                         "dom0_suite": self.spec.nested.suite,
+                         "image": m.image.folder.name}
+        return out
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                super().close()
+            except Exception:  # noqa: BLE001 - stopping QEMU matters more
+                pass
+        if self.machine is not None:
+            stop_process(self.machine.proc)
+            self.machine = None
