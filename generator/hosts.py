@@ -228,7 +228,7 @@ echo "uid $(id -u)"
         out = self.run("tail -n 300 /var/log/libvirt/libxl/libxl-driver.log 2>/dev/null || true",
                        hide=True, warn=True).stdout
         lines = [ln for ln in out.splitlines() if ("error" in ln.lower() or "fail" in ln.lower())]
-        picked = [re.sub(r"^[0-9: .-]+", "", ln).strip() for ln in lines[-3:]]
+        picked = [re.sub(r"^[0-9: .+-]+", "", ln).strip() for ln in lines[-3:]]  # without the time stamp
         return "; ".join(p for p in picked if p)[:300]
 
     def check_console_logging(self) -> None:

@@ -85,6 +85,7 @@ def build(recipe: Recipe, cache_dir: Path, note: Callable[[str], None] = lambda 
     found = cached(recipe, cache_dir)
     if found:
         return found
+    _check_can_build(recipe)
     images = private_dir(cache_dir / "images")
     lock = open_nofollow(images / f".{recipe.name}.lock")
     try:
@@ -97,13 +98,20 @@ def build(recipe: Recipe, cache_dir: Path, note: Callable[[str], None] = lambda 
         lock.close()
 
 
-def _build(recipe: Recipe, images: Path, note: Callable[[str], None]) -> Image:
+def _check_can_build(recipe: Recipe) -> None:
+    """Before anything is written: the recipe stays inside its image, and this machine can build it."""
+    for path, _mode, _text in recipe.files:
+        if not path.startswith("/") or ".." in Path(path).parts:
+            raise UserError(f"image {recipe.name}: file path {path!r} must be absolute and stay in the image")
     if os.geteuid() != 0:
         raise UserError(f"image {recipe.name}: building it needs root (mmdebstrap writes a root file system "
                         "owned by root); run the command as root once, later runs reuse the cached image")
-    for tool in ("mmdebstrap", "mkfs.ext4", "chroot"):
+    for tool in ("mmdebstrap", "mkfs.ext4", "chroot", "dpkg-query"):
         if not shutil.which(tool):
             raise UserError(f"image {recipe.name}: needs {tool}; run 'make deps' (installs mmdebstrap and e2fsprogs)")
+
+
+def _build(recipe: Recipe, images: Path, note: Callable[[str], None]) -> Image:
     digest = recipe.digest()
     final = images / f"{recipe.name}-{digest[:16]}"
     work = Path(tempfile.mkdtemp(prefix=f".{recipe.name}-", dir=images))  # private (0700), unpredictable
@@ -112,8 +120,6 @@ def _build(recipe: Recipe, images: Path, note: Callable[[str], None]) -> Image:
         rootfs = work / "rootfs"
         staging = work / "staging"
         for path, mode, text in recipe.files:
-            if not path.startswith("/") or ".." in Path(path).parts:
-                raise UserError(f"image {recipe.name}: file path {path!r} must be absolute and stay in the image")
             target = staging / path.lstrip("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 _MARK_RE = re.compile(rf"^{MARK} (\S+)(?: (.*))?$", re.M)
 _REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|cannot allocate|"
                          r"not enough memory|Insufficient free host memory|out of memory|"
-                         r"failed to free memory|Failed to balloon domain0|claim.*memory", re.I)
+                         r"failed to free memory|Failed to balloon domain0|claim.*memory|"
+                         r"failed to allocate 0x[0-9a-f]+ pages", re.I)  # the last two: libxl building a domain
 # out_of_memory() with nothing left to kill panics with "System is deadlocked on memory"
 _OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer|deadlocked on memory", re.I)
 _PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")

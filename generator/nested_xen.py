@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import fcntl
 import hashlib
 import logging
 import os
@@ -34,7 +35,7 @@ from .errors import HostError, UserError
 from .hosts import SSHHost
 from .manifest import SSH
 from .manifest import Host as HostSpec
-from .safe import private_dir, write_nofollow
+from .safe import open_nofollow, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,7 @@ class Machine:
     image: images.Image
     boot_seconds: float
     qemu_version: str
+    lock: object = None  # held while the machine runs: a second sweep of the same host is refused
 
 
 def _tag(state: Path) -> str:
@@ -197,6 +199,22 @@ def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None]) -> Machi
     """Build (or reuse) the dom0 image and boot the nested host until dom0's sshd answers."""
     image = images.build(dom0_recipe(spec.nested.suite), cache_dir, note)
     state = private_dir(private_dir(cache_dir / "nested") / spec.name)
+    lock = open_nofollow(state / "lock")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise HostError(f"host {spec.name}: another sweep is running this nested host ({state}); wait for it "
+                        "to finish") from None
+    try:
+        return _start_locked(spec, image, state, lock, note)
+    except BaseException:
+        lock.close()
+        raise
+
+
+def _start_locked(spec: HostSpec, image: images.Image, state: Path, lock, note: Callable[[str], None]) -> Machine:
+    # We hold the lock, so a QEMU of this nested host that still runs belongs to a run that was killed.
     for pid in kill_leftovers(state, spec.name):
         note(f"host {spec.name}: stopped the nested host QEMU (pid {pid}) a killed run left behind")
     version = subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout
@@ -221,7 +239,7 @@ def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None]) -> Machi
         except BaseException:
             stop_process(proc)
             raise
-        return Machine(proc, port, state, image, round(time.monotonic() - t0, 1), version)
+        return Machine(proc, port, state, image, round(time.monotonic() - t0, 1), version, lock)
     raise HostError(f"host {spec.name}: QEMU could not forward a loopback port to dom0: {last_error}")
 
 
@@ -339,4 +357,6 @@ class NestedXenHost(SSHHost):
                 pass
         if self.machine is not None:
             stop_process(self.machine.proc)
+            if self.machine.lock is not None:
+                self.machine.lock.close()
             self.machine = None

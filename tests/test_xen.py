@@ -1,0 +1,156 @@
+"""Xen without booting anything: the manifest's nested-xen host, PV domain XML, the dom0 recipe, QEMU's line."""
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from generator import images, nested_xen
+from generator.domain import domain_xml, kernel_cmdline
+from generator.errors import ManifestError, UserError
+from generator.manifest import load
+from generator.measure import Console, _fill_guest_view
+from generator.sweep import slots_for
+
+XEN_HOST = """
+hosts:
+  - name: local
+    uri: embedded
+  - name: xen
+    kind: nested-xen
+    nested: {nested}
+"""
+
+
+def manifest_with(write_manifest, hosts: str, extra: str = "", balloon: str = "auto"):
+    text = write_manifest("x").read_text()
+    head, rest = text.split("guests:", 1)
+    head = head.split("hosts:")[0] + hosts.strip() + "\n"
+    return write_manifest("x", text=head + "guests:" + rest + f"balloon:\n  model: {balloon}\n" + extra)
+
+
+def test_nested_xen_host_loads_with_defaults(write_manifest):
+    m = load(manifest_with(write_manifest, XEN_HOST.format(nested="{}")))
+    xen = m.host("xen")
+    assert xen.is_nested and xen.is_xen and xen.is_remote and not xen.is_embedded
+    assert (xen.nested.memory, xen.nested.dom0_memory, xen.nested.cpus) == (4096, 1024, 1)
+    assert m.balloon_model(xen) == "xen" and m.balloon_model(m.host("local")) == "virtio"
+
+
+@pytest.mark.parametrize("nested, hosts_extra, message", [
+    ("{memory: 1536 MiB}", "", "outside 2048 MiB"),
+    ("{memory: 2 GiB, dom0_memory: 1536 MiB}", "", "leaves less than 1 GiB for guests"),
+    ("{cpus: 0}", "", "cpus"),
+    ("{suite: sid}", "", "suite"),
+    ("{}", "    uri: xen+ssh://root@example.org/system\n", "hosts[1].uri: a nested-xen host is started by the tool"),
+    ("{}", "    address: example.org\n", "hosts[1].address"),
+    ("{}", "    domain_type: kvm\n", "hosts[1].domain_type: a nested-xen host runs Xen"),
+])
+def test_bad_nested_hosts_are_refused_with_the_key(write_manifest, nested, hosts_extra, message):
+    with pytest.raises(ManifestError) as e:
+        load(manifest_with(write_manifest, XEN_HOST.format(nested=nested) + hosts_extra))
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("sweep_extra, key", [
+    ("  memory_model: [balloon, virtio-mem]\n", "sweep.memory_model"),
+    ("  autodeflate: [true]\n", "sweep.autodeflate"),
+])
+def test_qemu_only_factors_are_refused_for_xen_hosts(write_manifest, sweep_extra, key):
+    path = manifest_with(write_manifest, XEN_HOST.format(nested="{}"))
+    path.write_text(path.read_text().replace("  repeats: 1\n", "  repeats: 1\n" + sweep_extra))
+    with pytest.raises(ManifestError) as e:
+        load(path)
+    assert key in str(e.value)
+
+
+def test_virtio_balloon_with_a_xen_host_is_refused(write_manifest):
+    with pytest.raises(ManifestError) as e:
+        load(manifest_with(write_manifest, XEN_HOST.format(nested="{}"), balloon="virtio"))
+    assert "run Xen" in str(e.value)
+
+
+def test_pv_domain_xml():
+    cmdline = kernel_cmdline(mode="measure", stable=3, settle=60, balloon_kib=0, console="hvc0")
+    xml = domain_xml(name="mb-x-<&>", domain_type="xen", memory_mib=8192, current_memory_mib=1024, vcpus=1,
+                     kernel="/k", initrd="/i", cmdline=cmdline, console="/ignored", balloon_model="xen",
+                     stats_period=1, memory_backing="memfd")
+    dom = ET.fromstring(xml)
+    assert dom.get("type") == "xen" and dom.findtext("name") == "mb-x-<&>"
+    assert dom.find("os/type").get("machine") == "xenpv" and dom.findtext("os/type") == "linux"
+    assert dom.findtext("memory") == str(8192 * 1024) and dom.findtext("currentMemory") == str(1024 * 1024)
+    assert dom.find("devices/console/target").get("type") == "xen"
+    assert dom.find("devices/memballoon").get("model") == "xen"
+    assert dom.find("memoryBacking") is None and dom.find("devices/serial") is None  # QEMU's, not Xen's
+    assert "console=hvc0" in dom.findtext("os/cmdline")
+
+
+def test_xen_balloon_section_is_read_and_hostile_lines_dropped():
+    text = "\n".join(["@@MEMBALLOON init 1.0", "@@MEMBALLOON settled-memtotal-kib 825912",
+                      "@@MEMBALLOON begin xen-balloon", "target_kb 1048576", "info/current_kb 1048576",
+                      "info/low_kb 7340032", "info/high_kb 0", "evil_key; rm -rf / 5", "target_kb nan",
+                      "@@MEMBALLOON end xen-balloon"])
+    record = {"durations": {}}
+    _fill_guest_view(record, Console.parse(text), 1.0)
+    assert record["xen_balloon"] == {"target_kb": 1048576, "current_kb": 1048576, "low_kb": 7340032, "high_kb": 0}
+
+
+def test_dom0_recipe_hash_follows_its_content():
+    a, b = nested_xen.dom0_recipe(), nested_xen.dom0_recipe()
+    assert a.digest() == b.digest()
+    changed = dataclasses.replace(a, packages=a.packages + ("htop",))
+    assert changed.digest() != a.digest()
+    assert dataclasses.replace(a, commands=a.commands + "true\n").digest() != a.digest()
+    assert "xen-hypervisor-4.17-amd64" in a.packages and "libvirt-daemon-driver-xen" in a.packages
+
+
+def test_qemu_command_for_the_nested_host(tmp_path, write_manifest):
+    m = load(manifest_with(write_manifest, XEN_HOST.format(nested="{memory: 6 GiB, cpus: 2, dom0_memory: 2 GiB}")))
+    folder = tmp_path / "img"
+    (folder / "export").mkdir(parents=True)
+    for name in ("xen", "vmlinuz", "initrd.img"):
+        (folder / "export" / name).write_bytes(b"x")
+    image = images.Image(folder, {})
+    cmd = nested_xen.qemu_command(m.host("xen"), image, tmp_path / "state", 2222)
+    joined = " ".join(cmd)
+    assert "-m 6144" in joined and "-smp 2" in joined and f"-cpu {nested_xen.CPU_MODEL}" in joined
+    assert "dom0_mem=2048M,max:2048M" in joined
+    assert "hostfwd=tcp:127.0.0.1:2222-:22" in joined  # loopback only
+    assert "snapshot=on" in joined  # the cached image is never written
+    assert nested_xen.qemu_name(tmp_path / "state", "xen") in cmd
+    comma = tmp_path / "a,b"
+    (comma / "export").mkdir(parents=True)
+    for name in ("xen", "vmlinuz", "initrd.img"):
+        (comma / "export" / name).write_bytes(b"x")
+    with pytest.raises(UserError, match="multiboot module list"):
+        nested_xen.qemu_command(m.host("xen"), images.Image(comma, {}), tmp_path / "state", 2222)
+
+
+def test_a_missing_export_names_the_image(tmp_path):
+    with pytest.raises(UserError, match="has no exported file 'xen'"):
+        images.Image(tmp_path, {}).file("xen")
+
+
+def test_local_slots_leave_the_nested_hosts_cores():
+    spec = type("S", (), {"slots": 0})()
+    assert slots_for(spec, {"cores": 2}, 1, None) == 2
+    assert slots_for(spec, {"cores": 2}, 1, None, cores_taken=1) == 1
+    assert slots_for(spec, {"cores": 2}, 1, None, cores_taken=4) == 1  # always one
+
+
+def test_building_an_image_needs_root(tmp_path, monkeypatch):
+    monkeypatch.setattr(images.os, "geteuid", lambda: 1000)
+    recipe = images.Recipe(name="t", suite="bookworm", packages=("busybox",))
+    with pytest.raises(UserError, match="needs root"):
+        images.build(recipe, tmp_path)
+    assert not (tmp_path / "images").exists()  # nothing written
+
+
+@pytest.mark.parametrize("path", ["/../etc/x", "etc/x", "/a/../../b"])
+def test_recipe_files_must_stay_in_the_image(tmp_path, path):
+    recipe = images.Recipe(name="t", suite="bookworm", packages=("busybox",), files=((path, 0o644, "x"),))
+    with pytest.raises(UserError, match="must be absolute and stay in the image"):
+        images.build(recipe, tmp_path)
+    assert not (tmp_path / "images").exists()
