@@ -18,6 +18,7 @@ STRUCT_PAGE = 64  # bytes per 4 KiB page on x86_64: what the kernel pays for eve
 
 _RESERVED_RE = re.compile(r"Memory: (\d+)K/(\d+)K available .*?(\d+)K reserved")
 _SWIOTLB_RE = re.compile(r"software IO TLB: mapped .*\((\d+)MB\)")
+_XEN_MAP_RE = re.compile(r"Xen: \[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] usable")
 
 
 def seen_mib(record: dict) -> int | None:
@@ -53,6 +54,15 @@ def swiotlb_mib(record: dict) -> int:
         if m:
             return int(m.group(1))
     return 0
+
+
+def pv_map_end_mib(record: dict) -> int | None:
+    """Where the memory map a Xen PV guest was given at boot ends (its last 'usable' range), in MiB.
+
+    Linux maps a PV guest's extra (ballooned-out) memory at boot only up to ten times its initial
+    size (EXTRA_MEM_RATIO in arch/x86/xen/setup.c); memory beyond that is not described at all."""
+    ends = [int(m.group(2), 16) + 1 for line in record.get("dmesg") or [] for m in [_XEN_MAP_RE.search(line)] if m]
+    return max(ends) // (1024 * 1024) if ends else None
 
 
 @dataclass
@@ -102,6 +112,22 @@ class SeriesPoint:
     def swiotlb(self) -> int:
         return max((swiotlb_mib(r) for r in self.ok), default=0)
 
+    @property
+    def pv_map_end(self) -> int | None:
+        return max((v for v in (pv_map_end_mib(r) for r in self.ok) if v is not None), default=None)
+
+    @property
+    def pv_capped(self) -> bool:
+        """A Xen PV guest whose boot-time memory map stops short of `memory`."""
+        return self.pv_map_end is not None and self.pv_map_end < self.memory_mib
+
+    @property
+    def xen_ballooned_out(self) -> float | None:
+        """MiB Xen's balloon held when the probe read it (low + high), the median over repeats."""
+        values = [((r.get("xen_balloon") or {}).get("low_kb", 0) + (r.get("xen_balloon") or {}).get("high_kb", 0))
+                  / 1024 for r in self.ok if r.get("xen_balloon")]
+        return statistics.median(values) if values else None
+
 
 @dataclass
 class Series:
@@ -113,7 +139,8 @@ class Series:
     factors: dict          # every factor but the x axis (memory): currentMemory, memory model, …
     domain_type: str
     points: list = field(default_factory=list)
-    file_stem: str = ""
+    file_stem: str = ""     # 'qemu-debian-1024': the graph's file name
+    stem_tail: str = ""     # 'debian-1024': the same without hypervisor and host
 
     @property
     def current_memory_mib(self) -> int:
@@ -154,7 +181,7 @@ class Series:
         points = [SeriesPoint(p.memory_mib, [{"status": r["status"], "free_m": {"total": seen_mib(r)}}
                                              for r in p.records]) for p in self.points]
         return Series(self.host, self.guest, self.guest_label, self.factors, self.domain_type, points,
-                      self.file_stem)
+                      self.file_stem, self.stem_tail)
 
     def at(self, memory_mib: int) -> SeriesPoint | None:
         return next((p for p in self.points if p.memory_mib == memory_mib), None)
@@ -227,13 +254,18 @@ def build_series(records: list[dict], guest_labels: dict[str, str], host_count: 
             s.points.append(p)
         p.records.append(r)
     out = list(groups.values())
+    hosts_of_type: dict[str, set[str]] = {}
     for s in out:
         s.points.sort(key=lambda p: p.memory_mib)
         s.domain_type = s.domain_type or "unknown"
-        prefix = f"{s.host}-" if host_count > 1 else ""
+        hosts_of_type.setdefault(s.domain_type, set()).add(s.host)
+    for s in out:
+        # 'xen-debian-1024.png' as in 2012; the host's name only where two hosts share a hypervisor
+        prefix = f"{s.host}-" if len(hosts_of_type[s.domain_type]) > 1 else ""
         variant = "".join(f"-{f.key(s.factors[f.name])}" for f in others
                           if f.name != "current_memory_mib" and f.shown(s.factors[f.name]))
-        s.file_stem = f"{prefix}{s.domain_type}-{s.guest}-{s.current_memory_mib}{variant}"
+        s.stem_tail = f"{s.guest}-{s.current_memory_mib}{variant}"
+        s.file_stem = f"{prefix}{s.domain_type}-{s.stem_tail}"
     return out
 
 
@@ -254,11 +286,13 @@ def _kernel_label(release: str | None) -> str:
 class Data:
     """What a post's Jinja template sees as `data`: the series and numbers worth quoting."""
 
-    def __init__(self, records: list[dict], series: list[Series], planned: int, guest_order: list[str] = ()):
+    def __init__(self, records: list[dict], series: list[Series], planned: int, guest_order: list[str] = (),
+                 host_order: list[str] = ()):
         self.records = records
         self.series = series
         self.planned = planned
         self.guest_order = list(guest_order)
+        self.host_order = list(host_order)
 
     @property
     def has_data(self) -> bool:
@@ -267,11 +301,41 @@ class Data:
     @property
     def main(self) -> Series | None:
         """The series the prose talks about: the one with most measured points; on a tie, the guest
-        the manifest names first."""
+        the manifest names first, on its first host."""
         def rank(s: Series) -> tuple:
             order = self.guest_order.index(s.guest) if s.guest in self.guest_order else len(self.guest_order)
-            return (-len(s.measured), order)
+            host = self.host_order.index(s.host) if s.host in self.host_order else len(self.host_order)
+            return (-len(s.measured), order, host)
         return min(self.series, key=rank, default=None)
+
+    def on(self, domain_type: str) -> list[Series]:
+        """The series measured on one hypervisor ('qemu', 'kvm', 'xen'), in the manifest's guest order."""
+        order = {g: i for i, g in enumerate(self.guest_order)}
+        return sorted((s for s in self.series if s.domain_type == domain_type and s.measured),
+                      key=lambda s: (order.get(s.guest, len(order)), s.host))
+
+    @property
+    def hypervisors(self) -> list[str]:
+        return sorted({s.domain_type for s in self.series if s.measured})
+
+    @property
+    def comparisons(self) -> list[dict]:
+        """Per guest (and currentMemory, variant): its series on each hypervisor, where there are several."""
+        groups: dict[tuple, list[Series]] = {}
+        for s in self.series:
+            if s.measured:
+                groups.setdefault((s.guest, tuple(sorted(s.factors.items()))), []).append(s)
+        order = {g: i for i, g in enumerate(self.guest_order)}
+        out = []
+        for (guest, _), members in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
+            if len({s.domain_type for s in members}) > 1:
+                members.sort(key=lambda s: (s.domain_type != "kvm", s.domain_type != "qemu", s.domain_type))
+                out.append({"guest": guest, "label": members[0].guest_label, "series": members,
+                            "key": f"compare/{guest}/" + members[0].key.split("/", 2)[2],
+                            "stem": f"compare-{members[0].stem_tail}",
+                            "title": f"{' and '.join(s.hypervisor for s in members)}, {members[0].guest_label}, "
+                                     f"{members[0].current_memory_mib} MB ram"})
+        return out
 
     @property
     def failures(self) -> list[dict]:
@@ -325,6 +389,7 @@ class Data:
             seen.setdefault(r["host"], {"name": r["host"], "kernel": r.get("host_kernel"),
                                         "cores": r.get("host_cores"), "memory_mib": r.get("host_memory_mib"),
                                         "hypervisor": r.get("hypervisor"), "libvirt": r.get("libvirt_version"),
+                                        "xen": r.get("xen"), "nested": r.get("nested"),
                                         "domain_types": set(), "reasons": set()})
             if r.get("domain_type"):
                 seen[r["host"]]["domain_types"].add(r["domain_type"])

@@ -102,8 +102,8 @@ SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_m
                   "hypervisor", "qemu_version", "libvirt_version", "host_kernel", "host_cores", "host_memory_mib",
                   "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "memory_backing", "started_at",
                   "tool_version",
-                  "manifest_sha256", "durations", "phases")
-_DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel")
+                  "manifest_sha256", "durations", "phases", "xen", "nested", "xen_balloon")
+_DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel|Xen: \[mem")
 
 
 def summary(record: dict, keep: frozenset) -> dict:
@@ -293,7 +293,8 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
     digests = plan.digests
     labels = {g.name: g.label for g in manifest.guests}
     series = build_series(records, labels, len(manifest.hosts))
-    data = Data(records, series, planned=len(points(manifest)), guest_order=[g.name for g in manifest.guests])
+    data = Data(records, series, planned=len(points(manifest)), guest_order=[g.name for g in manifest.guests],
+                host_order=[h.name for h in manifest.hosts])
     if layout == "bundle":
         page = site / "content" / "posts" / slug / "index.md"
         img_dir, img_url = page.parent, ""
@@ -318,6 +319,13 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
             name = f"{s.file_stem}.png"
             figures[s.key] = {"file": name, "url": img_url + name, "alt": s.alt_text(), "title": s.title}
             add(img_dir / name, _sha(plot_code, "series", s.title, *deps), None, ("series_png", (s.lean(),)))
+        for c in data.comparisons:  # one guest on several hypervisors, side by side
+            deps = sorted(by_key[_record_key(r)] for x in c["series"] for p in x.points for r in p.records)
+            name = f"{c['stem']}.png"
+            figures[c["key"]] = {"file": name, "url": img_url + name, "title": c["title"],
+                                 "alt": _all_alt(c["series"])}
+            add(img_dir / name, _sha(plot_code, "compare", c["title"], *deps), None,
+                ("all_series_png", ([x.lean() for x in c["series"]], c["title"])))
         everything = sorted(digests)
         if len(series) > 1:
             all_name = f"{slug}-all-guests.png"

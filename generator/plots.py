@@ -100,8 +100,9 @@ def series_png(s: Series) -> bytes:
         plt.close(fig)
 
 
-def all_series_png(series: list[Series]) -> bytes:
-    """Every (host, guest, currentMemory) on one graph: several guests, or several balloon targets."""
+def all_series_png(series: list[Series], title: str = "") -> bytes:
+    """Every (host, guest, currentMemory) on one graph: several guests, or several balloon targets;
+    with a title, a chosen few (one guest on several hypervisors)."""
     plt = _pyplot()
     legend = len(series) <= MAX_LEGEND  # beyond that a legend is a wall of text: the per-series graphs name them
     fig, ax = plt.subplots(figsize=(7.2, 4.2 + (0.22 * len(series) if legend else 0)))
@@ -120,7 +121,7 @@ def all_series_png(series: list[Series]) -> bytes:
                          slot=i if legend else 0)
         _gib_axis(ax, memory_values)
         ax.set_ylabel("memory seen by the guest (MiB)")
-        ax.set_title(("Every series: memory seen after ballooning" if legend else
+        ax.set_title(title or ("Every series: memory seen after ballooning" if legend else
                       f"All {len(series)} series: memory seen after ballooning")
                      + ("" if len({s.current_memory_mib for s in series}) == 1 else
                         " (dashed: each series' currentMemory)"), fontsize=10)

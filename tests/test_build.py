@@ -273,3 +273,49 @@ def test_cli_build_template_error_is_one_line(sample, tmp_path):
                          capture_output=True, text=True)
     assert out.returncode == 1 and out.stderr.count("\n") == 1
     assert "broken.md:2: template error" in out.stderr
+
+
+def xen_record(guest: str, memory: int, repeat: int) -> dict:
+    """A PV guest's record: the map Linux gives it stops at 11 GiB (ten times 1 GiB beyond it)."""
+    rec = record(guest, memory, repeat)
+    map_end = min(memory, 11 * 1024) * 1024 * 1024
+    seen = {1024: 957, 2048: 938, 4096: 893, 8192: 807}.get(memory, 734)
+    return dict(rec, host="xen1", domain_type="xen", domain_type_reason="the host runs Xen", hypervisor="Xen 4.17.0",
+                qemu_version=None, balloon_model="xen", status="ok", reason="",
+                memtotal_settled_kib=seen * 1024, free_m={"total": seen},
+                xen={"version": "4.17.5", "total_mib": 4095}, host_memory_mib=4095, host_cores=1,
+                host_kernel="6.1.0-50-amd64",
+                nested={"outer": "QEMU 7.2.22 (TCG) on this machine", "cpu_model": "Haswell-noTSX", "cpus": 1,
+                        "memory_mib": 4096, "dom0_memory_mib": 1024, "dom0_suite": "bookworm"},
+                xen_balloon={"target_kb": 1048576, "current_kb": 1048576, "low_kb": map_end // 1024 - 1048576,
+                             "high_kb": 0},
+                dmesg=[f"[    0.0] Xen: [mem 0x0000000000100000-0x{map_end - 1:016x}] usable",
+                       "[    9.3] Memory: 815668K/8388220K available (14343K kernel code, 7572296K reserved)"])
+
+
+def test_a_xen_host_gets_its_graphs_a_comparison_and_its_section(sample, tmp_path):
+    m = sample()
+    path = Path(m.path)
+    path.write_text(path.read_text().replace(
+        "hosts: [{name: kvm1, uri: 'qemu+ssh://root@kvm1.example.org/system', domain_type: kvm}]",
+        "hosts: [{name: kvm1, uri: 'qemu+ssh://root@kvm1.example.org/system', domain_type: kvm},\n"
+        "        {name: xen1, kind: nested-xen}]\nballoon: {model: auto}"))
+    for memory in (1024, 2048, 4096, 8192, 32768):
+        for repeat in (1, 2):
+            results.write_record(path.parent / "results" / "xen1" / "precise" /
+                                 f"memory-{memory}MiB-current-1024MiB-r{repeat}.json", xen_record("precise", memory, repeat))
+    site = new_site(tmp_path)
+    build_all([load(path)], site=site, quiet=True)
+    bundle = site / "content/posts/sample"
+    names = sorted(p.name for p in bundle.iterdir())
+    # named like 2012's graphs: the hypervisor, not the host, since each host runs another one
+    assert {"kvm-precise-1024.png", "xen-precise-1024.png", "compare-precise-1024.png"} <= set(names)
+    assert "compare-rhel6-1024.png" not in names  # rhel6 ran on one hypervisor only
+    text = (bundle / "index.md").read_text()
+    assert "## On Xen" in text and "ran **nested**" in text
+    assert "| 32 GiB | 11 GiB | 10,240 | 734 | none |" in text
+    assert "from 16 GiB on, the map ends at 11 GiB" not in text  # no 16 GiB point in this sample
+    assert "from 32 GiB on, the map ends at 11 GiB" in text
+    assert "Xen 4.17.5 (1 CPU, 4.0 GiB)" in text and "`Haswell-noTSX`" in text
+    html = (hugo(site) / "posts/sample/index.html").read_text()
+    assert "compare-precise-1024.png" in html and "xen-precise-1024.png" in html
