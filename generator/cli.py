@@ -96,6 +96,14 @@ def cmd_status(args) -> int:
                 state = "done"
                 free = (r.get("free_m") or {}).get("total")
                 detail = f"free -m total {free} MiB, MemTotal {r.get('memtotal_settled_kib')} KiB, {r.get('domain_type')}"
+                if r.get("reading"):
+                    detail += f", read via {r['reading']}"
+                check = r.get("cross_check") or {}
+                if check and not check.get("agree"):
+                    detail += (f"; DISAGREE: agent MemTotal {check.get('agent_memtotal_kib')} KiB, balloon available "
+                               f"{check.get('balloon_available_kib')} KiB")
+                if r.get("oom_kills"):
+                    detail += f"; OOM killer killed {', '.join(map(str, r['oom_kills']))}"
             else:
                 state, detail = "failed", f"{r['status']}: {r.get('reason', '')}"
             counts[state] += 1

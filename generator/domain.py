@@ -14,7 +14,8 @@ def domain_name(run_id: str, point_key: str) -> str:
 def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_mib: int, vcpus: int,
                kernel: str, initrd: str, cmdline: str, console: str, balloon_model: str,
                stats_period: float, memory_backing: str = "default", memory_model: str = "balloon",
-               autodeflate: bool = False, free_page_reporting: bool = False) -> str:
+               autodeflate: bool = False, free_page_reporting: bool = False, disk: str = "",
+               disk_format: str = "qcow2", agent: bool = False) -> str:
     """A transient domain that boots the probe straight from kernel + initramfs, console to a file.
 
     Built with ElementTree, so every value is escaped by the library. on_poweroff/on_reboot/
@@ -52,9 +53,13 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
                       memory=str(current_memory_mib * 1024), unit="KiB")
     os_el = ET.SubElement(dom, "os")
     ET.SubElement(os_el, "type", arch="x86_64", machine="pc").text = "hvm"
-    ET.SubElement(os_el, "kernel").text = kernel
-    ET.SubElement(os_el, "initrd").text = initrd
-    ET.SubElement(os_el, "cmdline").text = cmdline
+    if kernel:
+        ET.SubElement(os_el, "kernel").text = kernel
+        if initrd:
+            ET.SubElement(os_el, "initrd").text = initrd
+        ET.SubElement(os_el, "cmdline").text = cmdline
+    else:  # a disk image with its own boot loader, started by the firmware
+        ET.SubElement(os_el, "boot", dev="hd")
     ET.SubElement(ET.SubElement(dom, "features"), "acpi")
     for event in ("on_poweroff", "on_reboot", "on_crash"):
         ET.SubElement(dom, event).text = "destroy"
@@ -65,6 +70,14 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
     cons = ET.SubElement(devices, "console", type="file")
     ET.SubElement(cons, "source", path=console)
     ET.SubElement(cons, "target", type="serial", port="0")
+    if disk:  # a full system: its throwaway overlay (the image behind it is only read)
+        d = ET.SubElement(devices, "disk", type="file", device="disk")
+        ET.SubElement(d, "driver", name="qemu", type=disk_format, cache="unsafe")
+        ET.SubElement(d, "source", file=disk)
+        ET.SubElement(d, "target", dev="vda", bus="virtio")
+    if agent:  # the QEMU guest agent's channel; libvirt picks the socket's place
+        channel = ET.SubElement(devices, "channel", type="unix")
+        ET.SubElement(channel, "target", type="virtio", name="org.qemu.guest_agent.0")
     if hotplug and memory_model == "virtio-mem":
         mem = ET.SubElement(ET.SubElement(devices, "memory", model="virtio-mem"), "target")
         ET.SubElement(mem, "size", unit="KiB").text = str((memory_mib - current_memory_mib) * 1024)

@@ -222,6 +222,23 @@ echo "uid $(id -u)"
             return
         self.run(f"rm -f {q} && (umask 077 && set -C && : > {q})", hide=True)
 
+    def create_overlay(self, domain: str, image: str, fmt: str) -> str:
+        """A throwaway qcow2 overlay for a full-system point, backed by `image` (which QEMU then opens
+        read-only: the image is never written). Named after the domain, so a killed run's overlays are
+        recognised and removed at the next start (clean_leftovers)."""
+        folder = f"{self.workdir()}/overlays"
+        path = f"{folder}/{domain}.qcow2"
+        self.run(f"mkdir -p -m 0700 {shlex.quote(folder)} && rm -f {shlex.quote(path)} && "
+                 f"qemu-img create -q -f qcow2 -F {shlex.quote(fmt)} -b {shlex.quote(image)} {shlex.quote(path)}",
+                 hide=True)
+        return path
+
+    def remove_leftover_overlays(self) -> list[str]:
+        folder = f"{self.workdir()}/overlays"
+        out = self.run(f"cd {shlex.quote(folder)} 2>/dev/null && for f in {PREFIX}*.qcow2; do "
+                       "[ -f \"$f\" ] && rm -f -- \"$f\" && echo \"$f\"; done; true", hide=True, warn=True).stdout
+        return [line for line in out.splitlines() if line.endswith(".qcow2")]
+
     def creation_failure(self, domain: str) -> str:
         """Why Xen could not build a domain, from libxl's log (libvirt's own message only says that it
         failed): its last error lines about the domain, shortened."""

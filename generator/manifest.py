@@ -195,6 +195,19 @@ def _kernel(value, path, problems, ctx):
     return _path_or("host")(value, path, problems, ctx)
 
 
+def _image(value, path, problems, ctx):
+    """'', 'debian:<suite>' (built here), or a path to a disk image file."""
+    if value == "":
+        return value
+    if isinstance(value, str) and re.fullmatch(r"debian:[a-z][a-z0-9-]{0,30}", value):
+        return value
+    converted = _path_or()(value, path, problems, ctx)
+    if converted is not _BAD and not os.path.isfile(converted):
+        problems.add(path, f"{value!r}: no such disk image file")
+        return _BAD
+    return converted
+
+
 def _date(value, path, problems, ctx):
     if isinstance(value, _dt.datetime):
         return value.isoformat()
@@ -458,6 +471,20 @@ class Guest:
                     "how QEMU starts the kernel: pvh (the uncompressed vmlinux through its PVH entry, fastest), "
                     "bzimage (firmware and the compressed kernel), or auto: pvh where the kernel has the entry")
     cmdline: str = opt(_line, "", "extra kernel command line")
+    image: str = opt(_image, "", "a full system instead of the probe: 'debian:<suite>' (a small Debian the tool "
+                                 "builds from Debian's packages) or a qcow2/raw disk image; read through the "
+                                 "QEMU guest agent")
+    initrd: str = opt(_path_or(), "", "with image: <path> and kernel: <path>, the initramfs to boot them with "
+                                      "(default for a path image: its own boot loader, through the firmware)")
+    hosts: list = opt(_list_of(_name), [], "only on these hosts (default: every host of the manifest)")
+
+    @property
+    def is_system(self) -> bool:
+        return bool(self.image)
+
+    def _check(self, path, problems):
+        if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):
+            problems.add(f"{path}.initrd", "goes with image: <path> and kernel: <path to a vmlinuz>")
 
 
 @dataclass(frozen=True)
@@ -613,6 +640,15 @@ class Manifest:
                 if any(getattr(self.sweep, flag, [False])):
                     problems.add(f"sweep.{flag}", f"is a virtio balloon option; host(s) {', '.join(xen_hosts)} "
                                                   "run Xen: leave it false (or use a separate manifest)")
+        names = {h.name for h in self.hosts}
+        for i, g in enumerate(self.guests):
+            for h in g.hosts:
+                if h not in names:
+                    problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest")
+            on = [h for h in self.hosts if not g.hosts or h.name in g.hosts]
+            if g.is_system and any(h.is_xen for h in on):
+                problems.add(f"guests[{i}].image", "full-system guests run on QEMU/KVM hosts; list those in "
+                                                   f"guests[{i}].hosts (Xen hosts measure the probe)")
         if self.balloon.model == "virtio" and xen_hosts:
             problems.add("balloon.model", f"'virtio' is QEMU's balloon, but host(s) {', '.join(xen_hosts)} run Xen; "
                                           "use 'xen'")

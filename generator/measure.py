@@ -32,6 +32,7 @@ _REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|can
 # out_of_memory() with nothing left to kill panics with "System is deadlocked on memory"
 _OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer|deadlocked on memory", re.I)
 _PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
+_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 @dataclass
@@ -100,6 +101,7 @@ def _excerpt(text: str, limit: int = 40) -> list[str]:
     """
     keep = []
     skip = False
+    text = _ANSI_RE.sub("", text)  # a full system's console colours its lines
     for line in text.replace("\r", "").splitlines():
         if line.startswith(f"{MARK} begin meminfo"):
             skip = True
@@ -454,3 +456,171 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
         if dom is not None:
             destroy(dom, libvirt)
         host.remove(console_path)
+
+
+# --- full systems ------------------------------------------------------------------------------------
+_MEMORY_LINE_RE = re.compile(r"Memory: \d+K/\d+K available[^\n]*|software IO TLB: mapped[^\n]*")
+
+
+def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, boot: dict,
+                   domain_type: str, domain_type_reason: str, run_id: str, stop: threading.Event) -> dict:
+    """Boot a full system from a throwaway overlay of its image and read it through the guest agent.
+
+    Done when the agent answers, the balloon has reached its target (both host views), and the
+    guest's MemTotal read twice a second apart agrees. The overlay and the domain never outlive the
+    point (also when it is interrupted)."""
+    from . import system
+
+    libvirt = libvirt_module()
+    conn = host.connect()
+    guest = manifest.guest(point.guest)
+    name = domain_name(run_id, f"{point.guest}-{point.short}")
+    console_path = host.console_path(name)
+    host.prepare_console(console_path)
+    overlay = host.create_overlay(name, boot["disk"], boot["format"])
+    backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
+    balloon_model = manifest.balloon_model(host.spec)
+    extra = " ".join(x for x in ("memhp_default_state=online_movable" if point.memory_model != "balloon" else "",
+                                 guest.cmdline) if x)
+    cmdline = " ".join(x for x in ("root=/dev/vda rw console=ttyS0 panic=-1", extra) if x)
+    xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
+                     current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=boot["kernel"],
+                     initrd=boot["initrd"], cmdline=cmdline, console=console_path, balloon_model=balloon_model,
+                     stats_period=manifest.balloon.stats_period, memory_backing=backing,
+                     memory_model=point.memory_model, autodeflate=point.autodeflate,
+                     free_page_reporting=point.free_page_reporting, disk=overlay, disk_format="qcow2", agent=True)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    record: dict = {
+        **point_identity(point, manifest),
+        "domain_type": domain_type, "domain_type_reason": domain_type_reason,
+        "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
+        "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
+        "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
+        "guest_kernel": boot.get("release"), "guest_vcpus": guest.vcpus,
+        "boot_method": "kernel" if boot["kernel"] else "firmware", "balloon_model": balloon_model,
+        "memory_backing": backing, "started_at": started.isoformat(timespec="seconds"),
+        "guest_kind": "system", "image": boot["label"], "reading": "agent",
+        "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
+        "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [], "oom_kills": [],
+        "cross_check": None, "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {},
+        "console_excerpt": [],
+    }
+    t0 = time.monotonic()
+    dom = None
+    try:
+        try:
+            dom = conn.createXML(xml, 0)
+        except libvirt.libvirtError as e:
+            message = e.get_error_message() or str(e)
+            record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
+            record["reason"] = _one_line(message)
+            return record
+        _follow_system(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
+                       libvirt=libvirt, target_kib=point.current_memory_mib * 1024
+                       if point.memory_model == "balloon" and balloon_model == "virtio" else None, system=system)
+        return record
+    finally:
+        console = host.read_text(console_path)
+        if dom is not None:
+            destroy(dom, libvirt)
+        host.remove(overlay)  # after the domain: QEMU no longer holds it
+        host.remove(console_path)
+        record["durations"]["total_s"] = round(time.monotonic() - t0, 2)
+        record["console_excerpt"] = _excerpt(console)
+        record["dmesg"] = [" ".join(m.group(0).split())[:300] for m in _MEMORY_LINE_RE.finditer(console)]
+        record["oom_kills"] = system.oom_kills(console)
+        if record["status"] == "ok" and record["oom_kills"]:
+            lost = [n for n in record["oom_kills"] if n in system.ESSENTIAL]
+            if lost:
+                record["status"] = "oom"
+                record["reason"] = f"the OOM killer killed {', '.join(lost)}: the system lost what it needs"
+            else:
+                note = f"the OOM killer killed {', '.join(record['oom_kills'])} (the system lived on)"
+                record["reason"] = "; ".join(x for x in (record["reason"], note) if x)
+
+
+def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, t0: float,
+                   stop: threading.Event, libvirt, target_kib: int | None, system) -> None:
+    timeouts = manifest.timeouts
+    agent_at = settled_at = None
+    last_sample = -1.0
+    last_total = None
+    while True:
+        if stop.is_set():
+            raise StopRequested()
+        elapsed = time.monotonic() - t0
+        if not _alive(dom, libvirt):
+            time.sleep(0.3)
+            console = Console.parse(host.read_text(console_path))
+            _classify_death(record, console)
+            if record["status"] == "error":
+                record["reason"] = "the system stopped before it could be read" + \
+                    (" (after its agent answered)" if agent_at is not None else "")
+            return
+        if elapsed - last_sample >= 1.0:
+            last_sample = elapsed
+            _sample(dom, record, elapsed, libvirt)
+        if agent_at is None:
+            try:
+                system.agent(dom, "guest-ping", timeout=2)
+                agent_at = elapsed
+                record["durations"]["boot_s"] = round(elapsed, 2)
+            except system.AgentError:
+                if elapsed > timeouts.boot:
+                    console = Console.parse(host.read_text(console_path))
+                    _classify_death(record, console)
+                    if record["status"] == "error":
+                        record["status"] = "timeout"
+                        record["reason"] = (f"the guest agent did not answer within the boot timeout "
+                                            f"({timeouts.boot:g} s); does the image run qemu-guest-agent?")
+                    return
+                time.sleep(1.0)
+                continue
+        if elapsed - agent_at > timeouts.settle:
+            record["status"] = "timeout"
+            record["reason"] = f"the balloon had not settled {timeouts.settle:g} s after the agent answered"
+            return
+        try:
+            stats = dom.memoryStats()
+            used = dom.info()[2]
+        except libvirt.libvirtError:
+            stats, used = {}, None
+        at_target = target_kib is None or (stats.get("actual") is not None and int(stats["actual"]) <= target_kib
+                                           and used is not None and int(used) <= target_kib)
+        if at_target:
+            try:
+                total = system.parse_memtotal(system.agent_exec(dom, "/bin/cat", ["/proc/meminfo"]))
+            except system.AgentError:
+                total = None
+            if total is not None and total == last_total:
+                settled_at = elapsed
+                break
+            last_total = total
+        time.sleep(1.0)
+    try:
+        free = system.agent_exec(dom, "/usr/bin/free", ["-m"])
+        meminfo = system.agent_exec(dom, "/bin/cat", ["/proc/meminfo"])
+        release = system.agent_exec(dom, "/bin/uname", ["-r"]).strip()
+    except system.AgentError as e:
+        record["status"] = "error"
+        record["reason"] = f"the guest agent stopped answering while the system was read: {e}"
+        return
+    _sample(dom, record, time.monotonic() - t0, libvirt)
+    record["free_m"] = parse_free(free)
+    record["meminfo"] = parse_meminfo(meminfo)
+    record["memtotal_settled_kib"] = record["meminfo"].get("MemTotal")
+    if re.fullmatch(r"[\w.+~-]{1,100}", release):
+        record["guest_kernel"] = release
+    record["durations"]["settle_s"] = round(settled_at - agent_at, 2)
+    available = (record.get("balloon") or {}).get("available")
+    agent_total = record["memtotal_settled_kib"]
+    agree = available is not None and agent_total is not None and abs(int(available) - int(agent_total)) <= 1024
+    record["cross_check"] = {"agent_memtotal_kib": agent_total, "balloon_available_kib": available, "agree": agree}
+    if record["free_m"] is None or agent_total is None:
+        record["status"] = "error"
+        record["reason"] = "the agent's readings of free -m and /proc/meminfo could not be parsed"
+        return
+    record["status"] = "ok"
+    if not agree:
+        record["reason"] = (f"the agent's MemTotal ({agent_total} KiB) and the balloon's available "
+                            f"({available} KiB) disagree")

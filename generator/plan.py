@@ -71,6 +71,8 @@ def points(manifest: Manifest) -> list[Point]:
                 continue
             for host in manifest.hosts:
                 for guest in manifest.guests:
+                    if guest.hosts and host.name not in guest.hosts:
+                        continue
                     out.append(Point(host.name, guest.name, tuple(values), repeat, manifest.experiment))
     return out
 

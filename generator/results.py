@@ -117,6 +117,8 @@ FIELDS: dict[str, tuple[tuple, bool]] = {
     "host_cores": (_OPT_INT, False), "host_memory_mib": (_OPT_INT, False), "guest_vcpus": (_OPT_INT, False),
     "boot_method": (_OPT_STR, False), "phases": (_OPT_DICT, False), "memory_backing": (_OPT_STR, False),
     "xen_balloon": (_OPT_DICT, False), "xen": (_OPT_DICT, False), "nested": (_OPT_DICT, False),
+    "guest_kind": (_OPT_STR, False), "image": (_OPT_STR, False), "reading": (_OPT_STR, False),
+    "oom_kills": ((list,), False), "cross_check": (_OPT_DICT, False),
 }
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon")
 
@@ -141,7 +143,7 @@ def _problem(record: dict) -> str | None:
         for k, v in (record.get(name) or {}).items():
             if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
                 return f"{name}.{k} is {type(v).__name__}, expected a number"
-    for name in ("dmesg", "console_excerpt"):
+    for name in ("dmesg", "console_excerpt", "oom_kills"):
         if any(not isinstance(line, str) for line in record.get(name, [])):
             return f"{name!r} holds something other than text"
     for sample in record.get("balloon_timeline", []):

@@ -22,7 +22,8 @@ from . import results
 from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
-from .measure import StopRequested, destroy, canary, measure, point_identity
+from . import images, system
+from .measure import StopRequested, destroy, canary, measure, measure_system, point_identity
 from .plan import Point, points, results_dir, select
 from .progress import Progress
 
@@ -194,16 +195,28 @@ class Sweep:
             if leftovers:
                 self.progress.note(f"host {name}: removed {len(leftovers)} leftover domain(s) of an earlier run: "
                                    + ", ".join(leftovers))
+            overlays = host.remove_leftover_overlays()
+            if overlays:
+                self.progress.note(f"host {name}: removed {len(overlays)} overlay(s) a killed run left: "
+                                   + ", ".join(overlays))
             facts = host.facts()
-            staged: dict[str, tuple[str, str, str, str]] = {}
+            staged: dict[str, tuple[str, str, str, str] | dict] = {}
             for guest in sorted({p.guest for p in pts}):
                 g = self.manifest.guest(guest)
+                if g.is_system:
+                    staged[guest] = self._stage_system(host, g)
+                    continue
                 built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon_model(spec))
                 image, method = built.boot_image("bzimage" if spec.is_xen else g.boot)  # Xen PV boots the bzImage
                 staged[guest] = (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
                                  host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"),
                                  built.release, method)
-            first = staged[pts[0].guest]
+            first = next((v for v in staged.values() if isinstance(v, tuple)), None)
+            if first is None:  # only full systems: the canary that picks KVM or TCG is still the probe
+                built = probe_mod.build("host", "", self.cache_dir, "virtio")
+                image, method = built.boot_image("auto")
+                first = (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
+                         host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"), built.release, method)
             dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2] + "-" + first[3],
                                             self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
@@ -226,6 +239,28 @@ class Sweep:
                     f.result()
         finally:
             host.close()
+
+    def _stage_system(self, host: HostRuntime, g) -> dict:
+        """A full-system guest's disk (and kernel, when booted directly) on the host."""
+        if not host.run("command -v qemu-img || true", hide=True, warn=True).stdout.strip():
+            raise UserError(f"host {host.name}: full-system guests boot from qemu-img overlays, and qemu-img is "
+                            "not installed there (Debian: qemu-utils; here: make deps)")
+        if g.image.startswith("debian:"):
+            img = images.build(system.debian_recipe(g.image.split(":", 1)[1]), self.cache_dir, self.progress.note)
+            disk, fmt = img.disk, "raw"
+            kernel, initrd = img.file("vmlinuz"), img.file("initrd.img")
+            tag = img.folder.name
+        else:
+            disk = Path(g.image)
+            fmt = system.image_format(disk)
+            direct = g.kernel not in ("host",) and not g.kernel.startswith("debian:")
+            kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if direct else (None, None)
+            tag = f"image-{disk.stem}"[:40]
+        return {"disk": host.stage(disk, f"{tag}-{disk.name}"), "format": fmt,
+                "kernel": host.stage(kernel, f"{tag}-vmlinuz") if kernel else "",
+                "initrd": host.stage(initrd, f"{tag}-initrd.img") if initrd else "",
+                "release": probe_mod.kernel_release(kernel) if kernel else None,
+                "label": g.image if g.image.startswith("debian:") else disk.name}
 
     def _nested_share(self, spec, hosts_with_points: list[str]) -> tuple[int, int]:
         """(cores, MiB) that nested hosts measured in this run take from this machine: the local host
@@ -257,10 +292,15 @@ class Sweep:
                 return
             self.progress.begin(point.key)
             try:
-                record = measure(point, manifest=self.manifest, host=host, host_facts=facts, kernel=staged[0],
+                if isinstance(staged, dict):
+                    record = measure_system(point, manifest=self.manifest, host=host, host_facts=facts, boot=staged,
+                                            domain_type=dtype, domain_type_reason=why, run_id=self.run_id,
+                                            stop=self.stop)
+                else:
+                    record = measure(point, manifest=self.manifest, host=host, host_facts=facts, kernel=staged[0],
                                  initrd=staged[1], guest_release=staged[2], domain_type=dtype,
-                                 domain_type_reason=why, run_id=self.run_id, stop=self.stop, boot_method=staged[3],
-                                 teardown=teardown)
+                                     domain_type_reason=why, run_id=self.run_id, stop=self.stop,
+                                     boot_method=staged[3], teardown=teardown)
             except StopRequested:
                 self.progress.end(point.key, None)
                 return

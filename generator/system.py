@@ -1,0 +1,104 @@
+"""Full-system guests: a whole distribution on a disk, read through the QEMU guest agent.
+
+`image: debian:<suite>` is a small bootable Debian the tool builds itself (see `images`): systemd,
+procps, qemu-guest-agent, the distribution's kernel and initramfs, on an ext4 disk. `image: <path>`
+is a qcow2 or raw disk the user already has. Either way each point boots a throwaway qcow2 overlay
+whose backing file is opened read-only, so the image is never written; the overlay goes with the
+point, and a killed run's overlays are removed at the next start.
+
+The guest's view is read through the agent (``guest-exec`` of ``free -m`` and ``cat /proc/meminfo``
+over libvirt's ``qemuAgentCommand``), once the agent answers and the balloon has reached its target.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+
+from . import images
+
+SYSTEM_COMMANDS = r"""
+echo memballoon-guest > /etc/hostname
+printf '/dev/vda / ext4 defaults 0 1\n' > /etc/fstab
+systemctl set-default multi-user.target
+# a small initramfs that finds the root disk (boots faster under emulation)
+sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf
+printf 'virtio_pci\nvirtio_blk\next4\n' >> /etc/initramfs-tools/modules
+update-initramfs -u -k all >/dev/null
+# the kernel and initramfs the domain boots directly (the image has no boot loader)
+cp /boot/vmlinuz-* /memballoon-export/vmlinuz
+cp /boot/initrd.img-* /memballoon-export/initrd.img
+"""
+
+
+def debian_recipe(suite: str) -> images.Recipe:
+    """A minimal full Debian system: what a reader's guest runs, at its smallest."""
+    return images.Recipe(
+        name=f"debian-{suite}", suite=suite,
+        packages=("systemd-sysv", "udev", "kmod", "procps", "qemu-guest-agent", "linux-image-amd64",
+                  "initramfs-tools", "util-linux"),
+        commands=SYSTEM_COMMANDS, size_mib=2048)
+
+
+class AgentError(Exception):
+    """The guest agent did not answer as expected (not running, timed out, command failed)."""
+
+
+def agent(dom, command: str, arguments: dict | None = None, timeout: int = 10) -> object:
+    """One QEMU guest agent command through libvirt; its 'return' value."""
+    import libvirt
+    import libvirt_qemu
+
+    try:
+        out = libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command, **(
+            {"arguments": arguments} if arguments else {})}), timeout, 0)
+    except libvirt.libvirtError as e:
+        raise AgentError(" ".join((e.get_error_message() or str(e)).split())[:200]) from None
+    try:
+        return json.loads(out)["return"]
+    except (ValueError, KeyError, TypeError):
+        raise AgentError(f"unexpected answer from the agent: {out[:200]!r}") from None
+
+
+def agent_exec(dom, path: str, args: list[str], timeout: float = 20.0, limit: int = 1 << 20) -> str:
+    """Run a program in the guest through the agent and return its standard output (text)."""
+    started = agent(dom, "guest-exec", {"path": path, "arg": args, "capture-output": True})
+    pid = started.get("pid") if isinstance(started, dict) else None
+    if not isinstance(pid, int):
+        raise AgentError(f"guest-exec of {path} returned no pid")
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        status = agent(dom, "guest-exec-status", {"pid": pid})
+        if isinstance(status, dict) and status.get("exited"):
+            if status.get("exitcode", 0) != 0:
+                raise AgentError(f"{path} exited {status.get('exitcode')} in the guest")
+            data = status.get("out-data", "")
+            if not isinstance(data, str) or len(data) > limit:
+                raise AgentError(f"{path}: output missing or larger than {limit} bytes")
+            return base64.b64decode(data).decode("utf-8", "replace")
+        time.sleep(0.2)
+    raise AgentError(f"{path} did not finish in the guest within {timeout:g} s")
+
+
+_OOM_KILL_RE = re.compile(r"Out of memory: Killed process \d+ \(([^)]{1,64})\)")
+
+
+def oom_kills(console: str) -> list[str]:
+    """Names of processes the guest's OOM killer killed, in order, from its console."""
+    return _OOM_KILL_RE.findall(console)
+
+
+ESSENTIAL = ("systemd", "init", "qemu-ga", "systemd-journal")  # losing one of these is losing the system
+
+
+def parse_memtotal(meminfo: str) -> int | None:
+    m = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
+    return int(m.group(1)) if m else None
+
+
+def image_format(path) -> str:
+    """'qcow2' if the file starts with qcow2's magic, else 'raw' (QEMU's own probing, made explicit so a
+    raw image can never be mistaken for something else)."""
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
