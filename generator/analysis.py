@@ -116,6 +116,18 @@ class SeriesPoint:
     def pv_map_end(self) -> int | None:
         return max((v for v in (pv_map_end_mib(r) for r in self.ok) if v is not None), default=None)
 
+    def free_median(self, column: str) -> float | None:
+        """The median over repeats of one `free -m` column ('used', 'available', …)."""
+        values = [(r.get("free_m") or {}).get(column) for r in self.ok]
+        values = [v for v in values if isinstance(v, (int, float))]
+        return statistics.median(values) if values else None
+
+    @property
+    def agreeing(self) -> tuple[int, int]:
+        """(readings whose agent MemTotal matched the balloon's available, readings cross-checked)."""
+        checks = [r.get("cross_check") for r in self.ok if r.get("cross_check")]
+        return sum(1 for c in checks if c.get("agree")), len(checks)
+
     @property
     def pv_capped(self) -> bool:
         """A Xen PV guest whose boot-time memory map stops short of `memory`."""
@@ -170,6 +182,15 @@ class Series:
     @property
     def measured(self) -> list[SeriesPoint]:
         return [p for p in self.points if p.ok]
+
+    @property
+    def kernels(self) -> list[str]:
+        return sorted({r["guest_kernel"] for p in self.points for r in p.records if r.get("guest_kernel")})
+
+    @property
+    def is_system(self) -> bool:
+        """A full system (a distribution on a disk, read through its agent), not the probe."""
+        return any(r.get("guest_kind") == "system" for p in self.points for r in p.records)
 
     @property
     def failed(self) -> list[SeriesPoint]:
@@ -313,6 +334,10 @@ class Data:
         order = {g: i for i, g in enumerate(self.guest_order)}
         return sorted((s for s in self.series if s.domain_type == domain_type and s.measured),
                       key=lambda s: (order.get(s.guest, len(order)), s.host))
+
+    @property
+    def systems(self) -> list[Series]:
+        return [s for s in self.series if s.is_system and (s.measured or s.failed)]
 
     @property
     def hypervisors(self) -> list[str]:

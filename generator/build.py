@@ -102,7 +102,8 @@ SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_m
                   "hypervisor", "qemu_version", "libvirt_version", "host_kernel", "host_cores", "host_memory_mib",
                   "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "memory_backing", "started_at",
                   "tool_version",
-                  "manifest_sha256", "durations", "phases", "xen", "nested", "xen_balloon")
+                  "manifest_sha256", "durations", "phases", "xen", "nested", "xen_balloon", "guest_kind", "image",
+                  "reading", "cross_check", "oom_kills")
 _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel|Xen: \[mem")
 
 

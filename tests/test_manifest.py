@@ -14,7 +14,8 @@ def test_default_manifest_is_the_2012_experiment():
     [path] = [p for p in find_manifests(ROOT / "experiments") if p.parent.name == "memory-ballooning"]
     m = load(path)
     assert m.sweep.memory == [1024, 2048, 4096, 8192, 16384, 32768]
-    assert [g.kernel for g in m.guests] == ["host", "debian:trixie", "debian:bullseye"]
+    assert [g.kernel for g in m.guests if not g.is_system] == ["host", "debian:trixie", "debian:bullseye"]
+    assert [(g.image, g.hosts) for g in m.guests if g.is_system] == [("debian:bookworm", ["local"])]
     assert m.sweep.memory_model == ["balloon"] and m.hosts[0].memory_backing == "auto"
     assert m.sweep.current_memory == [1024]
     assert [(h.name, h.kind) for h in m.hosts] == [("local", "libvirt"), ("xen", "nested-xen")]

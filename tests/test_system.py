@@ -1,0 +1,74 @@
+"""Full-system guests without booting: manifest keys, domain XML, OOM kills, image formats."""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from generator import system
+from generator.domain import domain_xml
+from generator.errors import ManifestError
+from generator.manifest import load
+from generator.plan import points
+
+
+def with_guests(write_manifest, guests: str, hosts_extra: str = ""):
+    text = write_manifest("s").read_text()
+    head, rest = text.split("guests:", 1)
+    tail = rest.split("sweep:", 1)[1]
+    return write_manifest("s", text=head.replace("    domain_type: qemu\n", "    domain_type: qemu\n" + hosts_extra)
+                          + "guests:\n" + guests + "sweep:" + tail)
+
+
+def test_system_guest_and_host_pairing(write_manifest, tmp_path):
+    image = tmp_path / "disk.qcow2"
+    image.write_bytes(b"QFI\xfb" + b"\0" * 60)
+    m = load(with_guests(write_manifest, f"  - {{name: probe}}\n  - {{name: sys, image: debian:bookworm, hosts: [local]}}\n"
+                                         f"  - {{name: mine, image: {image}}}\n"))
+    assert [g.is_system for g in m.guests] == [False, True, True]
+    assert m.guest("mine").image == str(image) and system.image_format(image) == "qcow2"
+    assert {p.guest for p in points(m)} == {"probe", "sys", "mine"}
+
+
+@pytest.mark.parametrize("guests, message", [
+    ("  - {name: sys, image: /no/such/disk.img}\n", "no such disk image file"),
+    ("  - {name: sys, image: 'debian:'}\n", "guests[0].image"),
+    ("  - {name: sys, image: debian:bookworm, hosts: [elsewhere]}\n", "'elsewhere' is not a host"),
+    ("  - {name: sys, initrd: /boot/x}\n", "guests[0].initrd: goes with image"),
+])
+def test_bad_system_guests_name_the_key(write_manifest, guests, message):
+    with pytest.raises(ManifestError) as e:
+        load(with_guests(write_manifest, guests))
+    assert message in str(e.value)
+
+
+def test_a_guest_limited_to_one_host_is_planned_only_there(write_manifest):
+    path = with_guests(write_manifest, "  - {name: a}\n  - {name: b, hosts: [other]}\n")
+    path.write_text(path.read_text().replace("hosts:\n", "hosts:\n  - {name: other, uri: 'qemu+ssh://root@h.example.org/system'}\n", 1))
+    m = load(path)
+    assert {(p.host, p.guest) for p in points(m)} == {("local", "a"), ("other", "a"), ("other", "b")}
+
+
+def test_full_system_domain_has_overlay_agent_and_balloon():
+    xml = domain_xml(name="mb-s", domain_type="qemu", memory_mib=4096, current_memory_mib=1024, vcpus=1,
+                     kernel="", initrd="", cmdline="", console="/c.log", balloon_model="virtio", stats_period=1,
+                     disk="/w/overlays/mb-s.qcow2", agent=True)
+    dom = ET.fromstring(xml)
+    assert dom.find("os/boot").get("dev") == "hd" and dom.find("os/kernel") is None  # the image's boot loader
+    disk = dom.find("devices/disk")
+    assert disk.find("source").get("file") == "/w/overlays/mb-s.qcow2" and disk.find("driver").get("type") == "qcow2"
+    assert dom.find("devices/channel/target").get("name") == "org.qemu.guest_agent.0"
+    assert dom.find("devices/memballoon").get("model") == "virtio"
+
+
+def test_oom_kills_and_what_counts_as_losing_the_system():
+    console = ("[ 1.0] Out of memory: Killed process 312 (apt-check) total-vm:1kB\n"
+               "[ 2.0] Out of memory: Killed process 1 (systemd) total-vm:1kB\n"
+               "[ 3.0] Out of memory: Killed process 9 (" + "x" * 200 + ")\n")
+    assert system.oom_kills(console) == ["apt-check", "systemd"]  # a 200-character name is not one
+    assert "systemd" in system.ESSENTIAL and "apt-check" not in system.ESSENTIAL
+
+
+def test_parse_memtotal():
+    assert system.parse_memtotal("MemFree: 5 kB\nMemTotal:   863660 kB\n") == 863660
+    assert system.parse_memtotal("garbage") is None
