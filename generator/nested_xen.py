@@ -168,10 +168,21 @@ def _free_port() -> int:
 
 
 def _die_with_parent() -> None:
-    """In the child: SIGKILL when the thread that started QEMU ends (the tool was killed)."""
+    """In the child (only where util-linux's setpriv is missing): SIGKILL when the thread that
+    started QEMU ends, i.e. when the tool was killed."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    os.setsid()  # Ctrl-C in the terminal reaches the tool, which stops QEMU itself
+
+
+def _spawn(cmd: list[str], log_file) -> subprocess.Popen:
+    """QEMU in its own session (Ctrl-C reaches the tool, which stops QEMU itself), killed by the
+    kernel if the tool dies first: setpriv --pdeathsig sets that before exec'ing QEMU, without
+    running Python code between fork and exec in a threaded process."""
+    setpriv = shutil.which("setpriv")
+    common = dict(stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    if setpriv:
+        return subprocess.Popen([setpriv, "--pdeathsig", "KILL", "--", *cmd], **common)
+    return subprocess.Popen(cmd, preexec_fn=_die_with_parent, **common)
 
 
 def qemu_command(spec: HostSpec, image: images.Image, state: Path, port: int) -> list[str]:
@@ -227,8 +238,7 @@ def _start_locked(spec: HostSpec, image: images.Image, state: Path, lock, note: 
         log_path = state / "qemu.log"
         t0 = time.monotonic()
         with open(log_path, "wb") as qemu_log:
-            proc = subprocess.Popen(qemu_command(spec, image, state, port), stdin=subprocess.DEVNULL,
-                                    stdout=qemu_log, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            proc = _spawn(qemu_command(spec, image, state, port), qemu_log)
         note(f"host {spec.name}: booting Xen with a {spec.nested.dom0_memory} MiB dom0 in QEMU "
              f"({spec.nested.memory} MiB, {spec.nested.cpus} CPU, TCG); about a minute")
         try:
