@@ -336,6 +336,21 @@ echo "uid $(id -u)"
                 "scheduler": info.get("xen_scheduler")}
 
 
+def qemu_processes() -> list[tuple[int, list[bytes]]]:
+    """(pid, argv) of every QEMU process on this machine: how leftovers of killed runs are found."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0]:
+            found.append((int(proc.name), argv))
+    return found
+
+
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -420,20 +435,14 @@ class LocalHost(HostRuntime):
             # guest was starting leaves one that libvirt's reconnect drops). Its command line names the
             # root and the tool's domain prefix.
             root = str(self.root).encode()
-            for proc in Path("/proc").iterdir():
-                if not proc.name.isdigit():
-                    continue
-                try:
-                    argv = (proc / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if not argv or b"qemu-system" not in argv[0] or not any(root in a for a in argv):
+            for pid, argv in qemu_processes():
+                if not any(root in a for a in argv):
                     continue
                 name = next((a.split(b"guest=", 1)[1].split(b",", 1)[0] for a in argv if a.startswith(b"guest=")), b"")
                 if not name.startswith(PREFIX.encode()):
                     continue
                 try:
-                    os.kill(int(proc.name), 9)
+                    os.kill(pid, 9)
                 except ProcessLookupError:
                     continue
                 if name.decode(errors="replace") not in gone:

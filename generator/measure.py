@@ -122,6 +122,14 @@ def point_identity(point: Point, manifest: Manifest, status: str = "error", reas
             "tool_version": __version__}
 
 
+def host_fields(host_facts: dict, domain_type: str, domain_type_reason: str) -> dict:
+    """What every measured record says about the host it ran on."""
+    return {"domain_type": domain_type, "domain_type_reason": domain_type_reason,
+            "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
+            "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
+            "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib")}
+
+
 def memory_backing(setting: str, memory_mib: int, host_facts: dict) -> str:
     """How a point's RAM is backed. 'auto': memfd when the point is larger than the host can commit
     (RAM + swap: with Linux's overcommit heuristic one larger private allocation is refused)."""
@@ -170,10 +178,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),
-        "domain_type": domain_type, "domain_type_reason": domain_type_reason,
-        "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
-        "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
-        "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
+        **host_fields(host_facts, domain_type, domain_type_reason),
         "guest_kernel": guest_release, "guest_vcpus": guest.vcpus, "boot_method": boot_method,
         "balloon_model": balloon_model, "memory_backing": backing if domain_type != "xen" else None,
         "started_at": started.isoformat(timespec="seconds"),
@@ -492,10 +497,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),
-        "domain_type": domain_type, "domain_type_reason": domain_type_reason,
-        "hypervisor": host_facts.get("hypervisor"), "qemu_version": host_facts.get("qemu_version"),
-        "libvirt_version": host_facts.get("libvirt_version"), "host_kernel": host_facts.get("kernel"),
-        "host_cores": host_facts.get("cores"), "host_memory_mib": host_facts.get("memory_mib"),
+        **host_fields(host_facts, domain_type, domain_type_reason),
         "guest_kernel": boot.get("release"), "guest_vcpus": guest.vcpus,
         "boot_method": "kernel" if boot["kernel"] else "firmware", "balloon_model": balloon_model,
         "memory_backing": backing, "started_at": started.isoformat(timespec="seconds"),

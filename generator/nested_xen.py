@@ -32,7 +32,7 @@ from typing import Callable
 
 from . import images
 from .errors import HostError, UserError
-from .hosts import SSHHost
+from .hosts import SSHHost, qemu_processes
 from .manifest import SSH
 from .manifest import Host as HostSpec
 from .safe import open_nofollow, private_dir, write_nofollow
@@ -145,17 +145,11 @@ def kill_leftovers(state: Path, host: str) -> list[int]:
     """Stop QEMU processes a killed run left for this nested host (found by their -name)."""
     name = qemu_name(state, host).encode()
     killed = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and b"qemu-system" in argv[0] and name in argv:
+    for pid, argv in qemu_processes():
+        if name in argv:
             try:
-                os.kill(int(proc.name), signal.SIGKILL)
-                killed.append(int(proc.name))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             except ProcessLookupError:
                 pass
     return killed
