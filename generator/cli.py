@@ -100,7 +100,8 @@ def cmd_status(args) -> int:
                     detail += f", read via {r['reading']}"
                 check = r.get("cross_check") or {}
                 if check and not check.get("agree"):
-                    detail += (f"; DISAGREE: agent MemTotal {check.get('agent_memtotal_kib')} KiB, balloon available "
+                    guest_total = check.get("agent_memtotal_kib", check.get("console_memtotal_kib"))
+                    detail += (f"; DISAGREE: the guest's MemTotal {guest_total} KiB, balloon available "
                                f"{check.get('balloon_available_kib')} KiB")
                 if r.get("oom_kills"):
                     detail += f"; OOM killer killed {', '.join(map(str, r['oom_kills']))}"

@@ -477,12 +477,17 @@ class Guest:
     initrd: str = opt(_path_or(), "", "with image: <path> and kernel: <path>, the initramfs to boot them with "
                                       "(default for a path image: its own boot loader, through the firmware)")
     hosts: list = opt(_list_of(_name), [], "only on these hosts (default: every host of the manifest)")
+    reading: str = opt(_choice("agent", "console"), "agent",
+                       "how a full system is read: agent (the QEMU guest agent), or console (the image runs "
+                       "guest/memballoon-report at boot and prints between markers on its serial console)")
 
     @property
     def is_system(self) -> bool:
         return bool(self.image)
 
     def _check(self, path, problems):
+        if self.reading != "agent" and not self.image:
+            problems.add(f"{path}.reading", "is for full systems (image:); the probe always reports on its console")
         if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):
             problems.add(f"{path}.initrd", "goes with image: <path> and kernel: <path to a vmlinuz>")
 

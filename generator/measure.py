@@ -501,7 +501,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         "guest_kernel": boot.get("release"), "guest_vcpus": guest.vcpus,
         "boot_method": "kernel" if boot["kernel"] else "firmware", "balloon_model": balloon_model,
         "memory_backing": backing, "started_at": started.isoformat(timespec="seconds"),
-        "guest_kind": "system", "image": boot["label"], "reading": "agent",
+        "guest_kind": "system", "image": boot["label"], "reading": guest.reading,
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [], "oom_kills": [],
         "cross_check": None, "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {},
@@ -517,9 +517,10 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
             record["reason"] = _one_line(message)
             return record
-        _follow_system(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
-                       libvirt=libvirt, target_kib=point.current_memory_mib * 1024
-                       if point.memory_model == "balloon" and balloon_model == "virtio" else None, system=system)
+        follow = _follow_system if guest.reading == "agent" else _follow_console_system
+        follow(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
+               libvirt=libvirt, target_kib=point.current_memory_mib * 1024
+               if point.memory_model == "balloon" and balloon_model == "virtio" else None, system=system)
         return record
     finally:
         console = host.read_text(console_path)
@@ -539,6 +540,69 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             else:
                 note = f"the OOM killer killed {', '.join(record['oom_kills'])} (the system lived on)"
                 record["reason"] = "; ".join(x for x in (record["reason"], note) if x)
+
+
+def _follow_console_system(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest,
+                           t0: float, stop: threading.Event, libvirt, target_kib: int | None, system) -> None:
+    """A full system without the agent: it runs guest/memballoon-report at boot, which prints the
+    same markers as the probe on the serial console once the balloon has stopped moving."""
+    timeouts = manifest.timeouts
+    started_at = None
+    last_sample = -1.0
+    while True:
+        if stop.is_set():
+            raise StopRequested()
+        elapsed = time.monotonic() - t0
+        console = Console.parse(host.read_text(console_path))
+        alive = _alive(dom, libvirt)
+        if alive and elapsed - last_sample >= 1.0:
+            last_sample = elapsed
+            _sample(dom, record, elapsed, libvirt)
+        if started_at is None and console.has("report-start"):
+            started_at = elapsed
+            record["durations"]["boot_s"] = round(elapsed, 2)
+        if console.has("done"):
+            if alive:
+                if target_kib is not None:
+                    _wait_for_actual(dom, target_kib, libvirt)
+                _sample(dom, record, time.monotonic() - t0, libvirt)
+            break
+        if not alive:
+            time.sleep(0.3)
+            _classify_death(record, Console.parse(host.read_text(console_path)))
+            return
+        if started_at is None and elapsed > timeouts.boot:
+            record["status"] = "timeout"
+            record["reason"] = (f"no report on the console within the boot timeout ({timeouts.boot:g} s); does the "
+                                "image run guest/memballoon-report at boot?")
+            return
+        if started_at is not None and elapsed - started_at > timeouts.settle + 60:
+            record["status"] = "timeout"
+            record["reason"] = f"the report did not finish within the settle timeout ({timeouts.settle:g} s)"
+            return
+        time.sleep(0.5)
+    _fill_guest_view(record, console, started_at)
+    record["durations"]["settle_s"] = round(elapsed - started_at, 2) if started_at is not None else None
+    available = (record.get("balloon") or {}).get("available")
+    total = record["memtotal_settled_kib"]
+    agree = available is not None and total is not None and abs(int(available) - int(total)) <= 1024
+    record["cross_check"] = {"console_memtotal_kib": total, "balloon_available_kib": available, "agree": agree}
+    if console.has("settle-timeout"):
+        record["status"] = "timeout"
+        record["reason"] = "the guest's balloon was still moving when its report gave up"
+    elif record["free_m"] is None or total is None:
+        record["status"] = "error"
+        record["reason"] = "the console report could not be parsed"
+    else:
+        record["status"] = "ok"
+        actual = (record.get("balloon") or {}).get("actual")
+        notes = []
+        if target_kib is not None and actual is not None and int(actual) > target_kib:
+            notes.append(f"the balloon was at {int(actual) // 1024} MiB, not {target_kib // 1024} MiB, when the guest "
+                         "reported")
+        if not agree:
+            notes.append(f"the console's MemTotal ({total} KiB) and the balloon's available ({available} KiB) disagree")
+        record["reason"] = "; ".join(notes)
 
 
 def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, t0: float,

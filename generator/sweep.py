@@ -246,7 +246,8 @@ class Sweep:
             raise UserError(f"host {host.name}: full-system guests boot from qemu-img overlays, and qemu-img is "
                             "not installed there (Debian: qemu-utils; here: make deps)")
         if g.image.startswith("debian:"):
-            img = images.build(system.debian_recipe(g.image.split(":", 1)[1]), self.cache_dir, self.progress.note)
+            img = images.build(system.debian_recipe(g.image.split(":", 1)[1], g.reading), self.cache_dir,
+                               self.progress.note)
             disk, fmt = img.disk, "raw"
             kernel, initrd = img.file("vmlinuz"), img.file("initrd.img")
             tag = img.folder.name

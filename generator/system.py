@@ -15,8 +15,13 @@ import base64
 import json
 import re
 import time
+from pathlib import Path
 
 from . import images
+
+# What an image without the agent runs at boot so that it can be read from its console
+# (`reading: console`); users copy these two files into their own images.
+GUEST_FILES = Path(__file__).resolve().parent.parent / "guest"
 
 SYSTEM_COMMANDS = r"""
 echo memballoon-guest > /etc/hostname
@@ -32,13 +37,21 @@ cp /boot/initrd.img-* /memballoon-export/initrd.img
 """
 
 
-def debian_recipe(suite: str) -> images.Recipe:
-    """A minimal full Debian system: what a reader's guest runs, at its smallest."""
-    return images.Recipe(
-        name=f"debian-{suite}", suite=suite,
-        packages=("systemd-sysv", "udev", "kmod", "procps", "qemu-guest-agent", "linux-image-amd64",
-                  "initramfs-tools", "util-linux"),
-        commands=SYSTEM_COMMANDS, size_mib=2048)
+def debian_recipe(suite: str, reading: str = "agent") -> images.Recipe:
+    """A minimal full Debian system: what a reader's guest runs, at its smallest. For reading
+    'agent' it runs the QEMU guest agent; for 'console' it has no agent and runs memballoon-report
+    at boot instead (the files in guest/, as a user would add them to an image of their own)."""
+    packages = ("systemd-sysv", "udev", "kmod", "procps", "qemu-guest-agent", "linux-image-amd64",
+                "initramfs-tools", "util-linux")
+    if reading == "agent":
+        return images.Recipe(name=f"debian-{suite}", suite=suite, packages=packages, commands=SYSTEM_COMMANDS,
+                             size_mib=2048)
+    packages = tuple(p for p in packages if p != "qemu-guest-agent")
+    files = (("/usr/local/sbin/memballoon-report", 0o755, (GUEST_FILES / "memballoon-report").read_text()),
+             ("/etc/systemd/system/memballoon-report.service", 0o644,
+              (GUEST_FILES / "memballoon-report.service").read_text()))
+    return images.Recipe(name=f"debian-{suite}-console", suite=suite, packages=packages, files=files,
+                         commands=SYSTEM_COMMANDS + "systemctl enable memballoon-report.service\n", size_mib=2048)
 
 
 class AgentError(Exception):

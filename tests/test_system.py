@@ -35,6 +35,8 @@ def test_system_guest_and_host_pairing(write_manifest, tmp_path):
     ("  - {name: sys, image: 'debian:'}\n", "guests[0].image"),
     ("  - {name: sys, image: debian:bookworm, hosts: [elsewhere]}\n", "'elsewhere' is not a host"),
     ("  - {name: sys, initrd: /boot/x}\n", "guests[0].initrd: goes with image"),
+    ("  - {name: sys, reading: console}\n", "guests[0].reading: is for full systems"),
+    ("  - {name: sys, image: debian:bookworm, reading: ssh}\n", "guests[0].reading"),
 ])
 def test_bad_system_guests_name_the_key(write_manifest, guests, message):
     with pytest.raises(ManifestError) as e:
@@ -72,3 +74,12 @@ def test_oom_kills_and_what_counts_as_losing_the_system():
 def test_parse_memtotal():
     assert system.parse_memtotal("MemFree: 5 kB\nMemTotal:   863660 kB\n") == 863660
     assert system.parse_memtotal("garbage") is None
+
+
+def test_console_variant_of_the_debian_image_has_the_report_and_no_agent():
+    agent, console = system.debian_recipe("bookworm"), system.debian_recipe("bookworm", "console")
+    assert "qemu-guest-agent" in agent.packages and "qemu-guest-agent" not in console.packages
+    assert agent.name != console.name and agent.digest() != console.digest()
+    files = dict((path, text) for path, _mode, text in console.files)
+    assert "@@MEMBALLOON" in files["/usr/local/sbin/memballoon-report"]
+    assert "memballoon-report.service" in console.commands

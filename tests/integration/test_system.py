@@ -87,6 +87,20 @@ def test_full_debian_read_through_the_agent(tmp_path, system_env):
     assert "read via agent" in status.stdout and "DISAGREE" not in status.stdout
 
 
+def test_an_image_without_the_agent_is_read_from_its_console(tmp_path, system_env):
+    """guest/memballoon-report, installed in an image that has no agent, prints the report at boot."""
+    env, _cache = system_env
+    manifest = write(tmp_path, "syscon", "    image: debian:bookworm\n    reading: console", "[2 GiB]")
+    out = cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"), timeout=1500)
+    assert out.returncode == 0, out.stderr
+    [r] = recs(tmp_path / "res").values()
+    assert r["status"] == "ok", r
+    assert r["reading"] == "console" and r["cross_check"]["agree"] is True
+    assert r["cross_check"]["console_memtotal_kib"] == r["balloon"]["available"] == r["memtotal_settled_kib"]
+    assert r["free_m"]["total"] < 1024 and r["balloon"]["actual"] == 1024 * 1024
+    assert r["guest_kernel"] and overlays(env) == []
+
+
 def test_a_user_image_is_never_written(tmp_path, system_env):
     env, cache = system_env
     built = images.build(system.debian_recipe("bookworm"), cache)
