@@ -26,7 +26,7 @@ from . import __version__, kernels
 from .errors import UserError
 
 MARK = "@@MEMBALLOON"
-PROBE_FORMAT = 5  # bump when the init script or layout changes in a way that matters
+PROBE_FORMAT = 6  # bump when the init script or layout changes in a way that matters
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -369,6 +369,9 @@ def initramfs(busybox: bytes, modules: list[tuple[str, bytes]]) -> bytes:
     buf = io.BytesIO()
     with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0, compresslevel=6, filename="") as gz:
         gz.write(raw)
+    # zero padding to a whole page (the kernel skips zeros between archives): the initramfs then ends
+    # where a page does, however the boot loader places it
+    buf.write(b"\0" * ((-buf.tell()) % 4096))
     return buf.getvalue()
 
 
