@@ -68,6 +68,13 @@ BAD_VALUES = {
     ("post", "aliases"): [["../../etc"], ["javascript:x"], "x"],
     ("post", "layout"): ["magazine", ""],
     ("results",): ["/tmp", "../../../elsewhere", "", 5],
+    ("hosts", 0, "kind"): ["xen", "nested", "", None, ["nested-xen"]],
+    ("hosts", 0, "nested"): ["4 GiB", {"memory": "1 GiB"}, {"memory": "4 GiB", "dom0_memory": "4 GiB"},
+                             {"cpus": 0}, {"suite": "sid"}, {"boot_timeout": "0s"}, {"memroy": "4 GiB"}],
+    ("guests", 0, "image"): ["debian:", "debian:Bookworm", "/no/such/disk.img", "debian:bookworm\nx", 5, ["x"]],
+    ("guests", 0, "reading"): ["console", "ssh", "", None],
+    ("guests", 0, "hosts"): [["elsewhere"], "local", [1], ["../x"]],
+    ("guests", 0, "initrd"): ["/boot/initrd.img", "", 5],
 }
 RAW_MANIFESTS = [
     "", "[]", "- a\n- b\n", "just text", "{", "experiment: [\n", "\t\tbad: indent\n", "a: b: c\n",
