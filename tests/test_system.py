@@ -83,3 +83,28 @@ def test_console_variant_of_the_debian_image_has_the_report_and_no_agent():
     files = dict((path, text) for path, _mode, text in console.files)
     assert "@@MEMBALLOON" in files["/usr/local/sbin/memballoon-report"]
     assert "memballoon-report.service" in console.commands
+
+
+def test_console_excerpt_drops_colour_codes():
+    from generator.measure import _excerpt
+
+    lines = _excerpt("[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39mqemu-guest-agent.service\x1b[0m\nlogin: ")
+    assert lines == ["[  OK  ] Started qemu-guest-agent.service", "login: "]
+
+
+def test_the_report_script_speaks_the_probes_markers():
+    """What guest/memballoon-report prints is read by the same parser as the probe's console."""
+    from generator.measure import Console, _fill_guest_view
+
+    script = (system.GUEST_FILES / "memballoon-report").read_text()
+    for marker in ("report-start", "kernel", "settled-memtotal-kib", "begin free", "end free", "begin meminfo",
+                   "end meminfo", "done"):
+        assert f'say "{marker}' in script
+    text = ("@@MEMBALLOON report-start 37.5\n@@MEMBALLOON kernel 6.1.0-50-amd64\n@@MEMBALLOON settled-memtotal-kib 863660\n"
+            "@@MEMBALLOON begin free\n               total        used        free      shared  buff/cache   available\n"
+            "Mem:             843         206         727           0          54         636\n@@MEMBALLOON end free\n"
+            "@@MEMBALLOON begin meminfo\nMemTotal:         863660 kB\n@@MEMBALLOON end meminfo\n@@MEMBALLOON done 52.0\n")
+    record = {"durations": {}}
+    _fill_guest_view(record, Console.parse(text), 40.0)
+    assert record["memtotal_settled_kib"] == 863660 and record["free_m"]["total"] == 843
+    assert record["meminfo"]["MemTotal"] == 863660 and record["guest_kernel"] == "6.1.0-50-amd64"
