@@ -211,6 +211,10 @@ class Series:
         return None if p.median is None else self.current_memory_mib - p.median
 
     def fit(self) -> "Fit | None":
+        """A straight line through the losses; none on Xen, where a PV guest's loss stops growing once
+        its boot-time memory map is capped (a line through that would describe neither part)."""
+        if self.domain_type == "xen":
+            return None
         pts = [(p.memory_mib / 1024, self.current_memory_mib - s) for p in self.measured for s in p.seen]
         return Fit.of(pts)
 

@@ -412,6 +412,10 @@ def _lost_alt(series, fits) -> str:
     for s, fit in zip(series, fits):
         if fit:
             parts.append(f"{s.title}: about {fit.slope:.1f} MiB lost per GiB of memory.")
+        elif len(s.measured) > 1:
+            first, last = s.measured[0], s.measured[-1]
+            parts.append(f"{s.title} (no fitted line, medians joined): {s.lost(first):g} MiB lost at "
+                         f"{mib_label(first.memory_mib)}, {s.lost(last):g} MiB at {mib_label(last.memory_mib)}.")
     return " ".join(parts)
 
 

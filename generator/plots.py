@@ -136,7 +136,9 @@ def all_series_png(series: list[Series], title: str = "") -> bytes:
 def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
     """currentMemory minus what the guest sees, against memory (linear), with each fitted line."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    below = 3 < len(series) <= MAX_LEGEND
+    lines = sum(2 if f else 1 for f in fits)
+    fig, ax = plt.subplots(figsize=(7.2, 4.2 + (0.22 * lines if below else 0)))
     try:
         for i, (s, fit) in enumerate(zip(series, fits)):
             color = _COLORS[i % len(_COLORS)]
@@ -147,6 +149,9 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
                 x0, x1 = min(xs), max(xs)
                 ax.plot([x0, x1], [fit(x0), fit(x1)], color=color, linewidth=1.2, linestyle="-", zorder=2,
                         label=f"fit: {fit.slope:.1f} MiB lost per GiB of memory (+{fit.intercept:.0f} MiB)")
+            elif s.measured:  # no straight line describes it (Xen PV): the medians, joined
+                ax.plot([p.memory_mib / 1024 for p in s.measured], [s.current_memory_mib - p.median for p in s.measured],
+                        color=color, linewidth=1.2, linestyle="--", zorder=2)
         ax.set_xlabel("memory (GiB)")
         ax.set_ylabel("currentMemory - what the guest sees (MiB)")
         ax.set_title("Memory lost to a large <memory>" + ("" if len(series) <= MAX_LEGEND else
@@ -154,7 +159,10 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
         ax.set_ylim(bottom=0)
         ax.set_xlim(left=0)
         if len(series) <= MAX_LEGEND:
-            ax.legend(loc="upper left", fontsize=8, frameon=False)
+            if len(series) > 3:  # below the axes, where it hides no point
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False, ncol=1)
+            else:
+                ax.legend(loc="upper left", fontsize=8, frameon=False)
         fig.tight_layout()
         return _png(fig)
     finally:
