@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+QEMU_NS = "http://libvirt.org/schemas/domain/qemu/1.0"
+ET.register_namespace("qemu", QEMU_NS)
 PREFIX = "mb-"  # every domain this tool starts is named so; leftovers with it are cleaned at start
 
 
@@ -15,7 +17,7 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
                kernel: str, initrd: str, cmdline: str, console: str, balloon_model: str,
                stats_period: float, memory_backing: str = "default", memory_model: str = "balloon",
                autodeflate: bool = False, free_page_reporting: bool = False, disk: str = "",
-               disk_format: str = "qcow2", agent: bool = False) -> str:
+               disk_format: str = "qcow2", agent: bool = False, forward_port: int = 0) -> str:
     """A transient domain that boots the probe straight from kernel + initramfs, console to a file.
 
     Built with ElementTree, so every value is escaped by the library. on_poweroff/on_reboot/
@@ -93,6 +95,12 @@ def domain_xml(*, name: str, domain_type: str, memory_mib: int, current_memory_m
     balloon = ET.SubElement(devices, "memballoon", model=balloon_model, **options)
     if balloon_model != "none":
         ET.SubElement(balloon, "stats", period=str(max(1, int(round(stats_period)))))
+    if forward_port:  # QEMU's user network, one loopback port of the host forwarded to the guest's sshd
+        args = ["-netdev", f"user,id=mbnet,hostfwd=tcp:127.0.0.1:{int(forward_port)}-:22",
+                "-device", "virtio-net-pci,netdev=mbnet,bus=pci.0,addr=0x1e"]  # a slot libvirt leaves free
+        commandline = ET.SubElement(dom, f"{{{QEMU_NS}}}commandline")
+        for arg in args:
+            ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     ET.indent(dom)
     return ET.tostring(dom, encoding="unicode") + "\n"
 

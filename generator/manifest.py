@@ -208,6 +208,16 @@ def _image(value, path, problems, ctx):
     return converted
 
 
+def _guest_address(value, path, problems, ctx):
+    if value in ("", "forwarded"):
+        return value
+    if isinstance(value, str) and re.fullmatch(rf"(?:{_HOSTNAME})(?::\d{{1,5}})?", value) and \
+            int(value.rpartition(":")[2] if value.count(":") == 1 else "22") <= 65535:
+        return value
+    problems.add(path, f"{value!r} is not a host name or address (with an optional :port), or 'forwarded'")
+    return _BAD
+
+
 def _date(value, path, problems, ctx):
     if isinstance(value, _dt.datetime):
         return value.isoformat()
@@ -477,15 +487,27 @@ class Guest:
     initrd: str = opt(_path_or(), "", "with image: <path> and kernel: <path>, the initramfs to boot them with "
                                       "(default for a path image: its own boot loader, through the firmware)")
     hosts: list = opt(_list_of(_name), [], "only on these hosts (default: every host of the manifest)")
-    reading: str = opt(_choice("agent", "console"), "agent",
-                       "how a full system is read: agent (the QEMU guest agent), or console (the image runs "
-                       "guest/memballoon-report at boot and prints between markers on its serial console)")
+    reading: str = opt(_choice("agent", "console", "ssh"), "agent",
+                       "how a full system is read: agent (the QEMU guest agent), console (the image runs "
+                       "guest/memballoon-report at boot and prints between markers on its serial console), or "
+                       "ssh (commands over SSH to `address`)")
+    address: str = opt(_guest_address, "", "with reading: ssh, the guest's address as its host reaches it "
+                                           "(name or name:port), or 'forwarded': a loopback port of this machine "
+                                           "forwarded to the guest's port 22 (local host, image: debian:<suite>)")
+    ssh: SSH = opt(_section(SSH), SSH(), "with reading: ssh and an address: how to log in to the guest")
 
     @property
     def is_system(self) -> bool:
         return bool(self.image)
 
     def _check(self, path, problems):
+        if self.reading == "ssh" and not self.address:
+            problems.add(f"{path}.address", "reading: ssh needs the guest's address (or 'forwarded')")
+        if self.address and self.reading != "ssh":
+            problems.add(f"{path}.address", "goes with reading: ssh")
+        if self.address == "forwarded" and not self.image.startswith("debian:"):
+            problems.add(f"{path}.address", "'forwarded' works with image: debian:<suite>, whose keys the tool "
+                                            "made; for your own image give the guest's address")
         if self.reading != "agent" and not self.image:
             problems.add(f"{path}.reading", "is for full systems (image:); the probe always reports on its console")
         if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):

@@ -14,6 +14,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import __version__
 from .domain import domain_name, domain_xml, kernel_cmdline
@@ -482,6 +483,10 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     name = domain_name(run_id, f"{point.guest}-{point.short}")
     console_path = host.console_path(name)
     host.prepare_console(console_path)
+    reader = None
+    forward_port = 0
+    if guest.reading == "ssh":
+        reader, forward_port = _ssh_reader(guest, host, boot, name)
     overlay = host.create_overlay(name, boot["disk"], boot["format"])
     backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
     balloon_model = manifest.balloon_model(host.spec)
@@ -493,7 +498,8 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
                      initrd=boot["initrd"], cmdline=cmdline, console=console_path, balloon_model=balloon_model,
                      stats_period=manifest.balloon.stats_period, memory_backing=backing,
                      memory_model=point.memory_model, autodeflate=point.autodeflate,
-                     free_page_reporting=point.free_page_reporting, disk=overlay, disk_format="qcow2", agent=True)
+                     free_page_reporting=point.free_page_reporting, disk=overlay, disk_format="qcow2",
+                     agent=guest.reading == "agent", forward_port=forward_port)
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),
@@ -517,12 +523,22 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
             record["reason"] = _one_line(message)
             return record
-        follow = _follow_system if guest.reading == "agent" else _follow_console_system
-        follow(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
-               libvirt=libvirt, target_kib=point.current_memory_mib * 1024
-               if point.memory_model == "balloon" and balloon_model == "virtio" else None, system=system)
+        target = point.current_memory_mib * 1024 if point.memory_model == "balloon" and balloon_model == "virtio" \
+            else None
+        if guest.reading == "console":
+            _follow_console_system(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0,
+                                   stop=stop, libvirt=libvirt, target_kib=target, system=system)
+        else:
+            _follow_system(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0, stop=stop,
+                           libvirt=libvirt, target_kib=target, system=system,
+                           reader=reader or system.AgentReader(dom))
         return record
     finally:
+        if reader is not None:
+            reader.close()
+            if forward_port:  # the point's own known_hosts, written for its port
+                for path in reader.args[4]:
+                    Path(path).unlink(missing_ok=True)
         console = host.read_text(console_path)
         if dom is not None:
             destroy(dom, libvirt)
@@ -540,6 +556,36 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             else:
                 note = f"the OOM killer killed {', '.join(record['oom_kills'])} (the system lived on)"
                 record["reason"] = "; ".join(x for x in (record["reason"], note) if x)
+
+
+def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
+    """(SSHReader, loopback port to forward to the guest's port 22, or 0) for a guest read over SSH.
+
+    `address: forwarded`: the guest gets QEMU's user network with a free loopback port of this machine
+    forwarded to its sshd, and the tool's own Debian image's keys (made when it was built) log in and
+    verify it. Otherwise the guest is reached at its address, its key checked against
+    guests[].ssh.known_hosts and ~/.ssh/known_hosts, through the host's SSH connection if the host
+    is remote."""
+    import os
+    import socket
+
+    from . import system
+    from .safe import private_dir, write_nofollow
+
+    if guest.address == "forwarded":
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        known = private_dir(host.cache_dir / "ssh") / f"{name}.known_hosts"
+        key_type, key_b64 = boot["host_key"].split()[:2]
+        write_nofollow(known, f"[127.0.0.1]:{port} {key_type} {key_b64}\n".encode())
+        return system.SSHReader("127.0.0.1", port, "root", boot["client_key"], [str(known)]), port
+    address, _, port = guest.address.rpartition(":") if guest.address.count(":") == 1 else (guest.address, "", "")
+    known = [p for p in (guest.ssh.known_hosts, os.path.expanduser("~/.ssh/known_hosts"),
+                         "/etc/ssh/ssh_known_hosts") if p and os.path.isfile(p)]
+    gateway = getattr(host, "connection", None) if host.spec.is_remote else None
+    return system.SSHReader(address or guest.address, int(port) if port else guest.ssh.port, guest.ssh.user,
+                            guest.ssh.key, known, gateway), 0
 
 
 def _follow_console_system(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest,
@@ -606,7 +652,9 @@ def _follow_console_system(dom, record: dict, *, host: HostRuntime, console_path
 
 
 def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, manifest: Manifest, t0: float,
-                   stop: threading.Event, libvirt, target_kib: int | None, system) -> None:
+                   stop: threading.Event, libvirt, target_kib: int | None, system, reader) -> None:
+    """A full system read by `reader` (the guest agent, or SSH): wait until it answers, then until the
+    balloon is at its target and MemTotal reads the same twice a second apart, then read it."""
     timeouts = manifest.timeouts
     agent_at = settled_at = None
     last_sample = -1.0
@@ -621,30 +669,30 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
             _classify_death(record, console)
             if record["status"] == "error":
                 record["reason"] = "the system stopped before it could be read" + \
-                    (" (after its agent answered)" if agent_at is not None else "")
+                    (f" (after {reader.what} answered)" if agent_at is not None else "")
             return
         if elapsed - last_sample >= 1.0:
             last_sample = elapsed
             _sample(dom, record, elapsed, libvirt)
         if agent_at is None:
             try:
-                system.agent(dom, "guest-ping", timeout=2)
+                reader.ready()
                 agent_at = elapsed
                 record["durations"]["boot_s"] = round(elapsed, 2)
-            except system.AgentError:
+            except system.ReadError:
                 if elapsed > timeouts.boot:
                     console = Console.parse(host.read_text(console_path))
                     _classify_death(record, console)
                     if record["status"] == "error":
                         record["status"] = "timeout"
-                        record["reason"] = (f"the guest agent did not answer within the boot timeout "
-                                            f"({timeouts.boot:g} s); does the image run qemu-guest-agent?")
+                        record["reason"] = (f"{reader.what} did not answer within the boot timeout "
+                                            f"({timeouts.boot:g} s); {reader.hint}")
                     return
                 time.sleep(1.0)
                 continue
         if elapsed - agent_at > timeouts.settle:
             record["status"] = "timeout"
-            record["reason"] = f"the balloon had not settled {timeouts.settle:g} s after the agent answered"
+            record["reason"] = f"the balloon had not settled {timeouts.settle:g} s after {reader.what} answered"
             return
         try:
             stats = dom.memoryStats()
@@ -655,8 +703,8 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
                                            and used is not None and int(used) <= target_kib)
         if at_target:
             try:
-                total = system.parse_memtotal(system.agent_exec(dom, "/bin/cat", ["/proc/meminfo"]))
-            except system.AgentError:
+                total = system.parse_memtotal(reader.run("/bin/cat", ["/proc/meminfo"]))
+            except system.ReadError:
                 total = None
             if total is not None and total == last_total:
                 settled_at = elapsed
@@ -664,12 +712,12 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
             last_total = total
         time.sleep(1.0)
     try:
-        free = system.agent_exec(dom, "/usr/bin/free", ["-m"])
-        meminfo = system.agent_exec(dom, "/bin/cat", ["/proc/meminfo"])
-        release = system.agent_exec(dom, "/bin/uname", ["-r"]).strip()
-    except system.AgentError as e:
+        free = reader.run("/usr/bin/free", ["-m"])
+        meminfo = reader.run("/bin/cat", ["/proc/meminfo"])
+        release = reader.run("/bin/uname", ["-r"]).strip()
+    except system.ReadError as e:
         record["status"] = "error"
-        record["reason"] = f"the guest agent stopped answering while the system was read: {e}"
+        record["reason"] = f"{reader.what} stopped answering while the system was read: {e}"
         return
     _sample(dom, record, time.monotonic() - t0, libvirt)
     record["free_m"] = parse_free(free)
@@ -681,12 +729,13 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
     available = (record.get("balloon") or {}).get("available")
     agent_total = record["memtotal_settled_kib"]
     agree = available is not None and agent_total is not None and abs(int(available) - int(agent_total)) <= 1024
-    record["cross_check"] = {"agent_memtotal_kib": agent_total, "balloon_available_kib": available, "agree": agree}
+    record["cross_check"] = {f"{reader.name}_memtotal_kib": agent_total, "balloon_available_kib": available,
+                             "agree": agree}
     if record["free_m"] is None or agent_total is None:
         record["status"] = "error"
-        record["reason"] = "the agent's readings of free -m and /proc/meminfo could not be parsed"
+        record["reason"] = f"the readings of free -m and /proc/meminfo through {reader.what} could not be parsed"
         return
     record["status"] = "ok"
     if not agree:
-        record["reason"] = (f"the agent's MemTotal ({agent_total} KiB) and the balloon's available "
-                            f"({available} KiB) disagree")
+        record["reason"] = (f"the guest's MemTotal ({agent_total} KiB, read via {reader.name}) and the balloon's "
+                            f"available ({available} KiB) disagree")

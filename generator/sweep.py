@@ -257,7 +257,10 @@ class Sweep:
             direct = g.kernel not in ("host",) and not g.kernel.startswith("debian:")
             kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if direct else (None, None)
             tag = f"image-{disk.stem}"[:40]
-        return {"disk": host.stage(disk, f"{tag}-{disk.name}"), "format": fmt,
+        keys = {}
+        if g.image.startswith("debian:") and g.reading == "ssh":  # made when the image was built
+            keys = {"host_key": img.file("host_key.pub").read_text(), "client_key": str(img.file("client_key"))}
+        return {**keys, "disk": host.stage(disk, f"{tag}-{disk.name}"), "format": fmt,
                 "kernel": host.stage(kernel, f"{tag}-vmlinuz") if kernel else "",
                 "initrd": host.stage(initrd, f"{tag}-initrd.img") if initrd else "",
                 "release": probe_mod.kernel_release(kernel) if kernel else None,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import time
 from pathlib import Path
@@ -37,6 +38,19 @@ cp /boot/initrd.img-* /memballoon-export/initrd.img
 """
 
 
+# sshd with one host key and one client key, both made when the image is built; the client key and
+# the host key's public half leave the image (exported) so the tool can log in and verify the guest.
+SSH_COMMANDS = r"""
+systemctl enable systemd-networkd ssh
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -q -t ed25519 -N '' -C memballoon-guest -f /etc/ssh/ssh_host_ed25519_key
+cp /etc/ssh/ssh_host_ed25519_key.pub /memballoon-export/host_key.pub
+ssh-keygen -q -t ed25519 -N '' -C memballoon -f /memballoon-export/client_key
+install -d -m 0700 /root/.ssh
+install -m 0600 /memballoon-export/client_key.pub /root/.ssh/authorized_keys
+"""
+
+
 def debian_recipe(suite: str, reading: str = "agent") -> images.Recipe:
     """A minimal full Debian system: what a reader's guest runs, at its smallest. For reading
     'agent' it runs the QEMU guest agent; for 'console' it has no agent and runs memballoon-report
@@ -47,6 +61,12 @@ def debian_recipe(suite: str, reading: str = "agent") -> images.Recipe:
         return images.Recipe(name=f"debian-{suite}", suite=suite, packages=packages, commands=SYSTEM_COMMANDS,
                              size_mib=2048)
     packages = tuple(p for p in packages if p != "qemu-guest-agent")
+    if reading == "ssh":
+        files = (("/etc/systemd/network/80-memballoon.network", 0o644, "[Match]\nName=en*\n\n[Network]\nDHCP=yes\n"),
+                 ("/etc/ssh/sshd_config.d/memballoon.conf", 0o644,
+                  "PermitRootLogin prohibit-password\nPasswordAuthentication no\nHostKey /etc/ssh/ssh_host_ed25519_key\n"))
+        return images.Recipe(name=f"debian-{suite}-ssh", suite=suite, packages=packages + ("openssh-server",),
+                             files=files, commands=SYSTEM_COMMANDS + SSH_COMMANDS, size_mib=2048)
     files = (("/usr/local/sbin/memballoon-report", 0o755, (GUEST_FILES / "memballoon-report").read_text()),
              ("/etc/systemd/system/memballoon-report.service", 0o644,
               (GUEST_FILES / "memballoon-report.service").read_text()))
@@ -54,8 +74,11 @@ def debian_recipe(suite: str, reading: str = "agent") -> images.Recipe:
                          commands=SYSTEM_COMMANDS + "systemctl enable memballoon-report.service\n", size_mib=2048)
 
 
-class AgentError(Exception):
-    """The guest agent did not answer as expected (not running, timed out, command failed)."""
+class ReadError(Exception):
+    """The guest could not be read (agent or sshd not answering, timed out, command failed)."""
+
+
+AgentError = ReadError
 
 
 def agent(dom, command: str, arguments: dict | None = None, timeout: int = 10) -> object:
@@ -115,3 +138,72 @@ def image_format(path) -> str:
     raw image can never be mistaken for something else)."""
     with open(path, "rb") as f:
         return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+class AgentReader:
+    """Reads a guest through the QEMU guest agent."""
+
+    name, what, hint = "agent", "the guest agent", "does the image run qemu-guest-agent?"
+
+    def __init__(self, dom):
+        self.dom = dom
+
+    def ready(self) -> None:
+        agent(self.dom, "guest-ping", timeout=2)
+
+    def run(self, path: str, args: list[str]) -> str:
+        return agent_exec(self.dom, path, args)
+
+    def close(self) -> None:
+        pass
+
+
+class SSHReader:
+    """Reads a guest over SSH (Fabric), its host key checked against known_hosts like any host's;
+    through the hypervisor host's own SSH connection when that host is remote."""
+
+    name, what, hint = "ssh", "the guest's sshd", "is sshd running and the guest's address right?"
+
+    def __init__(self, address: str, port: int, user: str, key: str, known_hosts: list[str], gateway=None):
+        self.args = (address, port, user, key, known_hosts, gateway)
+        self.conn = None
+        # while the guest boots, connections fail by design; paramiko would log each one as an error
+        logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)
+
+    def ready(self) -> None:
+        import paramiko
+        from fabric import Connection
+
+        address, port, user, key, known_hosts, gateway = self.args
+        conn = Connection(address, user=user, port=port, gateway=gateway, connect_timeout=3,
+                          connect_kwargs={"key_filename": key, "look_for_keys": False, "allow_agent": False}
+                          if key else {})
+        for path in known_hosts:
+            conn.client.load_host_keys(path)
+        conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            conn.run("true", hide=True, in_stream=False, timeout=10)
+        except paramiko.BadHostKeyException as e:
+            conn.close()
+            raise ReadError(f"the guest's SSH host key has CHANGED ({e.key.get_name()}); refusing it") from None
+        except Exception as e:  # noqa: BLE001 - not up yet, refused, unknown key: all 'not ready'
+            conn.close()
+            raise ReadError(" ".join(str(e).split())[:200] or type(e).__name__) from None
+        self.conn = conn
+
+    def run(self, path: str, args: list[str]) -> str:
+        import shlex
+
+        try:
+            out = self.conn.run(shlex.join([path, *args]), hide=True, in_stream=False, timeout=20, warn=True)
+        except Exception as e:  # noqa: BLE001
+            raise ReadError(" ".join(str(e).split())[:200] or type(e).__name__) from None
+        if out.exited != 0:
+            raise ReadError(f"{path} exited {out.exited} in the guest")
+        if len(out.stdout) > 1 << 20:
+            raise ReadError(f"{path}: output larger than 1 MiB")
+        return out.stdout
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()

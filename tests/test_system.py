@@ -36,7 +36,11 @@ def test_system_guest_and_host_pairing(write_manifest, tmp_path):
     ("  - {name: sys, image: debian:bookworm, hosts: [elsewhere]}\n", "'elsewhere' is not a host"),
     ("  - {name: sys, initrd: /boot/x}\n", "guests[0].initrd: goes with image"),
     ("  - {name: sys, reading: console}\n", "guests[0].reading: is for full systems"),
-    ("  - {name: sys, image: debian:bookworm, reading: ssh}\n", "guests[0].reading"),
+    ("  - {name: sys, image: debian:bookworm, reading: telnet}\n", "guests[0].reading"),
+    ("  - {name: sys, image: debian:bookworm, reading: ssh}\n", "guests[0].address: reading: ssh needs"),
+    ("  - {name: sys, image: debian:bookworm, address: 10.0.0.5}\n", "guests[0].address: goes with reading: ssh"),
+    ("  - {name: sys, image: debian:bookworm, reading: ssh, address: 'a b'}\n", "guests[0].address"),
+    ("  - {name: sys, image: debian:bookworm, reading: ssh, address: 'h:99999'}\n", "guests[0].address"),
 ])
 def test_bad_system_guests_name_the_key(write_manifest, guests, message):
     with pytest.raises(ManifestError) as e:
@@ -108,3 +112,32 @@ def test_the_report_script_speaks_the_probes_markers():
     _fill_guest_view(record, Console.parse(text), 40.0)
     assert record["memtotal_settled_kib"] == 863660 and record["free_m"]["total"] == 843
     assert record["meminfo"]["MemTotal"] == 863660 and record["guest_kernel"] == "6.1.0-50-amd64"
+
+
+def test_ssh_guest_domain_forwards_one_loopback_port():
+    xml = domain_xml(name="mb-s", domain_type="qemu", memory_mib=2048, current_memory_mib=1024, vcpus=1,
+                     kernel="/k", initrd="/i", cmdline="root=/dev/vda", console="/c.log", balloon_model="virtio",
+                     stats_period=1, disk="/o.qcow2", forward_port=40123)
+    dom = ET.fromstring(xml)
+    ns = "{http://libvirt.org/schemas/domain/qemu/1.0}"
+    args = [a.get("value") for a in dom.find(f"{ns}commandline")]
+    assert "user,id=mbnet,hostfwd=tcp:127.0.0.1:40123-:22" in args  # loopback only
+    assert dom.find("devices/channel") is None  # no agent channel asked for
+
+
+def test_ssh_variant_of_the_debian_image():
+    recipe = system.debian_recipe("bookworm", "ssh")
+    assert "openssh-server" in recipe.packages and "qemu-guest-agent" not in recipe.packages
+    assert "client_key" in recipe.commands and "PasswordAuthentication no" in dict(
+        (p, t) for p, _m, t in recipe.files)["/etc/ssh/sshd_config.d/memballoon.conf"]
+
+
+def test_forwarded_address_needs_the_tools_own_image(write_manifest, tmp_path):
+    image = tmp_path / "mine.img"
+    image.write_bytes(b"\0" * 512)
+    with pytest.raises(ManifestError) as e:
+        load(with_guests(write_manifest, f"  - {{name: s, image: {image}, reading: ssh, address: forwarded}}\n"))
+    assert "'forwarded' works with image: debian:<suite>" in str(e.value)
+    m = load(with_guests(write_manifest, f"  - {{name: s, image: {image}, reading: ssh, address: 'web01:2222', "
+                                         "ssh: {user: admin}}\n"))
+    assert m.guest("s").address == "web01:2222" and m.guest("s").ssh.user == "admin"

@@ -101,6 +101,22 @@ def test_an_image_without_the_agent_is_read_from_its_console(tmp_path, system_en
     assert r["guest_kernel"] and overlays(env) == []
 
 
+def test_a_system_read_over_ssh(tmp_path, system_env):
+    """The image's sshd, reached on a forwarded loopback port, its host key checked (made at build time)."""
+    env, _cache = system_env
+    manifest = write(tmp_path, "sysssh", "    image: debian:bookworm\n    reading: ssh\n    address: forwarded",
+                     "[2 GiB]")
+    out = cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"), timeout=1500)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" not in out.stderr  # connection attempts while the guest boots are not errors
+    [r] = recs(tmp_path / "res").values()
+    assert r["status"] == "ok", r
+    assert r["reading"] == "ssh" and r["cross_check"]["agree"] is True
+    assert r["cross_check"]["ssh_memtotal_kib"] == r["balloon"]["available"] == r["memtotal_settled_kib"]
+    assert r["free_m"]["total"] < 1024 and r["balloon"]["actual"] == 1024 * 1024
+    assert overlays(env) == []
+
+
 def test_a_user_image_is_never_written(tmp_path, system_env):
     env, cache = system_env
     built = images.build(system.debian_recipe("bookworm"), cache)
