@@ -636,10 +636,11 @@ def _unexpected_exit(host: str, e) -> str:
     return f"host {host}: '{command}' exited {result.exited}" + (f": {tail}" if tail else "")
 
 
-def runtime_for(spec: HostSpec, cache_dir: Path, note=None) -> HostRuntime:
-    """The runtime of a manifest's host; `note` hears progress of long steps (building, booting)."""
+def runtime_for(spec: HostSpec, cache_dir: Path, note=None, stop=None) -> HostRuntime:
+    """The runtime of a manifest's host; `note` hears progress of long steps (building, booting),
+    `stop` (an Event) interrupts them."""
     if spec.is_nested:
         from .nested_xen import NestedXenHost  # it builds on SSHHost: imported here, not at the top
 
-        return NestedXenHost(spec, cache_dir, note)
+        return NestedXenHost(spec, cache_dir, note, stop)
     return SSHHost(spec, cache_dir) if spec.is_remote else LocalHost(spec, cache_dir)

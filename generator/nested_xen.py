@@ -200,7 +200,7 @@ def qemu_command(spec: HostSpec, image: images.Image, state: Path, port: int) ->
             "-device", "virtio-net-pci,netdev=net0"]
 
 
-def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None]) -> Machine:
+def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None], stop=None) -> Machine:
     """Build (or reuse) the dom0 image and boot the nested host until dom0's sshd answers."""
     image = images.build(dom0_recipe(spec.nested.suite), cache_dir, note)
     state = private_dir(private_dir(cache_dir / "nested") / spec.name)
@@ -212,13 +212,14 @@ def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None]) -> Machi
         raise HostError(f"host {spec.name}: another sweep is running this nested host ({state}); wait for it "
                         "to finish") from None
     try:
-        return _start_locked(spec, image, state, lock, note)
+        return _start_locked(spec, image, state, lock, note, stop)
     except BaseException:
         lock.close()
         raise
 
 
-def _start_locked(spec: HostSpec, image: images.Image, state: Path, lock, note: Callable[[str], None]) -> Machine:
+def _start_locked(spec: HostSpec, image: images.Image, state: Path, lock, note: Callable[[str], None],
+                  stop=None) -> Machine:
     # We hold the lock, so a QEMU of this nested host that still runs belongs to a run that was killed.
     for pid in kill_leftovers(state, spec.name):
         note(f"host {spec.name}: stopped the nested host QEMU (pid {pid}) a killed run left behind")
@@ -236,7 +237,7 @@ def _start_locked(spec: HostSpec, image: images.Image, state: Path, lock, note: 
         note(f"host {spec.name}: booting Xen with a {spec.nested.dom0_memory} MiB dom0 in QEMU "
              f"({spec.nested.memory} MiB, {spec.nested.cpus} CPU, TCG); about a minute")
         try:
-            _wait_ready(spec, proc, state, spec.nested.boot_timeout)
+            _wait_ready(spec, proc, state, spec.nested.boot_timeout, stop)
         except _PortTaken as e:
             last_error = str(e)
             continue
@@ -251,10 +252,14 @@ class _PortTaken(Exception):
     pass
 
 
-def _wait_ready(spec: HostSpec, proc: subprocess.Popen, state: Path, timeout: float) -> None:
+def _wait_ready(spec: HostSpec, proc: subprocess.Popen, state: Path, timeout: float, stop=None) -> None:
     end = time.monotonic() + timeout
     console = state / "console.log"
     while time.monotonic() < end:
+        if stop is not None and stop.is_set():  # Ctrl-C or SIGTERM while dom0 boots: stop now
+            from .measure import StopRequested
+
+            raise StopRequested()
         text = console.read_text(errors="replace") if console.exists() else ""
         if f"{READY} ready" in text:
             failed = [ln.split(" ", 1)[1] for ln in text.splitlines() if ln.startswith(READY) and "-failed" in ln]
@@ -290,10 +295,11 @@ def stop_process(proc: subprocess.Popen) -> None:
 class NestedXenHost(SSHHost):
     """A `kind: nested-xen` host: started on first use, then measured as any Xen host over SSH."""
 
-    def __init__(self, spec: HostSpec, cache_dir: Path, note: Callable[[str], None] | None = None):
+    def __init__(self, spec: HostSpec, cache_dir: Path, note: Callable[[str], None] | None = None, stop=None):
         # The SSH side is set up once the machine runs (its port is known then).
         self._manifest_spec = spec
         self._note = note or (lambda m: log.info("%s", m))
+        self._stop = stop
         self.machine: Machine | None = None
         self.connection = None
         self._policy = None
@@ -303,7 +309,7 @@ class NestedXenHost(SSHHost):
         if self.machine is not None:
             return
         spec = self._manifest_spec
-        machine = start(spec, self.cache_dir, self._note)
+        machine = start(spec, self.cache_dir, self._note, self._stop)
         self.machine = machine
         try:
             known = machine.state / "known_hosts"

@@ -187,7 +187,7 @@ class Sweep:
 
     def _run_host(self, name: str, pts: list[Point]) -> None:
         spec = self.manifest.host(name)
-        host = runtime_for(spec, self.cache_dir, note=self.progress.note)
+        host = runtime_for(spec, self.cache_dir, note=self.progress.note, stop=self.stop)
         try:
             host.connect()
             host.check_console_logging()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -109,6 +110,24 @@ def test_killed_sweep_leaves_no_nested_host(tmp_path, xen_env):
         proc.kill()  # SIGKILL: the tool cannot clean up; QEMU must go with it
         proc.wait()
     wait_for(lambda: not nested_qemus(cache), 15, "the nested host's QEMU to die with the tool")
+    assert not list((tmp_path / "res").rglob("*.json"))
+
+
+def test_sigterm_while_dom0_boots_stops_the_nested_host(tmp_path, xen_env):
+    env, cache = xen_env
+    manifest = write(tmp_path, "xenterm", "[1024 MiB]")
+    proc = start_cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    try:
+        def booting() -> bool:
+            return "booting Xen" in proc.stdout.readline()
+        wait_for(booting, 900, "the nested host to boot")
+        wait_for(lambda: nested_qemus(cache), 30, "the nested host's QEMU")
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)  # not after dom0 has finished booting: at once
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert nested_qemus(cache) == []
     assert not list((tmp_path / "res").rglob("*.json"))
 
 
