@@ -673,6 +673,9 @@ class Manifest:
                 if h not in names:
                     problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest")
             on = [h for h in self.hosts if not g.hosts or h.name in g.hosts]
+            if g.address == "forwarded" and any(h.is_remote for h in on):
+                problems.add(f"guests[{i}].address", "'forwarded' is a port of this machine: list only local hosts "
+                                                     f"in guests[{i}].hosts, or give the guest's address")
             if g.is_system and any(h.is_xen for h in on):
                 problems.add(f"guests[{i}].image", "full-system guests run on QEMU/KVM hosts; list those in "
                                                    f"guests[{i}].hosts (Xen hosts measure the probe)")

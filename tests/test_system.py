@@ -141,3 +141,13 @@ def test_forwarded_address_needs_the_tools_own_image(write_manifest, tmp_path):
     m = load(with_guests(write_manifest, f"  - {{name: s, image: {image}, reading: ssh, address: 'web01:2222', "
                                          "ssh: {user: admin}}\n"))
     assert m.guest("s").address == "web01:2222" and m.guest("s").ssh.user == "admin"
+
+
+def test_forwarded_address_only_on_local_hosts(write_manifest):
+    path = with_guests(write_manifest, "  - {name: s, image: debian:bookworm, reading: ssh, address: forwarded}\n")
+    path.write_text(path.read_text().replace("hosts:\n", "hosts:\n  - {name: far, uri: 'qemu+ssh://root@h.example.org/system'}\n", 1))
+    with pytest.raises(ManifestError) as e:
+        load(path)
+    assert "guests[0].address: 'forwarded' is a port of this machine" in str(e.value)
+    path.write_text(path.read_text().replace("address: forwarded}", "address: forwarded, hosts: [local]}"))
+    assert load(path).guest("s").hosts == ["local"]
