@@ -33,6 +33,29 @@ EXPORT = "memballoon-export"  # folder in the image whose files are moved next t
 BUILD_TIMEOUT = 1800      # seconds for mmdebstrap (a slow mirror); a stuck build fails, it does not hang
 
 
+# Building blocks of recipes (shell run inside the image, and files), shared by every image that needs them.
+SMALL_INITRAMFS = r"""
+# a small initramfs: only what finds the root disk (boots faster under emulation)
+sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf
+printf 'virtio_pci\nvirtio_blk\next4\n' >> /etc/initramfs-tools/modules
+update-initramfs -u -k all >/dev/null
+"""
+# sshd with one host key and one client key, both made when the image is built; the client key and the
+# host key's public half leave the image (exported), so the tool can log in and verify the machine.
+SSH_KEYS = r"""
+rm -f /etc/ssh/ssh_host_*
+ssh-keygen -q -t ed25519 -N '' -C memballoon -f /etc/ssh/ssh_host_ed25519_key
+cp /etc/ssh/ssh_host_ed25519_key.pub /memballoon-export/host_key.pub
+ssh-keygen -q -t ed25519 -N '' -C memballoon -f /memballoon-export/client_key
+install -d -m 0700 /root/.ssh
+install -m 0600 /memballoon-export/client_key.pub /root/.ssh/authorized_keys
+"""
+SSHD_CONFIG = ("/etc/ssh/sshd_config.d/memballoon.conf", 0o644,
+               "# written by memballoon: keys only, the one host key the tool knows\n"
+               "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
+               "HostKey /etc/ssh/ssh_host_ed25519_key\n")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """What an image is made of. Everything here goes into its hash, so a change makes a new image."""

@@ -558,6 +558,16 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
                 record["reason"] = "; ".join(x for x in (record["reason"], note) if x)
 
 
+def _cross_check(record: dict, source: str) -> tuple:
+    """The guest's own MemTotal (read via `source`) against the balloon's `available` statistic,
+    which should be the same number; recorded as `cross_check`. (available, MemTotal, agree)."""
+    available = (record.get("balloon") or {}).get("available")
+    total = record["memtotal_settled_kib"]
+    agree = available is not None and total is not None and abs(int(available) - int(total)) <= 1024
+    record["cross_check"] = {f"{source}_memtotal_kib": total, "balloon_available_kib": available, "agree": agree}
+    return available, total, agree
+
+
 def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
     """(SSHReader, loopback port to forward to the guest's port 22, or 0) for a guest read over SSH.
 
@@ -629,10 +639,7 @@ def _follow_console_system(dom, record: dict, *, host: HostRuntime, console_path
         time.sleep(0.5)
     _fill_guest_view(record, console, started_at)
     record["durations"]["settle_s"] = round(elapsed - started_at, 2) if started_at is not None else None
-    available = (record.get("balloon") or {}).get("available")
-    total = record["memtotal_settled_kib"]
-    agree = available is not None and total is not None and abs(int(available) - int(total)) <= 1024
-    record["cross_check"] = {"console_memtotal_kib": total, "balloon_available_kib": available, "agree": agree}
+    available, total, agree = _cross_check(record, "console")
     if console.has("settle-timeout"):
         record["status"] = "timeout"
         record["reason"] = "the guest's balloon was still moving when its report gave up"
@@ -726,11 +733,7 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
     if re.fullmatch(r"[\w.+~-]{1,100}", release):
         record["guest_kernel"] = release
     record["durations"]["settle_s"] = round(settled_at - agent_at, 2)
-    available = (record.get("balloon") or {}).get("available")
-    agent_total = record["memtotal_settled_kib"]
-    agree = available is not None and agent_total is not None and abs(int(available) - int(agent_total)) <= 1024
-    record["cross_check"] = {f"{reader.name}_memtotal_kib": agent_total, "balloon_available_kib": available,
-                             "agree": agree}
+    available, agent_total, agree = _cross_check(record, reader.name)
     if record["free_m"] is None or agent_total is None:
         record["status"] = "error"
         record["reason"] = f"the readings of free -m and /proc/meminfo through {reader.what} could not be parsed"

@@ -76,12 +76,6 @@ say "ready $(cut -d' ' -f1 /proc/uptime)"
 while :; do sleep 3600; done
 """
 
-SSHD_CONFIG = """# written by memballoon: keys only, the one host key the tool knows
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-HostKey /etc/ssh/ssh_host_ed25519_key
-"""
 
 DOM0_COMMANDS = r"""
 # libvirtd's QEMU driver (pulled in by libvirt-daemon) refuses to start without its user
@@ -89,17 +83,7 @@ id libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --shell /us
 # every guest console is logged to /var/log/xen/console/guest-<name>.log: that is how the probe is read
 echo 'XENCONSOLED_ARGS="--log=guest --log-dir=/var/log/xen/console"' >> /etc/default/xen
 echo dom0 > /etc/hostname
-# a small initramfs: only what finds the root disk (boots faster under emulation)
-sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf
-printf 'virtio_pci\nvirtio_blk\next4\n' >> /etc/initramfs-tools/modules
-update-initramfs -u -k all >/dev/null
-# one host key, made now; the client key leaves the image (exported), its public half stays
-rm -f /etc/ssh/ssh_host_*
-ssh-keygen -q -t ed25519 -N '' -C memballoon-dom0 -f /etc/ssh/ssh_host_ed25519_key
-cp /etc/ssh/ssh_host_ed25519_key.pub /memballoon-export/host_key.pub
-ssh-keygen -q -t ed25519 -N '' -C memballoon -f /memballoon-export/client_key
-install -d -m 0700 /root/.ssh
-install -m 0600 /memballoon-export/client_key.pub /root/.ssh/authorized_keys
+""" + images.SMALL_INITRAMFS + images.SSH_KEYS + r"""
 # what QEMU boots: Xen (uncompressed: QEMU loads it as a multiboot ELF), dom0's kernel and initrd
 gunzip -c /boot/xen-4.17-amd64.gz > /memballoon-export/xen
 cp /boot/vmlinuz-* /memballoon-export/vmlinuz
@@ -115,7 +99,7 @@ def dom0_recipe(suite: str = "bookworm") -> images.Recipe:
                   "initramfs-tools", "kmod", "procps", "iproute2", "util-linux", "udev", "openssh-server",
                   "netcat-openbsd"),
         files=(("/usr/local/sbin/memballoon-dom0-init", 0o755, DOM0_INIT),
-               ("/etc/ssh/sshd_config.d/memballoon.conf", 0o644, SSHD_CONFIG)),
+               images.SSHD_CONFIG),
         commands=DOM0_COMMANDS, size_mib=2048)
 
 

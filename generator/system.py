@@ -28,27 +28,14 @@ SYSTEM_COMMANDS = r"""
 echo memballoon-guest > /etc/hostname
 printf '/dev/vda / ext4 defaults 0 1\n' > /etc/fstab
 systemctl set-default multi-user.target
-# a small initramfs that finds the root disk (boots faster under emulation)
-sed -i 's/^MODULES=.*/MODULES=list/' /etc/initramfs-tools/initramfs.conf
-printf 'virtio_pci\nvirtio_blk\next4\n' >> /etc/initramfs-tools/modules
-update-initramfs -u -k all >/dev/null
+""" + images.SMALL_INITRAMFS + r"""
 # the kernel and initramfs the domain boots directly (the image has no boot loader)
 cp /boot/vmlinuz-* /memballoon-export/vmlinuz
 cp /boot/initrd.img-* /memballoon-export/initrd.img
 """
 
 
-# sshd with one host key and one client key, both made when the image is built; the client key and
-# the host key's public half leave the image (exported) so the tool can log in and verify the guest.
-SSH_COMMANDS = r"""
-systemctl enable systemd-networkd ssh
-rm -f /etc/ssh/ssh_host_*
-ssh-keygen -q -t ed25519 -N '' -C memballoon-guest -f /etc/ssh/ssh_host_ed25519_key
-cp /etc/ssh/ssh_host_ed25519_key.pub /memballoon-export/host_key.pub
-ssh-keygen -q -t ed25519 -N '' -C memballoon -f /memballoon-export/client_key
-install -d -m 0700 /root/.ssh
-install -m 0600 /memballoon-export/client_key.pub /root/.ssh/authorized_keys
-"""
+SSH_COMMANDS = "systemctl enable systemd-networkd ssh\n" + images.SSH_KEYS
 
 
 def debian_recipe(suite: str, reading: str = "agent") -> images.Recipe:
@@ -63,8 +50,7 @@ def debian_recipe(suite: str, reading: str = "agent") -> images.Recipe:
     packages = tuple(p for p in packages if p != "qemu-guest-agent")
     if reading == "ssh":
         files = (("/etc/systemd/network/80-memballoon.network", 0o644, "[Match]\nName=en*\n\n[Network]\nDHCP=yes\n"),
-                 ("/etc/ssh/sshd_config.d/memballoon.conf", 0o644,
-                  "PermitRootLogin prohibit-password\nPasswordAuthentication no\nHostKey /etc/ssh/ssh_host_ed25519_key\n"))
+                 images.SSHD_CONFIG)
         return images.Recipe(name=f"debian-{suite}-ssh", suite=suite, packages=packages + ("openssh-server",),
                              files=files, commands=SYSTEM_COMMANDS + SSH_COMMANDS, size_mib=2048)
     files = (("/usr/local/sbin/memballoon-report", 0o755, (GUEST_FILES / "memballoon-report").read_text()),

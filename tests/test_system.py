@@ -151,3 +151,34 @@ def test_forwarded_address_only_on_local_hosts(write_manifest):
     assert "guests[0].address: 'forwarded' is a port of this machine" in str(e.value)
     path.write_text(path.read_text().replace("address: forwarded}", "address: forwarded, hosts: [local]}"))
     assert load(path).guest("s").hosts == ["local"]
+
+
+@pytest.mark.parametrize("answers, message", [
+    (['not json'], "unexpected answer"),
+    (['{"return": {"pid": "7"}}'], "returned no pid"),
+    (['{"return": {"pid": 7}}', '{"return": {"exited": true, "exitcode": 3}}'], "exited 3"),
+    (['{"return": {"pid": 7}}', '{"return": {"exited": true, "exitcode": 0, "out-data": ' + '"' + "A" * (2 << 20) + '"}}'],
+     "larger than"),
+    (['{"return": {"pid": 7}}', '{"return": {"exited": true, "exitcode": 0, "out-data": 5}}'], "output missing"),
+])
+def test_hostile_agent_answers_are_errors_not_data(monkeypatch, answers, message):
+    """A guest's agent says what it likes: nonsense, a wrong type, a failed command, a flood."""
+    import libvirt_qemu
+
+    replies = iter(answers)
+    monkeypatch.setattr(libvirt_qemu, "qemuAgentCommand", lambda _dom, _cmd, _timeout, _flags: next(replies))
+    with pytest.raises(system.ReadError, match=message):
+        system.agent_exec(object(), "/usr/bin/free", ["-m"])
+
+
+def test_agent_output_is_decoded_not_trusted(monkeypatch):
+    import base64
+
+    import libvirt_qemu
+
+    text = "Mem: <script>alert(1)</script>\udcff".encode("utf-8", "surrogateescape")
+    replies = iter(['{"return": {"pid": 7}}', '{"return": {"exited": true, "exitcode": 0, "out-data": "'
+                    + base64.b64encode(text).decode() + '"}}'])
+    monkeypatch.setattr(libvirt_qemu, "qemuAgentCommand", lambda *_a: next(replies))
+    out = system.agent_exec(object(), "/usr/bin/free", ["-m"])
+    assert "<script>" in out and "\ufffd" in out  # invalid UTF-8 replaced; markup is escaped where it is shown
