@@ -319,21 +319,40 @@ echo "uid $(id -u)"
 
     def _xen_facts(self) -> dict:
         """What `xl info` says: Xen's version, its memory (total, free), its command line, dom0's kernel."""
-        out = self.run("xl info 2>/dev/null || true", hide=True, warn=True).stdout
-        info = {}
-        for line in out.splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info[key.strip()] = value.strip()
+        return parse_xl_info(self.run("xl info 2>/dev/null || true", hide=True, warn=True).stdout)
 
-        def num(key: str) -> int | None:
-            return int(info[key]) if info.get(key, "").isdigit() else None
-        version = f"{info['xen_major']}.{info['xen_minor']}{info.get('xen_extra', '')}" \
-            if info.get("xen_major") and info.get("xen_minor") else None
-        return {"version": version, "total_mib": num("total_memory"), "free_mib": num("free_memory"),
-                "cpus": num("nr_cpus"), "caps": info.get("xen_caps"), "virt_caps": info.get("virt_caps"),
-                "commandline": info.get("xen_commandline"), "dom0_kernel": info.get("release"),
-                "scheduler": info.get("xen_scheduler")}
+
+XL_INFO_LIMIT = 256 * 1024   # `xl info` prints a few KiB; more is not Xen talking
+XL_TEXT_LIMIT = 200          # characters kept of a text field (the command line is the longest)
+
+
+def parse_xl_info(out: str) -> dict:
+    """`xl info`'s `key : value` lines into the facts a record keeps. The host is not trusted: numbers
+    are ASCII digits of sane length or nothing, text fields one printable line of bounded length."""
+    info: dict[str, str] = {}
+    for line in str(out)[:XL_INFO_LIMIT].splitlines():
+        key, sep, value = line.partition(":")
+        key = key.strip()
+        if sep and re.fullmatch(r"[a-z_0-9]{1,40}", key) and key not in info:
+            info[key] = value.strip()
+
+    def num(key: str) -> int | None:
+        value = info.get(key, "")
+        return int(value) if re.fullmatch(r"[0-9]{1,12}", value) else None
+
+    def text(key: str) -> str | None:
+        value = "".join(c if c.isprintable() else " " for c in info.get(key, ""))
+        value = " ".join(value.split())[:XL_TEXT_LIMIT]
+        return value or None
+
+    major, minor = num("xen_major"), num("xen_minor")
+    extra = info.get("xen_extra", "")
+    version = (f"{major}.{minor}" + (extra if re.fullmatch(r"[0-9A-Za-z.+~_-]{0,40}", extra) else "")
+               if major is not None and minor is not None else None)
+    return {"version": version, "total_mib": num("total_memory"), "free_mib": num("free_memory"),
+            "cpus": num("nr_cpus"), "caps": text("xen_caps"), "virt_caps": text("virt_caps"),
+            "commandline": text("xen_commandline"), "dom0_kernel": text("release"),
+            "scheduler": text("xen_scheduler")}
 
 
 def qemu_processes() -> list[tuple[int, list[bytes]]]:

@@ -269,26 +269,15 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
     except libvirt.libvirtError:
         pass  # the <stats period> in the XML already asks for it; some drivers refuse the call
     booted_at = None
-    last_sample = -1.0
     console = Console.parse("")
-    while True:
-        if stop.is_set():
-            raise StopRequested()
-        elapsed = time.monotonic() - t0
-        console = Console.parse(host.read_text(console_path))
-        alive = _alive(dom, libvirt)
-        if alive and elapsed - last_sample >= 1.0:
-            last_sample = elapsed
-            _sample(dom, record, elapsed, libvirt)
+    for elapsed, console, alive in _console_ticks(dom, record, host=host, console_path=console_path, t0=t0,
+                                                  stop=stop, libvirt=libvirt, poll=poll):
         if booted_at is None and console.has("init"):
             booted_at = elapsed
             clock["init_seen"] = elapsed
         if console.has("done"):
             clock["done_seen"] = elapsed
-            if alive:
-                if actual_target_kib is not None and not console.has("balloon-short"):
-                    _wait_for_actual(dom, actual_target_kib, libvirt)
-                _sample(dom, record, time.monotonic() - t0, libvirt)
+            _final_sample(dom, record, alive, None if console.has("balloon-short") else actual_target_kib, t0, libvirt)
             break
         if not alive:
             time.sleep(0.3)
@@ -308,7 +297,6 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
             record["reason"] = f"the guest did not finish within the settle timeout ({timeouts.settle:g} s)"
             _fill_guest_view(record, console, booted_at)
             return
-        time.sleep(poll)
     _fill_guest_view(record, console, booted_at)
     if console.has("settle-timeout"):
         record["status"] = "timeout"
@@ -324,6 +312,34 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
             notes.append(f"the balloon stopped at {int(short[0]) // 1024} MiB of its {int(short[1]) // 1024} MiB "
                          "target (nothing changed for the stability window)")
         record["reason"] = "; ".join(notes)
+
+
+def _console_ticks(dom, record: dict, *, host: HostRuntime, console_path: str, t0: float,
+                   stop: threading.Event, libvirt, poll: float):
+    """The polling head shared by the probe and the console-reporting system: every `poll` seconds,
+    stop if asked, read the console again, check the domain is alive and sample the balloon (at most
+    once a second); yields (seconds since t0, console, alive) until the caller breaks or returns."""
+    last_sample = -1.0
+    while True:
+        if stop.is_set():
+            raise StopRequested()
+        elapsed = time.monotonic() - t0
+        console = Console.parse(host.read_text(console_path))
+        alive = _alive(dom, libvirt)
+        if alive and elapsed - last_sample >= 1.0:
+            last_sample = elapsed
+            _sample(dom, record, elapsed, libvirt)
+        yield elapsed, console, alive
+        time.sleep(poll)
+
+
+def _final_sample(dom, record: dict, alive: bool, target_kib: int | None, t0: float, libvirt) -> None:
+    """The guest said 'done': once the host's view of the balloon has caught up, the last sample."""
+    if not alive:
+        return
+    if target_kib is not None:
+        _wait_for_actual(dom, target_kib, libvirt)
+    _sample(dom, record, time.monotonic() - t0, libvirt)
 
 
 def _wait_for_actual(dom, target_kib: int, libvirt, limit: float = 3.0) -> None:
@@ -604,24 +620,13 @@ def _follow_console_system(dom, record: dict, *, host: HostRuntime, console_path
     same markers as the probe on the serial console once the balloon has stopped moving."""
     timeouts = manifest.timeouts
     started_at = None
-    last_sample = -1.0
-    while True:
-        if stop.is_set():
-            raise StopRequested()
-        elapsed = time.monotonic() - t0
-        console = Console.parse(host.read_text(console_path))
-        alive = _alive(dom, libvirt)
-        if alive and elapsed - last_sample >= 1.0:
-            last_sample = elapsed
-            _sample(dom, record, elapsed, libvirt)
+    for elapsed, console, alive in _console_ticks(dom, record, host=host, console_path=console_path, t0=t0,
+                                                  stop=stop, libvirt=libvirt, poll=0.5):
         if started_at is None and console.has("report-start"):
             started_at = elapsed
             record["durations"]["boot_s"] = round(elapsed, 2)
         if console.has("done"):
-            if alive:
-                if target_kib is not None:
-                    _wait_for_actual(dom, target_kib, libvirt)
-                _sample(dom, record, time.monotonic() - t0, libvirt)
+            _final_sample(dom, record, alive, target_kib, t0, libvirt)
             break
         if not alive:
             time.sleep(0.3)
@@ -636,7 +641,6 @@ def _follow_console_system(dom, record: dict, *, host: HostRuntime, console_path
             record["status"] = "timeout"
             record["reason"] = f"the report did not finish within the settle timeout ({timeouts.settle:g} s)"
             return
-        time.sleep(0.5)
     _fill_guest_view(record, console, started_at)
     record["durations"]["settle_s"] = round(elapsed - started_at, 2) if started_at is not None else None
     available, total, agree = _cross_check(record, "console")

@@ -154,3 +154,58 @@ def test_recipe_files_must_stay_in_the_image(tmp_path, path):
     with pytest.raises(UserError, match="must be absolute and stay in the image"):
         images.build(recipe, tmp_path)
     assert not (tmp_path / "images").exists()
+
+
+XL_INFO = """host                   : dom0
+release                : 6.1.0-50-amd64
+version                : #1 SMP PREEMPT_DYNAMIC Debian 6.1.158-1 (2026-10-01)
+machine                : x86_64
+nr_cpus                : 1
+total_memory           : 4095
+free_memory            : 3028
+xen_major              : 4
+xen_minor              : 17
+xen_extra              : .5
+xen_version            : 4.17.5
+xen_caps               : xen-3.0-x86_64
+xen_scheduler          : credit2
+virt_caps              : pv shadow gnttab-v1 gnttab-v2
+xen_commandline        : console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 noreboot
+"""
+
+
+def test_xl_info_parsed_into_the_facts_a_record_keeps():
+    from generator.hosts import parse_xl_info
+    assert parse_xl_info(XL_INFO) == {
+        "version": "4.17.5", "total_mib": 4095, "free_mib": 3028, "cpus": 1, "caps": "xen-3.0-x86_64",
+        "virt_caps": "pv shadow gnttab-v1 gnttab-v2", "dom0_kernel": "6.1.0-50-amd64", "scheduler": "credit2",
+        "commandline": "console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M dom0_max_vcpus=1 noreboot"}
+
+
+@pytest.mark.parametrize("hostile, key, expected", [
+    ("total_memory : ²³", "total_mib", None),                  # str.isdigit() is true for these; int() is not
+    ("total_memory : 99999999999999999999", "total_mib", None),
+    ("total_memory : -5", "total_mib", None),
+    ("nr_cpus : 0x10", "cpus", None),
+    ("xen_extra : .5</td><script>x()</script>", "version", "4.17"),  # extra dropped, major.minor kept
+    ("xen_major : 4; rm -rf /", "version", None),
+    ("release : 6.1\x1b[31mred\x00\r\nlevel", "dom0_kernel", "6.1 [31mred"),
+    ("xen_commandline : " + "A" * 5000, "commandline", "A" * 200),
+    ("virt_caps : \u202eesrever", "virt_caps", "esrever"),    # bidi override is not printable: dropped
+])
+def test_xl_info_from_a_hostile_host_is_bounded(hostile, key, expected):
+    """A compromised dom0 may print anything: numbers stay numbers, text stays one short printable line."""
+    from generator.hosts import parse_xl_info
+    info = parse_xl_info(hostile + "\n" + XL_INFO)   # the first occurrence of a key wins
+    assert info[key] == expected
+    for value in info.values():
+        assert value is None or isinstance(value, int) or (len(value) <= 200 and value.isprintable())
+
+
+def test_xl_info_flood_and_garbage():
+    from generator.hosts import parse_xl_info
+    assert parse_xl_info("")["version"] is None
+    assert parse_xl_info(b"\xff\xfe".decode("latin-1") * 10)["total_mib"] is None
+    flood = ("x" * 1000 + "\n") * 2000 + XL_INFO       # past the read limit: the real lines are not reached
+    info = parse_xl_info(flood)
+    assert info["version"] is None and info["total_mib"] is None
