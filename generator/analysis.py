@@ -104,6 +104,40 @@ class SeriesPoint:
         return self.failures[0].get("reason", "") if self.failures else ""
 
     @property
+    def died(self) -> list[dict]:
+        """The repeats whose guest died (out of memory, or a panic)."""
+        return [r for r in self.records if r["status"] in ("oom", "panic")]
+
+    @property
+    def set_aside_at_boot(self) -> float | None:
+        """MiB of `memory` the guest's kernel did not count as usable at boot (memory minus MemTotal at
+        boot), the median over every repeat that reported it, those that later died included."""
+        values = [r["memory_mib"] - r["memtotal_boot_kib"] / 1024 for r in self.records
+                  if isinstance(r.get("memtotal_boot_kib"), int) and 0 < r["memtotal_boot_kib"] <= r["memory_mib"] * 1024]
+        return statistics.median(values) if values else None
+
+    @property
+    def balloon_floor(self) -> float | None:
+        """For the repeats that died: the smallest size (MiB) the host saw the guest's balloon leave it,
+        the median over those repeats. The target was currentMemory; this is how close it came."""
+        floors = []
+        for r in self.died:
+            low = r.get("balloon_low_kib")   # the build's summary of the timeline, or the timeline itself
+            if low is None:
+                low = min((a for _, a, *_ in r.get("balloon_timeline") or [] if isinstance(a, int) and a > 0),
+                          default=None)
+            if isinstance(low, int) and low > 0:
+                floors.append(low / 1024)
+        return statistics.median(floors) if floors else None
+
+    @property
+    def inflating_s(self) -> float | None:
+        """For the repeats that died: seconds the balloon inflated before the end (median)."""
+        values = [(r.get("phases") or {}).get("inflation_host_s") for r in self.died]
+        values = [v for v in values if isinstance(v, (int, float))]
+        return statistics.median(values) if values else None
+
+    @property
     def reserved(self) -> float | None:
         values = [v for v in (reserved_mib(r) for r in self.ok) if v is not None]
         return statistics.median(values) if values else None
@@ -325,12 +359,14 @@ class Data:
 
     @property
     def main(self) -> Series | None:
-        """The series the prose talks about: the one with most measured points; on a tie, the guest
-        the manifest names first, on its first host."""
+        """The series the prose talks about: the manifest's first host and first guest, as long as it
+        measured a line (two points or more); otherwise the next in manifest order that did, else the
+        one with most measured points. Failed points at the large end don't demote a series: they are
+        part of what the prose tells."""
         def rank(s: Series) -> tuple:
             order = self.guest_order.index(s.guest) if s.guest in self.guest_order else len(self.guest_order)
             host = self.host_order.index(s.host) if s.host in self.host_order else len(self.host_order)
-            return (-len(s.measured), order, host)
+            return (len(s.measured) < 2, host, order, -len(s.measured))
         return min(self.series, key=rank, default=None)
 
     def on(self, domain_type: str) -> list[Series]:

@@ -113,6 +113,9 @@ def summary(record: dict, keep: frozenset) -> dict:
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
         out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}
+    # of the timeline, only the smallest balloon size the host saw (how far a guest that died got)
+    low = [a for _, a, *_ in record.get("balloon_timeline") or [] if isinstance(a, int) and a > 0]
+    out["balloon_low_kib"] = min(low) if low else None
     return out
 
 

@@ -52,8 +52,12 @@ def record(guest: str, memory: int, repeat: int) -> dict:
             "started_at": f"2026-11-1{repeat}T09:00:00+00:00", "tool_version": "0.1.0", "manifest_sha256": "ab" * 32,
             "reason": ""}
     if memory == 32768:
-        return dict(base, status="oom" if guest == "precise" else "refused",
-                    reason="Out of memory: Killed process 1 (init)" if guest == "precise" else "cannot set up guest memory 'pc.ram': Cannot allocate memory")
+        if guest == "precise":  # booted, then died while the balloon inflated: 1,100 MiB set aside at boot
+            return dict(base, status="oom", reason="Out of memory: Killed process 1 (init)",
+                        memtotal_boot_kib=(memory - 1100) * 1024, phases={"inflation_host_s": 120.0},
+                        balloon_timeline=[[1.0, memory * 1024, None], [60.0, 4_000_000, 2_000_000],
+                                          [121.0, 1_800_000 + repeat * 1024, 300_000]])
+        return dict(base, status="refused", reason="cannot set up guest memory 'pc.ram': Cannot allocate memory")
     seen = SEEN[guest][memory] - (repeat - 1) * 3  # repeats differ a little: shown as spread
     reserved = 72 * 1024 + (memory - 1024) * 16 + (64 * 1024 if memory >= 4096 else 0)
     return dict(base, status="ok", memtotal_boot_kib=memory * 1024 - 40000, memtotal_settled_kib=seen * 1024 + 100,
@@ -134,6 +138,12 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     # failures are data: each told once, with where and how often
     assert "memory 32 GiB, currentMemory 1024 MiB, kvm1/precise (×2): <strong>oom</strong>" in html
     assert "kvm1/rhel6 (×2): <strong>refused</strong>" in html
+    # the guests that died are explained from their own records: set aside at boot, how far the balloon got
+    assert "Past 32 GiB: no guest survives" in html
+    assert ["32 GiB", "Ubuntu Precise", "1,100", "1,759", "2.0", "<strong>OOM</strong>"] in \
+        [cells[i:i + 6] for i in range(len(cells))]
+    assert "already kept 1,100 MiB for itself" in html and "more than the 1024 MiB" in html
+    assert "still had\n659 MiB beyond the set-aside" in html or "still had 659 MiB beyond the set-aside" in html
 
 
 def test_two_clean_builds_are_identical(sample, tmp_path):
@@ -317,5 +327,8 @@ def test_a_xen_host_gets_its_graphs_a_comparison_and_its_section(sample, tmp_pat
     assert "from 16 GiB on, the map ends at 11 GiB" not in text  # no 16 GiB point in this sample
     assert "from 32 GiB on, the map ends at 11 GiB" in text
     assert "Xen 4.17.5 (1 CPU, 4.0 GiB)" in text and "`Haswell-noTSX`" in text
+    # the prose follows the manifest's first host and guest, though Xen measured more points of it
+    # (kvm1/precise: 961 and 958 MiB at 1 GiB, last measured 8 GiB; xen1/precise: 957 MiB, measured to 32 GiB)
+    assert "the guest already sees only\n**960 MiB**" in text and "At\n8 GiB the guest is down to" in text
     html = (hugo(site) / "posts/sample/index.html").read_text()
     assert "compare-precise-1024.png" in html and "xen-precise-1024.png" in html
