@@ -112,8 +112,13 @@ class SeriesPoint:
     def set_aside_at_boot(self) -> float | None:
         """MiB of `memory` the guest's kernel did not count as usable at boot (memory minus MemTotal at
         boot), the median over every repeat that reported it, those that later died included."""
-        values = [r["memory_mib"] - r["memtotal_boot_kib"] / 1024 for r in self.records
-                  if isinstance(r.get("memtotal_boot_kib"), int) and 0 < r["memtotal_boot_kib"] <= r["memory_mib"] * 1024]
+        values = []
+        for r in self.records:
+            boot = r.get("memtotal_boot_kib")
+            if isinstance(boot, int) and 0 < boot <= r["memory_mib"] * 1024:
+                values.append(r["memory_mib"] - boot / 1024)
+            elif reserved_mib(r) is not None:   # a full system: its kernel's own 'Memory: … reserved'
+                values.append(reserved_mib(r))
         return statistics.median(values) if values else None
 
     @property
@@ -132,8 +137,9 @@ class SeriesPoint:
 
     @property
     def inflating_s(self) -> float | None:
-        """For the repeats that died: seconds the balloon inflated before the end (median)."""
-        values = [(r.get("phases") or {}).get("inflation_host_s") for r in self.died]
+        """For the repeats that died: seconds the balloon inflated before the end (median); the probe's
+        phases say, for a full system the host's samples of the balloon."""
+        values = [(r.get("phases") or {}).get("inflation_host_s") or r.get("balloon_moving_s") for r in self.died]
         values = [v for v in values if isinstance(v, (int, float))]
         return statistics.median(values) if values else None
 

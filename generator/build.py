@@ -113,9 +113,12 @@ def summary(record: dict, keep: frozenset) -> dict:
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
         out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}
-    # of the timeline, only the smallest balloon size the host saw (how far a guest that died got)
-    low = [a for _, a, *_ in record.get("balloon_timeline") or [] if isinstance(a, int) and a > 0]
-    out["balloon_low_kib"] = min(low) if low else None
+    # of the timeline, only how far the balloon got (its smallest size) and for how long it moved
+    timeline = [(t, a) for t, a, *_ in record.get("balloon_timeline") or []
+                if isinstance(t, (int, float)) and isinstance(a, int) and a > 0]
+    out["balloon_low_kib"] = min(a for _, a in timeline) if timeline else None
+    moving = [t for (t, a), (_, before) in zip(timeline[1:], timeline) if a != before]
+    out["balloon_moving_s"] = round(moving[-1] - moving[0], 1) if len(moving) > 1 else None
     return out
 
 

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_manifest_is_the_2012_experiment():
     [path] = [p for p in find_manifests(ROOT / "experiments") if p.parent.name == "memory-ballooning"]
     m = load(path)
-    assert m.sweep.memory == [1024, 2048, 4096, 8192, 16384, 32768]
+    assert m.sweep.memory == [1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]  # to 128 GiB, past 2012's 32
     assert [g.kernel for g in m.guests if not g.is_system] == ["host", "debian:trixie", "debian:bullseye"]
     assert [(g.image, g.hosts) for g in m.guests if g.is_system] == [("debian:bookworm", ["local"])]
     assert m.sweep.memory_model == ["balloon"] and m.hosts[0].memory_backing == "auto"
