@@ -422,6 +422,9 @@ def _lost_alt(series, fits) -> str:
             first, last = s.measured[0], s.measured[-1]
             parts.append(f"{s.title} (no fitted line, medians joined): {s.lost(first):g} MiB lost at "
                          f"{mib_label(first.memory_mib)}, {s.lost(last):g} MiB at {mib_label(last.memory_mib)}.")
+        died = [mib_label(p.memory_mib) for p in s.failed if p.status in ("oom", "panic")]
+        if died:
+            parts.append(f"{s.title}: died at {' and '.join(died)}, drawn as all of currentMemory lost.")
     return " ".join(parts)
 
 

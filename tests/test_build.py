@@ -143,6 +143,7 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     assert ["32 GiB", "Ubuntu Precise", "1,100", "1,759", "2.0", "<strong>OOM</strong>"] in \
         [cells[i:i + 6] for i in range(len(cells))]
     assert "already kept 1,100 MiB for itself" in html and "more than the 1024 MiB" in html
+    assert "Ubuntu Precise, 1024 MB ram: died at 32 GiB, drawn as all of currentMemory lost." in html  # lost graph's alt
     assert "still had\n659 MiB beyond the set-aside" in html or "still had 659 MiB beyond the set-aside" in html
 
 
