@@ -116,6 +116,14 @@ def _excerpt(text: str, limit: int = 40) -> list[str]:
     return key + ["…"] + tail if key else tail
 
 
+def _share_progress(live: dict | None, record: dict, point: Point, inflates: bool) -> None:
+    """Let the sweep's progress read this point's balloon samples while it runs (a virtio balloon that
+    inflates from memory to currentMemory; nothing to follow otherwise)."""
+    if live is not None and inflates:
+        live.update(timeline=record["balloon_timeline"], memory_kib=point.memory_mib * 1024,
+                    target_kib=point.current_memory_mib * 1024)
+
+
 def point_identity(point: Point, manifest: Manifest, status: str = "error", reason: str = "") -> dict:
     """The fields every record has, whatever happened to the point."""
     return {"experiment": manifest.experiment, "host": point.host, "guest": point.guest, **point.factors,
@@ -146,13 +154,14 @@ class StopRequested(Exception):
 
 def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, kernel: str,
             initrd: str, guest_release: str, domain_type: str, domain_type_reason: str, run_id: str,
-            stop: threading.Event, boot_method: str = "bzimage", teardown=None) -> dict:
+            stop: threading.Event, boot_method: str = "bzimage", teardown=None, live: dict | None = None) -> dict:
     """Boot one point and return its record (a dict ready for JSON). Never leaves the domain running.
 
     kernel is what the domain boots: the bzImage, or (boot_method 'pvh') the uncompressed vmlinux
     that QEMU starts through its PVH entry point, skipping firmware work and decompression.
     teardown: called with the still-running domain once everything is read, to destroy it in the
-    background (the sweep's reaper); without it, or when the point is interrupted, it is destroyed here."""
+    background (the sweep's reaper); without it, or when the point is interrupted, it is destroyed here.
+    live: the sweep's progress entry for this point, given the balloon's samples as they come."""
     libvirt = libvirt_module()
     conn = host.connect()
     guest = manifest.guest(point.guest)
@@ -187,6 +196,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
         "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {}, "console_excerpt": [],
     }
+    _share_progress(live, record, point, balloon_sized)
     for extra_facts in ("xen", "nested"):  # Xen's version and memory; the outer machine of a nested host
         if host_facts.get(extra_facts):
             record[extra_facts] = host_facts[extra_facts]
@@ -485,7 +495,8 @@ _MEMORY_LINE_RE = re.compile(r"Memory: \d+K/\d+K available[^\n]*|software IO TLB
 
 
 def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, boot: dict,
-                   domain_type: str, domain_type_reason: str, run_id: str, stop: threading.Event) -> dict:
+                   domain_type: str, domain_type_reason: str, run_id: str, stop: threading.Event,
+                   live: dict | None = None) -> dict:
     """Boot a full system from a throwaway overlay of its image and read it through the guest agent.
 
     Done when the agent answers, the balloon has reached its target (both host views), and the
@@ -529,6 +540,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         "cross_check": None, "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {},
         "console_excerpt": [],
     }
+    _share_progress(live, record, point, point.memory_model == "balloon" and balloon_model == "virtio")
     t0 = time.monotonic()
     dom = None
     try:

@@ -30,6 +30,26 @@ def describe(record: dict) -> str:
     return f"{status}: {record.get('reason', '')}"
 
 
+def balloon_state(live: dict) -> str | None:
+    """'balloon 63.1 of 127 GiB given back, 0.27 GiB/s' for a point whose balloon is on its way, from the
+    samples its measurement keeps; None before it moves or once it is there (nothing worth saying)."""
+    timeline, memory, target = live.get("timeline"), live.get("memory_kib"), live.get("target_kib")
+    if not timeline or not memory or target is None or memory <= target:
+        return None
+    samples = [(t, a) for t, a, *_ in list(timeline[-40:]) if isinstance(a, int)]
+    if not samples:
+        return None
+    t1, a1 = samples[-1]
+    if a1 >= memory or a1 <= target:
+        return None
+    gib = 1024 * 1024
+    text = f"balloon {(memory - a1) / gib:.1f} of {(memory - target) / gib:.0f} GiB given back"
+    t0, a0 = samples[0]
+    if t1 - t0 >= 5 and a0 > a1:
+        text += f", {(a0 - a1) / gib / (t1 - t0):.2f} GiB/s"
+    return text
+
+
 class Progress:
     """Counts points done / failed / left and estimates the time left from the finished ones."""
 
@@ -38,7 +58,7 @@ class Progress:
         self.live = self.stream.isatty() if live is None else live
         self.total = total
         self.done = self.failed = self.skipped = 0
-        self.running: dict[str, float] = {}
+        self.running: dict[str, dict] = {}   # key -> {"since", "said", and what the point fills in: see begin}
         self.started = time.monotonic()
         self.lock = threading.Lock()
         self._last_line = ""
@@ -53,12 +73,18 @@ class Progress:
             else:
                 self._print(f"{total} point(s) to measure")
 
-    def begin(self, key: str) -> None:
+    def begin(self, key: str) -> dict:
+        """A point starts. Returns a dict the measurement may fill while it runs, read at each tick:
+        'timeline' (the record's balloon samples, [seconds, actual KiB, …]), 'memory_kib' and
+        'target_kib' (where the balloon starts and where it is going)."""
         with self.lock:
-            self.running[key] = time.monotonic()
+            now = time.monotonic()
+            live: dict = {"since": now, "said": now}
+            self.running[key] = live
             if not self.live:
                 self._print(f"  start {key}")
             self._draw()
+            return live
 
     def end(self, key: str, record: dict | None) -> None:
         with self.lock:
@@ -73,10 +99,21 @@ class Progress:
             self._print(f"  [{self.done}/{self.total}] {key} ({mem}) {describe(record)}")
             self._draw()
 
-    def tick(self) -> None:
-        """Redraw the live bar (elapsed time and ETA move even while no point finishes)."""
+    def tick(self, now: float | None = None) -> None:
+        """Redraw the live bar (elapsed time and ETA move even while no point finishes). Without a
+        terminal, a point that has run for a while says how far its balloon has got, once a minute."""
         with self.lock:
+            now = time.monotonic() if now is None else now
+            if not self.live:
+                for key, live in self.running.items():
+                    if now - live["said"] >= self.EVERY:
+                        live["said"] = now
+                        state = balloon_state(live)
+                        if state:
+                            self._print(f"  ... {key}: {_duration(now - live['since'])}, {state}")
             self._draw()
+
+    EVERY = 60.0  # seconds between two progress lines of one point
 
     def skip_many(self, n: int) -> None:
         with self.lock:
@@ -101,8 +138,11 @@ class Progress:
         width = 24
         filled = int(width * (self.done + self.skipped) / self.total) if self.total else width
         bar = "#" * filled + "." * (width - filled)
-        return (f"[{bar}] {self.done - self.failed} done, {self.failed} failed, {left} left, "
+        line = (f"[{bar}] {self.done - self.failed} done, {self.failed} failed, {left} left, "
                 f"{len(self.running)} running, elapsed {_duration(time.monotonic() - self.started)}, ETA {self.eta()}")
+        oldest = min(self.running.items(), key=lambda kv: kv[1]["since"], default=None)
+        state = balloon_state(oldest[1]) if oldest else None
+        return line + (f"; {oldest[0]}: {state}" if state else "")
 
     def finish(self) -> None:
         with self.lock:

@@ -294,17 +294,17 @@ class Sweep:
         try:
             if self.stop.is_set():
                 return
-            self.progress.begin(point.key)
+            live = self.progress.begin(point.key)
             try:
                 if isinstance(staged, dict):
                     record = measure_system(point, manifest=self.manifest, host=host, host_facts=facts, boot=staged,
                                             domain_type=dtype, domain_type_reason=why, run_id=self.run_id,
-                                            stop=self.stop)
+                                            stop=self.stop, live=live)
                 else:
                     record = measure(point, manifest=self.manifest, host=host, host_facts=facts, kernel=staged[0],
-                                 initrd=staged[1], guest_release=staged[2], domain_type=dtype,
+                                     initrd=staged[1], guest_release=staged[2], domain_type=dtype,
                                      domain_type_reason=why, run_id=self.run_id, stop=self.stop,
-                                     boot_method=staged[3], teardown=teardown)
+                                     boot_method=staged[3], teardown=teardown, live=live)
             except StopRequested:
                 self.progress.end(point.key, None)
                 return

@@ -40,3 +40,40 @@ def test_live_bar_counts_and_eta():
 
 def test_describe_failure():
     assert describe(rec("timeout")) == "timeout: cannot set up guest memory"
+
+
+def test_a_long_point_says_how_far_its_balloon_got_once_a_minute():
+    """Without a terminal a 128 GiB point would be silent for many minutes: it says where its balloon is."""
+    out = io.StringIO()
+    p = Progress(stream=out, live=False)
+    p.start(1)
+    live = p.begin("local/debian/m131072-c1024-r1")
+    since = live["since"]
+    gib = 1024 * 1024
+    live.update(timeline=[], memory_kib=128 * gib, target_kib=1 * gib)
+    p.tick(now=since + 61)                       # nothing sampled yet: nothing to say
+    assert "..." not in out.getvalue()
+    live["timeline"] += [[t, 128 * gib - int(t * 0.25 * gib), None] for t in range(10, 71)]
+    p.tick(now=since + 130)
+    line = out.getvalue().splitlines()[-1]
+    assert line == "  ... local/debian/m131072-c1024-r1: 2m10s, balloon 17.5 of 127 GiB given back, 0.25 GiB/s"
+    p.tick(now=since + 150)                      # within the minute: quiet
+    assert out.getvalue().splitlines()[-1] == line
+    live["timeline"].append([80.0, 1 * gib, None])   # at its target: nothing worth saying
+    p.tick(now=since + 200)
+    assert out.getvalue().splitlines()[-1] == line
+    p.end("local/debian/m131072-c1024-r1", rec("oom", memory=131072))
+
+
+def test_the_live_bar_shows_the_oldest_points_balloon():
+    p = Progress(stream=io.StringIO(), live=True)
+    p.start(2)
+    gib = 1024 * 1024
+    p.begin("a").update(timeline=[[1.0, 64 * gib, None], [11.0, 62 * gib, None]], memory_kib=64 * gib, target_kib=gib)
+    p.begin("b")
+    assert p.status_line().endswith("; a: balloon 2.0 of 63 GiB given back, 0.20 GiB/s")
+    # a Xen guest or a balloon with nothing to give back says nothing
+    p2 = Progress(stream=io.StringIO(), live=True)
+    p2.start(1)
+    p2.begin("x").update(timeline=[[1.0, gib, None]], memory_kib=gib, target_kib=gib)
+    assert "balloon" not in p2.status_line()
