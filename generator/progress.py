@@ -43,7 +43,8 @@ def balloon_state(live: dict) -> str | None:
     if a1 >= memory or a1 <= target:
         return None
     gib = 1024 * 1024
-    text = f"balloon {(memory - a1) / gib:.1f} of {(memory - target) / gib:.0f} GiB given back"
+    total = f"{(memory - target) / gib:.1f}".removesuffix(".0")
+    text = f"balloon {(memory - a1) / gib:.1f} of {total} GiB given back"
     t0, a0 = samples[0]
     if t1 - t0 >= 5 and a0 > a1:
         text += f", {(a0 - a1) / gib / (t1 - t0):.2f} GiB/s"
