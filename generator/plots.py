@@ -159,7 +159,9 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
         dead_at = sorted({s.current_memory_mib for s in series for p in s.failed if p.status in ("oom", "panic")})
         for level in dead_at:
             ax.axhline(level, linestyle=":", color="#555555", linewidth=1.0, zorder=1,
-                       label=f"all of currentMemory ({level} MiB) lost: the guest died (x)" if level == dead_at[0] else None)
+                       label=None if level != dead_at[0] else
+                       f"all of currentMemory ({level} MiB) lost: the guest died (x)" if len(dead_at) == 1 else
+                       "all of its currentMemory lost: the guest died (x, dotted)")
         ax.set_xlabel("memory (GiB)")
         ax.set_ylabel("currentMemory - what the guest sees (MiB)")
         ax.set_title("Memory lost to a large <memory>" + ("" if len(series) <= MAX_LEGEND else
