@@ -139,7 +139,7 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     assert "memory 32 GiB, currentMemory 1024 MiB, kvm1/precise (×2): <strong>oom</strong>" in html
     assert "kvm1/rhel6 (×2): <strong>refused</strong>" in html
     # the guests that died are explained from their own records: set aside at boot, how far the balloon got
-    assert "Past 32 GiB: no guest survives" in html
+    assert "Past 32 GiB: no KVM guest survives" in html
     assert ["32 GiB", "Ubuntu Precise", "1,100", "1,759", "2.0", "<strong>OOM</strong>"] in \
         [cells[i:i + 6] for i in range(len(cells))]
     assert "already kept 1,100 MiB for itself" in html and "more than the 1024 MiB" in html
