@@ -9,6 +9,12 @@
    GiB, 3 repeats: 30 points) with the automatic slots: the sum of their durations against the
    same 30 points as archived with the previous probe (target <= 0.5).
 4. Slots: 4 points (1-8 GiB) in parallel slots and one at a time.
+5. The guest's own share of inflation: 32 GiB points with the stock command line and with
+   `init_on_alloc=0` (Debian's kernels zero every page they allocate, the balloon's included, and
+   under TCG that zeroing is emulated), one at a time, alternating, 3 each: the balloon's
+   inflation time of each and their ratio, and what the guests see, which must be the same.
+
+`--parts 5` runs only part 5 (any comma-separated list of parts).
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ timeouts: {{stable: 4s}}
 post: {{slug: bench, title: bench, content: post.md}}
 """
 HOST = "[{name: debian, kernel: host}]"
+NO_INIT = "[{name: debian, kernel: host, cmdline: init_on_alloc=0}]"
 BOTH = "[{name: debian, kernel: host}, {name: trixie, kernel: 'debian:trixie'}]"
 
 
@@ -120,46 +127,86 @@ def overhead(r: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-default", action="store_true", help="leave out part 3 (the 30 default points)")
+    ap.add_argument("--parts", default="1,2,3,4,5", help="which parts to run, e.g. 5 or 1,2 (default: all)")
     args = ap.parse_args()
+    parts = {int(x) for x in args.parts.split(",") if x.strip().isdigit()}
+    if args.skip_default:
+        parts.discard(3)
     cache = ROOT / ".cache"
     env = dict(os.environ, MEMBALLOON_CACHE=str(cache))
     slots = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="mbbench-") as tmp:
         tmp = Path(tmp)
         env["MEMBALLOON_EMBED_ROOT"] = tempfile.mkdtemp(prefix="mbb-", dir="/tmp")
-        bare = floor(cache)
-        fl = statistics.median(bare)
-        print(f"1. floor: bare qemu-system-x86_64, bzImage, 1 GiB, prints MemTotal and powers off: "
-              f"median {fl:.2f} s of {len(bare)} ({', '.join(f'{t:.2f}' for t in bare)})")
-        _, small = sweep(tmp, "one", HOST, "1 GiB", 3, env, 1)
-        _, large = sweep(tmp, "sixteen", HOST, "16 GiB", 3, env, 1)
-        one = statistics.median(r["durations"]["total_s"] for r in small)
-        print(f"2. 1 GiB point (pvh boot, through libvirt): median {one:.2f} s of 3; phases (medians, s): "
-              f"{phase_medians(small)}")
-        print(f"   ratio 1 GiB point / floor: {one / fl:.2f}  (target <= 1.0)")
-        sixteen = statistics.median(r["durations"]["total_s"] for r in large)
-        infl = statistics.median(r["phases"]["inflation_s"] for r in large)
-        over = statistics.median(overhead(r) for r in large)
-        print(f"   16 GiB point: median {sixteen:.2f} s of 3, of which inflation {infl:.2f} s; phases (medians, s): "
-              f"{phase_medians(large)}")
-        print(f"   16 GiB overhead beyond boot and inflation: median {over:.2f} s  (target <= 2 s); "
-              f"beyond inflation alone: {sixteen - infl:.2f} s")
-        if not args.skip_default:
-            base, n = baseline_sum()
-            wall, recs = sweep(tmp, "default", BOTH, ", ".join(f"{m // 1024} GiB" for m in BASELINE_SIZES), 3, env,
-                               None)
-            now = sum(r["durations"]["total_s"] for r in recs)
-            print(f"3. default points (2 kernels x 1-16 GiB x 3 repeats = {len(recs)}): sum of point durations "
-                  f"{now:.0f} s, archived with the previous probe {base:.0f} s ({n} points, {BASELINE_COMMIT})")
-            print(f"   ratio now / archived: {now / base:.2f}  (target <= 0.5); sweep wall time {wall:.0f} s "
-                  f"with {slots} slots")
-        wall_par, recs = sweep(tmp, "par", HOST, "1 GiB, 2 GiB, 4 GiB, 8 GiB", 1, env, None)
-        wall_seq, recs_seq = sweep(tmp, "seq", HOST, "1 GiB, 2 GiB, 4 GiB, 8 GiB", 1, env, 1)
-        per_point = [r["durations"]["total_s"] for r in recs]
-        print(f"4. slots: 4 points (1-8 GiB), {slots} slots: wall {wall_par:.1f} s, sum of point durations "
-              f"{sum(per_point):.1f} s; one at a time: wall {wall_seq:.1f} s")
-        print(f"   ratio wall / (sum / slots): {wall_par / (sum(per_point) / slots):.2f}  (1.00 = no overhead); "
-              f"speed-up over one at a time: {wall_seq / wall_par:.2f}x")
+        if parts & {1, 2}:
+            first_parts(tmp, cache, env)
+        if 3 in parts:
+            default_points(tmp, env, slots)
+        if 4 in parts:
+            slot_parts(tmp, env, slots)
+        if 5 in parts:
+            init_on_alloc(tmp, env)
+
+
+def init_on_alloc(tmp: Path, env: dict, runs: int = 3) -> None:
+    stock, quick = [], []
+    for i in range(runs):  # alternating, one at a time: both see the same machine
+        stock += sweep(tmp, f"stock{i}", HOST, "32 GiB", 1, env, 1)[1]
+        quick += sweep(tmp, f"noinit{i}", NO_INIT, "32 GiB", 1, env, 1)[1]
+    seen = {(r["memtotal_settled_kib"], r["free_m"]["total"]) for r in stock + quick}
+    a = statistics.median(r["phases"]["inflation_s"] for r in stock)
+    b = statistics.median(r["phases"]["inflation_s"] for r in quick)
+    ta = statistics.median(r["durations"]["total_s"] for r in stock)
+    tb = statistics.median(r["durations"]["total_s"] for r in quick)
+    def each(recs: list[dict]) -> str:
+        return ", ".join(f"{r['phases']['inflation_s']:.1f}" for r in recs)
+    same = f"the same in all {len(stock + quick)}" if len(seen) == 1 else f"DIFFERENT: {seen!r}"
+    print(f"5. 32 GiB points, balloon inflation (guest's view), median of {runs}: stock {a:.1f} s ({each(stock)}), "
+          f"init_on_alloc=0 {b:.1f} s ({each(quick)}); ratio {a / b:.2f}x")
+    print(f"   whole point: stock {ta:.1f} s, init_on_alloc=0 {tb:.1f} s ({ta / tb:.2f}x); what the guests saw: {same}")
+    if len(seen) != 1:
+        sys.exit("bench-sweep: init_on_alloc=0 changed what the guest sees")
+
+
+def first_parts(tmp: Path, cache: Path, env: dict) -> None:
+    bare = floor(cache)
+    fl = statistics.median(bare)
+    print(f"1. floor: bare qemu-system-x86_64, bzImage, 1 GiB, prints MemTotal and powers off: "
+          f"median {fl:.2f} s of {len(bare)} ({', '.join(f'{t:.2f}' for t in bare)})")
+    _, small = sweep(tmp, "one", HOST, "1 GiB", 3, env, 1)
+    _, large = sweep(tmp, "sixteen", HOST, "16 GiB", 3, env, 1)
+    one = statistics.median(r["durations"]["total_s"] for r in small)
+    print(f"2. 1 GiB point (pvh boot, through libvirt): median {one:.2f} s of 3; phases (medians, s): "
+          f"{phase_medians(small)}")
+    print(f"   ratio 1 GiB point / floor: {one / fl:.2f}  (target <= 1.0)")
+    sixteen = statistics.median(r["durations"]["total_s"] for r in large)
+    infl = statistics.median(r["phases"]["inflation_s"] for r in large)
+    over = statistics.median(overhead(r) for r in large)
+    print(f"   16 GiB point: median {sixteen:.2f} s of 3, of which inflation {infl:.2f} s; phases (medians, s): "
+          f"{phase_medians(large)}")
+    print(f"   16 GiB overhead beyond boot and inflation: median {over:.2f} s  (target <= 2 s); "
+          f"beyond inflation alone: {sixteen - infl:.2f} s")
+
+
+def default_points(tmp: Path, env: dict, slots: int) -> None:
+    base, n = baseline_sum()
+    wall, recs = sweep(tmp, "default", BOTH, ", ".join(f"{m // 1024} GiB" for m in BASELINE_SIZES), 3, env,
+                       None)
+    now = sum(r["durations"]["total_s"] for r in recs)
+    print(f"3. default points (2 kernels x 1-16 GiB x 3 repeats = {len(recs)}): sum of point durations "
+          f"{now:.0f} s, archived with the previous probe {base:.0f} s ({n} points, {BASELINE_COMMIT})")
+    print(f"   ratio now / archived: {now / base:.2f}  (target <= 0.5); sweep wall time {wall:.0f} s "
+          f"with {slots} slots")
+
+
+def slot_parts(tmp: Path, env: dict, slots: int) -> None:
+    wall_par, recs = sweep(tmp, "par", HOST, "1 GiB, 2 GiB, 4 GiB, 8 GiB", 1, env, None)
+    wall_seq, recs_seq = sweep(tmp, "seq", HOST, "1 GiB, 2 GiB, 4 GiB, 8 GiB", 1, env, 1)
+    per_point = [r["durations"]["total_s"] for r in recs]
+    print(f"4. slots: 4 points (1-8 GiB), {slots} slots: wall {wall_par:.1f} s, sum of point durations "
+          f"{sum(per_point):.1f} s; one at a time: wall {wall_seq:.1f} s")
+    print(f"   ratio wall / (sum / slots): {wall_par / (sum(per_point) / slots):.2f}  (1.00 = no overhead); "
+          f"speed-up over one at a time: {wall_seq / wall_par:.2f}x")
 
 
 if __name__ == "__main__":
