@@ -48,6 +48,22 @@ def reserved_mib(record: dict) -> float | None:
     return None
 
 
+def timeline_facts(record: dict) -> dict:
+    """What a post uses of a record's balloon timeline ([seconds, actual KiB, …] samples): the smallest
+    size the host saw (how far a guest that died got) and the seconds between its first and last change."""
+    timeline = [(s[0], s[1]) for s in record.get("balloon_timeline") or []
+                if isinstance(s, (list, tuple)) and len(s) >= 2 and isinstance(s[0], (int, float))
+                and isinstance(s[1], int) and not isinstance(s[1], bool) and s[1] > 0]
+    moving = [t for (t, a), (_, before) in zip(timeline[1:], timeline) if a != before]
+    return {"balloon_low_kib": min(a for _, a in timeline) if timeline else None,
+            "balloon_moving_s": round(moving[-1] - moving[0], 1) if len(moving) > 1 else None}
+
+
+def _timeline_fact(record: dict, key: str):
+    """One of timeline_facts, from the build's summary when the record is one, else from the timeline."""
+    return record[key] if key in record else timeline_facts(record)[key]
+
+
 def swiotlb_mib(record: dict) -> int:
     for line in record.get("dmesg") or []:
         m = _SWIOTLB_RE.search(line)
@@ -127,10 +143,7 @@ class SeriesPoint:
         the median over those repeats. The target was currentMemory; this is how close it came."""
         floors = []
         for r in self.died:
-            low = r.get("balloon_low_kib")   # the build's summary of the timeline, or the timeline itself
-            if low is None:
-                low = min((a for _, a, *_ in r.get("balloon_timeline") or [] if isinstance(a, int) and a > 0),
-                          default=None)
+            low = _timeline_fact(r, "balloon_low_kib")
             if isinstance(low, int) and low > 0:
                 floors.append(low / 1024)
         return statistics.median(floors) if floors else None
@@ -139,7 +152,8 @@ class SeriesPoint:
     def inflating_s(self) -> float | None:
         """For the repeats that died: seconds the balloon inflated before the end (median); the probe's
         phases say, for a full system the host's samples of the balloon."""
-        values = [(r.get("phases") or {}).get("inflation_host_s") or r.get("balloon_moving_s") for r in self.died]
+        values = [(r.get("phases") or {}).get("inflation_host_s") or _timeline_fact(r, "balloon_moving_s")
+                  for r in self.died]
         values = [v for v in values if isinstance(v, (int, float))]
         return statistics.median(values) if values else None
 

@@ -24,7 +24,7 @@ from typing import Callable
 
 from . import __version__
 from . import results as results_mod
-from .analysis import Data, build_series
+from .analysis import Data, build_series, timeline_facts
 from .errors import UserError
 from .manifest import FACTORS, Manifest, project_root
 from .safe import inside, is_inside, read_regular
@@ -113,12 +113,7 @@ def summary(record: dict, keep: frozenset) -> dict:
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
         out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}
-    # of the timeline, only how far the balloon got (its smallest size) and for how long it moved
-    timeline = [(t, a) for t, a, *_ in record.get("balloon_timeline") or []
-                if isinstance(t, (int, float)) and isinstance(a, int) and a > 0]
-    out["balloon_low_kib"] = min(a for _, a in timeline) if timeline else None
-    moving = [t for (t, a), (_, before) in zip(timeline[1:], timeline) if a != before]
-    out["balloon_moving_s"] = round(moving[-1] - moving[0], 1) if len(moving) > 1 else None
+    out.update(timeline_facts(record))  # of the timeline, only the two numbers a post uses
     return out
 
 
@@ -422,7 +417,7 @@ def _lost_alt(series, fits) -> str:
             first, last = s.measured[0], s.measured[-1]
             parts.append(f"{s.title} (no fitted line, medians joined): {s.lost(first):g} MiB lost at "
                          f"{mib_label(first.memory_mib)}, {s.lost(last):g} MiB at {mib_label(last.memory_mib)}.")
-        died = [mib_label(p.memory_mib) for p in s.failed if p.status in ("oom", "panic")]
+        died = [mib_label(p.memory_mib) for p in s.failed if p.died]
         if died:
             parts.append(f"{s.title}: died at {' and '.join(died)}, drawn as all of currentMemory lost.")
     return " ".join(parts)

@@ -540,7 +540,8 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         "cross_check": None, "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {},
         "console_excerpt": [],
     }
-    _share_progress(live, record, point, point.memory_model == "balloon" and balloon_model == "virtio")
+    inflates = point.memory_model == "balloon" and balloon_model == "virtio"
+    _share_progress(live, record, point, inflates)
     t0 = time.monotonic()
     dom = None
     try:
@@ -551,8 +552,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
             record["reason"] = _one_line(message)
             return record
-        target = point.current_memory_mib * 1024 if point.memory_model == "balloon" and balloon_model == "virtio" \
-            else None
+        target = point.current_memory_mib * 1024 if inflates else None
         if guest.reading == "console":
             _follow_console_system(dom, record, host=host, console_path=console_path, manifest=manifest, t0=t0,
                                    stop=stop, libvirt=libvirt, target_kib=target, system=system)
@@ -565,7 +565,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         if reader is not None:
             reader.close()
             if forward_port:  # the point's own known_hosts, written for its port
-                for path in reader.args[4]:
+                for path in reader.known_hosts:
                     Path(path).unlink(missing_ok=True)
         console = host.read_text(console_path)
         if dom is not None:

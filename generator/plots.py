@@ -152,11 +152,11 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
             elif s.measured:  # no straight line describes it (Xen PV): the medians, joined
                 ax.plot([p.memory_mib / 1024 for p in s.measured], [s.current_memory_mib - p.median for p in s.measured],
                         color=color, linewidth=1.2, linestyle="--", zorder=2)
-            died = [p for p in s.failed if p.status in ("oom", "panic")]
+            died = [p for p in s.failed if p.died]
             if died:  # the guest lost all of currentMemory: drawn there, as the cross it is elsewhere
                 ax.scatter([p.memory_mib / 1024 for p in died], [s.current_memory_mib] * len(died), color=color,
                            marker=_FAIL_MARKERS["oom"], s=60, zorder=4)
-        dead_at = sorted({s.current_memory_mib for s in series for p in s.failed if p.status in ("oom", "panic")})
+        dead_at = sorted({s.current_memory_mib for s in series for p in s.failed if p.died})
         for level in dead_at:
             ax.axhline(level, linestyle=":", color="#555555", linewidth=1.0, zorder=1,
                        label=None if level != dead_at[0] else

@@ -152,6 +152,7 @@ class SSHReader:
 
     def __init__(self, address: str, port: int, user: str, key: str, known_hosts: list[str], gateway=None):
         self.args = (address, port, user, key, known_hosts, gateway)
+        self.known_hosts = known_hosts
         self.conn = None
         # while the guest boots, connections fail by design; paramiko would log each one as an error
         logging.getLogger("paramiko.transport").setLevel(logging.CRITICAL)

@@ -180,3 +180,17 @@ def test_console_excerpt_keeps_why_the_guest_died():
     got = _excerpt("\n".join(lines), limit=40)
     assert got[:3] == [lines[1], lines[2], "…"] and got[3:] == lines[-40:]
     assert _excerpt("\n".join(lines[:5]), limit=40) == lines[:5]
+
+
+def test_timeline_facts_from_a_record_and_from_nonsense():
+    """How far a balloon got and how long it moved, from the timeline a record (or a guest) wrote."""
+    from generator.analysis import SeriesPoint, timeline_facts
+    rec = {"balloon_timeline": [[0.5, 4194304, None], [1.5, 4194304, None], [2.5, 3000000, 5], [3.5, 1048576, 5],
+                                [4.5, 1048576, 5]]}
+    assert timeline_facts(rec) == {"balloon_low_kib": 1048576, "balloon_moving_s": 1.0}
+    hostile = {"balloon_timeline": [["x", 5, 1], [1.0, "1024", 1], [2.0, True, 1], [3.0, -4, 1], [4.0, None, 1], [5.0]]}
+    assert timeline_facts(hostile) == {"balloon_low_kib": None, "balloon_moving_s": None}
+    assert timeline_facts({}) == {"balloon_low_kib": None, "balloon_moving_s": None}
+    # a point read from full records (no build summary) and from summaries gives the same floor
+    died = dict(rec, status="oom", memory_mib=4096)
+    assert SeriesPoint(4096, [died]).balloon_floor == SeriesPoint(4096, [dict(died, **timeline_facts(died))]).balloon_floor == 1024
