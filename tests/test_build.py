@@ -53,7 +53,7 @@ def record(guest: str, memory: int, repeat: int) -> dict:
             "reason": ""}
     if memory == 32768:
         if guest == "precise":  # booted, then died while the balloon inflated: 1,100 MiB set aside at boot
-            return dict(base, status="oom", reason="Out of memory: Killed process 1 (init)",
+            return dict(base, status="oom", reason="Out of memory: Killed process 1 (init`</code><script>x()</script>)",
                         memtotal_boot_kib=(memory - 1100) * 1024, phases={"inflation_host_s": 120.0},
                         balloon_timeline=[[1.0, memory * 1024, None], [60.0, 4_000_000, 2_000_000],
                                           [121.0, 1_800_000 + repeat * 1024, 300_000]])
@@ -143,6 +143,8 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     assert ["32 GiB", "Ubuntu Precise", "1,100", "1,759", "2.0", "<strong>OOM</strong>"] in \
         [cells[i:i + 6] for i in range(len(cells))]
     assert "already kept 1,100 MiB for itself" in html and "more than the 1024 MiB" in html
+    # the guest's last words are its own text: shown in a code span, never as markup
+    assert "<script>" not in html and "&lt;script&gt;x()&lt;/script&gt;" in html
     assert "Ubuntu Precise, 1024 MB ram: died at 32 GiB, drawn as all of currentMemory lost." in html  # lost graph's alt
     assert "still had\n659 MiB beyond the set-aside" in html or "still had 659 MiB beyond the set-aside" in html
 
