@@ -80,16 +80,45 @@ def templates_dir() -> Path:
     return PROJECT_DIR / "templates"
 
 
-def results_commit(folder: Path) -> str | None:
-    """The last git commit that touched the results folder, '+dirty' if it has uncommitted changes."""
+def git_toplevel(root: Path) -> Path | None:
+    """The working tree holding the project root: the nearest folder at or above it with a `.git`.
+
+    Found by looking, not by git's discovery: a results folder from a cloned repository can be laid
+    out as a bare repository (HEAD, config, objects/) whose config names commands, and git run
+    inside it would obey that config. `.git` itself can never be committed, so it is the user's."""
+    for folder in (root, *root.parents):
+        if os.path.lexists(folder / ".git"):
+            return folder
+    return None
+
+
+def _git(top: Path, *args: str) -> subprocess.CompletedProcess:
+    """git on the project's own repository only: no discovery above it, no bare repositories, no
+    filesystem monitor or pager, pathspecs taken literally."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_CEILING_DIRECTORIES=str(top.parent), GIT_LITERAL_PATHSPECS="1", GIT_OPTIONAL_LOCKS="0",
+               GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat")
+    return subprocess.run(["git", "-C", str(top), "-c", "safe.bareRepository=explicit", "-c", "core.fsmonitor=false",
+                           "-c", "core.hooksPath=/dev/null", *args],
+                          capture_output=True, text=True, timeout=20, env=env, stdin=subprocess.DEVNULL)
+
+
+def results_commit(folder: Path, root: Path) -> str | None:
+    """The last git commit that touched the results folder, '+dirty' if it has uncommitted changes.
+
+    git runs against the repository holding the project `root`, never inside the results folder."""
     try:
-        out = subprocess.run(["git", "-C", str(folder), "log", "-1", "--format=%H", "--", "."],
-                             capture_output=True, text=True, timeout=20)
-        if out.returncode != 0 or not out.stdout.strip():
+        top = git_toplevel(Path(root).resolve())
+        folder = Path(folder).resolve()
+        if top is None or not is_inside(folder, top):
             return None
-        dirty = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=20).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
+        rel = os.path.relpath(folder, top)
+        out = _git(top, "log", "-1", "--format=%H", "--", rel)
+        commit = out.stdout.strip()
+        if out.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", commit):
+            return None
+        dirty = _git(top, "status", "--porcelain", "--untracked-files=all", "--", rel).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
 
@@ -280,7 +309,7 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     if not content_path.is_file():
         raise UserError(f"{manifest.path}: post.content {content_path} does not exist")
     inside(content_path, project_root(Path(manifest.path)), "post.content")
-    commit = results_commit(folder)
+    commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
                   _code_hash("build.py", "analysis.py", "plots.py"),

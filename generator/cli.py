@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ManifestError, UserError
-from .manifest import describe_schema, find_manifests, load
+from .manifest import describe_schema, find_manifests, load, trusted_dirs
 from .plan import points, results_dir, select, skipped_pairs
 from .units import mib_label
 
@@ -29,7 +29,8 @@ def _manifests(args) -> list:
     if not paths:
         raise UserError(f"no manifests: {args.experiments}/ has no */experiment.yaml or *.yaml; "
                         "name one on the command line")
-    return [load(p) for p in paths]
+    trusted = trusted_dirs(args.trust or ())
+    return [load(p, trusted) for p in paths]
 
 
 def cmd_validate(args) -> int:
@@ -40,9 +41,10 @@ def cmd_validate(args) -> int:
     if not paths:
         raise UserError(f"no manifests found in {args.experiments}/")
     bad = 0
+    trusted = trusted_dirs(args.trust or ())
     for path in paths:
         try:
-            m = load(path)
+            m = load(path, trusted)
         except ManifestError as e:
             print("\n".join(f"error: {line}" for line in e.full().splitlines()), file=sys.stderr)
             bad += 1
@@ -152,6 +154,9 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--results", metavar="DIR", help="keep results in DIR/<experiment>/ instead of the manifest's")
     common.add_argument("--only", action="append", metavar="GLOB",
                         help="only points whose key matches, e.g. 'local/*/m4096-*' (repeatable)")
+    common.add_argument("--trust", action="append", metavar="DIR",
+                        help="let manifests boot kernels, modules and images from DIR, outside the project "
+                             "(repeatable; also MEMBALLOON_TRUST=DIR:DIR)")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
 
     measuring = argparse.ArgumentParser(add_help=False)

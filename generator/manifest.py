@@ -13,6 +13,7 @@ import difflib
 import hashlib
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -185,6 +186,25 @@ def _path_or(*keywords: str, confined: bool = False) -> Callable:
     return convert
 
 
+def _host_file(*keywords: str) -> Callable:
+    """A file (or folder) that is handed to a guest: kernels, modules, initramfs, disk images.
+
+    It must resolve (symlinks followed) inside the project, or inside a folder the operator trusts on
+    the command line (--trust DIR, or MEMBALLOON_TRUST): a manifest from someone else must not be able
+    to boot a guest with the host's files and publish what it reads."""
+    def convert(value, path, problems, ctx):
+        converted = _path_or(*keywords)(value, path, problems, ctx)
+        if converted is _BAD or converted in keywords:
+            return converted
+        roots = [ctx["root"], *ctx.get("trusted", ())]
+        if not any(is_inside(Path(converted), r) for r in roots):
+            problems.add(path, f"{value!r} resolves to {converted}, outside the project folder {ctx['root']}; "
+                               f"move it inside, or trust its folder with --trust {Path(converted).parent}")
+            return _BAD
+        return converted
+    return convert
+
+
 def _kernel(value, path, problems, ctx):
     """'host', 'debian:<suite>' (fetched from Debian's archive), or a path to a vmlinuz."""
     if isinstance(value, str) and re.fullmatch(r"debian:[a-z][a-z0-9-]{0,30}", value):
@@ -192,7 +212,7 @@ def _kernel(value, path, problems, ctx):
     if isinstance(value, str) and value.startswith("debian:"):
         problems.add(path, f"{value!r} is not a Debian suite (e.g. debian:trixie, debian:bookworm)")
         return _BAD
-    return _path_or("host")(value, path, problems, ctx)
+    return _host_file("host")(value, path, problems, ctx)
 
 
 def _image(value, path, problems, ctx):
@@ -201,7 +221,7 @@ def _image(value, path, problems, ctx):
         return value
     if isinstance(value, str) and re.fullmatch(r"debian:[a-z][a-z0-9-]{0,30}", value):
         return value
-    converted = _path_or()(value, path, problems, ctx)
+    converted = _host_file()(value, path, problems, ctx)
     if converted is not _BAD and not os.path.isfile(converted):
         problems.add(path, f"{value!r}: no such disk image file")
         return _BAD
@@ -216,6 +236,36 @@ def _guest_address(value, path, problems, ctx):
         return value
     problems.add(path, f"{value!r} is not a host name or address (with an optional :port), or 'forwarded'")
     return _BAD
+
+
+# Kernel parameters a manifest may not add: they replace the probe's init or the system's root, move
+# the console the tool reads, change how a death shows, stop the balloon or hide memory from the
+# kernel (so the measurement would not be what the post says it is).
+CMDLINE_REFUSED = ("init", "rdinit", "initrd", "initramfs_async", "root", "console", "earlycon", "earlyprintk",
+                   "panic", "panic_on_oops", "oops", "loglevel", "quiet", "mem", "memmap", "memblock", "maxcpus",
+                   "nr_cpus", "mem_encrypt", "crashkernel", "modprobe.blacklist", "module_blacklist", "rd.break",
+                   "memballoon.mode", "memballoon.stable", "memballoon.settle", "memballoon.balloon_kib",
+                   "memballoon.hold", "memhp_default_state", "movable_node", "kernelcore", "movablecore")
+
+
+def _cmdline(value, path, problems, ctx):
+    """Extra kernel parameters, one line; none that change what runs or what is measured."""
+    value = _line(value, path, problems, ctx)
+    if value is _BAD or not value:
+        return value
+    for word in value.split():
+        if word == "--":
+            problems.add(path, "'--' hands the rest of the line to init; remove it and what follows")
+            return _BAD
+        name = word.split("=", 1)[0].replace("-", "_")
+        if name in CMDLINE_REFUSED or name.startswith(("memballoon.", "virtio_balloon.", "virtio_mem.")):
+            problems.add(path, f"{word!r}: the tool sets {name} itself (it decides what runs as init, where the "
+                               "console goes or what is measured); remove it")
+            return _BAD
+        if '"' in word or "'" in word:
+            problems.add(path, f"{word!r}: quotes in kernel parameters are not supported; remove them")
+            return _BAD
+    return value
 
 
 def _date(value, path, problems, ctx):
@@ -363,6 +413,82 @@ def _url(value, path, problems, ctx):
     return _BAD
 
 
+# --- libvirt URIs: only the transports the tool supports and tests ---------------------------------
+# A libvirt URI can name a program to run (ext's and ssh's command=, netcat=) or a socket to talk to;
+# a manifest may come from someone else, so only these drivers, transports and parameters pass.
+URI_DRIVERS = {"qemu": ("/system", "/session"), "xen": ("", "/", "/system"), "libxl": ("", "/", "/system")}
+URI_TRANSPORTS = ("", "ssh", "libssh", "libssh2", "tls")
+URI_PARAMS = {  # name -> pattern of its value (fullmatch); paths are checked separately
+    "no_tty": r"[01]", "no_verify": r"0", "sshauth": r"(agent|privkey|password|keyboard-interactive)"
+    r"(,(agent|privkey|password|keyboard-interactive))*", "known_hosts_verify": r"normal|auto",
+    "mode": r"auto|legacy|direct", "proxy": r"auto|native", "keyfile": None, "known_hosts": None, "pkipath": None,
+}
+
+
+def _libvirt_uri(value, path, problems, ctx):
+    """'embedded' or a libvirt URI of a supported driver and transport, with known parameters only."""
+    value = _line(value, path, problems, ctx)
+    if value is _BAD or value == EMBEDDED:
+        return value
+    parts = urllib.parse.urlsplit(value) if re.match(r"^[a-z0-9+]+://", value) else None
+    if parts is None:
+        problems.add(path, f"{value!r} is not a libvirt URI or '{EMBEDDED}'")
+        return _BAD
+    driver, _, transport = parts.scheme.partition("+")
+    if driver not in URI_DRIVERS:
+        problems.add(path, f"{value!r}: driver {driver!r} is not supported (use qemu, xen or libxl)")
+        return _BAD
+    if transport not in URI_TRANSPORTS:
+        problems.add(path, f"{value!r}: transport {transport!r} is not supported: it runs a program or talks to "
+                           f"an arbitrary socket; use one of {', '.join(t for t in URI_TRANSPORTS if t)} "
+                           "(or no transport for this machine)")
+        return _BAD
+    if parts.path not in URI_DRIVERS[driver]:
+        problems.add(path, f"{value!r}: path {parts.path!r} is not one of "
+                           f"{', '.join(repr(p) for p in URI_DRIVERS[driver] if p)} for {driver}")
+        return _BAD
+    if parts.fragment:
+        problems.add(path, f"{value!r}: a libvirt URI has no '#' part")
+        return _BAD
+    seen: set = set()
+    try:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        problems.add(path, f"{value!r}: its parameters are not name=value pairs")
+        return _BAD
+    for name, arg in query:
+        if name in seen:
+            problems.add(path, f"parameter {name!r} is given twice; keep one")
+            return _BAD
+        seen.add(name)
+        if name == "no_verify":
+            problems.add(path, "no_verify turns off SSH host key checking; remove it and add the host's key to "
+                               "known_hosts (or set ssh.accept_new_host_key: true)")
+            return _BAD
+        if name not in URI_PARAMS:
+            why = {"command": "runs a program", "netcat": "runs a program on the host", "socket": "talks to an "
+                   "arbitrary socket", "known_hosts_verify": "turns off host key checking"}.get(name, "is not supported")
+            problems.add(path, f"URI parameter {name!r} {why}; remove it (supported: {', '.join(sorted(URI_PARAMS))})")
+            return _BAD
+        pattern = URI_PARAMS[name]
+        if pattern is not None and not re.fullmatch(pattern, arg):
+            problems.add(path, f"URI parameter {name}={arg!r} is not allowed here "
+                               + ("(host key checking stays on)" if name == "known_hosts_verify" else ""))
+            return _BAD
+        if pattern is None:
+            where = Path(os.path.expanduser(arg))
+            resolved = (where if where.is_absolute() else ctx["base"] / where).resolve()
+            trusted = [ctx["root"], Path(os.path.expanduser("~/.ssh")).resolve(), *ctx.get("trusted", ())]
+            if not arg or not any(is_inside(resolved, t) for t in trusted):
+                problems.add(path, f"URI parameter {name}={arg!r} is outside the project and ~/.ssh; keep the file "
+                                   "there (or pass --trust DIR)")
+                return _BAD
+    if transport in ("ssh", "libssh", "libssh2") and not parts.hostname:
+        problems.add(path, f"{value!r}: a +{transport} URI needs a host name")
+        return _BAD
+    return value
+
+
 # --- the schema ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class SSH:
@@ -410,7 +536,7 @@ class Host:
                     "libvirt: a hypervisor reached through `uri`; nested-xen: a Xen host the tool builds and "
                     "boots itself in QEMU on this machine, then measures over SSH")
     nested: Nested = opt(_section(Nested), Nested(), "the nested host's machine (kind: nested-xen)")
-    uri: str = opt(_line, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
+    uri: str = opt(_libvirt_uri, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
                                      "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
     address: str = opt(_hostname, "", "SSH address of a remote host (default: the host part of the URI)")
     domain_type: str = opt(_choice("auto", "kvm", "qemu", "xen"), "auto",
@@ -457,11 +583,6 @@ class Host:
             if self.domain_type not in ("auto", "xen"):
                 problems.add(f"{path}.domain_type", "a nested-xen host runs Xen: use 'xen' or 'auto'")
             return
-        if not (self.is_embedded or re.match(r"^[a-z0-9+]+://", self.uri)):
-            problems.add(f"{path}.uri", f"{self.uri!r} is not a libvirt URI or '{EMBEDDED}'")
-        if re.search(r"[?&]no_verify=(1|yes|true)\b", self.uri, re.I):
-            problems.add(f"{path}.uri", "no_verify turns off SSH host key checking; remove it and add the host's key "
-                                        "to known_hosts (or set ssh.accept_new_host_key: true)")
         if self.is_remote and not re.fullmatch(_HOSTNAME, self.ssh_address):
             problems.add(f"{path}.address", f"{self.ssh_address!r} is not a host name or address")
         if self.domain_type == "xen" and not (self.uri.startswith("xen") or self.uri.startswith("libxl")):
@@ -475,16 +596,21 @@ class Guest:
     kernel: str = opt(_kernel, "host",
                       "'host' (this machine's installed kernel), 'debian:<suite>' (that Debian release's "
                       "kernel, fetched into the cache), or a path to a vmlinuz")
-    modules: str = opt(_path_or(), "", "the kernel's modules folder (default: /lib/modules/<release>)")
+    modules: str = opt(_host_file(), "", "the kernel's modules folder (default: /lib/modules/<release>)")
     vcpus: int = opt(_int_in(1, 64), 1, "virtual CPUs")
     boot: str = opt(_choice("auto", "pvh", "bzimage"), "auto",
                     "how QEMU starts the kernel: pvh (the uncompressed vmlinux through its PVH entry, fastest), "
                     "bzimage (firmware and the compressed kernel), or auto: pvh where the kernel has the entry")
-    cmdline: str = opt(_line, "", "extra kernel command line")
+    cmdline: str = opt(_cmdline, "", "extra kernel command line (parameters that change what runs as init, where "
+                                     "the console goes or what memory the kernel sees are refused)")
     image: str = opt(_image, "", "a full system instead of the probe: 'debian:<suite>' (a small Debian the tool "
                                  "builds from Debian's packages) or a qcow2/raw disk image; read through the "
                                  "QEMU guest agent")
-    initrd: str = opt(_path_or(), "", "with image: <path> and kernel: <path>, the initramfs to boot them with "
+    format: str = opt(_choice("auto", "qcow2", "raw"), "auto",
+                      "with image: <path>, its format; auto: from the name (.qcow2; .raw or .img). Never probed")
+    backing: list = opt(_list_of(_host_file()), [], "with a qcow2 image: the backing and data files it may name "
+                                                    "(inside the project); any other is refused")
+    initrd: str = opt(_host_file(), "", "with image: <path> and kernel: <path>, the initramfs to boot them with "
                                       "(default for a path image: its own boot loader, through the firmware)")
     hosts: list = opt(_list_of(_name), [], "only on these hosts (default: every host of the manifest)")
     reading: str = opt(_choice("agent", "console", "ssh"), "agent",
@@ -500,7 +626,33 @@ class Guest:
     def is_system(self) -> bool:
         return bool(self.image)
 
+    @property
+    def has_image_file(self) -> bool:
+        return bool(self.image) and not self.image.startswith("debian:")
+
+    def image_format(self) -> str:
+        """The image file's format: as declared, or from its name; a UserError if it cannot be told."""
+        from .diskimage import format_for
+
+        fmt, problem = format_for(self.image, self.format)
+        if fmt is None:
+            raise UserError(f"guest {self.name}: image {self.image}: {problem}")
+        return fmt
+
+    def check_image(self) -> str:
+        """'' if the image file may be booted, else why not (its format, its backing chain, its size)."""
+        from .diskimage import format_for, inspect
+
+        fmt, problem = format_for(self.image, self.format)
+        return problem if fmt is None else inspect(self.image, fmt, self.backing)
+
     def _check(self, path, problems):
+        if self.has_image_file:
+            why = self.check_image()
+            if why:
+                problems.add(f"{path}.image", f"{self.image}: {why}")
+        elif self.format != "auto" or self.backing:
+            problems.add(f"{path}.{'format' if self.format != 'auto' else 'backing'}", "goes with image: <path>")
         if self.reading == "ssh" and not self.address:
             problems.add(f"{path}.address", "reading: ssh needs the guest's address (or 'forwarded')")
         if self.address and self.reading != "ssh":
@@ -773,8 +925,26 @@ def parse_yaml(data: bytes, path: str) -> Any:
         loader.dispose()
 
 
-def load(path: str | Path) -> Manifest:
-    """Read and validate a manifest; raise ManifestError with every problem found."""
+def trusted_dirs(extra: list[str] | tuple = ()) -> tuple[Path, ...]:
+    """Folders outside the project whose files manifests may hand to guests: `extra` (--trust DIR)
+    and MEMBALLOON_TRUST (folders separated by ':'). Both are the operator's, never a manifest's."""
+    named = [*extra, *[p for p in os.environ.get("MEMBALLOON_TRUST", "").split(os.pathsep) if p]]
+    out = []
+    for name in named:
+        folder = Path(os.path.expanduser(name)).resolve()
+        if not folder.is_dir():
+            raise UserError(f"--trust {name}: not a folder; name a folder of kernels or images")
+        if folder == Path("/"):
+            raise UserError(f"--trust {name}: trusting / would let any manifest hand any file to a guest; "
+                            "name the folder of your kernels or images")
+        out.append(folder)
+    return tuple(out)
+
+
+def load(path: str | Path, trusted: tuple = ()) -> Manifest:
+    """Read and validate a manifest; raise ManifestError with every problem found.
+
+    trusted: folders outside the project whose kernels, modules and images guests may boot."""
     path = Path(path)
     data = read_regular(path, MAX_MANIFEST_BYTES, "manifest")
     try:
@@ -785,7 +955,7 @@ def load(path: str | Path) -> Manifest:
     problems = _Problems()
     if not isinstance(raw, dict):
         raise ManifestError(str(path), ["expected a mapping of keys at the top level"])
-    ctx = {"base": path.resolve().parent, "root": project_root(path)}
+    ctx = {"base": path.resolve().parent, "root": project_root(path), "trusted": tuple(trusted) or trusted_dirs()}
     manifest = _load_section(Manifest, raw, "", problems, ctx)
     if problems or manifest is _BAD:
         raise ManifestError(str(path), list(problems) or ["invalid"])

@@ -16,6 +16,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import struct
 import subprocess
 import zlib
@@ -229,7 +230,15 @@ def _elf_interpreter(path: Path) -> bool:
 
 
 def modinfo(data: bytes) -> dict[str, str]:
-    """The key=value pairs of a module's .modinfo ELF section (depends=, vermagic=, …)."""
+    """The key=value pairs of a module's .modinfo ELF section (depends=, vermagic=, …); {} for a file
+    that is not a well-formed 64-bit ELF object."""
+    try:
+        return _modinfo(data)
+    except (struct.error, IndexError, ValueError):
+        return {}
+
+
+def _modinfo(data: bytes) -> dict[str, str]:
     if data[:4] != b"\x7fELF" or data[4] != 2:
         return {}
     shoff, = struct.unpack_from("<Q", data, 0x28)
@@ -251,7 +260,11 @@ def modinfo(data: bytes) -> dict[str, str]:
 def _deps_from_modinfo(modules_dir: Path) -> dict[str, tuple[str, list[str]]]:
     """modules.dep's content, rebuilt from each module's own 'depends=' (Debian's packages ship no
     modules.dep: depmod writes it at install time). Only the virtio modules are read."""
-    files = {_mod_name(p.name): p for p in modules_dir.rglob("*.ko*") if re.search(r"\.ko(\.(xz|zst|gz))?$", p.name)}
+    files = {}
+    for folder, _dirs, names in os.walk(modules_dir):  # does not descend into symlinked folders
+        for name in names:
+            if re.search(r"\.ko(\.(xz|zst|gz))?$", name) and not os.path.islink(os.path.join(folder, name)):
+                files[_mod_name(name)] = Path(folder) / name
     deps: dict[str, tuple[str, list[str]]] = {}
 
     def add(name: str) -> None:
@@ -302,11 +315,40 @@ def module_closure(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str
         target, needs = deps[name]
         for dep in reversed(needs):  # modules.dep lists the closest dependency first
             visit(dep)
-        order.append((name, modules_dir / target))
+        order.append((name, module_file(modules_dir, target)))
 
     for name in wanted:
         visit(name)
     return order
+
+
+def module_file(modules_dir: Path, target: str) -> Path:
+    """The file modules.dep names, only if it is a regular file inside the modules folder (no absolute
+    path, no '..', no symlink on the way): the folder may come with a manifest, and whatever is
+    packed here goes into the guest's initramfs."""
+    rel = Path(target)
+    if rel.is_absolute() or ".." in rel.parts or not rel.parts or not re.search(r"\.ko(\.(xz|zst|gz))?$", rel.name):
+        raise UserError(f"{modules_dir}: modules.dep names {target!r}, which is not a module file inside the folder; "
+                        "run depmod for this kernel or fix the file")
+    here = modules_dir
+    for i, part in enumerate(rel.parts):
+        here = here / part
+        try:
+            st = os.lstat(here)
+        except OSError:
+            raise UserError(f"{modules_dir}: {target} is missing; the kernel's modules are incomplete") from None
+        if stat.S_ISLNK(st.st_mode) or (i < len(rel.parts) - 1 and not stat.S_ISDIR(st.st_mode)) or \
+                (i == len(rel.parts) - 1 and not stat.S_ISREG(st.st_mode)):
+            raise UserError(f"{modules_dir}: {target} is not a regular file inside the folder (a symlink or "
+                            "something else on the way); only the folder's own module files go into a guest")
+    return here
+
+
+def check_module(path: Path, data: bytes) -> bytes:
+    """A kernel module is an ELF object with a .modinfo section; anything else stays out of the guest."""
+    if not data.startswith(b"\x7fELF") or not modinfo(data):
+        raise UserError(f"{path}: not a kernel module (no ELF .modinfo); only kernel modules go into a guest")
+    return data
 
 
 def _mod_name(path: str) -> str:
@@ -408,7 +450,7 @@ def build(kernel: str, modules_dir: str, cache_dir: Path, balloon_model: str = "
     h.update(INIT_SCRIPT.encode())
     kernel_bytes = image.read_bytes()
     busybox = busybox_path.read_bytes()
-    modules = [(name, read_module(path)) for name, path in closure]
+    modules = [(name, check_module(path, read_module(path))) for name, path in closure]
     for blob in [kernel_bytes, busybox] + [m for _, m in modules]:
         h.update(hashlib.sha256(blob).digest())
     digest = h.hexdigest()

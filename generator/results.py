@@ -13,7 +13,7 @@ from typing import Iterable
 from .errors import UserError
 from .manifest import FACTORS
 from .plan import Point
-from .safe import inside, read_regular
+from .safe import inside, read_regular, write_beneath
 
 SCHEMA_VERSION = 2  # 2: every factor is a field (memory_model, autodeflate, free_page_reporting)
 
@@ -53,28 +53,10 @@ def _dump(value, indent: str) -> str:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write a file so that readers see the old one or the new one, never a part.
-
-    Any failure (disk full, read-only folder) is a UserError naming the path; no temporary file is left."""
+    """Write a file so that readers see the old one or the new one, never a part (safe.write_beneath:
+    the folder is the caller's, nothing is followed at the file's name)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror})") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({e.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_beneath(path.parent, path.name, data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def check_writable(folder: Path) -> None:
@@ -93,9 +75,13 @@ def check_writable(folder: Path) -> None:
                         "permissions before measuring") from None
 
 
-def write_record(path: Path, record: dict) -> None:
+def write_record(path: Path, record: dict, root: Path | None = None) -> None:
+    """A record into its place below `root` (the results folder), checked as reading checks it: no
+    symlinked folder on the way (a planted `results/<host> -> elsewhere` is refused, not written through)."""
     record = dict(record, schema_version=SCHEMA_VERSION)
-    write_atomic(path, dumps(record))
+    path = Path(path)
+    root = Path(root) if root is not None else path.parent
+    write_beneath(root, path.relative_to(root), dumps(record).encode("utf-8"))
 
 
 # --- reading: every record is checked against its schema; a bad one is one line naming the file ---

@@ -7,7 +7,9 @@ them are created without following symlinks.
 """
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -114,3 +116,79 @@ def open_nofollow(path: str | Path, mode: int = 0o600):
         os.close(fd)
         raise UserError(f"{path}: not a regular file of yours; remove it")
     return os.fdopen(fd, "r+")
+
+
+def _open_dir_beneath(root: Path, parts: tuple[str, ...], create: bool) -> int:
+    """A descriptor of root/parts…, opened one component at a time without following symlinks.
+
+    `root` itself is resolved first (it is the caller's choice); below it, a symlink or a non-folder
+    at any component is refused, so a planted `results/local -> /etc` cannot redirect a write."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part:
+                raise UserError(f"{root}: {'/'.join(parts)} is not a plain path below it")
+            if create:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            try:
+                nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                where = Path(root, *parts[:parts.index(part) + 1])
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise UserError(f"{where}: expected a folder but found a symlink or a file; writing through "
+                                    "it could leave the results folder, so it is refused: remove it") from None
+                raise
+            os.close(fd)
+            fd = nfd
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def write_beneath(root: str | Path, relative: str | Path, data: bytes, mode: int = 0o644) -> None:
+    """Write root/relative atomically (readers see the old file or the new one, never a part), with
+    no symlink followed below `root`; missing folders are created. The temporary file has an
+    unpredictable name, and any failure leaves nothing behind and is a UserError naming the path."""
+    root = Path(root).resolve()
+    rel = Path(relative)
+    if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+        raise UserError(f"{rel}: not a plain path below {root}")
+    target = root / rel
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        dfd = _open_dir_beneath(root, rel.parts[:-1], create=True)
+    except OSError as e:
+        raise UserError(f"{target}: cannot write ({e.strerror})") from None
+    name = rel.parts[-1]
+    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+        except OSError as e:
+            raise UserError(f"{target}: cannot write ({e.strerror})") from None
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+                os.fchmod(f.fileno(), mode)
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except OSError as e:
+            _unlink_quietly(tmp, dfd)
+            raise UserError(f"{target}: cannot write ({e.strerror})") from None
+        except BaseException:
+            _unlink_quietly(tmp, dfd)
+            raise
+    finally:
+        os.close(dfd)
+
+
+def _unlink_quietly(name: str, dir_fd: int) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError:
+        pass

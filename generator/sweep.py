@@ -253,7 +253,10 @@ class Sweep:
             tag = img.folder.name
         else:
             disk = Path(g.image)
-            fmt = system.image_format(disk)
+            fmt = g.image_format()
+            why = g.check_image()  # again: the file may have changed since the manifest was read
+            if why:
+                raise UserError(f"guest {g.name}: image {disk}: {why}")
             direct = g.kernel not in ("host",) and not g.kernel.startswith("debian:")
             kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if direct else (None, None)
             tag = f"image-{disk.stem}"[:40]
@@ -312,7 +315,7 @@ class Sweep:
                 log.debug("point %s failed", point.key, exc_info=True)
                 record = point_identity(point, self.manifest, "error", f"{type(e).__name__}: {e}")
             with self._write_lock:
-                results.write_record(point.record_path(self.results), record)
+                results.write_record(point.record_path(self.results), record, root=self.results)
                 self.summary.measured += 1
                 self._finished[point.host] = self._finished.get(point.host, 0) + 1
                 if record["status"] != "ok":

@@ -119,13 +119,6 @@ def parse_memtotal(meminfo: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def image_format(path) -> str:
-    """'qcow2' if the file starts with qcow2's magic, else 'raw' (QEMU's own probing, made explicit so a
-    raw image can never be mistaken for something else)."""
-    with open(path, "rb") as f:
-        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
-
-
 class AgentReader:
     """Reads a guest through the QEMU guest agent."""
 

@@ -46,13 +46,28 @@ def test_initramfs_contents_and_reproducible():
         assert marker in init
 
 
+def fake_ko(name: str, extra: str = "") -> bytes:
+    """A minimal ELF64 relocatable object with a .modinfo section, as a kernel module has."""
+    info = f"name={name}\0depends=\0{extra}".encode()
+    shstr = b"\0.modinfo\0.shstrtab\0"
+    body = info + shstr
+    shoff = 64 + len(body)
+    head = bytearray(64)
+    head[:7] = b"\x7fELF\x02\x01\x01"
+    struct.pack_into("<HHIQQQIHHHHHH", head, 16, 1, 62, 1, 0, 0, shoff, 0, 64, 0, 0, 64, 3, 2)
+    sections = bytes(64)
+    sections += struct.pack("<IIQQQQIIQQ", 1, 1, 2, 0, 64, len(info), 0, 0, 1, 0)
+    sections += struct.pack("<IIQQQQIIQQ", 10, 3, 0, 0, 64 + len(info), len(shstr), 0, 0, 1, 0)
+    return bytes(head) + body + sections
+
+
 def fake_modules(tmp_path: Path, compress: str = "") -> Path:
     d = tmp_path / "lib/modules/6.9.9-test"
     v = d / "kernel/drivers/virtio"
     v.mkdir(parents=True)
     names = ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci", "virtio_balloon"]
     for n in names:
-        data = f"module {n}".encode()
+        data = fake_ko(n)
         path = v / f"{n}.ko{compress}"
         path.write_bytes(lzma.compress(data) if compress == ".xz" else gzip.compress(data) if compress == ".gz" else data)
     k = f"kernel/drivers/virtio/%s.ko{compress}"
@@ -72,7 +87,7 @@ def test_module_closure_dependencies_first_and_decompressed(tmp_path, compress):
     names = [n for n, _ in order]
     assert names == ["virtio_ring", "virtio", "virtio_pci_modern_dev", "virtio_pci_legacy_dev", "virtio_pci",
                      "virtio_balloon"]
-    assert probe.read_module(order[-1][1]) == b"module virtio_balloon"
+    assert probe.read_module(order[-1][1]) == fake_ko("virtio_balloon")
 
 
 def test_builtin_modules_are_skipped(tmp_path):
@@ -150,7 +165,7 @@ def test_build_is_cached_by_content(tmp_path):
     stamp = a.initrd.stat().st_mtime_ns
     b = probe.build(str(kernel), str(mods), cache)
     assert b == a and b.initrd.stat().st_mtime_ns == stamp  # reused, not rebuilt
-    (mods / "kernel/drivers/virtio/virtio_balloon.ko").write_bytes(b"module virtio_balloon v2")
+    (mods / "kernel/drivers/virtio/virtio_balloon.ko").write_bytes(fake_ko("virtio_balloon", "version=2\0"))
     c = probe.build(str(kernel), str(mods), cache)
     assert c.sha256 != a.sha256 and c.initrd != a.initrd
 

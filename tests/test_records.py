@@ -59,7 +59,7 @@ def test_failed_write_leaves_the_old_file_and_names_the_path(tmp_path, monkeypat
     path = tmp_path / "r.json"
     results.write_record(path, rec())
     before = path.read_text()
-    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    monkeypatch.setattr(os, "replace", lambda *a, **k: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(UserError, match=rf"^{path}: cannot write \(No space left on device\)$"):
         results.write_record(path, rec("error"))
     assert path.read_text() == before and len(list(tmp_path.iterdir())) == 1

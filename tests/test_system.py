@@ -1,6 +1,7 @@
 """Full-system guests without booting: manifest keys, domain XML, OOM kills, image formats."""
 from __future__ import annotations
 
+import subprocess
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -21,20 +22,23 @@ def with_guests(write_manifest, guests: str, hosts_extra: str = ""):
 
 
 def test_system_guest_and_host_pairing(write_manifest, tmp_path):
-    image = tmp_path / "disk.qcow2"
-    image.write_bytes(b"QFI\xfb" + b"\0" * 60)
+    image = tmp_path / "s" / "disk.qcow2"
+    image.parent.mkdir()
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(image), "16M"], check=True)
     m = load(with_guests(write_manifest, f"  - {{name: probe}}\n  - {{name: sys, image: debian:bookworm, hosts: [local]}}\n"
                                          f"  - {{name: mine, image: {image}}}\n"))
     assert [g.is_system for g in m.guests] == [False, True, True]
-    assert m.guest("mine").image == str(image) and system.image_format(image) == "qcow2"
+    assert m.guest("mine").image == str(image) and m.guest("mine").image_format() == "qcow2"
     assert {p.guest for p in points(m)} == {"probe", "sys", "mine"}
 
 
 @pytest.mark.parametrize("guests, message", [
-    ("  - {name: sys, image: /no/such/disk.img}\n", "no such disk image file"),
+    ("  - {name: sys, image: no/such/disk.img}\n", "no such disk image file"),
+    ("  - {name: sys, image: /etc/hostname}\n", "outside the project folder"),
     ("  - {name: sys, image: 'debian:'}\n", "guests[0].image"),
     ("  - {name: sys, image: debian:bookworm, hosts: [elsewhere]}\n", "'elsewhere' is not a host"),
-    ("  - {name: sys, initrd: /boot/x}\n", "guests[0].initrd: goes with image"),
+    ("  - {name: sys, initrd: x}\n", "guests[0].initrd: goes with image"),
+    ("  - {name: sys, initrd: /boot/x}\n", "guests[0].initrd: '/boot/x' resolves to /boot/x, outside the project"),
     ("  - {name: sys, reading: console}\n", "guests[0].reading: is for full systems"),
     ("  - {name: sys, image: debian:bookworm, reading: telnet}\n", "guests[0].reading"),
     ("  - {name: sys, image: debian:bookworm, reading: ssh}\n", "guests[0].address: reading: ssh needs"),
@@ -133,7 +137,8 @@ def test_ssh_variant_of_the_debian_image():
 
 
 def test_forwarded_address_needs_the_tools_own_image(write_manifest, tmp_path):
-    image = tmp_path / "mine.img"
+    image = tmp_path / "s" / "mine.img"
+    image.parent.mkdir()
     image.write_bytes(b"\0" * 512)
     with pytest.raises(ManifestError) as e:
         load(with_guests(write_manifest, f"  - {{name: s, image: {image}, reading: ssh, address: forwarded}}\n"))
