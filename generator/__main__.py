@@ -1,5 +1,11 @@
+import signal
 import sys
 
-from .cli import main
+try:
+    from .cli import main
 
-sys.exit(main())
+    sys.exit(main())
+except KeyboardInterrupt:  # Ctrl-C while Python imports the tool: no traceback, the usual exit code
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the exit itself
+    print("interrupted", file=sys.stderr)
+    sys.exit(130)

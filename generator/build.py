@@ -536,10 +536,10 @@ def render_all(stale: list[Output], workers: int) -> None:
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["generator.plots", "generator.build", "matplotlib.pyplot", "markdown"])
+    ctx.set_forkserver_preload(["generator._graph_worker", "generator.plots", "generator.build", "matplotlib.pyplot", "markdown"])
     from . import plots
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker) as pool:
         # the graphs of every series first: they take longest, and must not be left to the end
         futures = [(o, pool.submit(plots.render, o.job)) for o in sorted(graphs, key=lambda o: o.job[0] == "series_png")]
         try:
@@ -554,6 +554,14 @@ def render_all(stale: list[Output], workers: int) -> None:
             for _, future in futures:
                 future.cancel()
             raise
+
+
+def _quiet_worker() -> None:
+    """Graph workers leave Ctrl-C to the main process, which stops the build, leaves the site as it
+    was and exits 130; otherwise each worker would print its own traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _page_inputs(outputs: dict[Path, Output], slug: str) -> str | None:

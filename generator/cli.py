@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
 from . import __version__
 from .errors import ManifestError, UserError
 from .manifest import describe_schema, find_manifests, load, trusted_dirs
-from .plan import points, results_dir, select, skipped_pairs
+from .plan import check_only, points, results_dir, select, skipped_pairs
 from .units import mib_label
 
 log = logging.getLogger("generator")
@@ -30,7 +31,9 @@ def _manifests(args) -> list:
         raise UserError(f"no manifests: {args.experiments}/ has no */experiment.yaml or *.yaml; "
                         "name one on the command line")
     trusted = trusted_dirs(args.trust or ())
-    return [load(p, trusted) for p in paths]
+    manifests = [load(p, trusted) for p in paths]
+    check_only(getattr(args, "only", None), [points(m) for m in manifests])
+    return manifests
 
 
 def cmd_validate(args) -> int:
@@ -206,5 +209,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit itself is not interrupted again
         print("interrupted", file=sys.stderr)
         return 130

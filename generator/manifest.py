@@ -11,6 +11,7 @@ import dataclasses
 import datetime as _dt
 import difflib
 import hashlib
+import ipaddress
 import os
 import re
 import urllib.parse
@@ -199,7 +200,8 @@ def _host_file(*keywords: str) -> Callable:
         roots = [ctx["root"], *ctx.get("trusted", ())]
         if not any(is_inside(Path(converted), r) for r in roots):
             problems.add(path, f"{value!r} resolves to {converted}, outside the project folder {ctx['root']}; "
-                               f"move it inside, or trust its folder with --trust {Path(converted).parent}")
+                               f"move it inside, or trust its folder with --trust "
+                               f"{converted if os.path.isdir(converted) else Path(converted).parent}")
             return _BAD
         return converted
     return convert
@@ -228,14 +230,58 @@ def _image(value, path, problems, ctx):
     return converted
 
 
+_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+
+
+def valid_host(text: str) -> bool:
+    """A DNS name or an IPv4/IPv6 address (bare, as SSH and libvirt take it)."""
+    if not isinstance(text, str) or not text or len(text) > 253:
+        return False
+    try:
+        ipaddress.ip_address(text)
+        return True
+    except ValueError:
+        pass
+    return bool(re.fullmatch(rf"{_LABEL}(?:\.{_LABEL})*\.?", text)) and not text.replace(".", "").isdigit()
+
+
+def parse_address(text: str) -> tuple[str, int | None]:
+    """(host, port or None) of 'name', 'name:port', '192.0.2.1:22', '[2001:db8::1]:2222' or a bare IPv6
+    address; a ValueError saying what is wrong otherwise."""
+    if not isinstance(text, str):
+        raise ValueError("not text")
+    port_text = None
+    if text.startswith("["):
+        m = re.fullmatch(r"\[([^\]]+)\](?::(.*))?", text)
+        if not m:
+            raise ValueError("an IPv6 address in brackets is written [2001:db8::1] or [2001:db8::1]:22")
+        host, port_text = m.group(1), m.group(2)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} in brackets is not an IPv6 address") from None
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host = text
+    if not valid_host(host):
+        raise ValueError(f"{host!r} is not a host name or address")
+    if port_text is None:
+        return host, None
+    if not re.fullmatch(r"[0-9]{1,5}", port_text) or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
+    return host, int(port_text)
+
+
 def _guest_address(value, path, problems, ctx):
     if value in ("", "forwarded"):
         return value
-    if isinstance(value, str) and re.fullmatch(rf"(?:{_HOSTNAME})(?::\d{{1,5}})?", value) and \
-            int(value.rpartition(":")[2] if value.count(":") == 1 else "22") <= 65535:
+    try:
+        parse_address(value)
         return value
-    problems.add(path, f"{value!r} is not a host name or address (with an optional :port), or 'forwarded'")
-    return _BAD
+    except ValueError as e:
+        problems.add(path, f"{value!r}: {e}; give a host name or address (with an optional :port), or 'forwarded'")
+        return _BAD
 
 
 # Kernel parameters a manifest may not add: they replace the probe's init or the system's root, move
@@ -376,7 +422,6 @@ def _load_section(cls: type, raw: Any, path: str, problems: _Problems, ctx: dict
     return obj
 
 
-_HOSTNAME = r"[A-Za-z0-9.:_-]{1,253}|\[[0-9A-Fa-f:.]+\]"
 
 
 def _matching(pattern: str, what: str, allow_empty: bool = False) -> Callable:
@@ -392,7 +437,13 @@ def _matching(pattern: str, what: str, allow_empty: bool = False) -> Callable:
 
 
 _user = _matching(r"[a-z_][a-z0-9_.-]{0,31}", "a login name (lowercase letters, digits, '_', '.', '-')")
-_hostname = _matching(_HOSTNAME, "a host name or address", allow_empty=True)
+
+
+def _hostname(value, path, problems, ctx):
+    if value == "" or valid_host(value):
+        return value
+    problems.add(path, f"{value!r} is not a host name or address (no port: that is ssh.port)")
+    return _BAD
 
 
 def _site_path(value, path, problems, ctx):
@@ -419,7 +470,7 @@ def _url(value, path, problems, ctx):
 URI_DRIVERS = {"qemu": ("/system", "/session"), "xen": ("", "/", "/system"), "libxl": ("", "/", "/system")}
 URI_TRANSPORTS = ("", "ssh", "libssh", "libssh2", "tls")
 URI_PARAMS = {  # name -> pattern of its value (fullmatch); paths are checked separately
-    "no_tty": r"[01]", "no_verify": r"0", "sshauth": r"(agent|privkey|password|keyboard-interactive)"
+    "no_tty": r"[01]", "sshauth": r"(agent|privkey|password|keyboard-interactive)"
     r"(,(agent|privkey|password|keyboard-interactive))*", "known_hosts_verify": r"normal|auto",
     "mode": r"auto|legacy|direct", "proxy": r"auto|native", "keyfile": None, "known_hosts": None, "pkipath": None,
 }
@@ -570,8 +621,12 @@ class Host:
     def ssh_address(self) -> str:
         if self.address:
             return self.address
-        m = re.match(r"^[a-z0-9]+\+ssh://(?:[^@/]+@)?([^/:?]+)", self.uri)
-        return m.group(1) if m else ""
+        if not re.match(r"^[a-z0-9]+\+(ssh|libssh|libssh2)://", self.uri):
+            return ""
+        try:
+            return urllib.parse.urlsplit(self.uri).hostname or ""
+        except ValueError:
+            return ""
 
     def _check(self, path, problems):
         if self.is_nested:
@@ -583,7 +638,7 @@ class Host:
             if self.domain_type not in ("auto", "xen"):
                 problems.add(f"{path}.domain_type", "a nested-xen host runs Xen: use 'xen' or 'auto'")
             return
-        if self.is_remote and not re.fullmatch(_HOSTNAME, self.ssh_address):
+        if self.is_remote and not valid_host(self.ssh_address):
             problems.add(f"{path}.address", f"{self.ssh_address!r} is not a host name or address")
         if self.domain_type == "xen" and not (self.uri.startswith("xen") or self.uri.startswith("libxl")):
             problems.add(f"{path}.domain_type", "xen needs a xen:// or xen+ssh:// URI")

@@ -608,6 +608,7 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
     import socket
 
     from . import system
+    from .manifest import parse_address
     from .safe import private_dir, write_nofollow
 
     if guest.address == "forwarded":
@@ -618,11 +619,11 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
         key_type, key_b64 = boot["host_key"].split()[:2]
         write_nofollow(known, f"[127.0.0.1]:{port} {key_type} {key_b64}\n".encode())
         return system.SSHReader("127.0.0.1", port, "root", boot["client_key"], [str(known)]), port
-    address, _, port = guest.address.rpartition(":") if guest.address.count(":") == 1 else (guest.address, "", "")
+    address, port = parse_address(guest.address)
     known = [p for p in (guest.ssh.known_hosts, os.path.expanduser("~/.ssh/known_hosts"),
                          "/etc/ssh/ssh_known_hosts") if p and os.path.isfile(p)]
     gateway = getattr(host, "connection", None) if host.spec.is_remote else None
-    return system.SSHReader(address or guest.address, int(port) if port else guest.ssh.port, guest.ssh.user,
+    return system.SSHReader(address, port or guest.ssh.port, guest.ssh.user,
                             guest.ssh.key, known, gateway), 0
 
 

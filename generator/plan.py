@@ -82,17 +82,31 @@ def skipped_pairs(manifest: Manifest) -> list[tuple[int, int]]:
     return [(m, c) for m in manifest.sweep.memory for c in manifest.sweep.current_memory if c > m]
 
 
+def matches(point: Point, pattern: str) -> bool:
+    """A --only glob matches a point's whole key ('local/debian/m4096-c1024-r1') or its short form
+    ('m4096-c1024-r1'), never a part of it: '...-r1' does not select r10."""
+    return fnmatch.fnmatchcase(point.key, pattern) or fnmatch.fnmatchcase(point.short, pattern)
+
+
+def check_only(only: list[str] | None, plans: list[list[Point]]) -> None:
+    """Refuse an empty --only pattern and one that matches no point of any manifest, before anything runs
+    (with --force a pattern nobody checked would overwrite records)."""
+    for pattern in only or ():
+        if not pattern.strip():
+            raise UserError("--only '': an empty pattern would select every point; give a key or a glob "
+                            "such as 'local/*/m4096-*' (run 'status' to list keys)")
+        if not any(matches(p, pattern) for pts in plans for p in pts):
+            example = next((pts[0].key for pts in plans if pts), "local/debian/m4096-c1024-r1")
+            raise UserError(f"--only {pattern!r} matches no point; globs match whole keys like '{example}' "
+                            "(or their last part, 'm4096-c1024-r1'); run 'status' to list them")
+
+
 def select(all_points: list[Point], only: list[str] | None) -> list[Point]:
-    """Points whose key matches any --only glob ('local/*', '*/m4096-*', 'm1024-c1024-r1')."""
+    """Points whose key matches any --only glob ('local/*', '*/m4096-*', 'm1024-c1024-r1'); the
+    patterns must have been checked against all manifests with check_only."""
     if not only:
         return all_points
-    chosen = [p for p in all_points
-              if any(fnmatch.fnmatch(p.key, pat) or fnmatch.fnmatch(p.short, pat) or
-                     fnmatch.fnmatch(p.key, f"*{pat}*") for pat in only)]
-    if not chosen:
-        raise UserError(f"--only {' '.join(only)} matches no point; point keys look like "
-                        f"'{all_points[0].key}' (run 'status' to list them)")
-    return chosen
+    return [p for p in all_points if any(matches(p, pat) for pat in only)]
 
 
 def results_dir(manifest: Manifest, override: str | None = None) -> Path:

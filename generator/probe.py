@@ -234,7 +234,7 @@ def modinfo(data: bytes) -> dict[str, str]:
     that is not a well-formed 64-bit ELF object."""
     try:
         return _modinfo(data)
-    except (struct.error, IndexError, ValueError):
+    except (struct.error, IndexError, ValueError, OverflowError, MemoryError):
         return {}
 
 

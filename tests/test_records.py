@@ -7,7 +7,7 @@ from generator import results
 from generator.errors import UserError
 from generator.manifest import load
 from generator.measure import Console, _classify_death, parse_free, parse_meminfo
-from generator.plan import Point, points, select
+from generator.plan import check_only, Point, points, select
 from generator.probe import MARK
 
 FREE = """              total        used        free      shared  buff/cache   available
@@ -25,7 +25,19 @@ def test_plan_cross_product_and_order(write_manifest):
     assert str(path) == "R/local/debian/memory-4096MiB-current-1024MiB-r1.json"
     assert select(pts, ["*m4096*"]) == [pts[1]]
     with pytest.raises(UserError, match="matches no point"):
-        select(pts, ["nothing"])
+        check_only(["nothing"], [pts])
+
+
+def test_only_globs_match_whole_keys(write_manifest):
+    text = write_manifest().read_text().replace("repeats: 1", "repeats: 12")
+    pts = points(load(write_manifest(text=text)))
+    r1 = [p.key for p in select(pts, ["local/debian/m1024-c1024-r1"])]
+    assert r1 == ["local/debian/m1024-c1024-r1"]  # not r10, r11, r12
+    assert len(select(pts, ["m1024-c1024-r1*"])) == 4  # r1, r10, r11, r12 when asked for
+    assert {p.memory_mib for p in select(pts, ["*/m2048-*"])} == {2048}
+    for bad in ("", "  ", "debian", "m1024"):  # empty, or a substring that used to select points
+        with pytest.raises(UserError, match="--only"):
+            check_only([bad], [pts])
 
 
 def test_repeats_cover_the_range_first(write_manifest):
