@@ -20,5 +20,13 @@ class ManifestError(UserError):
         return "\n".join(f"{self.path}: {p}" for p in self.problems)
 
 
+class Interrupted(Exception):
+    """The sweep is being interrupted (Ctrl-C, SIGTERM): the point or the step is abandoned, not
+    recorded. Here, not in measure, so that every layer can raise it without importing a later one."""
+
+
+StopRequested = Interrupted  # the name the sweep's code grew up with
+
+
 class HostError(UserError):
     """A host that cannot be reached or used."""

@@ -505,7 +505,6 @@ class HostKeyPolicy:
         self.host_name = host_name
         self.known_hosts = known_hosts
         self.accept_new = accept_new
-        self.accepted: list[str] = []
 
     def missing_host_key(self, client, hostname: str, key) -> None:
         line = f"{hostname} {key.get_name()} {key.get_base64()}"
@@ -519,7 +518,6 @@ class HostKeyPolicy:
         with open(self.known_hosts, "a", encoding="utf-8") as f:
             f.write(line + "\n")
         client.get_host_keys().add(hostname, key.get_name(), key)
-        self.accepted.append(line)
         log.warning("host %s: accepted the new SSH host key %s SHA256:%s and recorded it in %s", self.host_name,
                     key.get_name(), _fingerprint(key), self.known_hosts)
 

@@ -94,7 +94,6 @@ def _int_in(low: int, high: int) -> Callable:
     return convert
 
 
-_positive_int = _int_in(1, 1024)
 
 
 def _flag(value, path, problems, ctx):

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
+from .errors import StopRequested
 from .domain import domain_name, domain_xml, kernel_cmdline
 from .hosts import HostRuntime, libvirt_module
 from .manifest import Manifest
@@ -146,10 +147,6 @@ def memory_backing(setting: str, memory_mib: int, host_facts: dict) -> str:
         return setting
     commit = (host_facts.get("memory_mib") or 0) + (host_facts.get("swap_mib") or 0)
     return "memfd" if commit and memory_mib > commit * 0.9 else "default"
-
-
-class StopRequested(Exception):
-    """The sweep is being interrupted; the point is abandoned, not recorded."""
 
 
 def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, kernel: str,

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import images
-from .errors import HostError, UserError
+from .errors import HostError, StopRequested, UserError
 from .hosts import SSHHost, qemu_processes
 from .manifest import SSH
 from .manifest import Host as HostSpec
@@ -241,7 +241,6 @@ def _wait_ready(spec: HostSpec, proc: subprocess.Popen, state: Path, timeout: fl
     console = state / "console.log"
     while time.monotonic() < end:
         if stop is not None and stop.is_set():  # Ctrl-C or SIGTERM while dom0 boots: stop now
-            from .measure import StopRequested
 
             raise StopRequested()
         text = console.read_text(errors="replace") if console.exists() else ""

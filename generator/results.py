@@ -8,7 +8,6 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
 
 from .errors import UserError
 from .manifest import FACTORS
@@ -156,13 +155,21 @@ def _migrate(record: dict, path: Path) -> dict:
         version += 1
         record = globals()[f"_update_to_{version}"](record)
         record["schema_version"] = version
-    return record
+    return _with_factor_defaults(record)
+
+
+def _with_factor_defaults(record: dict) -> dict:
+    """A factor declared after a record was written was at its default when it was measured: every
+    record, of every schema version, gets each missing factor's default. So declaring a factor never
+    makes the archive unreadable, and needs no schema bump."""
+    missing = {f.name: f.default for f in FACTORS if f.default is not None and f.name not in record}
+    return {**missing, **record} if missing else record
 
 
 def _update_to_2(record: dict) -> dict:
     """Version 1 had memory and currentMemory only: every other factor was at its default (a virtio
-    balloon, no autodeflate, no free page reporting). Factors declared later default the same way."""
-    return {**{f.name: f.default for f in FACTORS if f.default is not None}, **record}
+    balloon, no autodeflate, no free page reporting), which _with_factor_defaults fills in."""
+    return record
 
 
 def read_record(path: Path, root: Path | None = None) -> dict:
@@ -233,13 +240,3 @@ def needs_measuring(point: Point, results_dir: Path, force: bool = False, retry:
     if record["status"] == "ok":
         return False
     return retry or record["status"] not in FINAL
-
-
-def load_all(points: Iterable[Point], results_dir: Path) -> list[dict]:
-    """Records of the given points that exist, in plan order."""
-    out = []
-    for p in points:
-        r = existing(p, results_dir)
-        if r is not None:
-            out.append(r)
-    return out

@@ -23,7 +23,8 @@ from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
 from . import images, system
-from .measure import StopRequested, destroy, canary, measure, measure_system, point_identity
+from .errors import StopRequested
+from .measure import destroy, canary, measure, measure_system, point_identity
 from .plan import Point, points, results_dir, select
 from .progress import Progress
 

@@ -64,7 +64,6 @@ class ReadError(Exception):
     """The guest could not be read (agent or sshd not answering, timed out, command failed)."""
 
 
-AgentError = ReadError
 
 
 def agent(dom, command: str, arguments: dict | None = None, timeout: int = 10) -> object:
@@ -76,11 +75,11 @@ def agent(dom, command: str, arguments: dict | None = None, timeout: int = 10) -
         out = libvirt_qemu.qemuAgentCommand(dom, json.dumps({"execute": command, **(
             {"arguments": arguments} if arguments else {})}), timeout, 0)
     except libvirt.libvirtError as e:
-        raise AgentError(" ".join((e.get_error_message() or str(e)).split())[:200]) from None
+        raise ReadError(" ".join((e.get_error_message() or str(e)).split())[:200]) from None
     try:
         return json.loads(out)["return"]
     except (ValueError, KeyError, TypeError):
-        raise AgentError(f"unexpected answer from the agent: {out[:200]!r}") from None
+        raise ReadError(f"unexpected answer from the agent: {out[:200]!r}") from None
 
 
 def agent_exec(dom, path: str, args: list[str], timeout: float = 20.0, limit: int = 1 << 20) -> str:
@@ -88,19 +87,19 @@ def agent_exec(dom, path: str, args: list[str], timeout: float = 20.0, limit: in
     started = agent(dom, "guest-exec", {"path": path, "arg": args, "capture-output": True})
     pid = started.get("pid") if isinstance(started, dict) else None
     if not isinstance(pid, int):
-        raise AgentError(f"guest-exec of {path} returned no pid")
+        raise ReadError(f"guest-exec of {path} returned no pid")
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         status = agent(dom, "guest-exec-status", {"pid": pid})
         if isinstance(status, dict) and status.get("exited"):
             if status.get("exitcode", 0) != 0:
-                raise AgentError(f"{path} exited {status.get('exitcode')} in the guest")
+                raise ReadError(f"{path} exited {status.get('exitcode')} in the guest")
             data = status.get("out-data", "")
             if not isinstance(data, str) or len(data) > limit:
-                raise AgentError(f"{path}: output missing or larger than {limit} bytes")
+                raise ReadError(f"{path}: output missing or larger than {limit} bytes")
             return base64.b64decode(data).decode("utf-8", "replace")
         time.sleep(0.2)
-    raise AgentError(f"{path} did not finish in the guest within {timeout:g} s")
+    raise ReadError(f"{path} did not finish in the guest within {timeout:g} s")
 
 
 _OOM_KILL_RE = re.compile(r"Out of memory: Killed process \d+ \(([^)]{1,64})\)")
@@ -171,18 +170,49 @@ class SSHReader:
             raise ReadError(" ".join(str(e).split())[:200] or type(e).__name__) from None
         self.conn = conn
 
-    def run(self, path: str, args: list[str]) -> str:
+    LIMIT = 1 << 20  # bytes of output per command, counted while reading: a guest may flood
+
+    def run(self, path: str, args: list[str], timeout: float = 20.0) -> str:
+        """A command's standard output, read from the channel in chunks and cut off (the command
+        abandoned) as soon as it passes LIMIT: nothing larger is ever held in memory."""
         import shlex
+        import time
 
         try:
-            out = self.conn.run(shlex.join([path, *args]), hide=True, in_stream=False, timeout=20, warn=True)
+            channel = self.conn.client.get_transport().open_session(timeout=10)
         except Exception as e:  # noqa: BLE001
             raise ReadError(" ".join(str(e).split())[:200] or type(e).__name__) from None
-        if out.exited != 0:
-            raise ReadError(f"{path} exited {out.exited} in the guest")
-        if len(out.stdout) > 1 << 20:
-            raise ReadError(f"{path}: output larger than 1 MiB")
-        return out.stdout
+        try:
+            channel.settimeout(1.0)
+            channel.exec_command(shlex.join([path, *args]))
+            chunks, size, deadline = [], 0, time.monotonic() + timeout
+            while True:
+                if time.monotonic() > deadline:
+                    raise ReadError(f"{path} did not finish within {timeout:.0f} s in the guest")
+                while channel.recv_stderr_ready():  # dropped, but counted: a flood there is a flood too
+                    size += len(channel.recv_stderr(65536))
+                if size > self.LIMIT:
+                    raise ReadError(f"{path}: output larger than 1 MiB")
+                try:
+                    chunk = channel.recv(65536)
+                except OSError:  # socket.timeout: nothing yet
+                    continue
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > self.LIMIT:
+                    raise ReadError(f"{path}: output larger than 1 MiB")
+                chunks.append(chunk)
+            status = channel.recv_exit_status()
+        except ReadError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise ReadError(" ".join(str(e).split())[:200] or type(e).__name__) from None
+        finally:
+            channel.close()
+        if status != 0:
+            raise ReadError(f"{path} exited {status} in the guest")
+        return b"".join(chunks).decode("utf-8", errors="replace")
 
     def close(self) -> None:
         if self.conn is not None:

@@ -218,6 +218,32 @@ def test_workdir_someone_else_can_write_is_refused(sshd, tmp_path):
         shutil.rmtree(shared, ignore_errors=True)
 
 
+def test_ssh_reader_limits_a_flood_while_reading(sshd):
+    """A guest that floods its output: the reader stops at 1 MiB without holding the rest, on stdout
+    and on stderr alike, and still reads ordinary output and exit codes."""
+    import resource
+    import time
+
+    from generator.system import ReadError, SSHReader
+
+    reader = SSHReader("127.0.0.1", sshd["port"], "root", sshd["key"], [sshd["known_hosts"]])
+    reader.ready()
+    try:
+        assert reader.run("/bin/echo", ["MemTotal:", "1024 kB"]) == "MemTotal: 1024 kB\n"
+        with pytest.raises(ReadError, match="exited 3"):
+            reader.run("/bin/sh", ["-c", "exit 3"])
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+        for stream in ("", " >&2"):
+            t0 = time.monotonic()
+            with pytest.raises(ReadError, match="larger than 1 MiB"):
+                reader.run("/bin/sh", ["-c", f"yes 0123456789abcdef{stream}"])  # endless
+            assert time.monotonic() - t0 < 15
+        assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 32 * 1024  # no flood held in memory
+        assert reader.run("/bin/echo", ["still", "usable"]) == "still usable\n"
+    finally:
+        reader.close()
+
+
 def test_failed_remote_command_is_one_line(sshd, workdir):
     host = remote(sshd, workdir)
     try:
