@@ -368,3 +368,75 @@ def test_the_short_embed_root_is_private_and_per_user(tmp_path, monkeypatch):
     deep = tmp_path / ("x" * 60)
     root = embed_root(deep)
     assert root.parent == Path("/tmp") and root.name.startswith(f"memballoon-{os.geteuid()}-")
+
+
+# --- round two, 3. Hugo executes what the tool writes ------------------------------------------------------
+HOSTILE_HUGO = ["{{< youtube x >}}", "{{% param title %}}", "{{</* youtube y */>}}", "{{< param title >}}",
+                "*emph* _under_ ~~strike~~", "<!--more-->", "half {{<", "{{%"]
+
+
+def test_hugo_shortcodes_and_emphasis_from_records_and_manifests_stay_text(sample, tmp_path):
+    """Shortcodes in a guest's reason (a code span and plain text), a guest kernel and a manifest's
+    label reach the page; Hugo builds it (no unknown or half-cut shortcode fails it) and shows them as
+    the literal text they were: no iframe, no site title, no emphasis."""
+    m = sample()
+    manifest = Path(m.path)
+    hostile = " ".join(HOSTILE_HUGO)
+    manifest.write_text(manifest.read_text().replace("label: RHEL6", f"label: {json.dumps(hostile)}")
+                        .replace("description: Sample post built from sample records.",
+                                 "description: " + json.dumps("{{% param title %}} Sample post")))
+    m = load(manifest)
+    for path in Path(m.results).rglob("*.json"):
+        rec = results.read_record(path)
+        rec["guest_kernel"] = "6.1.0-{{< youtube k >}}"
+        if rec["status"] != "ok":  # shown in a code span (the failures list) and as text (the prose)
+            rec["reason"] = hostile + " {{% x %}} {{<"
+        results.write_record(path, rec)
+    site = new_site(tmp_path)
+    config = site / "hugo.toml"
+    config.write_text(config.read_text().replace('title = "Where did my memory go?"', 'title = "Site title marker"'))
+    build_all([m], site=site, quiet=True)
+    page_md = (site / "content/posts/sample/index.md").read_text()
+    body = page_md.split("+++", 2)[2]
+    assert "{{<" not in body and "{{%" not in body and "<!--more-->" not in body
+    assert "{\u200b{< youtube x >}}" in page_md and "\\{\\{&lt; youtube x &gt;}}" in page_md  # code span, text
+    public = hugo(site)  # --panicOnWarning: an unknown shortcode or a half-cut one would fail here
+    html = (public / "posts/sample/index.html").read_text()
+    assert "<iframe" not in html and "youtube.com" not in html and "youtube-nocookie" not in html
+    assert "<em>emph</em>" not in html and "<em>under</em>" not in html and "<del>strike</del>" not in html
+    text = html.replace("\u200b", "").replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"')
+    for bad in HOSTILE_HUGO + ["6.1.0-{{< youtube k >}}"]:
+        assert bad in text, bad
+    assert "{{% x %}} {{<" in text
+    # the label and the reason do not print the site's title ({{% param title %}} would)
+    article = html[html.index("<article>"):html.index("</article>")]
+    assert "Site title marker" not in article and "Site title marker" in html
+
+
+def test_hugo_openers_cannot_be_made_from_escaped_values():
+    """No value, nor two values side by side, leaves '{{<' or '{{%' for Hugo; text without an opener
+    keeps its bytes; code spans break openers with a zero-width space and nothing else."""
+    import itertools
+
+    pieces = ["{", "{{", "%", "<", "{%", "{<", "x{", "{x", "a {{ b }}", "%}}", "{{{%", "", " "]
+    for a, b in itertools.product(pieces, repeat=2):
+        joined = str(md_text(a)) + str(md_text(b))
+        assert "{{<" not in joined and "{{%" not in joined, (a, b, joined)
+        assert "{{<" not in str(md_code(a + b)) and "{{%" not in str(md_code(a + b)), (a, b)
+    for same in ("6.1.0-13-amd64", "a {x} b", "a {{ y }}", "virtio_balloon", "100 %", "QEMU 8.2.0, libvirt 10.0.0"):
+        assert md_text(same) == same
+    assert md_code("x {{< y >}} <!--more-->") == "`x {\u200b{< y >}} <\u200b!--more-->`"
+    assert md_text("*a* _b_ ~~c~~ snake_case") == "\\*a\\* \\_b\\_ \\~\\~c\\~\\~ snake_case"
+
+
+def test_truncating_escaped_text_is_refused(sample, tmp_path):
+    """Cutting escaped text could cut an escape in half: truncate works on the value, before escaping."""
+    m = sample()
+    post = Path(m.path).parent / "post.md"
+    post.write_text("{{ data.series[0].guest_label | truncate(9, leeway=0) | code }}\n")
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    assert "`Ubuntu...`" in (site / "content/posts/sample/index.md").read_text()
+    post.write_text("{{ data.series[0].guest_label | md_escape | truncate(9, leeway=0) }}\n")
+    with pytest.raises(UserError, match=r"post.md:1: template error: ValueError: truncate the value before escaping"):
+        build_all([m], site=site, quiet=True)
