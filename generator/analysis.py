@@ -16,9 +16,11 @@ FAILURE_LABELS = {"oom": "OOM", "panic": "panic", "refused": "refused", "timeout
 PAGE_SIZE = 4096
 STRUCT_PAGE = 64  # bytes per 4 KiB page on x86_64: what the kernel pays for every page of <memory>
 
-_RESERVED_RE = re.compile(r"Memory: (\d+)K/(\d+)K available .*?(\d+)K reserved")
-_SWIOTLB_RE = re.compile(r"software IO TLB: mapped .*\((\d+)MB\)")
-_XEN_MAP_RE = re.compile(r"Xen: \[mem 0x([0-9a-f]+)-0x([0-9a-f]+)\] usable")
+# a record's dmesg lines may come from someone else: numbers of at most 15 digits (a longer one is not
+# a reading, and is not converted)
+_RESERVED_RE = re.compile(r"Memory: ([0-9]{1,15})K/([0-9]{1,15})K available .*?(?<![0-9])([0-9]{1,15})K reserved")
+_SWIOTLB_RE = re.compile(r"software IO TLB: mapped .*\(([0-9]{1,15})MB\)")
+_XEN_MAP_RE = re.compile(r"Xen: \[mem 0x([0-9a-f]{1,16})-0x([0-9a-f]{1,16})\] usable")
 
 
 def seen_mib(record: dict) -> int | None:

@@ -178,33 +178,62 @@ def _parse_records(found: list) -> list[dict]:
 
 
 # --- Jinja -------------------------------------------------------------------------------------------
-# Values from manifests, records and guests are text, never Markdown or HTML: every {{ value }} is
-# escaped for Markdown (the characters that make links, code spans, table cells and escapes) and for
-# HTML (by Jinja's autoescape). Templates and macros are trusted; what they output is not escaped again.
-_MD_SPECIAL = re.compile(r"([\\`\[\]|])")
+# Values from manifests, records and guests are text, never Markdown, HTML or Hugo: every {{ value }} is
+# escaped for Markdown (the characters that make links, code spans, table cells, emphasis and escapes),
+# for HTML (entities) and for Hugo, whose shortcodes ({{< x >}}, {{% x %}}) are found in the raw page
+# before Markdown is parsed, in text and code spans alike. Templates and macros are trusted; what they
+# output is not escaped again.
+#
+# In text a '{' is escaped ('\{', which Markdown shows as '{') when it could make or complete a
+# shortcode opener: when it starts the value or follows another '{', and ends the value or precedes
+# '{', '%' or '<'. So no '{{<' or '{{%' is left in a value, nor made where two values meet; a '{' in
+# ordinary text ('a {x}', 'a {{ y }}') is left as it is. '_' is escaped only where it could start or end
+# emphasis (not inside a word, as in 'virtio_balloon').
+_MD_TEXT = re.compile(r"""[\\`\[\]|*~&<>"]|(?<![^\W_])_|_(?![^\W_])|(?:^|(?<=\{))\{(?=[{%<]|$)""")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 
 
 def md_text(value) -> "Markup":
-    """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities."""
+    """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities, and
+    no Hugo shortcode opener left (see above)."""
     from markupsafe import Markup
 
     if isinstance(value, Markup):
         return value
     text = " ".join(str(value).splitlines())
-    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-    return Markup(_MD_SPECIAL.sub(r"\\\1", text))
+    return Markup(_MD_TEXT.sub(lambda m: _ENTITIES.get(m.group(0)) or "\\" + m.group(0), text))
+
+
+# In a code span nothing can be escaped (a backslash or an entity would show as typed): a shortcode
+# opener is broken by a zero-width space between its braces, and Hugo's summary divider by one after
+# its '<'. Both render as the text they were, and Hugo finds neither.
+_CODE_HUGO = re.compile(r"\{\{+(?=[<%])|<(?=!--more-->)")
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 def md_code(value) -> "Markup":
     """A value as a Markdown code span, fenced by more backticks than it contains (no escaping applies
-    inside a code span, so none is done)."""
+    inside a code span, so none is done; Hugo's openers are broken, see above)."""
     from markupsafe import Markup
 
     text = " ".join(str(value).splitlines())
+    text = _CODE_HUGO.sub(lambda m: ZERO_WIDTH_SPACE.join(m.group(0)) + (ZERO_WIDTH_SPACE if m.group(0) == "<" else ""),
+                          text)
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
     return Markup(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _truncate(env, value, *args, **kwargs):
+    """Jinja's truncate, for text that is not yet escaped: cutting escaped text could cut an escape
+    (a '\\{' or '&lt;') in half, so truncate before md_escape or code, never after."""
+    import jinja2.filters
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):
+        raise ValueError("truncate the value before escaping it (value | truncate(n) | code), not after")
+    return jinja2.filters.do_truncate(env, value, *args, **kwargs)
 
 
 def _finalize(value):
@@ -228,6 +257,7 @@ def _jinja_env(content_dir: Path):
     env.filters["num"] = lambda v, digits=0: "n/a" if v is None else f"{v:,.{digits}f}"
     env.filters["md_escape"] = md_text
     env.filters["code"] = md_code
+    env.filters["truncate"] = jinja2.pass_environment(_truncate)
     return env
 
 

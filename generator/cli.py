@@ -16,6 +16,7 @@ from . import __version__
 from .errors import ManifestError, UserError
 from .manifest import describe_schema, find_manifests, load, trusted_dirs
 from .plan import check_only, points, results_dir, select, skipped_pairs
+from .text import plain
 from .units import mib_label
 
 log = logging.getLogger("generator")
@@ -36,6 +37,12 @@ def _manifests(args) -> list:
     return manifests
 
 
+def say(text: str = "", file=None) -> None:
+    """Print one line that may hold text from a guest, a record or a manifest: without control
+    characters, so no escape sequence reaches the terminal (the tool often runs as root)."""
+    print(plain(text), file=file or sys.stdout)
+
+
 def cmd_validate(args) -> int:
     if args.schema:
         print(describe_schema())
@@ -49,11 +56,12 @@ def cmd_validate(args) -> int:
         try:
             m = load(path, trusted)
         except ManifestError as e:
-            print("\n".join(f"error: {line}" for line in e.full().splitlines()), file=sys.stderr)
+            for line in e.full().splitlines():
+                say(f"error: {line}", file=sys.stderr)
             bad += 1
             continue
         n = len(points(m))
-        print(f"{path}: ok - experiment {m.experiment}: {len(m.hosts)} host(s), {len(m.guests)} guest(s), "
+        say(f"{path}: ok - experiment {m.experiment}: {len(m.hosts)} host(s), {len(m.guests)} guest(s), "
               f"{n} point(s)")
         for memory, current in skipped_pairs(m):
             print(f"  note: memory {mib_label(memory)} < currentMemory {mib_label(current)} is not measured")
@@ -80,7 +88,7 @@ def cmd_sweep(args) -> int:
             return 130
         if summary.host_errors:
             for message in summary.host_errors.values():
-                print(f"error: {message}", file=sys.stderr)
+                say(f"error: {message}", file=sys.stderr)
             code = 1
     return code
 
@@ -92,7 +100,7 @@ def cmd_status(args) -> int:
         folder = results_dir(m, args.results)
         pts = select(points(m), args.only)
         counts = {"done": 0, "failed": 0, "missing": 0}
-        print(f"{m.experiment}: results in {folder}")
+        say(f"{m.experiment}: results in {folder}")
         for p in pts:
             r = results.existing(p, folder)
             if r is None:
@@ -113,10 +121,10 @@ def cmd_status(args) -> int:
             else:
                 state, detail = "failed", f"{r['status']}: {r.get('reason', '')}"
             counts[state] += 1
-            print(f"  {state:<8} {p.key:<40} {detail}")
+            say(f"  {state:<8} {p.key:<40} {detail}")
             if args.verbose and r is not None and r.get("phases"):
-                print("           " + phase_line(r))
-        print(f"  {counts['done']} done, {counts['failed']} failed, {counts['missing']} missing")
+                say("           " + phase_line(r))
+        say(f"  {counts['done']} done, {counts['failed']} failed, {counts['missing']} missing")
     return 0
 
 
@@ -206,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         if args.verbose:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        say(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the exit itself is not interrupted again

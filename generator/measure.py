@@ -8,7 +8,6 @@ that runs out of memory or panics, a host that refuses the allocation, a boot th
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import logging
 import re
 import threading
@@ -23,6 +22,7 @@ from .hosts import HostRuntime, libvirt_module
 from .manifest import Manifest
 from .plan import Point
 from .probe import MARK
+from .text import bounded_float, bounded_int, plain
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|can
 # out_of_memory() with nothing left to kill panics with "System is deadlocked on memory"
 _OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer|deadlocked on memory", re.I)
 _PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
-_ANSI_RE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+MAX_MEMINFO_KEYS = 200  # /proc/meminfo has about 60; a guest printing more is not read further
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Console:
 
     @classmethod
     def parse(cls, text: str) -> "Console":
-        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text = plain(text, keep_newlines=True)  # no escape sequence reaches a marker, a reason or a record
         c = cls(text)
         for m in _MARK_RE.finditer(text):
             name, value = m.group(1), (m.group(2) or "").strip()
@@ -65,10 +65,9 @@ class Console:
     def number(self, name: str, index: int = 0) -> float | None:
         """A marker's number; None if missing or not a finite number (a guest may print anything)."""
         try:
-            value = float(self.markers[name].split()[index])
-        except (KeyError, IndexError, ValueError):
+            return bounded_float(self.markers[name].split()[index], 1e15)
+        except (KeyError, IndexError):
             return None
-        return value if math.isfinite(value) and abs(value) < 1e15 else None
 
 
 def parse_free(text: str) -> dict | None:
@@ -79,19 +78,19 @@ def parse_free(text: str) -> dict | None:
     if not header or not mem:
         return None
     names = [h.replace("/", "_") for h in header]
-    try:
-        return {name: int(value) for name, value in zip(names, mem[1:])}
-    except ValueError:
-        return None
+    values = {name: bounded_int(value) for name, value in zip(names, mem[1:])}
+    return None if None in values.values() else values
 
 
 def parse_meminfo(text: str) -> dict:
     """/proc/meminfo -> {'MemTotal': 983744, …} in KiB (HugePages_* counts stay counts)."""
     out = {}
     for line in text.splitlines():
-        m = re.match(r"^([\w()]+):\s+(\d+)", line)
-        if m:
-            out[m.group(1)] = int(m.group(2))
+        m = re.match(r"([A-Za-z0-9_()]{1,40}):\s+([0-9]+)", line)
+        if m and len(out) < MAX_MEMINFO_KEYS:
+            value = bounded_int(m.group(2))  # a number too long to be a reading is left out
+            if value is not None:
+                out[m.group(1)] = value
     return out
 
 
@@ -103,8 +102,8 @@ def _excerpt(text: str, limit: int = 40) -> list[str]:
     """
     keep = []
     skip = False
-    text = _ANSI_RE.sub("", text)  # a full system's console colours its lines
-    for line in text.replace("\r", "").splitlines():
+    text = plain(text.replace("\r", ""), keep_newlines=True)  # a full system's console colours its lines
+    for line in text.splitlines():
         if line.startswith(f"{MARK} begin meminfo"):
             skip = True
         if not skip and line.strip():
@@ -311,14 +310,17 @@ def _follow(dom, record: dict, *, host: HostRuntime, console_path: str, manifest
     elif record["memtotal_settled_kib"] is None:
         record["status"] = "error"
         record["reason"] = "the probe finished without reporting MemTotal"
+    elif record["free_m"] is None or record["free_m"].get("total") is None:
+        record["status"] = "error"
+        record["reason"] = "the probe finished without reporting free -m"
     else:
         record["status"] = "ok"
         notes = [f"insmod failed: {v}" for k, v in console.markers.items() if k == "insmod-failed"]
-        short = console.markers.get("balloon-short", "").split()
-        if len(short) == 2 and short[0].isdigit() and short[1].isdigit():
-            notes.append(f"the balloon stopped at {int(short[0]) // 1024} MiB of its {int(short[1]) // 1024} MiB "
+        short = [bounded_int(v) for v in console.markers.get("balloon-short", "").split()]
+        if len(short) == 2 and None not in short:
+            notes.append(f"the balloon stopped at {short[0] // 1024} MiB of its {short[1] // 1024} MiB "
                          "target (nothing changed for the stability window)")
-        record["reason"] = "; ".join(notes)
+        record["reason"] = "; ".join(notes)[:400]
 
 
 def _console_ticks(dom, record: dict, *, host: HostRuntime, console_path: str, t0: float,
@@ -399,13 +401,17 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
         xen = {}
         for line in console.sections["xen-balloon"].splitlines():
             key, _, value = line.strip().partition(" ")
-            if value.strip().isdigit() and re.fullmatch(r"(info/)?[a-z_]{1,20}", key):
-                xen[key.split("/")[-1]] = int(value)
+            number = bounded_int(value)
+            if number is not None and re.fullmatch(r"(info/)?[a-z_]{1,20}", key):
+                xen[key.split("/")[-1]] = number
         record["xen_balloon"] = xen
     if "dmesg" in console.sections:
-        record["dmesg"] = [line.strip() for line in console.sections["dmesg"].splitlines() if line.strip()]
-    if console.markers.get("kernel"):
-        record["guest_kernel"] = console.markers["kernel"]
+        record["dmesg"] = [line.strip()[:300] for line in console.sections["dmesg"].splitlines() if line.strip()]
+    from .system import kernel_release
+
+    release = kernel_release(console.markers.get("kernel", ""))
+    if release:  # the same check as a release read through the agent or SSH
+        record["guest_kernel"] = release
     init_at = console.number("init")
     loaded_at = console.number("balloon-loaded")
     settled_at = console.number("settled") or console.number("settle-timeout")
@@ -436,6 +442,7 @@ def _classify_death(record: dict, console: Console) -> None:
 
 
 def _one_line(text: str) -> str:
+    text = plain(text)
     text = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", text.strip())
     # QEMU's own complaint, without libvirt's wrapper and QEMU's timestamp (keeps records diffable)
     qemu = re.search(r"qemu-system-\w+: (.*)$", text, re.S)
@@ -564,13 +571,14 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             if forward_port:  # the point's own known_hosts, written for its port
                 for path in reader.known_hosts:
                     Path(path).unlink(missing_ok=True)
-        console = host.read_text(console_path)
+        raw = host.read_text(console_path)
+        console = plain(raw, keep_newlines=True)  # what is stored holds no control characters
         if dom is not None:
             destroy(dom, libvirt)
         host.remove(overlay)  # after the domain: QEMU no longer holds it
         host.remove(console_path)
         record["durations"]["total_s"] = round(time.monotonic() - t0, 2)
-        record["console_excerpt"] = _excerpt(console)
+        record["console_excerpt"] = _excerpt(raw)
         record["dmesg"] = [" ".join(m.group(0).split())[:300] for m in _MEMORY_LINE_RE.finditer(console)]
         record["oom_kills"] = system.oom_kills(console)
         if record["status"] == "ok" and record["oom_kills"]:
@@ -744,7 +752,7 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
     record["free_m"] = parse_free(free)
     record["meminfo"] = parse_meminfo(meminfo)
     record["memtotal_settled_kib"] = record["meminfo"].get("MemTotal")
-    if re.fullmatch(r"[\w.+~-]{1,100}", release):
+    if system.kernel_release(release):
         record["guest_kernel"] = release
     record["durations"]["settle_s"] = round(settled_at - agent_at, 2)
     available, agent_total, agree = _cross_check(record, reader.name)

@@ -29,6 +29,9 @@ def _pyplot():
         "font.family": "DejaVu Sans", "font.size": 10, "axes.grid": True, "grid.alpha": 0.3,
         "figure.dpi": 100, "savefig.dpi": 100, "axes.spines.top": False, "axes.spines.right": False,
         "path.simplify": False,
+        # labels, titles and legends hold guest kernels, labels and host names: text, never mathtext
+        # (a '$' would otherwise start a formula, and a hostile one can crash the parser)
+        "text.parse_math": False,
     })
     return plt
 

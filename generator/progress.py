@@ -6,6 +6,7 @@ import threading
 import time
 from typing import TextIO
 
+from .text import plain
 from .units import mib_label
 
 
@@ -155,15 +156,17 @@ class Progress:
             self.stream.flush()
 
     def _print(self, text: str) -> None:
+        """One line; what it says may come from a guest or a record, so control characters are removed
+        (the only ones written are the bar's own carriage return and erase-line)."""
         if self.live and self._last_line:
             self.stream.write("\r\033[K")
             self._last_line = ""
-        self.stream.write(text + "\n")
+        self.stream.write(plain(text) + "\n")
         self.stream.flush()
 
     def _draw(self) -> None:
         if not self.live or not self.total:
             return
-        self._last_line = self.status_line()
+        self._last_line = plain(self.status_line())
         self.stream.write("\r\033[K" + self._last_line)
         self.stream.flush()

@@ -4,8 +4,11 @@ Files are indented with sorted keys so that re-measuring a point gives a reviewa
 """
 from __future__ import annotations
 
+import datetime as _dt
 import json
+import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -139,7 +142,101 @@ def _problem(record: dict) -> str | None:
         for k, v in (record.get(name) or {}).items():
             if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
                 return f"{name}.{k} is {type(v).__name__}, expected a number"
+    return _implausible(record)
+
+
+# --- numbers and dates: bounded, and consistent with each other --------------------------------------
+MAX_NUMBER = 2 ** 53           # every number a record holds (KiB, bytes, seconds) is far below this
+MAX_DIGITS = 18                # digits of a JSON integer parsed at all (checked before converting)
+FUTURE_TOLERANCE = _dt.timedelta(days=1)  # clocks differ; a date further ahead is not a measurement
+_STARTED_AT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})")
+_NON_NEGATIVE = ("memory_mib", "current_memory_mib", "memtotal_boot_kib", "memtotal_settled_kib", "host_cores",
+                 "host_memory_mib", "guest_vcpus")
+
+
+def _numbers(value, where: str):
+    """(field path, number) of every number in a record, however deep."""
+    if isinstance(value, bool):
+        return
+    if isinstance(value, (int, float)):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _numbers(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _numbers(v, f"{where}[{i}]")
+
+
+def _implausible(record: dict) -> str | None:
+    """Numbers and dates a post would publish or a reader would trip over: every number finite and
+    within ±2**53; sizes and counts not negative; an ok record has its readings (MemTotal and free -m's
+    total), MemTotal within `memory`, free -m's total within MemTotal; started_at an ISO 8601 time with
+    its offset, not in the future."""
+    for where, v in _numbers(record, ""):
+        if not math.isfinite(v) or abs(v) > MAX_NUMBER:
+            return f"{where!r} is {'too large' if not math.isfinite(v) or abs(v) > 1e30 else v}, outside ±2**53"
+    for name in _NON_NEGATIVE:
+        if (record.get(name) or 0) < 0:
+            return f"{name!r} is {record[name]}, below 0"
+    if record["repeat"] < 1:
+        return f"'repeat' is {record['repeat']}, below 1"
+    for name in ("free_m", "meminfo", "balloon", "host_view", "xen_balloon"):
+        for k, v in (record.get(name) or {}).items():
+            if v is not None and v < 0:
+                return f"{name}.{k} is {v}, below 0"
+    memory_kib = record["memory_mib"] * 1024
+    for name in ("memtotal_boot_kib", "memtotal_settled_kib"):
+        if record.get(name) is not None and record[name] > memory_kib:
+            return f"{name!r} is {record[name]} KiB, more than memory ({record['memory_mib']} MiB)"
+    if record["status"] == "ok":
+        total = record.get("memtotal_settled_kib")
+        free = (record.get("free_m") or {}).get("total")
+        if not total:
+            return "an ok record without 'memtotal_settled_kib' (the guest's MemTotal)"
+        if not free or not isinstance(free, int):
+            return "an ok record without 'free_m.total' (free -m's total) as a positive whole number"
+        if free > total // 1024 + 1:
+            return f"free_m.total is {free} MiB, more than MemTotal ({total} KiB)"
+    started = record.get("started_at")
+    if started is not None:
+        when = None
+        if _STARTED_AT.fullmatch(started):
+            try:
+                when = _dt.datetime.fromisoformat(started.replace("Z", "+00:00"))
+            except ValueError:
+                pass
+        if when is None:
+            return f"'started_at' {started[:40]!r} is not an ISO 8601 time with its offset (2026-11-20T10:00:00+00:00)"
+        if when > _dt.datetime.now(_dt.timezone.utc) + FUTURE_TOLERANCE:
+            return f"'started_at' {started!r} is in the future"
     return None
+
+
+def _bounded_int(digits: str) -> int | float:
+    """A JSON integer, its digits counted before converting: one too long to be a reading is read as
+    inf, which the checks above refuse naming its field."""
+    return int(digits) if len(digits.lstrip("-")) <= MAX_DIGITS else math.inf
+
+
+def checked(record: dict) -> dict:
+    """A record the sweep is about to write, made one its reader accepts: an ok record whose readings
+    do not hold together (a guest may print anything) becomes an error saying why, without the guest's
+    readings if they are what is wrong; anything else wrong leaves only the point and why."""
+    problem = _problem(record)
+    if problem and record.get("status") == "ok":
+        record = dict(record, status="error", reason=f"implausible readings: {problem}"[:400])
+        problem = _problem(record)
+    if problem:
+        record = {k: None if k in _GUEST_READINGS else v for k, v in record.items()}
+        problem = _problem(record)
+    if problem:
+        keep = {k: record[k] for k in _fields() if k in record and _fields()[k][1]}
+        record = dict(keep, status="error", reason=f"the record could not be kept: {problem}"[:400])
+    return record
+
+
+_GUEST_READINGS = ("memtotal_boot_kib", "memtotal_settled_kib", "free_m", "meminfo", "xen_balloon")
 
 
 def _migrate(record: dict, path: Path) -> dict:
@@ -188,7 +285,7 @@ def parse_record(text: str | bytes, path: Path) -> dict:
         except UnicodeDecodeError as e:
             raise UserError(f"{path}: not UTF-8 text (byte {e.start}); delete it to measure the point again") from None
     try:
-        record = json.loads(text, parse_constant=_no_constant)
+        record = json.loads(text, parse_constant=_no_constant, parse_int=_bounded_int)
     except (json.JSONDecodeError, RecursionError, ValueError) as e:
         detail = f"line {e.lineno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else type(e).__name__
         raise UserError(f"{path}: corrupt result file ({detail}); delete it to measure the point again") from None

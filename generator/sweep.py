@@ -316,6 +316,7 @@ class Sweep:
                 log.debug("point %s failed", point.key, exc_info=True)
                 record = point_identity(point, self.manifest, "error", f"{type(e).__name__}: {e}")
             with self._write_lock:
+                record = results.checked(dict(record, schema_version=results.SCHEMA_VERSION))
                 results.write_record(point.record_path(self.results), record, root=self.results)
                 self.summary.measured += 1
                 self._finished[point.host] = self._finished.get(point.host, 0) + 1

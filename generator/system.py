@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from . import images
+from .text import bounded_int, plain
 
 # What an image without the agent runs at boot so that it can be read from its console
 # (`reading: console`); users copy these two files into their own images.
@@ -102,20 +103,31 @@ def agent_exec(dom, path: str, args: list[str], timeout: float = 20.0, limit: in
     raise ReadError(f"{path} did not finish in the guest within {timeout:g} s")
 
 
-_OOM_KILL_RE = re.compile(r"Out of memory: Killed process \d+ \(([^)]{1,64})\)")
+_OOM_KILL_RE = re.compile(r"Out of memory: Killed process [0-9]{1,10} \(([^)\n]{1,64})\)")
 
 
 def oom_kills(console: str) -> list[str]:
-    """Names of processes the guest's OOM killer killed, in order, from its console."""
-    return _OOM_KILL_RE.findall(console)
+    """Names of processes the guest's OOM killer killed, in order, from its console (control characters
+    dropped: the names are printed and stored)."""
+    return [name for name in map(plain, _OOM_KILL_RE.findall(console)) if name]
+
+
+_RELEASE_RE = re.compile(r"[A-Za-z0-9_.+~-]{1,100}")
+
+
+def kernel_release(text: str) -> str | None:
+    """A kernel release as a guest reports it (`uname -r` through the agent or SSH, the 'kernel' marker
+    on its console), if it looks like one: at most 100 letters, digits and . _ + ~ -; else None."""
+    text = text.strip()
+    return text if _RELEASE_RE.fullmatch(text) else None
 
 
 ESSENTIAL = ("systemd", "init", "qemu-ga", "systemd-journal")  # losing one of these is losing the system
 
 
 def parse_memtotal(meminfo: str) -> int | None:
-    m = re.search(r"^MemTotal:\s+(\d+) kB", meminfo, re.M)
-    return int(m.group(1)) if m else None
+    m = re.search(r"^MemTotal:\s+([0-9]+) kB", meminfo, re.M)
+    return bounded_int(m.group(1)) if m else None
 
 
 class AgentReader:

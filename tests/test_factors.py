@@ -69,6 +69,7 @@ def test_a_new_factor_reaches_keys_paths_records_and_the_post(hugepages, tmp_pat
         rec = {**record(p.guest, p.memory_mib, 1), **p.factors, "repeat": 1}
         if p.hugepages:
             rec["free_m"] = dict(rec["free_m"], total=rec["free_m"]["total"] + 7)
+            rec["memtotal_settled_kib"] += 7 * 1024  # the guest's two readings agree
         results.write_record(p.record_path(Path(m.results)), rec)
     back = results.existing(on, Path(m.results))
     assert back["hugepages"] is True
@@ -97,7 +98,7 @@ def test_every_committed_record_reads_through_the_migration():
 
 def test_version_1_records_get_the_defaults():
     old = {"experiment": "e", "host": "h", "guest": "g", "memory_mib": 1024, "current_memory_mib": 1024, "repeat": 1,
-           "status": "ok", "reason": "", "schema_version": 1}
+           "status": "ok", "reason": "", "schema_version": 1, "memtotal_settled_kib": 921600, "free_m": {"total": 900}}
     r = results.parse_record(json.dumps(old), Path("old.json"))
     assert (r["memory_model"], r["autodeflate"], r["free_page_reporting"], r["schema_version"]) == \
         ("balloon", False, False, 2)

@@ -133,11 +133,18 @@ def bad_records() -> list[tuple[str, object]]:
         cases.append((f"missing {key}", r))
     wrong = {"memory_mib": ["1024", 1024.5, None, True, [1024]], "repeat": ["1", None, {}],
              "status": ["great", "", None, 1, "OK"], "reason": [None, 5, ["x"]], "schema_version": [0, -1, "1", 99, True],
-             "free_m": ["lots", [1], {"total": "x"}, {"total": [1]}, {"total": True}],
-             "meminfo": [5, {"MemTotal": "x"}], "balloon": ["x", {"actual": None, "rss": "1"}],
+             "free_m": ["lots", [1], {"total": "x"}, {"total": [1]}, {"total": True}, None, {}, {"total": 1.5e308},
+                        {"total": -1}, {"total": 0}, {"total": 10 ** 400}, {"total": 5000}, {"total": 900.5}],
+             "balloon": ["x", {"actual": None, "rss": "1"}, {"actual": -1}],
              "dmesg": ["text", [1], [None], [{"a": 1}]], "console_excerpt": [{"a": 1}, [1.5]],
-             "balloon_timeline": ["x", [["a"]], [1, 2], [[True]]], "durations": [[], {"boot_s": "1"}],
-             "memtotal_settled_kib": ["921600", 1.5, [1]], "guest_kernel": [5, ["x"]], "host": [5, None],
+             "durations": [[], {"boot_s": "1"}, {"total_s": 1e300}],
+             "memtotal_settled_kib": ["921600", 1.5, [1], None, -5, 0, 10 ** 12, 2 ** 70],
+             "memtotal_boot_kib": [-1, 10 ** 9], "host_memory_mib": [-1, 10 ** 30], "guest_vcpus": [-2],
+             "started_at": ["9999-01-01T00:00:00+00:00", "yesterday", "2026-11-26", "2026-02-30T00:00:00+00:00",
+                            "2026-11-26T00:00:00", "", 5, "2026-11-26T00:00:00+00:00\n"],
+             "meminfo": [5, {"MemTotal": "x"}, {"MemTotal": -1}, {"MemTotal": 1e300}],
+             "balloon_timeline": ["x", [["a"]], [1, 2], [[True]], [[1.0, 2 ** 60, None]]],
+             "guest_kernel": [5, ["x"]], "host": [5, None],
              "memory_mib_extra": []}
     for key, values in wrong.items():
         for v in values:
@@ -147,7 +154,11 @@ def bad_records() -> list[tuple[str, object]]:
     raw = [b"", b"{", b"[]", b"null", b"42", b'"text"', b'{"status": "ok"', b"\xff\xfe\xfd",
            json.dumps(base).encode().replace(b'"ok"', b'"\xff"'), b"[" * 100000 + b"]" * 100000,
            json.dumps(dict(base, free_m={"total": float("nan")})).encode(), b'{"status": NaN}',
-           b'{"status": "ok", "memory_mib": Infinity}', b"x" * (5 * 1024 * 1024)]
+           b'{"status": "ok", "memory_mib": Infinity}', b"x" * (5 * 1024 * 1024),
+           json.dumps(base).encode().replace(b'"total": 900', b'"total": ' + b"9" * 4000),
+           json.dumps(base).encode().replace(b'"total": 900', b'"total": ' + b"9" * 5000),
+           json.dumps(base).encode().replace(b'"total": 900', b'"total": 1e400'),
+           json.dumps(base).encode().replace(b'"repeat": 1', b'"repeat": 1' + b"0" * 30)]
     cases += [(f"raw {i}", r) for i, r in enumerate(raw)]
     cases += [("fifo", "FIFO"), ("symlink to /dev/zero", "/dev/zero"), ("symlink outside", "/etc/hostname"),
               ("directory", "DIR")]
@@ -244,3 +255,80 @@ def test_bad_manifests_and_records_fail_cleanly(project, tmp_path):
     print(f"\nfuzz: {counts['manifests']} bad manifests, {counts['records']} bad records, {counts['runs']} runs, "
           "every one exit 1 with one line")
     assert counts["manifests"] + counts["records"] >= 200
+
+
+# --- hostile guests: what a console may print, through the parsers that read it ----------------------------
+FRAGMENTS = ["9" * 4000, "1.5e308", "1e400", "-5", "nan", "inf", "²", "١٢٣", "1_000", "0x10", "", " ",
+             "\x1b]52;c;cm0gLXJmIH4=\x07", "\x1b]0;title\x07", "\x1b[2J", "\r", "\x07", "\x9b31m", "\x1bP", "\x1b",
+             "{{< youtube x >}}", "{{% x %}}", "$\\frac{1}{0}$", "\u202e", "\0", "\t", "6.1.0-13-amd64", "843"]
+MARKERS = ["init", "kernel", "boot-memtotal-kib", "settled-memtotal-kib", "settled", "balloon-loaded", "inflate-start",
+           "inflate-end", "done", "balloon-short", "insmod-failed", "settle-timeout"]
+SECTIONS = {"free": "              total        used        free\nMem: {a} {b} {c}\n",
+            "meminfo": "MemTotal: {a} kB\nMemFree: {b} kB\n{c}: {a} kB\n",
+            "xen-balloon": "info/current_kb {a}\ntarget_kb {b}\n{c} 5\n", "dmesg": "[ 0.1] Memory: {a}K/{b}K {c}\n"}
+
+
+READINGS = ["843", "863660", "6.1.0-13-amd64"]  # a real guest's: some consoles read as a plausible record
+
+
+def hostile_consoles(n: int, rng: random.Random):
+    def pick() -> str:
+        return rng.choice(READINGS if rng.random() < 0.7 else FRAGMENTS)
+
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.6:
+                name = rng.choice(MARKERS)
+                parts.append(f"@@MEMBALLOON {name} {pick()} {pick()}\n")
+            else:
+                name = rng.choice(list(SECTIONS))
+                body = SECTIONS[name].format(a=pick(), b=pick(), c=pick())
+                parts.append(f"@@MEMBALLOON begin {name}\n{body}@@MEMBALLOON end {name}\n")
+            if rng.random() < 0.3:
+                parts.append(f"[ 9.9] Out of memory: Killed process 1 ({rng.choice(FRAGMENTS)[:60]})\n"
+                             f"Kernel panic - not syncing: {rng.choice(FRAGMENTS)}\n")
+        yield "".join(parts)
+
+
+def test_hostile_guest_consoles_give_bounded_clean_readings():
+    """Generated consoles full of huge, non-finite and foreign numbers, escape sequences and shortcodes:
+    parsing never fails, every number kept is a bounded whole or finite number, every text kept is free
+    of control characters, and an ok-looking record holding them is either accepted or made an error."""
+    import math
+
+    from generator import results, system
+    from generator.measure import Console, _classify_death, _excerpt, _fill_guest_view
+
+    def clean(text: str) -> bool:
+        return not any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f or ch == "\u202e" for ch in text)
+
+    rng = random.Random(SEED)
+    counts = {"consoles": 0, "numbers": 0, "texts": 0, "made errors": 0, "accepted": 0}
+    for text in hostile_consoles(400, rng):
+        console = Console.parse(text)
+        record = {"durations": {}, "guest_kernel": "6.1.0-13-amd64", "status": "ok", "reason": ""}
+        _fill_guest_view(record, console, 1.0)
+        _classify_death(record, console)
+        texts = [record["reason"], record["guest_kernel"], *record.get("dmesg", []), *_excerpt(text),
+                 *system.oom_kills(console.text)]
+        numbers = [record["memtotal_boot_kib"], record["memtotal_settled_kib"],
+                   *(record.get("free_m") or {}).values(), *(record.get("meminfo") or {}).values(),
+                   *(record.get("xen_balloon") or {}).values(), *record["durations"].values()]
+        for t in texts:
+            assert clean(t), repr(t)
+        for v in numbers:
+            assert v is None or (not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1e15), v
+        assert system.kernel_release(record["guest_kernel"]) == record["guest_kernel"]
+        counts["consoles"] += 1
+        counts["numbers"] += len(numbers)
+        counts["texts"] += len(texts)
+        full = dict(good_record(1024), **{k: v for k, v in record.items() if k in results.FIELDS and k != "status"},
+                    status="ok", schema_version=results.SCHEMA_VERSION)
+        kept = results.checked(full)
+        assert results._problem(kept) is None
+        counts["made errors"] += kept["status"] == "error"
+        counts["accepted"] += kept["status"] == "ok"
+    print(f"\nfuzz: {counts['consoles']} hostile consoles, {counts['numbers']} numbers and {counts['texts']} texts "
+          f"kept; of the would-be ok records {counts['accepted']} accepted, {counts['made errors']} made errors")
+    assert counts["consoles"] == 400 and counts["made errors"] > 0 and counts["accepted"] > 0

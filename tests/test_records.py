@@ -51,10 +51,11 @@ def point(memory=1024, current=1024, repeat=1, **factors) -> Point:
 
 
 def rec(status="ok", point=None, **extra) -> dict:
-    """A minimal valid record of `point`."""
+    """A minimal valid record of `point` (an ok one with the guest's two readings)."""
     point = point or Point.make("h", "g", memory_mib=1024, current_memory_mib=1024)
+    readings = {"memtotal_settled_kib": 921600, "free_m": {"total": 900}} if status == "ok" else {}
     return {"experiment": "e", "host": point.host, "guest": point.guest, **point.factors, "repeat": point.repeat,
-            "status": status, "reason": "", **extra}
+            "status": status, "reason": "", **readings, **extra}
 
 
 def test_atomic_write_and_read(tmp_path):

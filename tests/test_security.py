@@ -368,3 +368,291 @@ def test_the_short_embed_root_is_private_and_per_user(tmp_path, monkeypatch):
     deep = tmp_path / ("x" * 60)
     root = embed_root(deep)
     assert root.parent == Path("/tmp") and root.name.startswith(f"memballoon-{os.geteuid()}-")
+
+
+# --- round two, 3. Hugo executes what the tool writes ------------------------------------------------------
+HOSTILE_HUGO = ["{{< youtube x >}}", "{{% param title %}}", "{{</* youtube y */>}}", "{{< param title >}}",
+                "*emph* _under_ ~~strike~~", "<!--more-->", "half {{<", "{{%"]
+
+
+def test_hugo_shortcodes_and_emphasis_from_records_and_manifests_stay_text(sample, tmp_path):
+    """Shortcodes in a guest's reason (a code span and plain text), a guest kernel and a manifest's
+    label reach the page; Hugo builds it (no unknown or half-cut shortcode fails it) and shows them as
+    the literal text they were: no iframe, no site title, no emphasis."""
+    m = sample()
+    manifest = Path(m.path)
+    hostile = " ".join(HOSTILE_HUGO)
+    manifest.write_text(manifest.read_text().replace("label: RHEL6", f"label: {json.dumps(hostile)}")
+                        .replace("description: Sample post built from sample records.",
+                                 "description: " + json.dumps("{{% param title %}} Sample post")))
+    m = load(manifest)
+    for path in Path(m.results).rglob("*.json"):
+        rec = results.read_record(path)
+        rec["guest_kernel"] = "6.1.0-{{< youtube k >}}"
+        if rec["status"] != "ok":  # shown in a code span (the failures list) and as text (the prose)
+            rec["reason"] = hostile + " {{% x %}} {{<"
+        results.write_record(path, rec)
+    site = new_site(tmp_path)
+    config = site / "hugo.toml"
+    config.write_text(config.read_text().replace('title = "Where did my memory go?"', 'title = "Site title marker"'))
+    build_all([m], site=site, quiet=True)
+    page_md = (site / "content/posts/sample/index.md").read_text()
+    body = page_md.split("+++", 2)[2]
+    assert "{{<" not in body and "{{%" not in body and "<!--more-->" not in body
+    assert "{\u200b{< youtube x >}}" in page_md and "\\{\\{&lt; youtube x &gt;}}" in page_md  # code span, text
+    public = hugo(site)  # --panicOnWarning: an unknown shortcode or a half-cut one would fail here
+    html = (public / "posts/sample/index.html").read_text()
+    assert "<iframe" not in html and "youtube.com" not in html and "youtube-nocookie" not in html
+    assert "<em>emph</em>" not in html and "<em>under</em>" not in html and "<del>strike</del>" not in html
+    text = html.replace("\u200b", "").replace("&lt;", "<").replace("&gt;", ">").replace("&#34;", '"')
+    for bad in HOSTILE_HUGO + ["6.1.0-{{< youtube k >}}"]:
+        assert bad in text, bad
+    assert "{{% x %}} {{<" in text
+    # the label and the reason do not print the site's title ({{% param title %}} would)
+    article = html[html.index("<article>"):html.index("</article>")]
+    assert "Site title marker" not in article and "Site title marker" in html
+
+
+def test_hugo_openers_cannot_be_made_from_escaped_values():
+    """No value, nor two values side by side, leaves '{{<' or '{{%' for Hugo; text without an opener
+    keeps its bytes; code spans break openers with a zero-width space and nothing else."""
+    import itertools
+
+    pieces = ["{", "{{", "%", "<", "{%", "{<", "x{", "{x", "a {{ b }}", "%}}", "{{{%", "", " "]
+    for a, b in itertools.product(pieces, repeat=2):
+        joined = str(md_text(a)) + str(md_text(b))
+        assert "{{<" not in joined and "{{%" not in joined, (a, b, joined)
+        assert "{{<" not in str(md_code(a + b)) and "{{%" not in str(md_code(a + b)), (a, b)
+    for same in ("6.1.0-13-amd64", "a {x} b", "a {{ y }}", "virtio_balloon", "100 %", "QEMU 8.2.0, libvirt 10.0.0"):
+        assert md_text(same) == same
+    assert md_code("x {{< y >}} <!--more-->") == "`x {\u200b{< y >}} <\u200b!--more-->`"
+    assert md_text("*a* _b_ ~~c~~ snake_case") == "\\*a\\* \\_b\\_ \\~\\~c\\~\\~ snake_case"
+
+
+def test_truncating_escaped_text_is_refused(sample, tmp_path):
+    """Cutting escaped text could cut an escape in half: truncate works on the value, before escaping."""
+    m = sample()
+    post = Path(m.path).parent / "post.md"
+    post.write_text("{{ data.series[0].guest_label | truncate(9, leeway=0) | code }}\n")
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    assert "`Ubuntu...`" in (site / "content/posts/sample/index.md").read_text()
+    post.write_text("{{ data.series[0].guest_label | md_escape | truncate(9, leeway=0) }}\n")
+    with pytest.raises(UserError, match=r"post.md:1: template error: ValueError: truncate the value before escaping"):
+        build_all([m], site=site, quiet=True)
+
+
+# --- round two, 4. graph text is parsed as math -------------------------------------------------------------
+MATH = ["costs $5 or $10", "6.1.0-$\\frac{1}{0}$", "$\\undefinedcommand{x}$", "$^^^$", "$" + "{" * 3000 + "$",
+        "$" + "x^" * 2000 + "x$"]
+
+
+@pytest.mark.filterwarnings("ignore:Tight layout not applied")
+def test_graph_text_is_plain_text_never_mathtext():
+    """Guest kernels (the series' label when the manifest names none) and host names with '$' reach the
+    graphs' titles and legends: every graph still renders, and its text is not parsed as math."""
+    import matplotlib.text
+
+    from generator import plots
+    from generator.analysis import build_series
+
+    recs = []
+    for i, kernel in enumerate(MATH):
+        for memory in (1024, 2048, 32768):
+            r = record("precise", memory, 1)
+            recs.append(dict(r, guest=f"g{i}", guest_kernel=kernel, host=f"h$^{i}$"))
+    series = build_series(recs, {}, 2)
+    assert "Linux costs $5 or $10" in {s.guest_label for s in series}
+    for s in series:
+        assert plots.series_png(s.lean())[:8] == b"\x89PNG\r\n\x1a\n", s.title
+    assert plots.all_series_png([s.lean() for s in series])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots.lost_png([s.lean() for s in series], [s.fit() for s in series])[:8] == b"\x89PNG\r\n\x1a\n"
+    plt = plots._pyplot()
+    fig = plt.figure()
+    try:
+        t = fig.text(0, 0, "costs $5 or $10")
+        assert isinstance(t, matplotlib.text.Text) and t._preprocess_math(t.get_text()) == ("costs $5 or $10", False)
+    finally:
+        plt.close(fig)
+
+
+# --- round two, 5. terminal control sequences from guests and records -------------------------------------
+TERMINAL_ATTACK = "OSC52 \x1b]52;c;cm0gLXJmIH4=\x07 title \x1b]0;pwned\x07 clear \x1b[2J cr \roverwrite bel \x07 " \
+                  "c1 \x9b31m st \x1bP+q\x1b\\ reset \x1bc end"
+
+
+def _through_a_terminal(argv, cwd) -> bytes:
+    """Run the real CLI with a pseudo-terminal as its stdout and stderr (raw: the terminal adds no CR of
+    its own) and return every byte the terminal received."""
+    import pty
+    import select
+    import tty
+
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    proc = subprocess.Popen([sys.executable, "-m", "generator", *argv], cwd=cwd, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=slave, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 1)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the other end is closed
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=30)
+    os.close(master)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_status_on_a_terminal_receives_no_control_sequences_from_records(sample, tmp_path):
+    m = sample()
+    for path in Path(m.results).rglob("*.json"):
+        rec = results.read_record(path)
+        rec["reason"] = TERMINAL_ATTACK
+        if rec["status"] == "ok":
+            rec.update(reading="agent\x1b]0;x\x07", oom_kills=["ev\x1b[2Jil", "\x1b]52;c;eA==\x07name"],
+                       cross_check={"agree": False, "agent_memtotal_kib": 1, "balloon_available_kib": 2})
+        results.write_record(path, rec)
+    out = _through_a_terminal(["status", "-v", m.path], cwd=tmp_path)
+    assert b"\x1b" not in out and b"\x07" not in out and b"\r" not in out and b"\xc2\x9b" not in out, out
+    text = out.decode()
+    assert "refused: OSC52  title  clear  cr  overwrite bel  c1  st  reset  end" in text  # the words stay
+    assert "OOM killer killed evil, name" in text and "read via agent;" in text
+    assert "16 done, 4 failed, 0 missing" in text
+
+
+def test_the_progress_line_receives_no_control_sequences_from_guests():
+    import io
+
+    from generator.progress import Progress
+
+    out = io.StringIO()
+    p = Progress(stream=out, live=True)
+    p.start(2)
+    p.begin("local/g/m1024-c1024-r1")
+    p.end("local/g/m1024-c1024-r1", {"status": "oom", "reason": TERMINAL_ATTACK, "memory_mib": 1024,
+                                    "current_memory_mib": 1024})
+    p.note("guest says \x1b]0;t\x07 hi")
+    p.finish()
+    text = out.getvalue()
+    own = text.replace("\r\033[K", "")  # the bar's own carriage return and erase-line
+    assert "\x1b" not in own and "\x07" not in own and "\r" not in own and "\x9b" not in own, repr(own)
+    assert "oom: OSC52  title  clear  cr  overwrite" in own and "guest says  hi" in own
+
+
+def test_stored_console_text_has_no_control_characters():
+    """What measure keeps of a console (excerpt, reasons, OOM names, dmesg, the kernel release) holds no
+    control characters, and numbers a guest prints are read only when they are readings."""
+    from generator import system
+    from generator.measure import Console, _classify_death, _excerpt, _fill_guest_view, _one_line
+
+    console = ("@@MEMBALLOON init 1.0\n@@MEMBALLOON kernel 6.1.0-amd64 {{< youtube x >}} $5\n"
+               "[ 2.0] Out of memory: Killed process 7 (ev\x1b[2Jil)\n"
+               "[ 3.0] Kernel panic - not syncing: \x1b]52;c;eA==\x07 System is deadlocked on memory\r\n"
+               "\x1b[31mred\x1b[0m line\twith tab\n")
+    record = {"durations": {}, "guest_kernel": "from-the-image"}
+    c = Console.parse(console)
+    _fill_guest_view(record, c, 1.0)
+    assert record["guest_kernel"] == "from-the-image"  # not a release: the agent's check applies to the console
+    _fill_guest_view(record, Console.parse("@@MEMBALLOON kernel 6.1.0\x1b]0;x\x07-amd64\n"), 1.0)
+    assert record["guest_kernel"] == "6.1.0-amd64"
+    _classify_death(record, c)
+    lines = _excerpt(console) + [record["reason"], _one_line("\x1b[2Jqemu-system-x86_64: \x07bad")]
+    lines += system.oom_kills(console)
+    for line in lines:
+        assert not any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in line), repr(line)
+    assert "red line with tab" in lines and system.oom_kills(console) == ["evil"]
+    assert record["status"] == "oom" and "System is deadlocked on memory" in record["reason"]
+
+
+# --- round two, 7. numbers and dates ---------------------------------------------------------------------
+def _ok_record_bytes(**change) -> bytes:
+    base = record("precise", 1024, 1)
+    base.update(change)
+    return results.dumps(dict(base, schema_version=results.SCHEMA_VERSION)).encode()
+
+
+@pytest.mark.parametrize("raw, field", [
+    (_ok_record_bytes(free_m={"total": 1.5e308}), "'free_m.total' is too large"),
+    (_ok_record_bytes().replace(b'"total": 961', b'"total": 1' + b"0" * 400), "'free_m.total' is too large"),
+    (_ok_record_bytes().replace(b'"total": 961', b'"total": ' + b"9" * 4000), "'free_m.total' is too large"),
+    (_ok_record_bytes().replace(b'"total": 961', b'"total": 1e400'), "'free_m.total' is too large"),
+    (_ok_record_bytes(free_m={"total": -5}), "free_m.total is -5, below 0"),
+    (_ok_record_bytes(free_m=None), "an ok record without 'free_m.total'"),
+    (_ok_record_bytes(memtotal_settled_kib=None), "an ok record without 'memtotal_settled_kib'"),
+    (_ok_record_bytes(memtotal_settled_kib=64 * 1024 * 1024), "'memtotal_settled_kib' is 67108864 KiB, more than memory"),
+    (_ok_record_bytes(free_m={"total": 5000}), "free_m.total is 5000 MiB, more than MemTotal"),
+    (_ok_record_bytes(host_memory_mib=-1), "'host_memory_mib' is -1, below 0"),
+    (_ok_record_bytes(started_at="9999-01-01T00:00:00+00:00"), "'started_at' '9999-01-01T00:00:00+00:00' is in the future"),
+    (_ok_record_bytes(started_at="yesterday"), "'started_at' 'yesterday' is not an ISO 8601 time"),
+    (_ok_record_bytes(started_at="2026-02-30T10:00:00+00:00"), "is not an ISO 8601 time"),
+    (_ok_record_bytes(started_at="2026-11-10T09:00:00"), "is not an ISO 8601 time with its offset"),
+    (_ok_record_bytes(durations={"total_s": 1e300}), "'durations.total_s' is too large"),
+    (_ok_record_bytes(balloon_timeline=[[1.0, 2 ** 60, None]]), "'balloon_timeline[0][1]' is too large"),
+])
+def test_absurd_numbers_and_dates_in_records_are_one_line_naming_file_and_field(sample, tmp_path, raw, field):
+    m = sample()
+    target = Path(m.results) / "kvm1" / "precise" / "memory-1024MiB-current-1024MiB-r1.json"
+    target.write_bytes(raw)
+    for argv in (["status", m.path], ["build", m.path, "--site", str(new_site(tmp_path))]):
+        line = one_line_error(cli(*argv, cwd=tmp_path))
+        assert str(target) in line and field in line, line
+
+
+def test_a_post_is_dated_by_a_checked_record_and_hugo_shows_it(sample, tmp_path):
+    """The latest started_at dates a post without post.date; a date in the future (which Hugo would
+    drop silently) is refused above, so the post Hugo builds is there."""
+    m = sample()
+    manifest = Path(m.path)
+    manifest.write_text(manifest.read_text().replace("  date: 2026-11-20T10:00:00+00:00\n", ""))
+    m = load(manifest)
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    assert 'date = "2026-11-12T09:00:00+00:00"' in (site / "content/posts/sample/index.md").read_text()
+    assert (hugo(site) / "posts/sample/index.html").exists()
+
+
+def test_guest_numbers_are_bounded_before_they_are_parsed():
+    from generator import system
+    from generator.measure import Console, _fill_guest_view, parse_free, parse_meminfo
+
+    huge = "9" * 4000
+    assert parse_free(f"  total used\nMem: {huge} 5\n") is None
+    assert parse_free("  total used\nMem: ١٢٣ 5\n") is None  # digits of another script are not a reading
+    assert parse_free("  total used\nMem: 843 206\n") == {"total": 843, "used": 206}
+    info = parse_meminfo(f"MemTotal: {huge} kB\nMemFree: 1e400 kB\nCached: 12 kB\n" +
+                         "".join(f"K{i}: 1 kB\n" for i in range(1000)))
+    assert "MemTotal" not in info and info["Cached"] == 12 and len(info) == 200
+    assert system.parse_memtotal(f"MemTotal: {huge} kB\n") is None
+    text = (f"@@MEMBALLOON init 1.5e308\n@@MEMBALLOON settled-memtotal-kib {huge}\n@@MEMBALLOON boot-memtotal-kib nan\n"
+            "@@MEMBALLOON settled 1_000\n@@MEMBALLOON begin xen-balloon\ninfo/current_kb ²\ntarget_kb 12\n"
+            f"low_kb {huge}\n@@MEMBALLOON end xen-balloon\n")
+    record = {"durations": {}}
+    _fill_guest_view(record, Console.parse(text), None)  # no traceback: '²'.isdigit() is True, int('²') fails
+    assert record["memtotal_settled_kib"] is None and record["memtotal_boot_kib"] is None
+    assert record["xen_balloon"] == {"target_kb": 12} and "guest_boot_s" not in record["durations"]
+
+
+def test_a_sweep_never_writes_a_record_its_reader_refuses(tmp_path):
+    """A guest reporting more MemTotal than its memory makes an error record, kept and readable."""
+    rec = dict(record("precise", 1024, 1), memtotal_settled_kib=10 ** 12, schema_version=results.SCHEMA_VERSION)
+    kept = results.checked(rec)
+    assert kept["status"] == "error" and "implausible readings: 'memtotal_settled_kib' is" in kept["reason"]
+    path = tmp_path / "r.json"
+    results.write_record(path, kept)
+    assert results.read_record(path)["status"] == "error"
+    worse = results.checked(dict(rec, started_at="9999-01-01T00:00:00+00:00", status="oom"))
+    assert worse["status"] == "error" and "started_at" in worse["reason"] and "started_at" not in worse
+    results.write_record(path, worse)
+    assert results.read_record(path)["reason"].startswith("the record could not be kept")
+    good = dict(record("precise", 1024, 1), schema_version=results.SCHEMA_VERSION)
+    assert results.checked(good) == good
