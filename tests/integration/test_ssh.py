@@ -287,7 +287,8 @@ timeouts: {{stable: 3s}}
 post: {{slug: remote, title: remote, content: post.md}}
 """)
     (manifest.parent / "post.md").write_text("x\n")
-    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    # the URI's keyfile is outside the project: the operator trusts its folder
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"), "--trust", str(sshd["dir"]))
     assert out.returncode == 0, out.stderr
     recs = {json.loads(p.read_text())["memory_mib"]: json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json")}
     assert sorted(recs) == [1024, 2048]
