@@ -342,7 +342,8 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
-                  _code_hash("build.py", "analysis.py", "plots.py"),
+                  _code_hash("build.py", "analysis.py", "plots.py", "hypervisors/__init__.py", "hypervisors/base.py",
+                             "hypervisors/qemu.py", "hypervisors/xen.py"),
                   *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
 

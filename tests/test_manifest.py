@@ -19,7 +19,7 @@ def test_default_manifest_is_the_2012_experiment():
     assert m.sweep.memory_model == ["balloon"] and m.hosts[0].memory_backing == "auto"
     assert m.sweep.current_memory == [1024]
     assert [(h.name, h.kind) for h in m.hosts] == [("local", "libvirt"), ("xen", "nested-xen")]
-    assert m.hosts[0].is_embedded and not m.hosts[1].is_embedded and m.hosts[1].is_xen
+    assert m.hosts[0].is_embedded and not m.hosts[1].is_embedded and m.hosts[1].hypervisor.name == "xen"
     assert m.guests[0].kernel == "host"
     assert len(m.sha256) == 64
     # relative paths resolve against the manifest's folder

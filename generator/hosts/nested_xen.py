@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import images
-from .errors import HostError, StopRequested, UserError
-from .hosts import SSHHost, qemu_processes
-from .manifest import SSH
-from .manifest import Host as HostSpec
-from .safe import open_nofollow, private_dir, write_nofollow
+from .. import images
+from ..errors import HostError, StopRequested, UserError
+from .base import qemu_processes
+from .ssh import SSHHost
+from ..manifest import SSH
+from ..manifest import Host as HostSpec
+from ..safe import open_nofollow, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
 
