@@ -123,22 +123,17 @@ def results_commit(folder: Path, root: Path) -> str | None:
         return None
 
 
-# What a post sees of each record: its summary. The bulky parts (meminfo, the balloon timeline, the
-# console) stay in the JSON files; keeping them out of memory is what lets 10,000 records build in
-# little memory.
-SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_mib", "repeat", "status", "reason",
-                  "memtotal_boot_kib", "memtotal_settled_kib", "free_m", "domain_type", "domain_type_reason",
-                  "hypervisor", "qemu_version", "libvirt_version", "host_kernel", "host_cores", "host_memory_mib",
-                  "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "memory_backing", "started_at",
-                  "tool_version",
-                  "manifest_sha256", "durations", "phases", "xen", "nested", "xen_balloon", "guest_kind", "image",
-                  "reading", "cross_check", "oom_kills")
+# What a post sees of each record: its summary (results.RECORD says which fields). The bulky parts
+# (meminfo, the balloon timeline, the console) stay in the JSON files; keeping them out of memory is
+# what lets 10,000 records build in little memory.
+SUMMARY_FIELDS = results_mod.SUMMARY_FIELDS
 _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel|Xen: \[mem")
 
 
 def summary(record: dict, keep: frozenset) -> dict:
     """A record cut to the fields in `keep`; repeated text (versions, names) shared, not copied 10,000 times."""
-    out = {k: sys.intern(v) if isinstance(v, str) and len(v) < 100 else v for k, v in record.items() if k in keep}
+    out = results_mod.Record(
+        (k, sys.intern(v) if isinstance(v, str) and len(v) < 100 else v) for k, v in record.items() if k in keep)
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
         out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}

@@ -18,7 +18,7 @@ import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from .. import hypervisors
 from ..domain import PREFIX
@@ -27,6 +27,25 @@ from ..manifest import Host as HostSpec
 from ..safe import open_nofollow, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
+
+
+class HostFacts(TypedDict, total=False):
+    """What the records say about a host (HostRuntime.facts): typed once, here."""
+
+    name: str
+    uri: str
+    hostname: str
+    arch: str
+    cores: int
+    memory_mib: int
+    memory_available_mib: int   # what guests can take (Xen's free memory on Xen)
+    swap_mib: int
+    kernel: str
+    hypervisor: str             # libvirt's name and version, e.g. 'QEMU 7.2.0'
+    qemu_version: str | None
+    libvirt_version: str
+    xen: dict                   # Xen's `xl info` (hypervisors/xen.py)
+    nested: dict                # the outer machine of a nested host (hosts/nested_xen.py)
 
 _event_loop_lock = threading.Lock()
 _event_loop_started = False
@@ -255,7 +274,7 @@ echo "uid $(id -u)"
                                 e.get_error_message())
         return gone
 
-    def facts(self) -> dict:
+    def facts(self) -> HostFacts:
         """What the records say about the host: cores, memory, kernel, versions."""
         conn = self.connect()
         model, memory_mib, cpus = conn.getInfo()[:3]
