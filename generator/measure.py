@@ -149,6 +149,11 @@ def memory_backing(setting: str, memory_mib: int, host_facts: dict) -> str:
     return "memfd" if commit and memory_mib > commit * 0.9 else "default"
 
 
+# Host facts a record carries whole when the host has them: Xen's version and memory (hypervisors/xen.py),
+# the outer machine of a nested host (hosts/nested_xen.py).
+HOST_DETAILS = ("xen", "nested")
+
+
 def _spec(point: Point, manifest: Manifest, **rest) -> DomainSpec:
     """The domain of a point: every factor's value from the point, the guest's and the balloon's
     settings from the manifest, the rest (name, files, console, backing) as the caller decided."""
@@ -198,7 +203,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {}, "console_excerpt": [],
     }
     _share_progress(live, record, point, balloon_sized)
-    for extra_facts in ("xen", "nested"):  # Xen's version and memory; the outer machine of a nested host
+    for extra_facts in HOST_DETAILS:
         if host_facts.get(extra_facts):
             record[extra_facts] = host_facts[extra_facts]
     clock = {"t0": time.monotonic()}
