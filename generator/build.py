@@ -27,7 +27,7 @@ from . import results as results_mod
 from .analysis import Data, build_series, timeline_facts
 from .errors import UserError
 from .manifest import FACTORS, Manifest, project_root
-from .safe import inside, is_inside, read_regular
+from .safe import inside, is_inside, read_regular, write_all_beneath
 from .plan import points, results_dir
 from .units import mib_label
 
@@ -596,31 +596,17 @@ def _page_inputs(outputs: dict[Path, Output], slug: str) -> str | None:
                  o.path.suffix == ".md"), None)
 
 
-def _stage_writes(writes: list[Output]) -> None:
-    """Write every changed output to a temporary file beside it, then move them all in.
-
-    If any write fails (disk full), the temporary files are removed and the site stays as it was;
-    renaming cannot fail for lack of space."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for out in writes:
-            try:
-                out.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=out.path.parent, prefix=f".{out.path.name}.", suffix=".tmp")
-                staged.append((tmp, out.path))
-                with os.fdopen(fd, "wb") as f:
-                    f.write(out.data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-            except OSError as e:
-                raise UserError(f"{out.path}: cannot write ({e.strerror}); nothing was changed in the site") from None
-    except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
+def _stage_writes(writes: list[Output], site: Path) -> None:
+    """Every changed output written all or nothing (safe.write_all_beneath): a failure (disk full)
+    leaves the site as it was, and no symlink inside the site is written through."""
+    site = site.resolve()
+    files = []
+    for out in writes:
+        try:
+            files.append((out.path.resolve().parent.relative_to(site) / out.path.name, out.data))
+        except ValueError:
+            raise UserError(f"{out.path}: outside the site {site}; nothing was changed in the site") from None
+    write_all_beneath(site, files, failed="; nothing was changed in the site")
 
 
 def build_all(manifests: list[Manifest], *, results_override: str | None = None, site: Path = Path("site"),
@@ -691,7 +677,7 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         inside(out.path.parent, site, "output")
         writes.append(out)
     t = time.monotonic()
-    _stage_writes(writes)
+    _stage_writes(writes, site)
     report.written.extend(out.path for out in writes)
     # 3. remove what an earlier build of these posts wrote and this one no longer makes; outputs of
     #    posts not built this time stay, and stay in the state

@@ -617,16 +617,13 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
     guests[].ssh.known_hosts and ~/.ssh/known_hosts, through the host's SSH connection if the host
     is remote."""
     import os
-    import socket
 
     from . import system
     from .manifest import parse_address
-    from .safe import private_dir, write_nofollow
+    from .safe import free_port, private_dir, write_nofollow
 
     if guest.address == "forwarded":
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         known = private_dir(host.cache_dir / "ssh") / f"{name}.known_hosts"
         key_type, key_b64 = boot["host_key"].split()[:2]
         write_nofollow(known, f"[127.0.0.1]:{port} {key_type} {key_b64}\n".encode())

@@ -19,7 +19,7 @@ from .. import hypervisors
 from ..domain import PREFIX
 from ..errors import HostError, UserError
 from ..manifest import Host as HostSpec
-from ..safe import open_nofollow, private_dir, write_nofollow
+from ..safe import lock_or_refuse, open_nofollow, private_dir, write_nofollow
 
 from .base import HostRuntime, _unexpected_exit, embed_root, log, qemu_processes  # noqa: F401
 
@@ -109,20 +109,9 @@ class LocalHost(HostRuntime):
         root = private_dir(self.root)
         for sub in ("etc", "work", "work/consoles"):
             private_dir(root / sub)
-        lock = open_nofollow(root / "sweep.lock")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            lock.seek(0)
-            holder = lock.read().strip() or "?"
-            lock.close()
-            raise HostError(f"host {self.name}: another sweep (pid {holder}) is using the embedded hypervisor at "
-                            f"{root}; wait for it to finish or set MEMBALLOON_EMBED_ROOT to another folder") from None
-        lock.seek(0)
-        lock.truncate()
-        lock.write(str(os.getpid()))
-        lock.flush()
-        self._lock_file = lock
+        self._lock_file = lock_or_refuse(
+            root / "sweep.lock", f"host {self.name}: another sweep (pid {{holder}}) is using the embedded hypervisor "
+                                 f"at {root}; wait for it to finish or set MEMBALLOON_EMBED_ROOT to another folder")
         # qemu.conf of the embedded driver: QEMU's stdio to a file (no virtlogd), and as root run
         # QEMU as root so it can read the probe from the cache without ownership games.
         # No ownership changes or xattr bookkeeping on the shared probe files: two guests boot the
