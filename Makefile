@@ -14,7 +14,7 @@ DEB_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu
 STAMP := $(VENV)/.installed
 
 .PHONY: all deps install test test-unit test-integration report sweep build site serve status \
-	bench-sweep bench-build fuzz clean
+	bench-sweep bench-build bench-compare fuzz clean
 
 all: report
 
@@ -66,6 +66,9 @@ bench-sweep: install
 
 bench-build: install
 	$(PY) bench/bench_build.py
+
+bench-compare: install
+	$(PY) bench/bench_compare.py
 
 clean:
 	rm -rf site/public site/resources .pytest_cache

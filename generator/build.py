@@ -27,6 +27,7 @@ from . import results as results_mod
 from .analysis import Data, build_series, timeline_facts
 from .errors import UserError
 from .manifest import FACTORS, Manifest, project_root
+from .gitrepo import git, git_toplevel
 from .safe import inside, is_inside, read_regular, write_all_beneath
 from .plan import points, results_dir
 from .units import mib_label
@@ -80,29 +81,6 @@ def templates_dir() -> Path:
     return PROJECT_DIR / "templates"
 
 
-def git_toplevel(root: Path) -> Path | None:
-    """The working tree holding the project root: the nearest folder at or above it with a `.git`.
-
-    Found by looking, not by git's discovery: a results folder from a cloned repository can be laid
-    out as a bare repository (HEAD, config, objects/) whose config names commands, and git run
-    inside it would obey that config. `.git` itself can never be committed, so it is the user's."""
-    for folder in (root, *root.parents):
-        if os.path.lexists(folder / ".git"):
-            return folder
-    return None
-
-
-def _git(top: Path, *args: str) -> subprocess.CompletedProcess:
-    """git on the project's own repository only: no discovery above it, no bare repositories, no
-    filesystem monitor or pager, pathspecs taken literally."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_CEILING_DIRECTORIES=str(top.parent), GIT_LITERAL_PATHSPECS="1", GIT_OPTIONAL_LOCKS="0",
-               GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat")
-    return subprocess.run(["git", "-C", str(top), "-c", "safe.bareRepository=explicit", "-c", "core.fsmonitor=false",
-                           "-c", "core.hooksPath=/dev/null", *args],
-                          capture_output=True, text=True, timeout=20, env=env, stdin=subprocess.DEVNULL)
-
-
 def results_commit(folder: Path, root: Path) -> str | None:
     """The last git commit that touched the results folder, '+dirty' if it has uncommitted changes.
 
@@ -113,11 +91,11 @@ def results_commit(folder: Path, root: Path) -> str | None:
         if top is None or not is_inside(folder, top):
             return None
         rel = os.path.relpath(folder, top)
-        out = _git(top, "log", "-1", "--format=%H", "--", rel)
+        out = git(top, "log", "-1", "--format=%H", "--", rel)
         commit = out.stdout.strip()
         if out.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", commit):
             return None
-        dirty = _git(top, "status", "--porcelain", "--untracked-files=all", "--", rel).stdout.strip()
+        dirty = git(top, "status", "--porcelain", "--untracked-files=all", "--", rel).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
