@@ -24,6 +24,7 @@ from typing import Callable
 
 from . import __version__
 from . import results as results_mod
+from . import updates
 from .analysis import Data, build_series, timeline_facts
 from .errors import UserError
 from .manifest import FACTORS, Manifest, project_root
@@ -260,7 +261,7 @@ def _render(env, name: str, fallback: str, **context) -> str:
 
 
 # --- front matter ------------------------------------------------------------------------------------
-def front_matter(manifest: Manifest, date: str) -> str:
+def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = None) -> str:
     """TOML between +++ lines, the keys shaped like the 2012 post's, written by a TOML library."""
     import tomli_w
 
@@ -274,6 +275,8 @@ def front_matter(manifest: Manifest, date: str) -> str:
         "title": post.title,
         "aliases": list(post.aliases),
     }
+    if updates:  # what changed at each republication, newest first (updates.py)
+        fm["updates"] = updates
     return "+++\n" + tomli_w.dumps(fm) + "+++\n"
 
 
@@ -315,8 +318,8 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
-                  _code_hash("build.py", "analysis.py", "plots.py", "hypervisors/__init__.py", "hypervisors/base.py",
-                             "hypervisors/qemu.py", "hypervisors/xen.py"),
+                  _code_hash("build.py", "analysis.py", "plots.py", "updates.py", "compare.py", "hypervisors/__init__.py",
+                             "hypervisors/base.py", "hypervisors/qemu.py", "hypervisors/xen.py"),
                   *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
 
@@ -379,14 +382,17 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
 
     def render_page(_markdown) -> bytes:
         env = _jinja_env(content_path.parent)
+        changes = updates.entries(manifest, folder, page, records, {s.guest: s.guest_label for s in series}) \
+            if data.has_data else []
         context = {"post": manifest.post, "manifest": manifest, "data": data, "figures": figures,
                    "results_commit": commit, "results_dir": _display_path(folder), "layout": layout,
-                   "tool_version": __version__}
+                   "tool_version": __version__, "updates": changes}
         from markupsafe import Markup
 
         body = _render(env, content_path.name, str(content_path), **context) if data.has_data else ""
         text = _render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
-                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records))), body=Markup(body),
+                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records), changes)),
+                       body=Markup(body),
                        **context)
         return text.encode()
 

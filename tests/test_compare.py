@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -178,3 +180,91 @@ def test_the_default_old_side_is_the_published_commit(repo):
     page.unlink()
     out = cli(repo)
     assert out.returncode == 1 and "names no results commit" in out.stderr
+
+
+# --- the post says what changed -----------------------------------------------------------------------------
+def test_a_republished_post_says_what_changed(tmp_path):
+    """Records and a built post committed; then one reading moves, one status changes, one point is
+    added and one removed: the rebuilt post lists exactly those four, at the top and in a dated
+    section; a rebuild without changes is byte-identical; after the commit the entry stays as it was;
+    the next change adds an entry above it. No commit message or branch name reaches the page."""
+    from generator.build import build_all
+    from test_build import new_site
+
+    project = tmp_path / "project"
+    folder = project / "experiments" / "sample"
+    folder.mkdir(parents=True)
+    shutil.copy(ROOT / "content" / "memory-ballooning.md", folder / "post.md")
+    (folder / "experiment.yaml").write_text(MANIFEST.format(slug="sample", title="t", content="post.md"))
+    site = new_site(project)
+    m = load(folder / "experiment.yaml")
+    res = Path(m.results)
+    pts = {p.key: p for p in points(m)}
+    for key, p in pts.items():
+        if p.memory_mib != 8192 or p.guest != "rhel6":
+            results.write_record(p.record_path(res), {**record(p.guest, p.memory_mib, p.repeat), **p.factors})
+    git(project, "init", "-q")
+    git(project, "checkout", "-q", "-b", "evil-$(id)-`x`")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "EVIL-MESSAGE <script>alert(1)</script> {{< youtube x >}}")
+    build_all([m], site=site, quiet=True)
+    page = site / "content" / "posts" / "sample" / "index.md"
+    first_page = page.read_text()
+    assert "What changed" not in first_page and "updates" not in first_page.split("+++")[1]
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "EVIL-MESSAGE published")
+    build_all([m], site=site, quiet=True)
+    published = page.read_text()
+
+    def rewrite(key, **change):
+        path = pts[key].record_path(res)
+        rec = json.loads(path.read_text())
+        rec.update(change)
+        path.write_text(json.dumps(rec))
+
+    for r in (1, 2):
+        rec = record("precise", 4096, r)
+        rewrite(f"kvm1/precise/m4096-c1024-r{r}", free_m=dict(rec["free_m"], total=rec["free_m"]["total"] - 20),
+                memtotal_settled_kib=rec["memtotal_settled_kib"] - 20 * 1024, started_at="2026-12-01T09:00:00+00:00")
+        rewrite(f"kvm1/rhel6/m2048-c1024-r{r}", status="oom", reason="Out of memory", free_m=None,
+                memtotal_settled_kib=None)
+        p = pts[f"kvm1/rhel6/m8192-c1024-r{r}"]
+        results.write_record(p.record_path(res), {**record("rhel6", 8192, r), **p.factors})
+        pts[f"kvm1/precise/m1024-c1024-r{r}"].record_path(res).unlink()
+    build_all([m], site=site, quiet=True)
+    text = page.read_text()
+    front = text.split("+++")[1]
+    assert front.count("[[updates]]") == 1 and 'date = "2026-12-01"' in front
+    section = text.split("## What changed", 1)[1]
+    items = [line for line in section.splitlines() if line.startswith("- ")]
+    assert items == [
+        "- Ubuntu Precise on KVM at 4 GiB now sees 821.5 MiB, 20 MiB less than on 2026-11-12.",
+        "- RHEL6 on KVM at 2 GiB: saw 928.5 MiB on 2026-11-12, now ran out of memory.",
+        "- Newly measured: RHEL6 on KVM at 8 GiB (saw 753.5 MiB).",
+        "- No longer measured: Ubuntu Precise on KVM at 1 GiB (saw 959.5 MiB on 2026-11-12).",
+    ], items
+    assert "*Updated 2026-12-01: 4 change(s) since the previous publication" in text.split("## ", 1)[0]
+    assert "EVIL" not in text and "evil-" not in text and "alert(1)" not in text and "youtube" not in text
+    build_all([m], site=site, quiet=True, clean=True)
+    assert page.read_text() == text  # no change: the same bytes, no second entry
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "EVIL-MESSAGE republished")
+    build_all([m], site=site, quiet=True)
+    after_commit = page.read_text()
+    assert after_commit.split("## What changed", 1)[1] == section  # the entry stays as it was
+    assert after_commit != text  # only the provenance's commit moved
+    build_all([m], site=site, quiet=True, clean=True)
+    assert page.read_text() == after_commit
+    rec = record("rhel6", 1024, 1)  # one more change: a second entry, above the first
+    for r in (1, 2):
+        rewrite(f"kvm1/rhel6/m1024-c1024-r{r}", free_m=dict(rec["free_m"], total=rec["free_m"]["total"] - 30),
+                started_at="2026-12-02T00:00:00+00:00")
+    build_all([m], site=site, quiet=True)
+    final = page.read_text()
+    assert final.split("+++")[1].count("[[updates]]") == 2
+    dated = re.findall(r"^### Updated (\S+)$", final, re.M)
+    assert dated == ["2026-12-02", "2026-12-01"]
+    assert "RHEL6 on KVM at 1 GiB now sees" in final.split("### Updated 2026-12-02", 1)[1].split("### Updated")[0]
+    from test_build import hugo
+    html = (hugo(site) / "posts" / "sample" / "index.html").read_text()
+    assert 'id="what-changed"' in html and 'href="#what-changed"' in html and "Updated 2026-12-02" in html
