@@ -117,7 +117,14 @@ def _mib(value, path, problems, ctx):
         problems.add(path, str(e))
         return _BAD
     if size % (1024 * 1024) or size <= 0:
-        problems.add(path, f"{value!r} must be a positive whole number of MiB")
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])B\s*", str(value), re.I)
+        if m and size > 0:  # a decimal unit (libvirt's GB = 10^9 bytes): say what it is and what was meant
+            binary = f"{m.group(1)} {m.group(2).upper()}iB"
+            problems.add(path, f"{value!r} is {size:,} bytes ({size / 1024 ** 2:,.2f} MiB): libvirt's {m.group(2).upper()}B "
+                               f"is decimal (10^{3 * 'KMGT'.index(m.group(2).upper()) + 3} bytes), not a whole number "
+                               f"of MiB; write {binary!r} if that is what you mean")
+        else:
+            problems.add(path, f"{value!r} must be a positive whole number of MiB (e.g. '1536 MiB', '2 GiB')")
         return _BAD
     mib = size // (1024 * 1024)
     if not MIN_MEMORY_MIB <= mib <= MAX_MEMORY_MIB:
@@ -725,6 +732,16 @@ class Guest:
             problems.add(f"{path}.reading", "is for full systems (image:); the probe always reports on its console")
         if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):
             problems.add(f"{path}.initrd", "goes with image: <path> and kernel: <path to a vmlinuz>")
+        if self.kernel not in ("host",) and not self.kernel.startswith("debian:") and not os.path.isfile(self.kernel):
+            hint = difflib.get_close_matches(Path(self.kernel).name, ["host"], n=1, cutoff=0.5)
+            problems.add(f"{path}.kernel", f"{self.kernel}: no such kernel file; use 'host' (this machine's kernel), "
+                                           "'debian:<suite>' or the path of a vmlinuz"
+                                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        if self.modules and not os.path.isdir(self.modules):
+            problems.add(f"{path}.modules", f"{self.modules}: no such folder; give the kernel's modules folder "
+                                            "(the one holding modules.dep or kernel/)")
+        if self.initrd and not os.path.isfile(self.initrd):
+            problems.add(f"{path}.initrd", f"{self.initrd}: no such initramfs file")
 
 
 @dataclass(frozen=True)
@@ -840,6 +857,11 @@ class Post:
                       "bundle: images beside index.md; static: images under static/img/ like the original")
     original: str = opt(_url, "", "URL (http, https or a site path) of the post this one updates")
 
+    def _check(self, path, problems):
+        if self.content and not os.path.isfile(self.content):
+            problems.add(f"{path}.content", f"{self.content}: no such file; write the post's prose there (Markdown, "
+                                            "see content/ for examples) or point post.content at it")
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -884,7 +906,10 @@ class Manifest:
         for i, g in enumerate(self.guests):
             for h in g.hosts:
                 if h not in names:
-                    problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest")
+                    hint = difflib.get_close_matches(h, sorted(names), n=1)
+                    problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest (its hosts: "
+                                                       f"{', '.join(sorted(names))})"
+                                                       + (f"; did you mean {hint[0]!r}?" if hint else ""))
             on = [h for h in self.hosts if not g.hosts or h.name in g.hosts]
             if g.address == "forwarded" and any(h.is_remote for h in on):
                 problems.add(f"guests[{i}].address", "'forwarded' is a port of this machine: list only local hosts "
