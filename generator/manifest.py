@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import yaml
 
+from . import hypervisors
 from .errors import ManifestError, UserError
 from .safe import is_inside, read_regular
 from .units import parse_duration, parse_size
@@ -116,7 +117,14 @@ def _mib(value, path, problems, ctx):
         problems.add(path, str(e))
         return _BAD
     if size % (1024 * 1024) or size <= 0:
-        problems.add(path, f"{value!r} must be a positive whole number of MiB")
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])B\s*", str(value), re.I)
+        if m and size > 0:  # a decimal unit (libvirt's GB = 10^9 bytes): say what it is and what was meant
+            binary = f"{m.group(1)} {m.group(2).upper()}iB"
+            problems.add(path, f"{value!r} is {size:,} bytes ({size / 1024 ** 2:,.2f} MiB): libvirt's {m.group(2).upper()}B "
+                               f"is decimal (10^{3 * 'KMGT'.index(m.group(2).upper()) + 3} bytes), not a whole number "
+                               f"of MiB; write {binary!r} if that is what you mean")
+        else:
+            problems.add(path, f"{value!r} must be a positive whole number of MiB (e.g. '1536 MiB', '2 GiB')")
         return _BAD
     mib = size // (1024 * 1024)
     if not MIN_MEMORY_MIB <= mib <= MAX_MEMORY_MIB:
@@ -466,7 +474,7 @@ def _url(value, path, problems, ctx):
 # --- libvirt URIs: only the transports the tool supports and tests ---------------------------------
 # A libvirt URI can name a program to run (ext's and ssh's command=, netcat=) or a socket to talk to;
 # a manifest may come from someone else, so only these drivers, transports and parameters pass.
-URI_DRIVERS = {"qemu": ("/system", "/session"), "xen": ("", "/", "/system"), "libxl": ("", "/", "/system")}
+URI_DRIVERS = {scheme: h.uri_paths for h in hypervisors.HYPERVISORS for scheme in h.uri_schemes}
 URI_TRANSPORTS = ("", "ssh", "libssh", "libssh2", "tls")
 URI_PARAMS = {  # name -> pattern of its value (fullmatch); paths are checked separately
     "no_tty": r"[01]", "sshauth": r"(agent|privkey|password|keyboard-interactive)"
@@ -486,7 +494,7 @@ def _libvirt_uri(value, path, problems, ctx):
         return _BAD
     driver, _, transport = parts.scheme.partition("+")
     if driver not in URI_DRIVERS:
-        problems.add(path, f"{value!r}: driver {driver!r} is not supported (use qemu, xen or libxl)")
+        problems.add(path, f"{value!r}: driver {driver!r} is not supported (use {', '.join(URI_DRIVERS)})")
         return _BAD
     if transport not in URI_TRANSPORTS:
         problems.add(path, f"{value!r}: transport {transport!r} is not supported: it runs a program or talks to "
@@ -589,7 +597,7 @@ class Host:
     uri: str = opt(_libvirt_uri, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
                                      "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
     address: str = opt(_hostname, "", "SSH address of a remote host (default: the host part of the URI)")
-    domain_type: str = opt(_choice("auto", "kvm", "qemu", "xen"), "auto",
+    domain_type: str = opt(_choice("auto", *[t for h in hypervisors.HYPERVISORS for t in h.domain_types]), "auto",
                            "kvm, qemu (TCG), xen, or auto: KVM where a canary boot works, else TCG")
     slots: int = opt(_slots, 0, "points measured at once; 'auto' = bounded by the host's cores and memory")
     memory_backing: str = opt(_choice("auto", "default", "memfd"), "auto",
@@ -613,8 +621,9 @@ class Host:
         return self.is_nested or bool(self.ssh_address)
 
     @property
-    def is_xen(self) -> bool:
-        return self.is_nested or self.domain_type == "xen" or self.uri.startswith(("xen", "libxl"))
+    def hypervisor(self) -> hypervisors.Hypervisor:
+        """What runs the host's guests (hypervisors/): claimed by its kind, domain type or URI."""
+        return hypervisors.for_host(self.uri, self.kind, self.domain_type)
 
     @property
     def ssh_address(self) -> str:
@@ -634,13 +643,18 @@ class Host:
                 if value != default:
                     problems.add(f"{path}.{key}", "a nested-xen host is started by the tool, which sets its own "
                                                   f"{key}; remove the key")
-            if self.domain_type not in ("auto", "xen"):
-                problems.add(f"{path}.domain_type", "a nested-xen host runs Xen: use 'xen' or 'auto'")
+            hv = self.hypervisor
+            if self.domain_type not in ("auto", *hv.domain_types):
+                problems.add(f"{path}.domain_type", f"a {self.kind} host runs {hv.title}: use "
+                                                    f"{' or '.join(repr(t) for t in hv.domain_types)} or 'auto'")
             return
         if self.is_remote and not valid_host(self.ssh_address):
             problems.add(f"{path}.address", f"{self.ssh_address!r} is not a host name or address")
-        if self.domain_type == "xen" and not (self.uri.startswith("xen") or self.uri.startswith("libxl")):
-            problems.add(f"{path}.domain_type", "xen needs a xen:// or xen+ssh:// URI")
+        by_uri = hypervisors.for_host(self.uri)
+        if self.domain_type != "auto" and hypervisors.for_domain_type(self.domain_type) is not by_uri:
+            wanted = hypervisors.for_domain_type(self.domain_type)
+            problems.add(f"{path}.domain_type", f"{self.domain_type} needs a {' or '.join(wanted.uri_schemes)}:// "
+                                                f"URI (this one reaches {by_uri.title})")
 
 
 @dataclass(frozen=True)
@@ -718,11 +732,21 @@ class Guest:
             problems.add(f"{path}.reading", "is for full systems (image:); the probe always reports on its console")
         if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):
             problems.add(f"{path}.initrd", "goes with image: <path> and kernel: <path to a vmlinuz>")
+        if self.kernel not in ("host",) and not self.kernel.startswith("debian:") and not os.path.isfile(self.kernel):
+            hint = difflib.get_close_matches(Path(self.kernel).name, ["host"], n=1, cutoff=0.5)
+            problems.add(f"{path}.kernel", f"{self.kernel}: no such kernel file; use 'host' (this machine's kernel), "
+                                           "'debian:<suite>' or the path of a vmlinuz"
+                                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        if self.modules and not os.path.isdir(self.modules):
+            problems.add(f"{path}.modules", f"{self.modules}: no such folder; give the kernel's modules folder "
+                                            "(the one holding modules.dep or kernel/)")
+        if self.initrd and not os.path.isfile(self.initrd):
+            problems.add(f"{path}.initrd", f"{self.initrd}: no such initramfs file")
 
 
 @dataclass(frozen=True)
 class Balloon:
-    model: str = opt(_choice("auto", "virtio", "xen", "none"), "auto",
+    model: str = opt(_choice("auto", *dict.fromkeys(b for h in hypervisors.HYPERVISORS for b in h.balloons)), "auto",
                      "the balloon: virtio (QEMU/KVM), xen (Xen's own), none, or auto: the host's kind")
     stats_period: float = opt(_seconds_in(1, 3600), 1.0, "seconds between the balloon's statistics updates")
 
@@ -833,6 +857,11 @@ class Post:
                       "bundle: images beside index.md; static: images under static/img/ like the original")
     original: str = opt(_url, "", "URL (http, https or a site path) of the post this one updates")
 
+    def _check(self, path, problems):
+        if self.content and not os.path.isfile(self.content):
+            problems.add(f"{path}.content", f"{self.content}: no such file; write the post's prose there (Markdown, "
+                                            "see content/ for examples) or point post.content at it")
+
 
 @dataclass(frozen=True)
 class Manifest:
@@ -859,35 +888,37 @@ class Manifest:
         if planned > MAX_POINTS:
             problems.add("sweep", f"asks for {planned} points (hosts x guests x every factor's values x repeats); "
                                   f"at most {MAX_POINTS} in one manifest")
-        xen_hosts = [h.name for h in self.hosts if h.is_xen]
-        other_hosts = [h.name for h in self.hosts if not h.is_xen]
-        if self.balloon.model == "xen" and other_hosts:
-            problems.add("balloon.model", f"'xen' is Xen's balloon, but host(s) {', '.join(other_hosts)} run QEMU; "
-                                          "use 'virtio' (or a separate manifest for the Xen hosts)")
-        if xen_hosts:
-            models = [m for m in getattr(self.sweep, "memory_model", ["balloon"]) if m != "balloon"]
-            if models:
-                problems.add("sweep.memory_model", f"{', '.join(models)} is QEMU's; host(s) {', '.join(xen_hosts)} "
-                                                   "run Xen, whose guests here use its balloon: only 'balloon'")
-            for flag in ("autodeflate", "free_page_reporting"):
-                if any(getattr(self.sweep, flag, [False])):
-                    problems.add(f"sweep.{flag}", f"is a virtio balloon option; host(s) {', '.join(xen_hosts)} "
-                                                  "run Xen: leave it false (or use a separate manifest)")
+        by_hv: dict = {}
+        for h in self.hosts:
+            by_hv.setdefault(h.hypervisor.name, (h.hypervisor, []))[1].append(h.name)
+        for hv, names in by_hv.values():  # each hypervisor says which balloons and factor values it supports
+            runs = f"host(s) {', '.join(names)} run {hv.title}"
+            if self.balloon.model != "auto" and self.balloon.model not in hv.balloons:
+                problems.add("balloon.model", f"{self.balloon.model!r} is not {hv.title}'s balloon, and {runs}; use "
+                                              f"{hv.balloon!r} or 'auto' (or a separate manifest)")
+            for f in FACTORS:
+                bad = [v for v in getattr(self.sweep, f.sweep) if not hv.supports(f.name, v)]
+                if bad:
+                    problems.add(f"sweep.{f.sweep}", f"{', '.join(f.label(v) for v in bad)}: {runs}, which supports "
+                                                     f"only {', '.join(f.label(v) for v in hv.factors[f.name])}; "
+                                                     "leave it out (or use a separate manifest for those hosts)")
         names = {h.name for h in self.hosts}
         for i, g in enumerate(self.guests):
             for h in g.hosts:
                 if h not in names:
-                    problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest")
+                    hint = difflib.get_close_matches(h, sorted(names), n=1)
+                    problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest (its hosts: "
+                                                       f"{', '.join(sorted(names))})"
+                                                       + (f"; did you mean {hint[0]!r}?" if hint else ""))
             on = [h for h in self.hosts if not g.hosts or h.name in g.hosts]
             if g.address == "forwarded" and any(h.is_remote for h in on):
                 problems.add(f"guests[{i}].address", "'forwarded' is a port of this machine: list only local hosts "
                                                      f"in guests[{i}].hosts, or give the guest's address")
-            if g.is_system and any(h.is_xen for h in on):
-                problems.add(f"guests[{i}].image", "full-system guests run on QEMU/KVM hosts; list those in "
-                                                   f"guests[{i}].hosts (Xen hosts measure the probe)")
-        if self.balloon.model == "virtio" and xen_hosts:
-            problems.add("balloon.model", f"'virtio' is QEMU's balloon, but host(s) {', '.join(xen_hosts)} run Xen; "
-                                          "use 'xen'")
+            cannot = [h.name for h in on if not h.hypervisor.system_guests]
+            if g.is_system and cannot:
+                problems.add(f"guests[{i}].image", f"full-system guests cannot run on host(s) {', '.join(cannot)} "
+                                                   f"(their hypervisor boots probes only); list the others in "
+                                                   f"guests[{i}].hosts")
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -896,7 +927,7 @@ class Manifest:
         """The balloon a guest on `host` gets: as written, or for 'auto' the hypervisor's own."""
         if self.balloon.model != "auto":
             return self.balloon.model
-        return "xen" if host.is_xen else "virtio"
+        return host.hypervisor.balloon
 
     def guest(self, name: str) -> Guest:
         return next(g for g in self.guests if g.name == name)

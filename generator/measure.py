@@ -17,7 +17,8 @@ from pathlib import Path
 
 from . import __version__
 from .errors import StopRequested
-from .domain import domain_name, domain_xml, kernel_cmdline
+from . import hypervisors
+from .domain import DomainSpec, domain_name, kernel_cmdline
 from .hosts import HostRuntime, libvirt_module
 from .manifest import Manifest
 from .plan import Point
@@ -148,6 +149,18 @@ def memory_backing(setting: str, memory_mib: int, host_facts: dict) -> str:
     return "memfd" if commit and memory_mib > commit * 0.9 else "default"
 
 
+# Host facts a record carries whole when the host has them: Xen's version and memory (hypervisors/xen.py),
+# the outer machine of a nested host (hosts/nested_xen.py).
+HOST_DETAILS = ("xen", "nested")
+
+
+def _spec(point: Point, manifest: Manifest, **rest) -> DomainSpec:
+    """The domain of a point: every factor's value from the point, the guest's and the balloon's
+    settings from the manifest, the rest (name, files, console, backing) as the caller decided."""
+    guest = manifest.guest(point.guest)
+    return DomainSpec.for_point(point.factors, vcpus=guest.vcpus, stats_period=manifest.balloon.stats_period, **rest)
+
+
 def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, kernel: str,
             initrd: str, guest_release: str, domain_type: str, domain_type_reason: str, run_id: str,
             stop: threading.Event, boot_method: str = "bzimage", teardown=None, live: dict | None = None) -> dict:
@@ -172,28 +185,25 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_sized else 0
     extra = " ".join(x for x in (
         "memhp_default_state=online_movable" if point.memory_model != "balloon" else "", guest.cmdline) if x)
+    hv = hypervisors.for_domain_type(domain_type)
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
-                             balloon_kib=target_kib, extra=extra, console="hvc0" if domain_type == "xen" else "ttyS0")
+                             balloon_kib=target_kib, extra=extra, console=hv.console_device)
     backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
-    xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
-                     current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=kernel,
-                     initrd=initrd, cmdline=cmdline, console=console_path, balloon_model=balloon_model,
-                     stats_period=manifest.balloon.stats_period, memory_backing=backing,
-                     memory_model=point.memory_model, autodeflate=point.autodeflate,
-                     free_page_reporting=point.free_page_reporting)
+    xml = hv.render(_spec(point, manifest, name=name, domain_type=domain_type, kernel=kernel, initrd=initrd,
+                          cmdline=cmdline, console=console_path, balloon_model=balloon_model, memory_backing=backing))
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),
         **host_fields(host_facts, domain_type, domain_type_reason),
         "guest_kernel": guest_release, "guest_vcpus": guest.vcpus, "boot_method": boot_method,
-        "balloon_model": balloon_model, "memory_backing": backing if domain_type != "xen" else None,
+        "balloon_model": balloon_model, "memory_backing": backing if hv.memory_backing else None,
         "started_at": started.isoformat(timespec="seconds"),
         "memtotal_boot_kib": None, "memtotal_settled_kib": None, "free_m": None, "meminfo": None,
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
         "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {}, "console_excerpt": [],
     }
     _share_progress(live, record, point, balloon_sized)
-    for extra_facts in ("xen", "nested"):  # Xen's version and memory; the outer machine of a nested host
+    for extra_facts in HOST_DETAILS:
         if host_facts.get(extra_facts):
             record[extra_facts] = host_facts[extra_facts]
     clock = {"t0": time.monotonic()}
@@ -204,7 +214,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
             dom = conn.createXML(xml, 0)
         except libvirt.libvirtError as e:
             message = e.get_error_message() or str(e)
-            detail = host.creation_failure(name) if domain_type == "xen" else ""
+            detail = host.creation_failure(name)
             record["status"] = "refused" if _REFUSED_RE.search(message + " " + detail) else "error"
             record["reason"] = _one_line(message + (f" ({detail})" if detail else ""))
             return record
@@ -468,10 +478,10 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
     name = domain_name(run_id, f"canary-{domain_type}")
     console_path = host.console_path(name)
     host.prepare_console(console_path)
-    xml = domain_xml(name=name, domain_type=domain_type, memory_mib=256, current_memory_mib=256, vcpus=1,
-                     kernel=kernel, initrd=initrd,
-                     cmdline=kernel_cmdline(mode="canary", stable=1, settle=1, balloon_kib=0),
-                     console=console_path, balloon_model="none", stats_period=1)
+    xml = hypervisors.render(DomainSpec(
+        name=name, domain_type=domain_type, memory_mib=256, current_memory_mib=256, vcpus=1, kernel=kernel,
+        initrd=initrd, cmdline=kernel_cmdline(mode="canary", stable=1, settle=1, balloon_kib=0),
+        console=console_path, balloon_model="none", stats_period=1))
     t0 = time.monotonic()
     dom = None
     try:
@@ -524,13 +534,10 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     extra = " ".join(x for x in ("memhp_default_state=online_movable" if point.memory_model != "balloon" else "",
                                  guest.cmdline) if x)
     cmdline = " ".join(x for x in ("root=/dev/vda rw console=ttyS0 panic=-1", extra) if x)
-    xml = domain_xml(name=name, domain_type=domain_type, memory_mib=point.memory_mib,
-                     current_memory_mib=point.current_memory_mib, vcpus=guest.vcpus, kernel=boot["kernel"],
-                     initrd=boot["initrd"], cmdline=cmdline, console=console_path, balloon_model=balloon_model,
-                     stats_period=manifest.balloon.stats_period, memory_backing=backing,
-                     memory_model=point.memory_model, autodeflate=point.autodeflate,
-                     free_page_reporting=point.free_page_reporting, disk=overlay, disk_format="qcow2",
-                     agent=guest.reading == "agent", forward_port=forward_port)
+    xml = hypervisors.for_domain_type(domain_type).render(
+        _spec(point, manifest, name=name, domain_type=domain_type, kernel=boot["kernel"], initrd=boot["initrd"],
+              cmdline=cmdline, console=console_path, balloon_model=balloon_model, memory_backing=backing,
+              disk=overlay, disk_format="qcow2", agent=guest.reading == "agent", forward_port=forward_port))
     started = _dt.datetime.now(_dt.timezone.utc)
     record: dict = {
         **point_identity(point, manifest),
@@ -610,16 +617,13 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
     guests[].ssh.known_hosts and ~/.ssh/known_hosts, through the host's SSH connection if the host
     is remote."""
     import os
-    import socket
 
     from . import system
     from .manifest import parse_address
-    from .safe import private_dir, write_nofollow
+    from .safe import free_port, private_dir, write_nofollow
 
     if guest.address == "forwarded":
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         known = private_dir(host.cache_dir / "ssh") / f"{name}.known_hosts"
         key_type, key_b64 = boot["host_key"].split()[:2]
         write_nofollow(known, f"[127.0.0.1]:{port} {key_type} {key_b64}\n".encode())

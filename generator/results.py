@@ -10,6 +10,7 @@ import math
 import os
 import re
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UserError
@@ -89,25 +90,83 @@ def write_record(path: Path, record: dict, root: Path | None = None) -> None:
 # --- reading: every record is checked against its schema; a bad one is one line naming the file ---
 _INT, _NUM, _STR = (int,), (int, float), (str,)
 _OPT_INT, _OPT_STR, _OPT_DICT = (int, type(None)), (str, type(None)), (dict, type(None))
-# name -> (allowed types, required). Identity first: the point a record belongs to; its factors
-# come from their declaration (manifest.FACTORS).
-FIELDS: dict[str, tuple[tuple, bool]] = {
-    "experiment": (_STR, True), "host": (_STR, True), "guest": (_STR, True), "repeat": (_INT, True),
-    "status": (_STR, True), "reason": (_STR, True), "schema_version": (_INT, True),
-    "memtotal_boot_kib": (_OPT_INT, False), "memtotal_settled_kib": (_OPT_INT, False),
-    "free_m": (_OPT_DICT, False), "meminfo": (_OPT_DICT, False), "balloon": (_OPT_DICT, False),
-    "host_view": (_OPT_DICT, False), "durations": (_OPT_DICT, False), "balloon_timeline": ((list,), False),
-    "dmesg": ((list,), False), "console_excerpt": ((list,), False),
-    "domain_type": (_OPT_STR, False), "domain_type_reason": (_OPT_STR, False), "hypervisor": (_OPT_STR, False),
-    "qemu_version": (_OPT_STR, False), "libvirt_version": (_OPT_STR, False), "host_kernel": (_OPT_STR, False),
-    "guest_kernel": (_OPT_STR, False), "balloon_model": (_OPT_STR, False), "started_at": (_OPT_STR, False),
-    "tool_version": (_OPT_STR, False), "manifest_sha256": (_OPT_STR, False),
-    "host_cores": (_OPT_INT, False), "host_memory_mib": (_OPT_INT, False), "guest_vcpus": (_OPT_INT, False),
-    "boot_method": (_OPT_STR, False), "phases": (_OPT_DICT, False), "memory_backing": (_OPT_STR, False),
-    "xen_balloon": (_OPT_DICT, False), "xen": (_OPT_DICT, False), "nested": (_OPT_DICT, False),
-    "guest_kind": (_OPT_STR, False), "image": (_OPT_STR, False), "reading": (_OPT_STR, False),
-    "oom_kills": ((list,), False), "cross_check": (_OPT_DICT, False),
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a record: the JSON types it may hold, whether every record has it, whether posts
+    use it (the build keeps only those of each record in memory), and what it is."""
+
+    types: tuple
+    required: bool = False
+    summary: bool = False
+    doc: str = ""
+
+
+# The record, declared once. Adding a field is one line here (summary=True if a post reads it); its
+# factors come from their own declaration (manifest.FACTORS). Identity first: the point it belongs to.
+RECORD: dict[str, Field] = {
+    "experiment": Field(_STR, True, True, "the manifest's experiment"),
+    "host": Field(_STR, True, True, "the manifest's host name"),
+    "guest": Field(_STR, True, True, "the manifest's guest name"),
+    "repeat": Field(_INT, True, True, "which repeat of the point (1, 2, ...)"),
+    "status": Field(_STR, True, True, "ok, oom, panic, refused, timeout or error"),
+    "reason": Field(_STR, True, True, "why it is not ok, in one line ('' when ok)"),
+    "schema_version": Field(_INT, True, False, "the record schema it was written with"),
+    "memtotal_boot_kib": Field(_OPT_INT, False, True, "the guest's MemTotal before ballooning"),
+    "memtotal_settled_kib": Field(_OPT_INT, False, True, "the guest's MemTotal once the balloon holds its target"),
+    "free_m": Field(_OPT_DICT, False, True, "free -m's Mem: line (total, used, free, shared, buff/cache, available)"),
+    "meminfo": Field(_OPT_DICT, False, False, "/proc/meminfo after ballooning, KiB"),
+    "balloon": Field(_OPT_DICT, False, False, "libvirt's balloon statistics after ballooning, KiB"),
+    "host_view": Field(_OPT_DICT, False, False, "what the host says of the domain (virsh dominfo), KiB"),
+    "durations": Field(_OPT_DICT, False, True, "boot, settle and total seconds"),
+    "balloon_timeline": Field((list,), False, False, "[seconds, actual KiB, available KiB] samples while inflating"),
+    "dmesg": Field((list,), False, False, "the guest's kernel lines about memory (the build keeps a few)"),
+    "console_excerpt": Field((list,), False, False, "the console's last lines of a guest that failed"),
+    "domain_type": Field(_OPT_STR, False, True, "kvm, qemu (TCG) or xen"),
+    "domain_type_reason": Field(_OPT_STR, False, True, "why that domain type"),
+    "hypervisor": Field(_OPT_STR, False, True, "libvirt's name and version of it, e.g. 'QEMU 7.2.0'"),
+    "qemu_version": Field(_OPT_STR, False, True, "QEMU's version on QEMU hosts"),
+    "libvirt_version": Field(_OPT_STR, False, True, "libvirt's version"),
+    "host_kernel": Field(_OPT_STR, False, True, "the host's kernel release"),
+    "guest_kernel": Field(_OPT_STR, False, True, "the guest's kernel release"),
+    "balloon_model": Field(_OPT_STR, False, True, "virtio, xen or none"),
+    "started_at": Field(_OPT_STR, False, True, "when the point started (ISO 8601 with offset)"),
+    "tool_version": Field(_OPT_STR, False, True, "the memballoon version that measured it"),
+    "manifest_sha256": Field(_OPT_STR, False, True, "the manifest's hash when it was measured"),
+    "host_cores": Field(_OPT_INT, False, True, "the host's CPU cores"),
+    "host_memory_mib": Field(_OPT_INT, False, True, "the host's memory"),
+    "guest_vcpus": Field(_OPT_INT, False, True, "the guest's virtual CPUs"),
+    "boot_method": Field(_OPT_STR, False, True, "pvh, bzimage, kernel or firmware"),
+    "phases": Field(_OPT_DICT, False, True, "where the point's time went, seconds per phase"),
+    "memory_backing": Field(_OPT_STR, False, True, "default or memfd guest RAM (QEMU)"),
+    "xen_balloon": Field(_OPT_DICT, False, True, "Xen's balloon sysfs values in the guest, KiB"),
+    "xen": Field(_OPT_DICT, False, True, "Xen's version, memory and command line (xl info)"),
+    "nested": Field(_OPT_DICT, False, True, "the outer machine of a nested host"),
+    "guest_kind": Field(_OPT_STR, False, True, "probe or system"),
+    "image": Field(_OPT_STR, False, True, "a full system's image"),
+    "reading": Field(_OPT_STR, False, True, "how a full system was read: agent, console or ssh"),
+    "oom_kills": Field((list,), False, True, "processes the guest's OOM killer killed"),
+    "cross_check": Field(_OPT_DICT, False, True, "the guest's own MemTotal against the balloon's available"),
 }
+FIELDS: dict[str, tuple[tuple, bool]] = {name: (f.types, f.required) for name, f in RECORD.items()}
+# What a post sees of each record (besides its factors): its summary. The bulky parts (meminfo, the
+# balloon timeline, the console) stay in the JSON files.
+SUMMARY_FIELDS: tuple[str, ...] = tuple(name for name, f in RECORD.items() if f.summary)
+
+
+class Record(dict):
+    """A record as read: a dict (written back, hashed and compared as JSON) whose fields can also
+    be read as attributes (`record.status`, `record.memory_mib`); a field it lacks reads as None."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return self.get(name)
+
+
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon")
 
 
@@ -277,7 +336,7 @@ def read_record(path: Path, root: Path | None = None) -> dict:
     return parse_record(raw, path)
 
 
-def parse_record(text: str | bytes, path: Path) -> dict:
+def parse_record(text: str | bytes, path: Path) -> Record:
     """A record from its file's text; `path` only names the file in errors."""
     if isinstance(text, bytes):
         try:
@@ -295,7 +354,7 @@ def parse_record(text: str | bytes, path: Path) -> dict:
     problem = _problem(record)
     if problem:
         raise UserError(f"{path}: invalid result record: {problem}; delete it to measure the point again")
-    return record
+    return Record(record)
 
 
 def _no_constant(name: str):

@@ -13,7 +13,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from .errors import UserError
+from .errors import HostError, UserError
 
 
 def inside(path: str | Path, root: str | Path, what: str = "path") -> Path:
@@ -60,6 +60,36 @@ def read_regular(path: str | Path, limit: int, what: str = "file") -> bytes:
         raise UserError(f"{path}: cannot read the {what} ({e.strerror})") from None
     finally:
         os.close(fd)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now (for a forward the tool sets up)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def lock_or_refuse(path: str | Path, busy: str):
+    """An exclusive lock on `path` (a private file, never a symlink), held while the returned file is
+    open; if another process holds it, a UserError with `busy` (which may name '{holder}': the pid
+    written in the file)."""
+    import fcntl
+
+    lock = open_nofollow(path)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "?"
+        lock.close()
+        raise HostError(busy.format(holder=holder)) from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
 
 
 def private_dir(path: str | Path, mode: int = 0o700) -> Path:
@@ -150,41 +180,53 @@ def _open_dir_beneath(root: Path, parts: tuple[str, ...], create: bool) -> int:
 
 
 def write_beneath(root: str | Path, relative: str | Path, data: bytes, mode: int = 0o644) -> None:
-    """Write root/relative atomically (readers see the old file or the new one, never a part), with
-    no symlink followed below `root`; missing folders are created. The temporary file has an
-    unpredictable name, and any failure leaves nothing behind and is a UserError naming the path."""
+    """Write root/relative atomically (readers see the old file or the new one, never a part); see
+    write_all_beneath."""
+    write_all_beneath(root, [(relative, data)], mode)
+
+
+def write_all_beneath(root: str | Path, files: list[tuple[str | Path, bytes]], mode: int = 0o644,
+                      failed: str = "") -> None:
+    """Write several files below `root`, all or nothing: every file goes to an unpredictably named
+    temporary file beside its target first, and only when all are written are they renamed into
+    place (renaming cannot fail for lack of space). No symlink is followed below `root` (a planted
+    `results/<host> -> /etc` or `site/content/posts/x -> /etc` is refused, not written through);
+    missing folders are created. Any failure leaves nothing behind and is a UserError naming the
+    file, followed by `failed` (e.g. '; nothing was changed in the site')."""
     root = Path(root).resolve()
-    rel = Path(relative)
-    if rel.is_absolute() or not rel.parts or ".." in rel.parts:
-        raise UserError(f"{rel}: not a plain path below {root}")
-    target = root / rel
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        dfd = _open_dir_beneath(root, rel.parts[:-1], create=True)
-    except OSError as e:
-        raise UserError(f"{target}: cannot write ({e.strerror})") from None
-    name = rel.parts[-1]
-    tmp = f".{name}.{secrets.token_hex(8)}.tmp"
+    folders: dict[tuple, int] = {}
+    staged: list[tuple[int, str, str, Path]] = []
+    target = root
     try:
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
+            root.mkdir(parents=True, exist_ok=True)
+            for relative, data in files:
+                rel = Path(relative)
+                target = root / rel
+                if rel.is_absolute() or not rel.parts or ".." in rel.parts:
+                    raise UserError(f"{rel}: not a plain path below {root}")
+                if rel.parts[:-1] not in folders:
+                    folders[rel.parts[:-1]] = _open_dir_beneath(root, rel.parts[:-1], create=True)
+                dfd = folders[rel.parts[:-1]]
+                tmp = f".{rel.parts[-1]}.{secrets.token_hex(8)}.tmp"
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dfd)
+                staged.append((dfd, tmp, rel.parts[-1], target))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                    os.fchmod(f.fileno(), mode)
+            for dfd, tmp, name, target in staged:
+                os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+            staged.clear()
         except OSError as e:
-            raise UserError(f"{target}: cannot write ({e.strerror})") from None
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-                os.fchmod(f.fileno(), mode)
-            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
-        except OSError as e:
-            _unlink_quietly(tmp, dfd)
-            raise UserError(f"{target}: cannot write ({e.strerror})") from None
-        except BaseException:
-            _unlink_quietly(tmp, dfd)
-            raise
+            raise UserError(f"{target}: cannot write ({e.strerror}){failed}") from None
     finally:
-        os.close(dfd)
+        for dfd, tmp, _, _ in staged:
+            _unlink_quietly(tmp, dfd)
+        for dfd in folders.values():
+            os.close(dfd)
 
 
 def _unlink_quietly(name: str, dir_fd: int) -> None:

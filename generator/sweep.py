@@ -22,7 +22,7 @@ from . import results
 from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
-from . import images, system
+from . import hypervisors, images, system
 from .errors import StopRequested
 from .measure import destroy, canary, measure, measure_system, point_identity
 from .plan import Point, points, results_dir, select
@@ -98,8 +98,9 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
     wanted = host.spec.domain_type
     if wanted != "auto":
         return wanted, "set in the manifest"
-    if facts["hypervisor"].startswith("Xen") or host.uri.startswith(("xen", "libxl")):
-        return "xen", "the host runs Xen"
+    hv = hypervisors.for_facts(str(facts["hypervisor"]).split(" ")[0], host.uri)
+    if len(hv.domain_types) == 1:  # nothing to choose (Xen)
+        return hv.domain_types[0], f"the host runs {hv.label(hv.domain_types[0])}"
     libvirt = libvirt_module()
     try:
         host.connect().getDomainCapabilities(None, "x86_64", None, "kvm", 0)
@@ -208,7 +209,7 @@ class Sweep:
                     staged[guest] = self._stage_system(host, g)
                     continue
                 built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon_model(spec))
-                image, method = built.boot_image("bzimage" if spec.is_xen else g.boot)  # Xen PV boots the bzImage
+                image, method = built.boot_image(spec.hypervisor.boot or g.boot)  # Xen PV boots the bzImage
                 staged[guest] = (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
                                  host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"),
                                  built.release, method)

@@ -100,7 +100,7 @@ def test_huge_lists_and_plans_are_refused_quickly(tmp_path):
     (("{name: local}", "{name: r, uri: 'qemu+ssh://root@h/system?no_verify=1'}"), "no_verify turns off SSH host key checking"),
     (("[1 GiB]", "[1000000000000000000000000000000 GiB]"), "sweep.memory[0]: '1000000000000000000000000000000 GiB' is outside"),
     (("current_memory: [1024 MiB]}", "current_memory: [1024 MiB]}\nballoon: {model: xen}"),
-     "balloon.model: 'xen' is Xen's balloon, but host(s) local run QEMU"),
+     "balloon.model: 'xen' is not QEMU/KVM's balloon, and host(s) local run QEMU/KVM"),
     (("{name: g}", "{name: \"g\\n\"}"), "guests[0].name: 'g\\n' is not a valid name"),
     (("{name: g}", "{name: ../../etc}"), "guests[0].name: '../../etc' is not a valid name"),
     (("slug: x", "slug: 'x/../../y'"), "post.slug: 'x/../../y' is not a valid name"),

@@ -303,3 +303,20 @@ def test_ctrl_c_at_any_moment_gives_no_traceback(tmp_path):
         assert p.returncode in (0, 130), (delay, p.returncode, err)
         codes.append(p.returncode)
     assert 130 in codes
+
+
+def test_the_build_does_not_write_through_a_symlinked_post_folder(tmp_path):
+    """A site from a cloned repository whose post folder is a symlink out of the site: refused, nothing written."""
+    from test_build import new_site, sample as _sample  # noqa: F401
+    from generator.build import build_all
+
+    write(tmp_path, BASE)
+    m = load(tmp_path / "x" / "experiment.yaml")
+    site = new_site(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (site / "content" / "posts").mkdir(parents=True)
+    (site / "content" / "posts" / "x").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="outside"):
+        build_all([m], site=site, quiet=True)
+    assert list(elsewhere.iterdir()) == []

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from generator import system
-from generator.domain import domain_xml
+from generator.hypervisors import domain_xml
 from generator.errors import ManifestError
 from generator.manifest import load
 from generator.plan import points

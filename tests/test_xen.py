@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from generator import images, nested_xen
-from generator.domain import domain_xml, kernel_cmdline
+from generator import images
+from generator.hosts import nested_xen
+from generator.domain import kernel_cmdline
+from generator.hypervisors import domain_xml
 from generator.errors import ManifestError, UserError
 from generator.manifest import load
 from generator.measure import Console, _fill_guest_view
@@ -34,7 +36,7 @@ def manifest_with(write_manifest, hosts: str, extra: str = "", balloon: str = "a
 def test_nested_xen_host_loads_with_defaults(write_manifest):
     m = load(manifest_with(write_manifest, XEN_HOST.format(nested="{}")))
     xen = m.host("xen")
-    assert xen.is_nested and xen.is_xen and xen.is_remote and not xen.is_embedded
+    assert xen.is_nested and xen.hypervisor.name == "xen" and xen.is_remote and not xen.is_embedded
     assert (xen.nested.memory, xen.nested.dom0_memory, xen.nested.cpus) == (4096, 1024, 1)
     assert m.balloon_model(xen) == "xen" and m.balloon_model(m.host("local")) == "virtio"
 
@@ -175,7 +177,7 @@ xen_commandline        : console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M d
 
 
 def test_xl_info_parsed_into_the_facts_a_record_keeps():
-    from generator.hosts import parse_xl_info
+    from generator.hypervisors.xen import parse_xl_info
     assert parse_xl_info(XL_INFO) == {
         "version": "4.17.5", "total_mib": 4095, "free_mib": 3028, "cpus": 1, "caps": "xen-3.0-x86_64",
         "virt_caps": "pv shadow gnttab-v1 gnttab-v2", "dom0_kernel": "6.1.0-50-amd64", "scheduler": "credit2",
@@ -195,7 +197,7 @@ def test_xl_info_parsed_into_the_facts_a_record_keeps():
 ])
 def test_xl_info_from_a_hostile_host_is_bounded(hostile, key, expected):
     """A compromised dom0 may print anything: numbers stay numbers, text stays one short printable line."""
-    from generator.hosts import parse_xl_info
+    from generator.hypervisors.xen import parse_xl_info
     info = parse_xl_info(hostile + "\n" + XL_INFO)   # the first occurrence of a key wins
     assert info[key] == expected
     for value in info.values():
@@ -203,7 +205,7 @@ def test_xl_info_from_a_hostile_host_is_bounded(hostile, key, expected):
 
 
 def test_xl_info_flood_and_garbage():
-    from generator.hosts import parse_xl_info
+    from generator.hypervisors.xen import parse_xl_info
     assert parse_xl_info("")["version"] is None
     assert parse_xl_info(b"\xff\xfe".decode("latin-1") * 10)["total_mib"] is None
     flood = ("x" * 1000 + "\n") * 2000 + XL_INFO       # past the read limit: the real lines are not reached

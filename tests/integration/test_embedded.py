@@ -242,7 +242,8 @@ def test_memory_plugged_live_reaches_the_guest(tmp_path, embed_env, monkeypatch)
     import libvirt
 
     from generator import probe
-    from generator.domain import domain_xml, kernel_cmdline
+    from generator.domain import kernel_cmdline
+    from generator.hypervisors import domain_xml
     from generator.hosts import LocalHost
     from generator.manifest import Host
     from generator.measure import Console, destroy

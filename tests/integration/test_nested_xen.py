@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from generator import nested_xen
+from generator.hosts import nested_xen
 
 from .conftest import ROOT, cli, start_cli, wait_for
 

@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import images
-from .errors import HostError, StopRequested, UserError
-from .hosts import SSHHost, qemu_processes
-from .manifest import SSH
-from .manifest import Host as HostSpec
-from .safe import open_nofollow, private_dir, write_nofollow
+from .. import images
+from ..errors import HostError, StopRequested, UserError
+from .base import qemu_processes
+from .ssh import SSHHost
+from ..manifest import SSH
+from ..manifest import Host as HostSpec
+from ..safe import free_port, lock_or_refuse, open_nofollow, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -139,12 +140,6 @@ def kill_leftovers(state: Path, host: str) -> list[int]:
     return killed
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _die_with_parent() -> None:
     """In the child (only where util-linux's setpriv is missing): SIGKILL when the thread that
     started QEMU ends, i.e. when the tool was killed."""
@@ -188,13 +183,8 @@ def start(spec: HostSpec, cache_dir: Path, note: Callable[[str], None], stop=Non
     """Build (or reuse) the dom0 image and boot the nested host until dom0's sshd answers."""
     image = images.build(dom0_recipe(spec.nested.suite), cache_dir, note)
     state = private_dir(private_dir(cache_dir / "nested") / spec.name)
-    lock = open_nofollow(state / "lock")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        lock.close()
-        raise HostError(f"host {spec.name}: another sweep is running this nested host ({state}); wait for it "
-                        "to finish") from None
+    lock = lock_or_refuse(state / "lock", f"host {spec.name}: another sweep (pid {{holder}}) is running this nested "
+                                          f"host ({state}); wait for it to finish")
     try:
         return _start_locked(spec, image, state, lock, note, stop)
     except BaseException:
@@ -211,7 +201,7 @@ def _start_locked(spec: HostSpec, image: images.Image, state: Path, lock, note: 
     version = version.split("version ", 1)[-1].split()[0] if "version " in version else "?"
     last_error = ""
     for _attempt in range(3):  # the port was free a moment ago; QEMU may lose a race for it
-        port = _free_port()
+        port = free_port()
         console = state / "console.log"
         console.unlink(missing_ok=True)
         log_path = state / "qemu.log"

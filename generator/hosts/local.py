@@ -1,0 +1,123 @@
+"""This machine: Invoke's local runner, and libvirt's embedded QEMU driver (``qemu:///embed?root=…``)
+in this process unless a URI names a local libvirtd: no daemon to install or start."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import tempfile
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+from .. import hypervisors
+from ..domain import PREFIX
+from ..errors import HostError, UserError
+from ..manifest import Host as HostSpec
+from ..safe import lock_or_refuse, open_nofollow, private_dir, write_nofollow
+
+from .base import HostRuntime, _unexpected_exit, embed_root, log, qemu_processes  # noqa: F401
+
+
+class LocalHost(HostRuntime):
+    """This machine, through Invoke's local runner; libvirt embedded unless a URI says otherwise."""
+
+    def __init__(self, spec: HostSpec, cache_dir: Path):
+        super().__init__(spec, cache_dir)
+        from invoke import Context  # fabric depends on invoke; its local runner is Connection.local's
+
+        self._ctx = Context()
+        self.root = embed_root(cache_dir) if spec.is_embedded else None
+
+    def run(self, command: str, **kwargs: Any):
+        from invoke.exceptions import UnexpectedExit
+
+        kwargs.setdefault("in_stream", False)
+        try:
+            return self._ctx.run(command, **kwargs)
+        except UnexpectedExit as e:
+            raise HostError(_unexpected_exit(self.name, e)) from None
+
+    def put(self, local: str | Path, remote: str) -> None:
+        shutil.copyfile(local, remote)
+
+    def get(self, remote: str, local: str | Path) -> None:
+        shutil.copyfile(remote, local)
+
+    def read_text(self, path: str) -> str:
+        try:
+            return Path(path).read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def remove(self, path: str) -> None:
+        Path(path).unlink(missing_ok=True)
+
+    def prepare_console(self, path: str) -> None:
+        p = Path(path)
+        p.unlink(missing_ok=True)
+        if not self.root:
+            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            os.close(fd)
+
+    @property
+    def uri(self) -> str:
+        return f"qemu:///embed?root={self.root}" if self.root else self.spec.uri
+
+    def workdir(self) -> str:
+        if self.root:
+            return str(self.root / "work")
+        return super().workdir()
+
+    def stage(self, local: Path, name: str) -> str:
+        if self.root:  # same process, same machine: use the cached file where it is
+            return str(local)
+        return super().stage(local, name)
+
+    def connect(self):
+        if self._conn is None and self.root:
+            self._prepare_embed_root()
+        return super().connect()
+
+    def clean_leftovers(self) -> list[str]:
+        gone = super().clean_leftovers()
+        if self.root:
+            # belt and braces: a QEMU of this root that libvirt no longer knows (a run killed while the
+            # guest was starting leaves one that libvirt's reconnect drops). Its command line names the
+            # root and the tool's domain prefix.
+            root = str(self.root).encode()
+            for pid, argv in qemu_processes():
+                if not any(root in a for a in argv):
+                    continue
+                name = next((a.split(b"guest=", 1)[1].split(b",", 1)[0] for a in argv if a.startswith(b"guest=")), b"")
+                if not name.startswith(PREFIX.encode()):
+                    continue
+                try:
+                    os.kill(pid, 9)
+                except ProcessLookupError:
+                    continue
+                if name.decode(errors="replace") not in gone:
+                    gone.append(name.decode(errors="replace"))
+        return gone
+
+    def _prepare_embed_root(self) -> None:
+        root = private_dir(self.root)
+        for sub in ("etc", "work", "work/consoles"):
+            private_dir(root / sub)
+        self._lock_file = lock_or_refuse(
+            root / "sweep.lock", f"host {self.name}: another sweep (pid {{holder}}) is using the embedded hypervisor "
+                                 f"at {root}; wait for it to finish or set MEMBALLOON_EMBED_ROOT to another folder")
+        # qemu.conf of the embedded driver: QEMU's stdio to a file (no virtlogd), and as root run
+        # QEMU as root so it can read the probe from the cache without ownership games.
+        # No ownership changes or xattr bookkeeping on the shared probe files: two guests boot the
+        # same kernel at once, and the files are ours anyway.
+        conf = ['stdio_handler = "file"', "dynamic_ownership = 0", "remember_owner = 0"]
+        if os.geteuid() == 0:
+            conf += ['user = "+0"', 'group = "+0"']
+        write_nofollow(root / "etc" / "qemu.conf", ("\n".join(conf) + "\n").encode())
+        os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{root}/libvirt.log")

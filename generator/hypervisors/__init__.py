@@ -1,0 +1,52 @@
+"""The hypervisors the tool measures on, and how the rest of the tool finds the one it needs.
+
+Adding one: a module with a `Hypervisor` subclass (see `base.py`) and its line in HYPERVISORS."""
+from __future__ import annotations
+
+from ..domain import DomainSpec
+from .base import Hypervisor
+from .qemu import QEMU
+from .xen import Xen
+
+HYPERVISORS: tuple[Hypervisor, ...] = (QEMU(), Xen())
+DEFAULT = HYPERVISORS[0]  # a URI or domain type no other one claims is QEMU's
+
+
+def for_domain_type(domain_type: str) -> Hypervisor:
+    """The hypervisor that runs `<domain type=…>` ('qemu', 'kvm', 'xen')."""
+    return next((h for h in HYPERVISORS if domain_type in h.domain_types), DEFAULT)
+
+
+def for_host(uri: str, kind: str = "libvirt", domain_type: str = "auto") -> Hypervisor:
+    """The hypervisor of a manifest's host: the first that claims its kind, its domain type or its
+    URI's driver; QEMU for everything no other one claims."""
+    scheme = uri.partition("://")[0].partition("+")[0] if "://" in uri else ""
+    for h in HYPERVISORS:
+        if h is not DEFAULT and (kind in h.host_kinds or domain_type in h.domain_types or scheme in h.uri_schemes):
+            return h
+    return DEFAULT
+
+
+def for_facts(hv_type: str, uri: str) -> Hypervisor:
+    """The hypervisor a connected host turned out to run (libvirt's getType(), e.g. 'QEMU', 'Xen')."""
+    by_type = next((h for h in HYPERVISORS if hv_type.lower() == h.name), None)
+    return by_type or for_host(uri)
+
+
+def label(domain_type: str) -> str:
+    """How posts name a domain type: 'KVM', 'QEMU (TCG)', 'Xen'."""
+    return for_domain_type(domain_type).label(domain_type)
+
+
+def render(spec: DomainSpec) -> str:
+    """The domain XML of a spec, by the hypervisor of its domain type."""
+    return for_domain_type(spec.domain_type).render(spec)
+
+
+def domain_xml(**fields) -> str:
+    """render(DomainSpec(**fields)): for tests and tools that build a domain by hand."""
+    return render(DomainSpec(**fields))
+
+
+__all__ = ["HYPERVISORS", "Hypervisor", "DomainSpec", "for_domain_type", "for_host", "for_facts", "label", "render",
+           "domain_xml"]

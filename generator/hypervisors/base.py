@@ -1,0 +1,72 @@
+"""What a hypervisor is to the tool: how a domain is written for it, how its guests' consoles and
+balloons are reached, how a refusal reads, and which factors and guest kinds it supports.
+
+Everything that differs between QEMU/KVM and Xen lives in one subclass of `Hypervisor`; the rest
+of the tool asks the hypervisor of a host or a domain type (`hypervisors.for_host`,
+`hypervisors.for_domain_type`) and never checks which one it is. Adding a hypervisor is one module
+here plus its line in `hypervisors/__init__.py`.
+"""
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from ..domain import DomainSpec
+
+
+class Hypervisor:
+    """The interface. Class attributes are facts; methods take the host they act on (duck-typed:
+    anything with `run`, `workdir` and `spec`, so this package imports no host code)."""
+
+    name: str = ""                       # family: 'qemu' (TCG and KVM) or 'xen'
+    title: str = ""                      # how messages name the family: 'QEMU/KVM', 'Xen'
+    domain_types: tuple[str, ...] = ()   # the libvirt <domain type=…> values it runs
+    labels: dict[str, str] = {}          # domain type -> how posts name it
+    uri_schemes: tuple[str, ...] = ()    # libvirt URI drivers that reach it
+    uri_paths: tuple[str, ...] = ()      # the paths those URIs may have ('/system', …)
+    host_kinds: tuple[str, ...] = ()     # manifest host kinds that are this hypervisor
+    balloon: str = ""                    # the balloon model its guests get with balloon.model: auto
+    balloons: tuple[str, ...] = ()       # balloon models it accepts
+    console_device: str = "ttyS0"        # the guest's console, for the kernel command line
+    system_guests: bool = False          # can boot full-system guests (disk images)
+    memory_backing: bool = False         # honours hosts[].memory_backing
+    inflates_after_boot: bool = True     # guests boot with all of memory and the balloon takes it back
+    factors: dict[str, tuple] = {}       # factor name -> values it supports (absent: any)
+    boot: str | None = None              # a boot method it imposes on probes ('bzimage'), or None
+    linear_loss: bool = True             # a guest's loss grows in a straight line with memory (posts fit one)
+
+    # -- the domain -------------------------------------------------------------------------------
+    def render(self, spec: DomainSpec) -> str:
+        """The domain XML of a spec, built with ElementTree (every value escaped by the library)."""
+        raise NotImplementedError
+
+    def label(self, domain_type: str) -> str:
+        return self.labels.get(domain_type, domain_type)
+
+    def supports(self, factor: str, value: Any) -> bool:
+        allowed = self.factors.get(factor)
+        return allowed is None or value in allowed
+
+    # -- the host ---------------------------------------------------------------------------------
+    def console_path(self, host, domain: str) -> str:
+        """Where the guest's console is written on the host."""
+        return f"{host.workdir()}/consoles/{domain}.log"
+
+    def prepare_console(self, host, path: str) -> None:
+        """An empty console file only its owner can read or write: libvirt opens file-backed serial
+        consoles itself and hands QEMU the descriptor; a guest's console is evidence and must not be
+        forgeable."""
+        q = shlex.quote(path)
+        host.run(f"rm -f {q} && (umask 077 && set -C && : > {q})", hide=True)
+
+    def creation_failure(self, host, domain: str) -> str:
+        """More about why the host refused to create a domain than libvirt's message says ('' if nothing)."""
+        return ""
+
+    def check_host(self, host) -> None:
+        """Raise HostError if the host is set up so that guests could not be read."""
+
+    def facts(self, host, hv_type: str, facts: dict) -> dict:
+        """The host's facts (libvirt's node info and /proc, `facts`), completed with what only this
+        hypervisor knows."""
+        return facts

@@ -1,0 +1,139 @@
+"""What changed since a post's previous publication, told in the post itself.
+
+A built post names the results commit its records came from (its provenance). When the post is
+rebuilt from records that differ from that commit's, it gains a dated entry listing what moved, in
+a reader's words; the entries live in the post's own front matter (`updates`), newest first, so
+successive publications accumulate and a rebuild without changes writes the same bytes. Only
+numbers, dates, labels from the manifest and commit ids reach the page: never a commit message or a
+branch name.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import re
+import sys
+import tomllib
+from pathlib import Path
+
+from . import hypervisors
+from .compare import _COMMIT_RE, CLASSES, Side, compare_sides, group_key, resolve_revision, revision_side
+from .errors import UserError
+from .gitrepo import git_toplevel
+from .manifest import FACTORS, Manifest, project_root
+from .safe import is_inside, read_regular
+from .units import mib_label
+
+MAX_ENTRIES = 50
+MAX_LINES = 200
+
+
+def previous(page: Path) -> tuple[list[dict], str | None]:
+    """(the entries the published page holds, the results commit it names) — ([], None) if none."""
+    if not page.is_file():
+        return [], None
+    try:
+        text = read_regular(page, 16 * 1024 * 1024, "post").decode("utf-8", errors="replace")
+    except UserError:
+        return [], None
+    m = _COMMIT_RE.search(text)
+    entries: list[dict] = []
+    fm = re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S)
+    if fm:
+        try:
+            raw = tomllib.loads(fm.group(1)).get("updates", [])
+        except tomllib.TOMLDecodeError:
+            raw = []
+        for e in raw if isinstance(raw, list) else []:  # the page may have been edited: keep only what is well-formed
+            if isinstance(e, dict) and isinstance(e.get("date"), str) and re.fullmatch(r"\d{4}-\d\d-\d\d", e["date"]) \
+                    and isinstance(e.get("base"), str) and re.fullmatch(r"[0-9a-f]{12}", e["base"]) \
+                    and isinstance(e.get("changes"), list) and all(isinstance(c, str) for c in e["changes"]):
+                entries.append({"date": e["date"], "base": e["base"], "changes": e["changes"][:MAX_LINES]})
+    return entries[:MAX_ENTRIES], (m.group(1) if m else None)
+
+
+def _day(records: list[dict]) -> str | None:
+    stamps = sorted(r["started_at"] for r in records if r.get("started_at"))
+    return stamps[-1][:10] if stamps else None
+
+
+def _where(records: list[dict], manifest: Manifest, labels: dict[str, str]) -> str:
+    """'Debian 13 on QEMU (TCG) at 1 GiB' (with currentMemory and other factors where they vary)."""
+    r = records[0]
+    parts = [f"{labels.get(r['guest'], r['guest'])} on {hypervisors.label(r.get('domain_type') or '')}",
+             f"at {mib_label(r['memory_mib'])}"]
+    for f in FACTORS:
+        if f.axis or f.name == "memory_mib":
+            continue
+        values = getattr(manifest.sweep, f.sweep)
+        if len(values) > 1 or (f.default is not None and r[f.name] != f.default):
+            parts.append(f.label(r[f.name]))
+    return " ".join(parts)
+
+
+_WORDS = {"oom": "ran out of memory", "panic": "panicked", "refused": "was refused by the host",
+          "timeout": "did not answer in time", "error": "failed to run"}
+
+
+def _outcome(s: dict) -> str:
+    if s["status"] == "ok" and s["median_mib"] is not None:
+        return f"saw {s['median_mib']:g} MiB"
+    return " and ".join(_WORDS.get(x, "saw " + x) for x in s["status"].split("/"))
+
+
+def lines(comparison, manifest: Manifest, labels: dict[str, str]) -> list[str]:
+    old, new = comparison.old.points, comparison.new.points
+    out = []
+    order = {k: i for i, k in enumerate(CLASSES)}
+    for c in sorted(comparison.changes, key=lambda c: (order[c.kind], c.point)):
+        if c.kind == "unchanged":
+            continue
+        recs = new.get(c.point) or old.get(c.point)
+        where = _where(recs, manifest, labels)
+        then = _day(old.get(c.point, [])) or "the previous publication"
+        if c.kind == "moved":
+            d = c.new["median_mib"] - c.old["median_mib"]
+            out.append(f"{where} now sees {c.new['median_mib']:g} MiB, {abs(d):g} MiB {'less' if d < 0 else 'more'} "
+                       f"than on {then}.")
+        elif c.kind == "status changed":
+            out.append(f"{where}: {_outcome(c.old)} on {then}, now {_outcome(c.new)}.")
+        elif c.kind == "added":
+            out.append(f"Newly measured: {where} ({_outcome(c.new)}).")
+        else:
+            out.append(f"No longer measured: {where} ({_outcome(c.old)} on {then}).")
+    for p in comparison.provenance:
+        out.append(f"{p['what']} on {p['where']}: {', '.join(p['old'])} then, {', '.join(p['new'])} now.")
+    return out[:MAX_LINES]
+
+
+def entries(manifest: Manifest, folder: Path, page: Path, records: list[dict], labels: dict[str, str],
+            note=lambda text: print(text, file=sys.stderr)) -> list[dict]:
+    """The post's update entries after this build: the published ones, with one (re)computed for the
+    commit the published page names when the records differ from that commit's."""
+    published, base = previous(page)
+    if base is None:
+        return published
+    top = git_toplevel(project_root(Path(manifest.path)).resolve())
+    folder = folder.resolve()
+    if top is None or not is_inside(folder, top):
+        return published
+    try:
+        commit = resolve_revision(top, base)
+        old = revision_side(top, commit, os.path.relpath(folder, top), commit[:12])
+    except UserError as e:
+        note(f"note: {manifest.experiment}: cannot tell what changed since the last publication ({e}); "
+             "the post is built without an update")
+        return published
+    if old.missing:
+        note(f"note: {manifest.experiment}: cannot tell what changed since the last publication ({old.missing}); "
+             "the post is built without an update")
+        return published
+    new = Side("now")
+    for r in records:
+        new.points.setdefault(group_key(r), []).append(r)
+    comparison = compare_sides(manifest.experiment, old, new)
+    rest = [e for e in published if e["base"] != commit[:12]]
+    if not comparison.changed:
+        return rest
+    day = _day(records) or _dt.date.today().isoformat()
+    return [{"date": day, "base": commit[:12], "changes": lines(comparison, manifest, labels)}] + rest[:MAX_ENTRIES - 1]
