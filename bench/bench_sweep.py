@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from generator import probe as probe_mod  # noqa: E402
+from generator.guests import probe as probe_mod  # noqa: E402
 from generator.cli import PHASES  # noqa: E402
 
 # The 30 default points as measured with the probe before issue 9 (fixed wait, bzImage boot).

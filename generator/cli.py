@@ -142,7 +142,7 @@ def phase_line(record: dict) -> str:
 
 
 def cmd_build(args) -> int:
-    from .build import build_all
+    from .publish.build import build_all
 
     build_all(_manifests(args), results_override=args.results, site=Path(args.site), clean=args.clean,
               workers=args.workers,
@@ -159,7 +159,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import as_json, compare, table
+    from .publish.compare import as_json, compare, table
 
     paths = [Path(p) for p in args.manifest] or find_manifests(args.experiments)
     if not paths:

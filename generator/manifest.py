@@ -700,7 +700,7 @@ class Guest:
 
     def image_format(self) -> str:
         """The image file's format: as declared, or from its name; a UserError if it cannot be told."""
-        from .diskimage import format_for
+        from .guests.diskimage import format_for
 
         fmt, problem = format_for(self.image, self.format)
         if fmt is None:
@@ -709,7 +709,7 @@ class Guest:
 
     def check_image(self) -> str:
         """'' if the image file may be booted, else why not (its format, its backing chain, its size)."""
-        from .diskimage import format_for, inspect
+        from .guests.diskimage import format_for, inspect
 
         fmt, problem = format_for(self.image, self.format)
         return problem if fmt is None else inspect(self.image, fmt, self.backing)

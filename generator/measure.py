@@ -22,7 +22,7 @@ from .domain import DomainSpec, domain_name, kernel_cmdline
 from .hosts import HostRuntime, libvirt_module
 from .manifest import Manifest
 from .plan import Point
-from .probe import MARK
+from .guests.probe import MARK
 from .text import bounded_float, bounded_int, plain
 
 log = logging.getLogger(__name__)
@@ -417,7 +417,7 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
         record["xen_balloon"] = xen
     if "dmesg" in console.sections:
         record["dmesg"] = [line.strip()[:300] for line in console.sections["dmesg"].splitlines() if line.strip()]
-    from .system import kernel_release
+    from .guests.system import kernel_release
 
     release = kernel_release(console.markers.get("kernel", ""))
     if release:  # the same check as a release read through the agent or SSH
@@ -516,7 +516,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     Done when the agent answers, the balloon has reached its target (both host views), and the
     guest's MemTotal read twice a second apart agrees. The overlay and the domain never outlive the
     point (also when it is interrupted)."""
-    from . import system
+    from .guests import system
 
     libvirt = libvirt_module()
     conn = host.connect()
@@ -618,7 +618,7 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
     is remote."""
     import os
 
-    from . import system
+    from .guests import system
     from .manifest import parse_address
     from .safe import free_port, private_dir, write_nofollow
 

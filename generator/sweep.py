@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import probe as probe_mod
+from .guests import probe as probe_mod
 from . import results
 from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
-from . import hypervisors, images, system
+from . import hypervisors
+from .guests import images, system
 from .errors import StopRequested
 from .measure import destroy, canary, measure, measure_system, point_identity
 from .plan import Point, points, results_dir, select

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from generator import results
-from generator.build import build_all
+from generator.publish.build import build_all
 from generator.errors import UserError
 from generator.manifest import load
 
@@ -162,7 +162,7 @@ def test_noop_rebuild_writes_nothing_and_skips_matplotlib(sample, tmp_path):
     site = new_site(tmp_path)
     build_all([m], site=site, quiet=True)
     stamps = {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()}
-    script = ("import sys; from generator.manifest import load; from generator.build import build_all; "
+    script = ("import sys; from generator.manifest import load; from generator.publish.build import build_all; "
               f"r = build_all([load({m.path!r})], site=__import__('pathlib').Path({str(site)!r}), quiet=True); "
               "print(len(r.written), len(r.skipped), 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)

@@ -188,7 +188,7 @@ def test_a_republished_post_says_what_changed(tmp_path):
     added and one removed: the rebuilt post lists exactly those four, at the top and in a dated
     section; a rebuild without changes is byte-identical; after the commit the entry stays as it was;
     the next change adds an entry above it. No commit message or branch name reaches the page."""
-    from generator.build import build_all
+    from generator.publish.build import build_all
     from test_build import new_site
 
     project = tmp_path / "project"

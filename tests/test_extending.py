@@ -135,7 +135,7 @@ def test_a_new_factor_is_refused_where_its_hypervisor_lacks_it(write_manifest):
 
 
 def test_record_fields_are_declared_once():
-    from generator import build
+    from generator.publish import build
     assert build.SUMMARY_FIELDS == results.SUMMARY_FIELDS
     assert set(results.FIELDS) == set(results.RECORD)
     assert all(f.doc for f in results.RECORD.values())

@@ -9,7 +9,7 @@ import pytest
 
 from generator import manifest as manifest_mod
 from generator import results
-from generator.build import build_all
+from generator.publish.build import build_all
 from generator.hypervisors import domain_xml
 from generator.manifest import Factor, load
 from generator.plan import Point, points

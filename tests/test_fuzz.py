@@ -311,7 +311,9 @@ def test_hostile_guest_consoles_give_bounded_clean_readings():
     of control characters, and an ok-looking record holding them is either accepted or made an error."""
     import math
 
-    from generator import results, system
+    from generator import results
+
+    from generator.guests import system
     from generator.measure import Console, _classify_death, _excerpt, _fill_guest_view
 
     def clean(text: str) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from generator.build import build_all
+from generator.publish.build import build_all
 from generator.manifest import find_manifests, load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from generator import probe
+from generator.guests import probe
 from generator.errors import UserError
 
 

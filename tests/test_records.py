@@ -8,7 +8,7 @@ from generator.errors import UserError
 from generator.manifest import load
 from generator.measure import Console, _classify_death, parse_free, parse_meminfo
 from generator.plan import check_only, Point, points, select
-from generator.probe import MARK
+from generator.guests.probe import MARK
 
 FREE = """              total        used        free      shared  buff/cache   available
 Mem:            843          26         806           2          11         741
@@ -197,7 +197,7 @@ def test_console_excerpt_keeps_why_the_guest_died():
 
 def test_timeline_facts_from_a_record_and_from_nonsense():
     """How far a balloon got and how long it moved, from the timeline a record (or a guest) wrote."""
-    from generator.analysis import SeriesPoint, timeline_facts
+    from generator.publish.analysis import SeriesPoint, timeline_facts
     rec = {"balloon_timeline": [[0.5, 4194304, None], [1.5, 4194304, None], [2.5, 3000000, 5], [3.5, 1048576, 5],
                                 [4.5, 1048576, 5]]}
     assert timeline_facts(rec) == {"balloon_low_kib": 1048576, "balloon_moving_s": 1.0}

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from generator import results
-from generator.build import build_all, markdown_to_safe_html, md_code, md_text
+from generator.publish.build import build_all, markdown_to_safe_html, md_code, md_text
 from generator.errors import ManifestError, UserError
 from generator.manifest import load
 
@@ -290,7 +290,7 @@ def test_results_folder_is_checked_before_anything_boots(tmp_path, small_tmpfs):
 def test_unreachable_debian_mirror_is_named_and_leaves_nothing(tmp_path, monkeypatch):
     import socket
 
-    from generator import kernels
+    from generator.guests import kernels
 
     with socket.socket() as s:  # a loopback port nothing listens on
         s.bind(("127.0.0.1", 0))
@@ -453,8 +453,8 @@ def test_graph_text_is_plain_text_never_mathtext():
     graphs' titles and legends: every graph still renders, and its text is not parsed as math."""
     import matplotlib.text
 
-    from generator import plots
-    from generator.analysis import build_series
+    from generator.publish import plots
+    from generator.publish.analysis import build_series
 
     recs = []
     for i, kernel in enumerate(MATH):
@@ -552,7 +552,7 @@ def test_the_progress_line_receives_no_control_sequences_from_guests():
 def test_stored_console_text_has_no_control_characters():
     """What measure keeps of a console (excerpt, reasons, OOM names, dmesg, the kernel release) holds no
     control characters, and numbers a guest prints are read only when they are readings."""
-    from generator import system
+    from generator.guests import system
     from generator.measure import Console, _classify_death, _excerpt, _fill_guest_view, _one_line
 
     console = ("@@MEMBALLOON init 1.0\n@@MEMBALLOON kernel 6.1.0-amd64 {{< youtube x >}} $5\n"
@@ -622,7 +622,7 @@ def test_a_post_is_dated_by_a_checked_record_and_hugo_shows_it(sample, tmp_path)
 
 
 def test_guest_numbers_are_bounded_before_they_are_parsed():
-    from generator import system
+    from generator.guests import system
     from generator.measure import Console, _fill_guest_view, parse_free, parse_meminfo
 
     huge = "9" * 4000

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from generator import probe, results
+from generator.guests import probe
+
+from generator import results
 from generator.errors import UserError
 from generator.manifest import load, parse_address
 
@@ -118,7 +120,7 @@ def test_a_results_folder_that_is_a_git_directory_runs_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert not marker.exists(), "the build ran a command from the results folder's git config"
     assert (site / "content" / "posts" / "x" / "index.md").is_file()
-    from generator.build import results_commit
+    from generator.publish.build import results_commit
     assert results_commit(trap, project) == head  # the project's own commit, without entering the folder
     assert armed, "this git did not obey the planted config: the trap was not armed, so the test proved nothing"
 
@@ -308,7 +310,7 @@ def test_ctrl_c_at_any_moment_gives_no_traceback(tmp_path):
 def test_the_build_does_not_write_through_a_symlinked_post_folder(tmp_path):
     """A site from a cloned repository whose post folder is a symlink out of the site: refused, nothing written."""
     from test_build import new_site, sample as _sample  # noqa: F401
-    from generator.build import build_all
+    from generator.publish.build import build_all
 
     write(tmp_path, BASE)
     m = load(tmp_path / "x" / "experiment.yaml")

@@ -6,7 +6,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from generator import system
+from generator.guests import system
 from generator.hypervisors import domain_xml
 from generator.errors import ManifestError
 from generator.manifest import load

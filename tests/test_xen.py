@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from generator import images
+from generator.guests import images
 from generator.hosts import nested_xen
 from generator.domain import kernel_cmdline
 from generator.hypervisors import domain_xml

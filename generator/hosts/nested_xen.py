@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import images
+from ..guests import images
 from ..errors import HostError, StopRequested, UserError
 from .base import qemu_processes
 from .ssh import SSHHost

@@ -241,7 +241,7 @@ def test_memory_plugged_live_reaches_the_guest(tmp_path, embed_env, monkeypatch)
     one. The probe reports MemTotal whenever it changes."""
     import libvirt
 
-    from generator import probe
+    from generator.guests import probe
     from generator.domain import kernel_cmdline
     from generator.hypervisors import domain_xml
     from generator.hosts import LocalHost

@@ -224,7 +224,7 @@ def test_ssh_reader_limits_a_flood_while_reading(sshd):
     import resource
     import time
 
-    from generator.system import ReadError, SSHReader
+    from generator.guests.system import ReadError, SSHReader
 
     reader = SSHReader("127.0.0.1", sshd["port"], "root", sshd["key"], [sshd["known_hosts"]])
     reader.ready()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from generator import images, system
+from generator.guests import images, system
 
 from .conftest import ROOT, cli, qemu_pids, start_cli, wait_for
 

@@ -22,18 +22,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import __version__
-from . import results as results_mod
+from .. import __version__
+from .. import results as results_mod
 from . import updates
 from .analysis import Data, build_series, timeline_facts
-from .errors import UserError
-from .manifest import FACTORS, Manifest, project_root
-from .gitrepo import git, git_toplevel
-from .safe import inside, is_inside, read_regular, write_all_beneath
-from .plan import points, results_dir
-from .units import mib_label
+from ..errors import UserError
+from ..manifest import FACTORS, Manifest, project_root
+from ..gitrepo import git, git_toplevel
+from ..safe import inside, is_inside, read_regular, write_all_beneath
+from ..plan import points, results_dir
+from ..units import mib_label
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # generator/
 PROJECT_DIR = PACKAGE_DIR.parent
 STATE_FILE = ".memballoon-build.json"
 STATE_VERSION = 3  # 2: each output names its post (a build removes only its posts' outputs); 3: post input hashes
@@ -318,7 +318,8 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
-                  _code_hash("build.py", "analysis.py", "plots.py", "updates.py", "compare.py", "hypervisors/__init__.py",
+                  _code_hash("publish/build.py", "publish/analysis.py", "publish/plots.py", "publish/updates.py",
+                             "publish/compare.py", "hypervisors/__init__.py",
                              "hypervisors/base.py", "hypervisors/qemu.py", "hypervisors/xen.py"),
                   *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
@@ -340,7 +341,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
         page = site / "content" / "posts" / f"{slug}.md"
         img_dir, img_url = site / "static" / "img", "/img/"
     by_key = dict(zip([_record_key(r) for r in records], digests))
-    plot_code = _code_hash("plots.py", "analysis.py")
+    plot_code = _code_hash("publish/plots.py", "publish/analysis.py")
 
     def add(path: Path, inputs: str, render: Callable | None, job: tuple | None = None) -> None:
         if path in outputs:
@@ -546,7 +547,7 @@ def render_all(stale: list[Output], workers: int) -> None:
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["generator._graph_worker", "generator.plots", "generator.build", "matplotlib.pyplot", "markdown"])
+    ctx.set_forkserver_preload(["generator.publish._graph_worker", "generator.publish.plots", "generator.publish.build", "matplotlib.pyplot", "markdown"])
     from . import plots
 
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker) as pool:

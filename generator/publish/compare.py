@@ -16,13 +16,13 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import results
-from .errors import UserError
-from .gitrepo import git, git_toplevel
-from .manifest import FACTORS, Manifest, project_root
-from .plan import Point, results_dir
-from .safe import is_inside, read_regular
-from .text import plain
+from .. import results
+from ..errors import UserError
+from ..gitrepo import git, git_toplevel
+from ..manifest import FACTORS, Manifest, project_root
+from ..plan import Point, results_dir
+from ..safe import is_inside, read_regular
+from ..text import plain
 
 FORMAT_VERSION = 1  # of compare --json's shape
 CLASSES = ("moved", "status changed", "added", "removed", "unchanged")

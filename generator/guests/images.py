@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import kernels
-from .errors import UserError
-from .safe import open_nofollow, private_dir
+from ..errors import UserError
+from ..safe import open_nofollow, private_dir
 
 IMAGE_FORMAT = 1          # bump when the way images are made changes what they contain
 EXPORT = "memballoon-export"  # folder in the image whose files are moved next to the disk

@@ -23,8 +23,10 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import __version__, kernels
-from .errors import UserError
+from .. import __version__
+
+from . import kernels
+from ..errors import UserError
 
 MARK = "@@MEMBALLOON"
 PROBE_FORMAT = 6  # bump when the init script or layout changes in a way that matters

@@ -16,13 +16,13 @@ import sys
 import tomllib
 from pathlib import Path
 
-from . import hypervisors
+from .. import hypervisors
 from .compare import _COMMIT_RE, CLASSES, Side, compare_sides, group_key, resolve_revision, revision_side
-from .errors import UserError
-from .gitrepo import git_toplevel
-from .manifest import FACTORS, Manifest, project_root
-from .safe import is_inside, read_regular
-from .units import mib_label
+from ..errors import UserError
+from ..gitrepo import git_toplevel
+from ..manifest import FACTORS, Manifest, project_root
+from ..safe import is_inside, read_regular
+from ..units import mib_label
 
 MAX_ENTRIES = 50
 MAX_LINES = 200

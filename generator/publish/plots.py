@@ -4,7 +4,7 @@ from __future__ import annotations
 import io
 
 from .analysis import FAILURE_LABELS, Fit, Series
-from .units import mib_label
+from ..units import mib_label
 
 MAX_LEGEND = 16  # series named in a combined graph's legend
 _COLORS = ["#1f5fa6", "#c0392b", "#2e8b57", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]

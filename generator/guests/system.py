@@ -19,11 +19,11 @@ import time
 from pathlib import Path
 
 from . import images
-from .text import bounded_int, plain
+from ..text import bounded_int, plain
 
 # What an image without the agent runs at boot so that it can be read from its console
 # (`reading: console`); users copy these two files into their own images.
-GUEST_FILES = Path(__file__).resolve().parent.parent / "guest"
+GUEST_FILES = Path(__file__).resolve().parents[2] / "guest"
 
 SYSTEM_COMMANDS = r"""
 echo memballoon-guest > /etc/hostname

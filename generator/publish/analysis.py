@@ -8,9 +8,9 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
-from . import hypervisors
-from .manifest import FACTORS
-from .units import mib_label
+from .. import hypervisors
+from ..manifest import FACTORS
+from ..units import mib_label
 
 FAILURE_LABELS = {"oom": "OOM", "panic": "panic", "refused": "refused", "timeout": "timeout", "error": "error"}
 PAGE_SIZE = 4096
