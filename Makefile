@@ -15,7 +15,8 @@ STAMP := $(VENV)/.installed
 
 # One experiment only: make report EXP=how-low (the folder name under experiments/).
 EXP ?=
-MANIFESTS := $(if $(EXP),experiments/$(EXP)/experiment.yaml,)
+MANIFESTS := $(if $(EXP),$(firstword $(wildcard experiments/$(EXP)/experiment.yaml experiments/$(EXP).yaml) \
+	experiments/$(EXP)/experiment.yaml),)
 
 .PHONY: help all deps install test test-unit test-integration report sweep build site serve status \
 	bench-sweep bench-build bench-compare fuzz clean
@@ -24,7 +25,7 @@ all: report
 
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 24
-	@echo "  EXP=<name>              with report, sweep, build, status: only experiments/<name>/"
+	@echo "  EXP=<name>              with report, sweep, build, status: only experiments/<name>/ (or <name>.yaml)"
 
 deps:  ## the Debian packages (root; prints the apt-get line otherwise)
 	@bash scripts/deps.sh $(DEB_PACKAGES)

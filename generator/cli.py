@@ -31,8 +31,9 @@ def _manifests(args) -> list:
     if not paths:
         raise UserError(f"no manifests: {args.experiments}/ has no */experiment.yaml or *.yaml; "
                         "name one on the command line")
-    trusted = trusted_dirs(args.trust or ())
-    manifests = [load(p, trusted) for p in paths]
+    booting = args.func in (cmd_sweep, cmd_report)  # build, status: records and prose only
+    trusted = trusted_dirs(args.trust or ()) if booting else ()
+    manifests = [load(p, trusted, check_files=booting) for p in paths]
     check_only(getattr(args, "only", None), [points(m) for m in manifests])
     return manifests
 
@@ -164,8 +165,7 @@ def cmd_compare(args) -> int:
     paths = [Path(p) for p in args.manifest] or find_manifests(args.experiments)
     if not paths:
         raise UserError(f"no manifests found in {args.experiments}/")
-    trusted = trusted_dirs(args.trust or ())
-    comparisons = [compare(load(p, trusted), args.old, args.new, site=Path(args.site), results_override=args.results,
+    comparisons = [compare(load(p, check_files=False), args.old, args.new, site=Path(args.site), results_override=args.results,
                            note=lambda text: say(text, file=sys.stderr)) for p in paths]
     if args.json:
         sys.stdout.write(as_json(comparisons))

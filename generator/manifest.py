@@ -43,6 +43,11 @@ MAX_SECONDS = 7 * 24 * 3600.0
 
 
 class _Problems(list):
+    """Problems found so far; `check_files` says whether this load checks the files a sweep would
+    boot (kernels, modules, images: validate, sweep, report) or only what publishing needs."""
+
+    check_files = True
+
     def add(self, path: str, message: str) -> None:
         self.append(f"{path}: {message}" if path else message)
 
@@ -202,8 +207,8 @@ def _host_file(*keywords: str) -> Callable:
     to boot a guest with the host's files and publish what it reads."""
     def convert(value, path, problems, ctx):
         converted = _path_or(*keywords)(value, path, problems, ctx)
-        if converted is _BAD or converted in keywords:
-            return converted
+        if converted is _BAD or converted in keywords or not problems.check_files:
+            return converted  # build, status, compare read records only: nothing is handed to a guest
         roots = [ctx["root"], *ctx.get("trusted", ())]
         if not any(is_inside(Path(converted), r) for r in roots):
             problems.add(path, f"{value!r} resolves to {converted}, outside the project folder {ctx['root']}; "
@@ -298,7 +303,10 @@ CMDLINE_REFUSED = ("init", "rdinit", "initrd", "initramfs_async", "root", "conso
                    "panic", "panic_on_oops", "oops", "loglevel", "quiet", "mem", "memmap", "memblock", "maxcpus",
                    "nr_cpus", "mem_encrypt", "crashkernel", "modprobe.blacklist", "module_blacklist", "rd.break",
                    "memballoon.mode", "memballoon.stable", "memballoon.settle", "memballoon.balloon_kib",
-                   "memballoon.hold", "memhp_default_state", "movable_node", "kernelcore", "movablecore")
+                   "memballoon.hold", "memhp_default_state", "movable_node", "kernelcore", "movablecore",
+                   "swiotlb", "log_buf_len", "hugepages", "hugepagesz", "default_hugepagesz", "cma", "numa",
+                   "initcall_blacklist", "page_alloc.shuffle", "vmalloc", "nr_cpus", "possible_cpus",
+                   "crash_kexec_post_notifiers", "trace_buf_size", "memtest", "transparent_hugepage")
 
 
 def _cmdline(value, path, problems, ctx):
@@ -306,7 +314,12 @@ def _cmdline(value, path, problems, ctx):
     value = _line(value, path, problems, ctx)
     if value is _BAD or not value:
         return value
-    for word in value.split():
+    if not re.fullmatch(r"[\x21-\x7e]+( [\x21-\x7e]+)*", value):
+        # the kernel splits on more than ASCII spaces (0xA0 too): a word Python sees whole could be two
+        problems.add(path, "kernel parameters are printable ASCII separated by single spaces; remove other "
+                           "characters")
+        return _BAD
+    for word in value.split(" "):
         if word == "--":
             problems.add(path, "'--' hands the rest of the line to init; remove it and what follows")
             return _BAD
@@ -488,7 +501,13 @@ def _libvirt_uri(value, path, problems, ctx):
     value = _line(value, path, problems, ctx)
     if value is _BAD or value == EMBEDDED:
         return value
-    parts = urllib.parse.urlsplit(value) if re.match(r"^[a-z0-9+]+://", value) else None
+    try:
+        parts = urllib.parse.urlsplit(value) if re.match(r"^[a-z0-9+]+://", value) else None
+        if parts is not None:
+            parts.port  # noqa: B018 - a malformed host or port raises here, not later
+    except ValueError as e:
+        problems.add(path, f"{value!r} is not a valid URI ({e})")
+        return _BAD
     if parts is None:
         problems.add(path, f"{value!r} is not a libvirt URI or '{EMBEDDED}'")
         return _BAD
@@ -507,6 +526,11 @@ def _libvirt_uri(value, path, problems, ctx):
         return _BAD
     if parts.fragment:
         problems.add(path, f"{value!r}: a libvirt URI has no '#' part")
+        return _BAD
+    if ";" in parts.query or "%" in parts.query:
+        # libvirt also splits parameters on ';' and decodes %XX: one value could carry another parameter
+        problems.add(path, f"{value!r}: ';' and '%' are not allowed in a URI's parameters; separate them with '&' "
+                           "and write values plainly")
         return _BAD
     seen: set = set()
     try:
@@ -535,7 +559,10 @@ def _libvirt_uri(value, path, problems, ctx):
             return _BAD
         if pattern is None:
             where = Path(os.path.expanduser(arg))
-            resolved = (where if where.is_absolute() else ctx["base"] / where).resolve()
+            if not where.is_absolute():  # libvirt would resolve it against its own working directory
+                problems.add(path, f"URI parameter {name}={arg!r} must be an absolute path (or start with ~/)")
+                return _BAD
+            resolved = where.resolve()
             trusted = [ctx["root"], Path(os.path.expanduser("~/.ssh")).resolve(), *ctx.get("trusted", ())]
             if not arg or not any(is_inside(resolved, t) for t in trusted):
                 problems.add(path, f"URI parameter {name}={arg!r} is outside the project and ~/.ssh; keep the file "
@@ -715,11 +742,29 @@ class Guest:
         return problem if fmt is None else inspect(self.image, fmt, self.backing)
 
     def _check(self, path, problems):
+        self._check_reading(path, problems)
+        if problems.check_files:
+            self._check_files(path, problems)
+
+    def _check_files(self, path, problems):
+        """What the sweep will boot exists and may be booted (validate, sweep and report check it)."""
         if self.has_image_file:
             why = self.check_image()
             if why:
                 problems.add(f"{path}.image", f"{self.image}: {why}")
-        elif self.format != "auto" or self.backing:
+        if self.kernel not in ("host",) and not self.kernel.startswith("debian:") and not os.path.isfile(self.kernel):
+            hint = difflib.get_close_matches(Path(self.kernel).name, ["host"], n=1, cutoff=0.5)
+            problems.add(f"{path}.kernel", f"{self.kernel}: no such kernel file; use 'host' (this machine's kernel), "
+                                           "'debian:<suite>' or the path of a vmlinuz"
+                                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        if self.modules and not os.path.isdir(self.modules):
+            problems.add(f"{path}.modules", f"{self.modules}: no such folder; give the kernel's modules folder "
+                                            "(the one holding modules.dep or kernel/)")
+        if self.initrd and not os.path.isfile(self.initrd):
+            problems.add(f"{path}.initrd", f"{self.initrd}: no such initramfs file")
+
+    def _check_reading(self, path, problems):
+        if not self.has_image_file and (self.format != "auto" or self.backing):
             problems.add(f"{path}.{'format' if self.format != 'auto' else 'backing'}", "goes with image: <path>")
         if self.reading == "ssh" and not self.address:
             problems.add(f"{path}.address", "reading: ssh needs the guest's address (or 'forwarded')")
@@ -732,16 +777,6 @@ class Guest:
             problems.add(f"{path}.reading", "is for full systems (image:); the probe always reports on its console")
         if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):
             problems.add(f"{path}.initrd", "goes with image: <path> and kernel: <path to a vmlinuz>")
-        if self.kernel not in ("host",) and not self.kernel.startswith("debian:") and not os.path.isfile(self.kernel):
-            hint = difflib.get_close_matches(Path(self.kernel).name, ["host"], n=1, cutoff=0.5)
-            problems.add(f"{path}.kernel", f"{self.kernel}: no such kernel file; use 'host' (this machine's kernel), "
-                                           "'debian:<suite>' or the path of a vmlinuz"
-                                           + (f" (did you mean {hint[0]!r}?)" if hint else ""))
-        if self.modules and not os.path.isdir(self.modules):
-            problems.add(f"{path}.modules", f"{self.modules}: no such folder; give the kernel's modules folder "
-                                            "(the one holding modules.dep or kernel/)")
-        if self.initrd and not os.path.isfile(self.initrd):
-            problems.add(f"{path}.initrd", f"{self.initrd}: no such initramfs file")
 
 
 @dataclass(frozen=True)
@@ -1026,10 +1061,12 @@ def trusted_dirs(extra: list[str] | tuple = ()) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def load(path: str | Path, trusted: tuple = ()) -> Manifest:
+def load(path: str | Path, trusted: tuple = (), check_files: bool = True) -> Manifest:
     """Read and validate a manifest; raise ManifestError with every problem found.
 
-    trusted: folders outside the project whose kernels, modules and images guests may boot."""
+    trusted: folders outside the project whose kernels, modules and images guests may boot.
+    check_files: check what a sweep would boot (validate, sweep, report); publishing from records
+    (build, status, compare) needs none of those files on this machine."""
     path = Path(path)
     data = read_regular(path, MAX_MANIFEST_BYTES, "manifest")
     try:
@@ -1038,9 +1075,11 @@ def load(path: str | Path, trusted: tuple = ()) -> Manifest:
         raise ManifestError(str(path), [f"not UTF-8 text (byte {e.start})"]) from None
     raw = parse_yaml(data, str(path))
     problems = _Problems()
+    problems.check_files = check_files
     if not isinstance(raw, dict):
         raise ManifestError(str(path), ["expected a mapping of keys at the top level"])
-    ctx = {"base": path.resolve().parent, "root": project_root(path), "trusted": tuple(trusted) or trusted_dirs()}
+    ctx = {"base": path.resolve().parent, "root": project_root(path),
+           "trusted": (tuple(trusted) or trusted_dirs()) if check_files else ()}
     manifest = _load_section(Manifest, raw, "", problems, ctx)
     if problems or manifest is _BAD:
         raise ManifestError(str(path), list(problems) or ["invalid"])

@@ -162,9 +162,11 @@ class Record(dict):
     __slots__ = ()
 
     def __getattr__(self, name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return self.get(name)
+        if name in self:
+            return self[name]
+        if name in RECORD or any(f.name == name for f in FACTORS):
+            return None  # a field this record does not have
+        raise AttributeError(f"a record has no field {name!r}")
 
 
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon")

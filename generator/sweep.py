@@ -17,15 +17,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .guests import probe as probe_mod
 from . import results
 from .errors import UserError
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
 from . import hypervisors
-from .guests import images, system
 from .errors import StopRequested
-from .measure import destroy, canary, measure, measure_system, point_identity
+from .guests.kinds import Staged, kind_of, stage_probe
+from .measure import destroy, canary, point_identity
 from .plan import Point, points, results_dir, select
 from .progress import Progress
 
@@ -203,23 +202,14 @@ class Sweep:
                 self.progress.note(f"host {name}: removed {len(overlays)} overlay(s) a killed run left: "
                                    + ", ".join(overlays))
             facts = host.facts()
-            staged: dict[str, tuple[str, str, str, str] | dict] = {}
+            staged: dict[str, Staged] = {}
             for guest in sorted({p.guest for p in pts}):
                 g = self.manifest.guest(guest)
-                if g.is_system:
-                    staged[guest] = self._stage_system(host, g)
-                    continue
-                built = probe_mod.build(g.kernel, g.modules, self.cache_dir, self.manifest.balloon_model(spec))
-                image, method = built.boot_image(spec.hypervisor.boot or g.boot)  # Xen PV boots the bzImage
-                staged[guest] = (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
-                                 host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"),
-                                 built.release, method)
-            first = next((v for v in staged.values() if isinstance(v, tuple)), None)
+                staged[guest] = kind_of(g).stage(host, g, manifest=self.manifest, cache_dir=self.cache_dir,
+                                                 note=self.progress.note)
+            first = next((s.canary for s in staged.values() if s.canary), None)
             if first is None:  # only full systems: the canary that picks KVM or TCG is still the probe
-                built = probe_mod.build("host", "", self.cache_dir, "virtio")
-                image, method = built.boot_image("auto")
-                first = (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
-                         host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"), built.release, method)
+                first = stage_probe(host, "host", "", "auto", "virtio", self.cache_dir)
             dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2] + "-" + first[3],
                                             self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
@@ -243,35 +233,6 @@ class Sweep:
         finally:
             host.close()
 
-    def _stage_system(self, host: HostRuntime, g) -> dict:
-        """A full-system guest's disk (and kernel, when booted directly) on the host."""
-        if not host.run("command -v qemu-img || true", hide=True, warn=True).stdout.strip():
-            raise UserError(f"host {host.name}: full-system guests boot from qemu-img overlays, and qemu-img is "
-                            "not installed there (Debian: qemu-utils; here: make deps)")
-        if g.image.startswith("debian:"):
-            img = images.build(system.debian_recipe(g.image.split(":", 1)[1], g.reading), self.cache_dir,
-                               self.progress.note)
-            disk, fmt = img.disk, "raw"
-            kernel, initrd = img.file("vmlinuz"), img.file("initrd.img")
-            tag = img.folder.name
-        else:
-            disk = Path(g.image)
-            fmt = g.image_format()
-            why = g.check_image()  # again: the file may have changed since the manifest was read
-            if why:
-                raise UserError(f"guest {g.name}: image {disk}: {why}")
-            direct = g.kernel not in ("host",) and not g.kernel.startswith("debian:")
-            kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if direct else (None, None)
-            tag = f"image-{disk.stem}"[:40]
-        keys = {}
-        if g.image.startswith("debian:") and g.reading == "ssh":  # made when the image was built
-            keys = {"host_key": img.file("host_key.pub").read_text(), "client_key": str(img.file("client_key"))}
-        return {**keys, "disk": host.stage(disk, f"{tag}-{disk.name}"), "format": fmt,
-                "kernel": host.stage(kernel, f"{tag}-vmlinuz") if kernel else "",
-                "initrd": host.stage(initrd, f"{tag}-initrd.img") if initrd else "",
-                "release": probe_mod.kernel_release(kernel) if kernel else None,
-                "label": g.image if g.image.startswith("debian:") else disk.name}
-
     def _nested_share(self, spec, hosts_with_points: list[str]) -> tuple[int, int]:
         """(cores, MiB) that nested hosts measured in this run take from this machine: the local host
         plans its slots and memory without them, so both sweeps run at once without starving."""
@@ -281,7 +242,7 @@ class Sweep:
         nested = [h for h in nested if h.is_nested]
         return sum(h.nested.cpus for h in nested), sum(h.nested.memory + QEMU_OVERHEAD_MIB for h in nested)
 
-    def _one(self, host: HostRuntime, facts: dict, staged: tuple[str, str, str, str], dtype: str, why: str,
+    def _one(self, host: HostRuntime, facts: dict, staged: Staged, dtype: str, why: str,
              point: Point, budget: MemoryBudget, reaper: ThreadPoolExecutor) -> None:
         if self.stop.is_set():
             return
@@ -302,15 +263,9 @@ class Sweep:
                 return
             live = self.progress.begin(point.key)
             try:
-                if isinstance(staged, dict):
-                    record = measure_system(point, manifest=self.manifest, host=host, host_facts=facts, boot=staged,
-                                            domain_type=dtype, domain_type_reason=why, run_id=self.run_id,
-                                            stop=self.stop, live=live)
-                else:
-                    record = measure(point, manifest=self.manifest, host=host, host_facts=facts, kernel=staged[0],
-                                     initrd=staged[1], guest_release=staged[2], domain_type=dtype,
-                                     domain_type_reason=why, run_id=self.run_id, stop=self.stop,
-                                     boot_method=staged[3], teardown=teardown, live=live)
+                record = staged.measure(point, manifest=self.manifest, host=host, host_facts=facts,
+                                        domain_type=dtype, domain_type_reason=why, run_id=self.run_id,
+                                        stop=self.stop, live=live, teardown=teardown)
             except StopRequested:
                 self.progress.end(point.key, None)
                 return

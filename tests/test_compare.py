@@ -268,3 +268,32 @@ def test_a_republished_post_says_what_changed(tmp_path):
     from test_build import hugo
     html = (hugo(site) / "posts" / "sample" / "index.html").read_text()
     assert 'id="what-changed"' in html and 'href="#what-changed"' in html and "Updated 2026-12-02" in html
+
+
+def test_points_the_manifest_no_longer_plans_are_not_news(tmp_path):
+    """A guest dropped from the manifest (its records still in the folder): the rebuilt post gains no entry."""
+    from generator.publish.build import build_all
+    from test_build import new_site
+
+    project = tmp_path / "project"
+    folder = project / "experiments" / "sample"
+    folder.mkdir(parents=True)
+    (folder / "post.md").write_text("{% import 'macros.md.j2' as m %}\n{{ m.provenance(data, manifest, "
+                                    "results_commit, results_dir, tool_version) }}\n")
+    manifest = folder / "experiment.yaml"
+    manifest.write_text(MANIFEST.format(slug="sample", title="t", content="post.md"))
+    site = new_site(project)
+    m = load(manifest)
+    for p in points(m):
+        results.write_record(p.record_path(Path(m.results)), {**record(p.guest, p.memory_mib, p.repeat), **p.factors})
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first")
+    build_all([m], site=site, quiet=True)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "published")
+    manifest.write_text(manifest.read_text().replace("  - {name: rhel6, label: RHEL6}\n", ""))
+    m = load(manifest)
+    build_all([m], site=site, quiet=True)
+    page = (site / "content" / "posts" / "sample" / "index.md").read_text()
+    assert "What changed" not in page and "[[updates]]" not in page

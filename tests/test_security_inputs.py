@@ -52,6 +52,11 @@ def with_guest(tmp_path, guest: str) -> Path:
     ("test:///default", "driver 'test' is not supported"),
     ("qemu:///embed?root=/tmp/x", "path '/embed' is not one of"),
     ("qemu+ssh:///system", "needs a host name"),
+    ("qemu:///system?keyfile=/root/.ssh/k;socket=/tmp/x.sock", "';' and '%' are not allowed"),
+    ("qemu+tls://h/system?no_tty=1&pkipath=/p;no_verify=1", "';' and '%' are not allowed"),
+    ("qemu:///system?so%63ket=/tmp/x.sock", "';' and '%' are not allowed"),
+    ("qemu+ssh://h/system?keyfile=id_ed25519", "must be an absolute path"),
+    ("qemu+ssh://[::1/system", "is not a valid URI"),
 ])
 def test_uris_outside_what_the_tool_supports_are_refused(tmp_path, uri, says):
     line = one_line_error(cli("validate", str(with_host(tmp_path, f"{{name: h, uri: '{uri}'}}"))))
@@ -224,7 +229,9 @@ def test_only_kernel_modules_go_into_a_guest(tmp_path):
         probe.check_module(tmp_path / "x.ko", b"\x7fELF\x02\x01" + b"\xff" * 100)  # ELF header, nonsense inside
 
 
-@pytest.mark.parametrize("cmdline", ["rdinit=/bin/sh", "init=/bin/sh", "quiet -- sh -c x", "console=tty0",
+@pytest.mark.parametrize("cmdline", ["x\u00e0mem=256M x\u00e0rdinit=/bin/sh", "a\tb", "swiotlb=force", "hugepages=64",
+                                     "cma=64M", "initcall_blacklist=virtio_balloon_driver_init",
+                                     "rdinit=/bin/sh", "init=/bin/sh", "quiet -- sh -c x", "console=tty0",
                                      "mem=512M", "memmap=1G$4G", "memballoon.mode=canary", "panic=0",
                                      "virtio_balloon.deflate_on_oom=1", "modprobe.blacklist=virtio_balloon"])
 def test_cmdline_that_changes_init_or_the_measurement_is_refused(tmp_path, cmdline):
@@ -322,3 +329,51 @@ def test_the_build_does_not_write_through_a_symlinked_post_folder(tmp_path):
     with pytest.raises(UserError, match="outside"):
         build_all([m], site=site, quiet=True)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_publishing_needs_none_of_the_files_a_sweep_boots(tmp_path):
+    """A post rebuilds from records on a machine without the manifest's kernels or images; validate
+    and sweep still check them."""
+    path = with_guest(tmp_path, "{name: g, kernel: /srv/kernels/vmlinuz-9.9, modules: /srv/kernels/modules}")
+    out = cli("validate", str(path))
+    assert out.returncode == 1 and "guests[0].kernel" in out.stderr and "Traceback" not in out.stderr
+    site = tmp_path / "site"
+    (site / "content").mkdir(parents=True)
+    (site / "hugo.toml").write_text("")
+    assert cli("status", str(path)).returncode == 0
+    out = cli("build", str(path), "--site", str(site))
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_decompression_bomb_is_not_a_module(tmp_path):
+    import lzma
+
+    bomb = tmp_path / "virtio.ko.xz"
+    bomb.write_bytes(lzma.compress(b"\0" * (probe.MAX_MODULE_BYTES + 4096)))
+    assert bomb.stat().st_size < 1024 * 1024
+    with pytest.raises(UserError, match="decompresses to more than"):
+        probe.read_module(bomb)
+
+
+def test_a_fifo_as_modules_dep_does_not_hang(tmp_path):
+    d = fake_modules(tmp_path)
+    (d / "modules.dep").unlink()
+    os.mkfifo(d / "modules.dep")
+    with pytest.raises(UserError, match="not a regular file"):
+        probe.module_closure(d, probe.VIRTIO_MODULES)
+
+
+def test_the_published_commit_is_read_from_the_provenance_line_only():
+    from generator.publish.compare import commit_named_in
+
+    page = ("+++\ntitle = \"git commit `aaaaaaaaaaaa`\"\n+++\n\nProse naming git commit `bbbbbbbbbbbb` in passing.\n"
+            "- Raw results: 3 JSON records in `r`, git commit `cccccccccccc`.\n"
+            "- a record's text \\`git commit \\`dddddddddddd\\`\n")
+    assert commit_named_in(page) == "cccccccccccc"
+
+
+def test_a_misspelt_record_field_is_an_error_not_none():
+    r = results.Record({"status": "ok"})
+    assert r.status == "ok" and r.free_m is None  # a field this record lacks
+    with pytest.raises(AttributeError, match="no field 'memtotal_setled_kib'"):
+        r.memtotal_setled_kib

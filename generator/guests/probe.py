@@ -292,10 +292,10 @@ def module_closure(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str
     builtin = set()
     builtin_file = modules_dir / "modules.builtin"
     if builtin_file.exists():
-        builtin = {_mod_name(line) for line in builtin_file.read_text().split()}
+        builtin = {_mod_name(line) for line in _read_list(builtin_file).split()}
     deps: dict[str, tuple[str, list[str]]] = {}
     if dep_file.exists():
-        for line in dep_file.read_text().splitlines():
+        for line in _read_list(dep_file).splitlines():
             if ":" not in line:
                 continue
             target, rest = line.split(":", 1)
@@ -322,6 +322,13 @@ def module_closure(modules_dir: Path, wanted: tuple[str, ...]) -> list[tuple[str
     for name in wanted:
         visit(name)
     return order
+
+
+def _read_list(path: Path) -> str:
+    """modules.dep or modules.builtin: a regular file of bounded size (never a FIFO), as text."""
+    from ..safe import read_regular
+
+    return read_regular(path, 16 * 1024 * 1024, path.name).decode("utf-8", errors="replace")
 
 
 def module_file(modules_dir: Path, target: str) -> Path:
@@ -359,13 +366,25 @@ def _mod_name(path: str) -> str:
     return base.replace("-", "_")
 
 
+MAX_MODULE_BYTES = 64 * 1024 * 1024  # a kernel module is KiB to a few MiB; a bomb stops here
+
+
 def read_module(path: Path) -> bytes:
-    """A module's bytes, decompressed: Debian 13 ships .ko.xz, others .ko.zst or .ko.gz."""
-    data = path.read_bytes()
-    if path.suffix == ".xz":
-        return lzma.decompress(data)
-    if path.suffix == ".gz":
-        return gzip.decompress(data)
+    """A module's bytes, decompressed: Debian 13 ships .ko.xz, others .ko.zst or .ko.gz. A regular
+    file of bounded size, decompressed to at most MAX_MODULE_BYTES (the folder may come with a manifest)."""
+    from ..safe import read_regular
+
+    data = read_regular(path, MAX_MODULE_BYTES, "kernel module")
+    if path.suffix in (".xz", ".gz"):
+        d = lzma.LZMADecompressor() if path.suffix == ".xz" else zlib.decompressobj(16 + zlib.MAX_WBITS)
+        try:
+            out = d.decompress(data, MAX_MODULE_BYTES + 1) if path.suffix == ".xz" else \
+                d.decompress(data, MAX_MODULE_BYTES + 1)
+        except (lzma.LZMAError, zlib.error, EOFError) as e:
+            raise UserError(f"{path}: not a readable compressed module ({e})") from None
+        if len(out) > MAX_MODULE_BYTES:
+            raise UserError(f"{path}: decompresses to more than {MAX_MODULE_BYTES} bytes; not a kernel module")
+        return out
     if path.suffix == ".zst":
         try:
             import zstandard  # type: ignore

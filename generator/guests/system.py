@@ -215,6 +215,13 @@ class SSHReader:
                 if size > self.LIMIT:
                     raise ReadError(f"{path}: output larger than 1 MiB")
                 chunks.append(chunk)
+            while not channel.status_event.wait(0.2):  # the exit status, within the same deadline
+                while channel.recv_stderr_ready():
+                    size += len(channel.recv_stderr(65536))
+                if size > self.LIMIT:
+                    raise ReadError(f"{path}: output larger than 1 MiB")
+                if time.monotonic() > deadline:
+                    raise ReadError(f"{path} did not finish within {timeout:.0f} s in the guest")
             status = channel.recv_exit_status()
         except ReadError:
             raise

@@ -27,7 +27,16 @@ from ..text import plain
 FORMAT_VERSION = 1  # of compare --json's shape
 CLASSES = ("moved", "status changed", "added", "removed", "unchanged")
 MAX_RECORDS = 200_000
-_COMMIT_RE = re.compile(r"git commit `([0-9a-f]{12,40})`")
+# The provenance line of a built post (templates/macros.md.j2): anchored at a line's start, in the body
+# (not the front matter), the last one; text from records in a body has its backticks escaped.
+_PROVENANCE_RE = re.compile(r"^- Raw results: [^\n]*, git commit `([0-9a-f]{12,40})`", re.M)
+
+
+def commit_named_in(text: str) -> str | None:
+    """The results commit a built post names in its provenance, or None."""
+    body = re.sub(r"\A\+\+\+\n.*?\n\+\+\+\n", "", text, count=1, flags=re.S)
+    found = _PROVENANCE_RE.findall(body)
+    return found[-1] if found else None
 
 
 @dataclass
@@ -134,11 +143,14 @@ def revision_side(top: Path, commit: str, rel: str, label: str) -> Side:
         side.missing = f"no records in {rel} at {label} (the results folder moved, or none were committed then)"
         return side
     out = git(top, "cat-file", "--batch", input=b"".join(s.encode() + b"\n" for s, _ in blobs), timeout=300)
+    if out.returncode != 0:
+        raise UserError(f"git cat-file could not read the records at {label} (a partial clone?): "
+                        f"{plain(out.stderr.decode(errors='replace'))[:200]}")
     data, pos = out.stdout, 0
     for sha, name in blobs:
-        end = data.index(b"\n", pos)
-        header = data[pos:end].split(b" ")
-        if len(header) != 3 or header[1] != b"blob":
+        end = data.find(b"\n", pos)
+        header = data[pos:end].split(b" ") if end >= 0 else []
+        if len(header) != 3 or header[1] != b"blob" or not header[2].isdigit():
             raise UserError(f"git cat-file gave no blob for {name} at {label}")
         size = int(header[2])
         if size > results.MAX_RECORD_BYTES:
@@ -154,9 +166,9 @@ def published_commit(manifest: Manifest, site: Path) -> str | None:
     slug = manifest.post.slug
     for page in (site / "content" / "posts" / slug / "index.md", site / "content" / "posts" / f"{slug}.md"):
         if page.is_file():
-            m = _COMMIT_RE.search(read_regular(page, 16 * 1024 * 1024, "post").decode("utf-8", errors="replace"))
-            if m:
-                return m.group(1)
+            commit = commit_named_in(read_regular(page, 16 * 1024 * 1024, "post").decode("utf-8", errors="replace"))
+            if commit:
+                return commit
     return None
 
 

@@ -17,11 +17,13 @@ import tomllib
 from pathlib import Path
 
 from .. import hypervisors
-from .compare import _COMMIT_RE, CLASSES, Side, compare_sides, group_key, resolve_revision, revision_side
+from .compare import CLASSES, commit_named_in, Side, compare_sides, group_key, resolve_revision, revision_side
 from ..errors import UserError
 from ..gitrepo import git_toplevel
 from ..manifest import FACTORS, Manifest, project_root
 from ..safe import is_inside, read_regular
+from ..plan import points
+from ..text import plain
 from ..units import mib_label
 
 MAX_ENTRIES = 50
@@ -36,7 +38,6 @@ def previous(page: Path) -> tuple[list[dict], str | None]:
         text = read_regular(page, 16 * 1024 * 1024, "post").decode("utf-8", errors="replace")
     except UserError:
         return [], None
-    m = _COMMIT_RE.search(text)
     entries: list[dict] = []
     fm = re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S)
     if fm:
@@ -49,7 +50,7 @@ def previous(page: Path) -> tuple[list[dict], str | None]:
                     and isinstance(e.get("base"), str) and re.fullmatch(r"[0-9a-f]{12}", e["base"]) \
                     and isinstance(e.get("changes"), list) and all(isinstance(c, str) for c in e["changes"]):
                 entries.append({"date": e["date"], "base": e["base"], "changes": e["changes"][:MAX_LINES]})
-    return entries[:MAX_ENTRIES], (m.group(1) if m else None)
+    return entries[:MAX_ENTRIES], commit_named_in(text)
 
 
 def _day(records: list[dict]) -> str | None:
@@ -107,7 +108,7 @@ def lines(comparison, manifest: Manifest, labels: dict[str, str]) -> list[str]:
 
 
 def entries(manifest: Manifest, folder: Path, page: Path, records: list[dict], labels: dict[str, str],
-            note=lambda text: print(text, file=sys.stderr)) -> list[dict]:
+            note=lambda text: print(plain(text), file=sys.stderr)) -> list[dict]:
     """The post's update entries after this build: the published ones, with one (re)computed for the
     commit the published page names when the records differ from that commit's."""
     published, base = previous(page)
@@ -128,6 +129,8 @@ def entries(manifest: Manifest, folder: Path, page: Path, records: list[dict], l
         note(f"note: {manifest.experiment}: cannot tell what changed since the last publication ({old.missing}); "
              "the post is built without an update")
         return published
+    planned = {p.key.rsplit("-r", 1)[0] for p in points(manifest)}
+    old.points = {k: v for k, v in old.points.items() if k in planned}  # points the manifest no longer has: not news
     new = Side("now")
     for r in records:
         new.points.setdefault(group_key(r), []).append(r)

@@ -1,0 +1,128 @@
+"""Guest kinds: what a manifest's guest is, how it is made ready on a host, and how a point of it
+is measured. The probe (a kernel and a tiny initramfs that reports on its console) and the full
+system (a disk image read through its agent, console or SSH) are the two kinds today; another kind
+(a cloud image, another distribution's installer) is one more `GuestKind` here and its line in KINDS.
+The sweep only asks `kind_of(guest)`; it never checks which kind it has.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UserError
+from . import images, probe, system
+
+
+@dataclass(frozen=True)
+class Staged:
+    """A guest made ready on a host: its files there, and (for kinds that can) the probe files that
+    boot the KVM canary."""
+
+    kind: "GuestKind"
+    boot: dict
+    canary: tuple | None = None   # (kernel, initrd, release, boot method) or None
+
+    def measure(self, point, **common: Any) -> dict:
+        return self.kind.measure(self, point, **common)
+
+
+class GuestKind:
+    name = ""
+
+    def claims(self, guest) -> bool:
+        raise NotImplementedError
+
+    def stage(self, host, guest, *, manifest, cache_dir: Path, note: Callable[[str], None]) -> Staged:
+        """Build what the guest needs (cached) and put it on the host."""
+        raise NotImplementedError
+
+    def measure(self, staged: Staged, point, *, manifest, host, host_facts, domain_type: str, domain_type_reason: str,
+                run_id: str, stop, live, teardown) -> dict:
+        raise NotImplementedError
+
+
+def stage_probe(host, kernel: str, modules: str, boot: str, balloon_model: str, cache_dir: Path) -> tuple:
+    """The probe of a kernel on the host: (kernel, initrd, release, boot method)."""
+    built = probe.build(kernel, modules, cache_dir, balloon_model)
+    image, method = built.boot_image(host.hypervisor.boot or boot)  # Xen PV boots the bzImage
+    return (host.stage(image, f"probe-{built.sha256[:16]}-{image.name}"),
+            host.stage(built.initrd, f"probe-{built.sha256[:16]}-initrd.img"), built.release, method)
+
+
+class ProbeKind(GuestKind):
+    """A kernel booted straight into a ~1 MB initramfs that loads the balloon and reports."""
+
+    name = "probe"
+
+    def claims(self, guest) -> bool:
+        return not guest.image
+
+    def stage(self, host, guest, *, manifest, cache_dir, note) -> Staged:
+        files = stage_probe(host, guest.kernel, guest.modules, guest.boot, manifest.balloon_model(host.spec), cache_dir)
+        return Staged(self, {"kernel": files[0], "initrd": files[1], "release": files[2], "boot_method": files[3]},
+                      canary=files)
+
+    def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
+                live, teardown) -> dict:
+        from ..measure import measure
+
+        b = staged.boot
+        return measure(point, manifest=manifest, host=host, host_facts=host_facts, kernel=b["kernel"],
+                       initrd=b["initrd"], guest_release=b["release"], domain_type=domain_type,
+                       domain_type_reason=domain_type_reason, run_id=run_id, stop=stop,
+                       boot_method=b["boot_method"], teardown=teardown, live=live)
+
+
+class SystemKind(GuestKind):
+    """A whole system from a disk image (the tool's Debian, or yours), booted from a throwaway overlay."""
+
+    name = "system"
+
+    def claims(self, guest) -> bool:
+        return bool(guest.image)
+
+    def stage(self, host, guest, *, manifest, cache_dir, note) -> Staged:
+        """The disk (and kernel, when booted directly) on the host."""
+        g = guest
+        if not host.run("command -v qemu-img || true", hide=True, warn=True).stdout.strip():
+            raise UserError(f"host {host.name}: full-system guests boot from qemu-img overlays, and qemu-img is "
+                            "not installed there (Debian: qemu-utils; here: make deps)")
+        if g.image.startswith("debian:"):
+            img = images.build(system.debian_recipe(g.image.split(":", 1)[1], g.reading), cache_dir, note)
+            disk, fmt = img.disk, "raw"
+            kernel, initrd = img.file("vmlinuz"), img.file("initrd.img")
+            tag = img.folder.name
+        else:
+            disk = Path(g.image)
+            fmt = g.image_format()
+            why = g.check_image()  # again: the file may have changed since the manifest was read
+            if why:
+                raise UserError(f"guest {g.name}: image {disk}: {why}")
+            direct = g.kernel not in ("host",) and not g.kernel.startswith("debian:")
+            kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if direct else (None, None)
+            tag = f"image-{disk.stem}"[:40]
+        keys = {}
+        if g.image.startswith("debian:") and g.reading == "ssh":  # made when the image was built
+            keys = {"host_key": img.file("host_key.pub").read_text(), "client_key": str(img.file("client_key"))}
+        return Staged(self, {**keys, "disk": host.stage(disk, f"{tag}-{disk.name}"), "format": fmt,
+                             "kernel": host.stage(kernel, f"{tag}-vmlinuz") if kernel else "",
+                             "initrd": host.stage(initrd, f"{tag}-initrd.img") if initrd else "",
+                             "release": probe.kernel_release(kernel) if kernel else None,
+                             "label": g.image if g.image.startswith("debian:") else disk.name})
+
+    def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
+                live, teardown) -> dict:
+        from ..measure import measure_system
+
+        return measure_system(point, manifest=manifest, host=host, host_facts=host_facts, boot=staged.boot,
+                              domain_type=domain_type, domain_type_reason=domain_type_reason, run_id=run_id,
+                              stop=stop, live=live)
+
+
+KINDS: tuple[GuestKind, ...] = (SystemKind(), ProbeKind())
+
+
+def kind_of(guest) -> GuestKind:
+    """The kind of a manifest's guest: the first in KINDS that claims it."""
+    return next(k for k in KINDS if k.claims(guest))
