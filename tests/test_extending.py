@@ -139,3 +139,14 @@ def test_record_fields_are_declared_once():
     assert build.SUMMARY_FIELDS == results.SUMMARY_FIELDS
     assert set(results.FIELDS) == set(results.RECORD)
     assert all(f.doc for f in results.RECORD.values())
+
+
+def test_the_sweep_asks_the_guest_kind():
+    from generator.guests import kinds
+    from generator.manifest import Guest
+
+    sweep = (PACKAGE / "sweep.py").read_text()
+    assert "isinstance(staged" not in sweep and "is_system" not in sweep and "kind_of(" in sweep
+    assert kinds.kind_of(Guest(name="p")).name == "probe"
+    assert kinds.kind_of(Guest(name="s", image="debian:bookworm")).name == "system"
+    assert {k.name for k in kinds.KINDS} == {"probe", "system"}
