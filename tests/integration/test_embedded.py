@@ -172,7 +172,9 @@ def test_a_debian_archive_kernel_with_xz_modules_boots(write_manifest, tmp_path,
 
 def test_pvh_boot_measures_what_the_bzimage_boot_measures(write_manifest, tmp_path, embed_env):
     """The fast way (the uncompressed kernel through its PVH entry) against the firmware + bzImage
-    way, same kernel, same points: MemTotal at boot and after ballooning agree to the KiB."""
+    way, same kernel, same points: MemTotal at boot and after ballooning agree to within 16 KiB (four
+    pages: the firmware path's decompressor places the kernel at a random physical address, which once
+    in a few runs moves three pages of early reservations; PVH does not relocate it)."""
     text = write_manifest("boots").read_text().replace(
         "  - name: debian\n    kernel: host\n",
         "  - name: fast\n    kernel: host\n    boot: pvh\n  - name: slow\n    kernel: host\n    boot: bzimage\n")
@@ -185,9 +187,9 @@ def test_pvh_boot_measures_what_the_bzimage_boot_measures(write_manifest, tmp_pa
         fast, slow = recs[("fast", memory)], recs[("slow", memory)]
         assert fast["status"] == slow["status"] == "ok", (fast["reason"], slow["reason"])
         assert (fast["boot_method"], slow["boot_method"]) == ("pvh", "bzimage")
-        assert fast["memtotal_boot_kib"] == slow["memtotal_boot_kib"]
-        assert fast["memtotal_settled_kib"] == slow["memtotal_settled_kib"]
-        assert fast["free_m"]["total"] == slow["free_m"]["total"]
+        assert abs(fast["memtotal_boot_kib"] - slow["memtotal_boot_kib"]) <= 16
+        assert abs(fast["memtotal_settled_kib"] - slow["memtotal_settled_kib"]) <= 16
+        assert abs(fast["free_m"]["total"] - slow["free_m"]["total"]) <= 1
         # the firmware and decompression the fast way skips
         assert fast["phases"]["firmware_s"] < slow["phases"]["firmware_s"]
         for r in (fast, slow):  # every phase accounted for, within the point's wall time
