@@ -46,6 +46,7 @@ class Side:
     label: str                                   # 'abc123456789' or 'working tree'
     points: dict[str, list[dict]] = field(default_factory=dict)
     missing: str = ""                            # why there are no records ('' when there are)
+    count: int = 0
 
 
 @dataclass
@@ -89,9 +90,15 @@ def group_key(record: dict) -> str:
     return p.key.rsplit("-r", 1)[0]
 
 
+# What a comparison reads of each record (besides its identity and factors, which every record has).
+KEEP = frozenset({"free_m", "memtotal_settled_kib", "memtotal_boot_kib", "started_at", "domain_type", "guest_kernel",
+                  "qemu_version", "libvirt_version", "xen", "host_kernel"} | {f.name for f in FACTORS})
+
+
 def _add(side: Side, record: dict) -> None:
     side.points.setdefault(group_key(record), []).append(record)
-    if sum(len(v) for v in side.points.values()) > MAX_RECORDS:
+    side.count += 1
+    if side.count > MAX_RECORDS:
         raise UserError(f"more than {MAX_RECORDS} records in {side.label}; compare fewer experiments at once")
 
 
@@ -106,7 +113,8 @@ def worktree_side(folder: Path) -> Side:
         for name in sorted(names):
             path = Path(dirpath) / name
             if name.endswith(".json") and not name.startswith(".") and not path.is_symlink():
-                _add(side, results.parse_record(read_regular(path, results.MAX_RECORD_BYTES, "result file"), path))
+                _add(side, results.parse_record(read_regular(path, results.MAX_RECORD_BYTES, "result file"), path,
+                                                KEEP))
     return side
 
 
@@ -156,7 +164,7 @@ def revision_side(top: Path, commit: str, rel: str, label: str) -> Side:
         if size > results.MAX_RECORD_BYTES:
             raise UserError(f"{label}:{name}: the result file is {size} bytes, more than the "
                             f"{results.MAX_RECORD_BYTES} allowed")
-        _add(side, results.parse_record(data[end + 1:end + 1 + size], Path(f"{label}:{name}")))
+        _add(side, results.parse_record(data[end + 1:end + 1 + size], Path(f"{label}:{name}"), KEEP))
         pos = end + 1 + size + 1
     return side
 
