@@ -62,6 +62,7 @@ class Progress:
         self.done = self.failed = self.skipped = 0
         self.running: dict[str, dict] = {}   # key -> {"since", "said", and what the point fills in: see begin}
         self.started = time.monotonic()
+        self.first_begin: float | None = None  # the ETA counts from here: set-up (a canary boot) is not a point
         self.lock = threading.Lock()
         self._last_line = ""
 
@@ -80,6 +81,8 @@ class Progress:
         'timeline' (the record's balloon samples, [seconds, actual KiB, …]), 'memory_kib' and
         'target_kib' (where the balloon starts and where it is going)."""
         with self.lock:
+            if self.first_begin is None:
+                self.first_begin = time.monotonic()
             now = time.monotonic()
             live: dict = {"since": now, "said": now}
             self.running[key] = live
@@ -132,7 +135,7 @@ class Progress:
         left = self.total - self.done - self.skipped
         if not finished or left <= 0:
             return "?"
-        rate = (time.monotonic() - self.started) / finished
+        rate = (time.monotonic() - (self.first_begin or self.started)) / finished
         return _duration(rate * left)
 
     def status_line(self) -> str:

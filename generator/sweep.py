@@ -93,8 +93,9 @@ def _canary_cache(cache_dir: Path, facts: dict, release: str) -> Path:
 
 def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str, release: str,
                        canary_timeout: float, run_id: str, cache_dir: Path,
-                       stop: threading.Event | None = None) -> tuple[str, str]:
-    """(domain type, why): as configured, or for 'auto' KVM if a short canary boot works, else TCG."""
+                       stop: threading.Event | None = None, note=None) -> tuple[str, str]:
+    """(domain type, why): as configured, or for 'auto' KVM if a short canary boot works, else TCG.
+    `note` hears, before the canary boots, what the wait is for and how to check again later."""
     wanted = host.spec.domain_type
     if wanted != "auto":
         return wanted, "set in the manifest"
@@ -113,7 +114,9 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
             return saved["domain_type"], saved["reason"] + " (cached canary result)"
         except (ValueError, KeyError):
             pass
-    log.info("host %s: checking KVM with a canary boot (up to %g s)", host.name, canary_timeout)
+    if note is not None:
+        note(f"host {host.name}: checking whether KVM works: booting a canary guest, up to {canary_timeout:g} s "
+             f"(the answer is kept in {cache}; delete that file to check again)")
     ok, why = canary(host, kernel=kernel, initrd=initrd, domain_type="kvm", timeout=canary_timeout, run_id=run_id,
                      stop=stop)
     chosen = ("kvm", f"KVM {why}") if ok else ("qemu", f"KVM unusable ({why}); using TCG")
@@ -211,7 +214,8 @@ class Sweep:
             if first is None:  # only full systems: the canary that picks KVM or TCG is still the probe
                 first = stage_probe(host, "host", "", "auto", "virtio", self.cache_dir)
             dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2] + "-" + first[3],
-                                            self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop)
+                                            self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop,
+                                            note=self.progress.note)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
                                f"{facts['memory_mib']} MiB")

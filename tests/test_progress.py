@@ -77,3 +77,17 @@ def test_the_live_bar_shows_the_oldest_points_balloon():
     p2.start(1)
     p2.begin("x").update(timeline=[[1.0, gib, None]], memory_kib=gib, target_kib=gib)
     assert "balloon" not in p2.status_line()
+
+
+def test_the_eta_leaves_out_set_up_before_the_first_point(monkeypatch):
+    """A canary boot (or building an image) before any point starts is not part of a point's time."""
+    clock = [1000.0]
+    monkeypatch.setattr("generator.progress.time.monotonic", lambda: clock[0])
+    p = Progress(stream=io.StringIO(), live=False)
+    p.start(4)
+    clock[0] += 40  # 40 s of set-up: the KVM canary
+    for i in range(2):
+        p.begin(f"k{i}")
+        clock[0] += 10
+        p.end(f"k{i}", rec())
+    assert p.eta() == "20s"  # two points of 10 s left, not (60 s / 2) x 2

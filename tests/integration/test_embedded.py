@@ -146,6 +146,11 @@ def test_auto_domain_type_falls_back_to_tcg_and_says_why(write_manifest, tmp_pat
     env = dict(embed_env, MEMBALLOON_CACHE=str(tmp_path / "cache"))  # no cached canary result
     out = cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
     assert out.returncode == 0, out.stderr
+    # the wait is said before it starts, with how to check again
+    canary_line = next(line for line in out.stderr.splitlines() if "checking whether KVM works" in line)
+    assert "up to 15 s" in canary_line and "delete that file to check again" in canary_line
+    lines = out.stderr.splitlines()
+    assert lines.index(canary_line) < next(i for i, line in enumerate(lines) if "domain type" in line)
     [rec] = records(tmp_path / "res").values()
     assert rec["status"] == "ok"
     assert rec["domain_type"] in ("kvm", "qemu")
