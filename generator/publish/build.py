@@ -543,28 +543,54 @@ def render_all(stale: list[Output], workers: int) -> None:
             out.data = out.render(markdown_to_safe_html)
         return
     import multiprocessing
+    import signal
+    import threading
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import TimeoutError as FutureTimeout
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["generator.publish._graph_worker", "generator.publish.plots", "generator.publish.build", "matplotlib.pyplot", "markdown"])
     from . import plots
 
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker) as pool:
-        # the graphs of every series first: they take longest, and must not be left to the end
-        futures = [(o, pool.submit(plots.render, o.job)) for o in sorted(graphs, key=lambda o: o.job[0] == "series_png")]
-        try:
-            for out in others:
-                if out.path.suffix == ".html":  # a preview inlines the graphs: wait for them
-                    for graph, future in futures:
-                        graph.data = future.result()
-                out.data = out.render(lambda text: pool.submit(markdown_to_safe_html, text).result())
-            for graph, future in futures:
-                graph.data = future.result()
-        except BaseException:
-            for _, future in futures:
-                future.cancel()
-            raise
+    # Ctrl-C while the pool is busy: raised asynchronously inside the executor's machinery (a worker
+    # being started, a queue being fed), KeyboardInterrupt can leave it waiting forever at shutdown.
+    # So while the pool runs, Ctrl-C only sets a flag, and the build raises it here, between two
+    # waits, where the pool can be shut down cleanly.
+    interrupted = threading.Event()
+    catch = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set()) if catch else None
+
+    def result(future):
+        while True:
+            if interrupted.is_set():
+                raise KeyboardInterrupt
+            try:
+                return future.result(timeout=0.1)
+            except FutureTimeout:
+                continue
+
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker) as pool:
+            # the graphs of every series first: they take longest, and must not be left to the end
+            futures = [(o, pool.submit(plots.render, o.job))
+                       for o in sorted(graphs, key=lambda o: o.job[0] == "series_png")]
+            try:
+                for out in others:
+                    if out.path.suffix == ".html":  # a preview inlines the graphs: wait for them
+                        for graph, future in futures:
+                            graph.data = result(future)
+                    out.data = out.render(lambda text: result(pool.submit(markdown_to_safe_html, text)))
+                for graph, future in futures:
+                    graph.data = result(future)
+            except BaseException:
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+    finally:
+        if catch:
+            signal.signal(signal.SIGINT, previous)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
 
 
 def _quiet_worker() -> None:
