@@ -7,16 +7,13 @@ asked of the host's `hypervisor` (generator/hypervisors/).
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import logging
 import os
 import re
 import shlex
-import shutil
 import tempfile
 import threading
-import urllib.parse
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -24,7 +21,6 @@ from .. import hypervisors
 from ..domain import PREFIX
 from ..errors import HostError, UserError
 from ..manifest import Host as HostSpec
-from ..safe import open_nofollow, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
 

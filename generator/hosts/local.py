@@ -2,26 +2,17 @@
 in this process unless a URI names a local libvirtd: no daemon to install or start."""
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import logging
 import os
-import re
-import shlex
 import shutil
-import tempfile
-import threading
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from .. import hypervisors
 from ..domain import PREFIX
-from ..errors import HostError, UserError
+from ..errors import HostError
 from ..manifest import Host as HostSpec
-from ..safe import lock_or_refuse, open_nofollow, private_dir, write_nofollow
+from ..safe import lock_or_refuse, private_dir, write_nofollow
 
-from .base import HostRuntime, _unexpected_exit, embed_root, log, qemu_processes  # noqa: F401
+from .base import HostRuntime, _unexpected_exit, embed_root, qemu_processes
 
 
 class LocalHost(HostRuntime):

@@ -2,26 +2,19 @@
 transport pinned to the host key Fabric verified."""
 from __future__ import annotations
 
-import fcntl
 import hashlib
-import logging
 import os
-import re
 import shlex
-import shutil
-import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from .. import hypervisors
-from ..domain import PREFIX
 from ..errors import HostError, UserError
 from ..manifest import Host as HostSpec
-from ..safe import open_nofollow, private_dir, write_nofollow
+from ..safe import private_dir, write_nofollow
 
-from .base import HostRuntime, _unexpected_exit, log  # noqa: F401
+from .base import HostRuntime, _unexpected_exit, log
 
 
 class HostKeyPolicy:
