@@ -297,3 +297,24 @@ def test_points_the_manifest_no_longer_plans_are_not_news(tmp_path):
     build_all([m], site=site, quiet=True)
     page = (site / "content" / "posts" / "sample" / "index.md").read_text()
     assert "What changed" not in page and "[[updates]]" not in page
+
+
+def test_update_entries_from_an_edited_page_are_checked(tmp_path):
+    """The published page is read back: malformed or hostile entries in its front matter are dropped."""
+    from generator.publish.updates import MAX_LINES, previous
+
+    page = tmp_path / "index.md"
+    good = '[[updates]]\ndate = "2026-12-01"\nbase = "0123456789ab"\nchanges = ["a"]\n'
+    bad = ('[[updates]]\ndate = "tomorrow"\nbase = "0123456789ab"\nchanges = ["x"]\n'
+           '[[updates]]\ndate = "2026-12-01"\nbase = "../../etc/passwd"\nchanges = ["x"]\n'
+           '[[updates]]\ndate = "2026-12-01"\nbase = "0123456789ab"\nchanges = [1, 2]\n')
+    many = '[[updates]]\ndate = "2026-11-01"\nbase = "ba9876543210"\nchanges = [' + ", ".join(
+        '"l"' for _ in range(MAX_LINES + 50)) + "]\n"
+    page.write_text("+++\ntitle = 't'\n" + good + bad + many + "+++\n\n- Raw results: 1 JSON records in `r`, "
+                    "git commit `0123456789ab`.\n")
+    entries, commit = previous(page)
+    assert commit == "0123456789ab"
+    assert [e["date"] for e in entries] == ["2026-12-01", "2026-11-01"]
+    assert len(entries[1]["changes"]) == MAX_LINES
+    page.write_text("+++\nnot = [toml\n+++\n")
+    assert previous(page) == ([], None)
