@@ -15,6 +15,8 @@ STAMP := $(VENV)/.installed
 
 # One experiment only: make report EXP=how-low (the folder name under experiments/).
 EXP ?=
+# Another Hugo site to build into: make build SITE=~/blog (default: the project's site/).
+SITE ?= site
 MANIFESTS := $(if $(EXP),$(firstword $(wildcard experiments/$(EXP)/experiment.yaml experiments/$(EXP).yaml) \
 	experiments/$(EXP)/experiment.yaml),)
 
@@ -26,6 +28,7 @@ all: report
 help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 24
 	@echo "  EXP=<name>              with report, sweep, build, status: only experiments/<name>/ (or <name>.yaml)"
+	@echo "  SITE=<folder>           with report, build: the Hugo site to write the posts into (default: site)"
 
 deps:  ## the Debian packages (root; prints the apt-get line otherwise)
 	@bash scripts/deps.sh $(DEB_PACKAGES)
@@ -53,13 +56,13 @@ fuzz: install  ## generated bad manifests and records through the CLI
 	$(PY) -m pytest -q -ra -s -m fuzz tests
 
 report: install  ## measure missing points, rebuild the posts
-	$(PY) -m generator report $(MANIFESTS)
+	$(PY) -m generator report --site $(SITE) $(MANIFESTS)
 
 sweep: install  ## measure missing points
 	$(PY) -m generator sweep $(MANIFESTS)
 
 build: install  ## rebuild the posts from the records
-	$(PY) -m generator build $(MANIFESTS)
+	$(PY) -m generator build --site $(SITE) $(MANIFESTS)
 
 status: install  ## every point: done, failed or missing
 	$(PY) -m generator status $(MANIFESTS)

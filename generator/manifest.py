@@ -708,6 +708,9 @@ class Guest:
     initrd: str = opt(_host_file(), "", "with image: <path> and kernel: <path>, the initramfs to boot them with "
                                       "(default for a path image: its own boot loader, through the firmware)")
     hosts: list = opt(_list_of(_name), [], "only on these hosts (default: every host of the manifest)")
+    sweep: dict = opt(lambda *a: _guest_sweep(*a), {},
+                      "only these values of some factors for this guest, e.g. {memory: [2 GiB, 4 GiB]}; each a "
+                      "subset of the manifest's sweep (default: every value)")
     reading: str = opt(_choice("agent", "console", "ssh"), "agent",
                        "how a full system is read: agent (the QEMU guest agent), console (the image runs "
                        "guest/memballoon-report at boot and prints between markers on its serial console), or "
@@ -757,6 +760,13 @@ class Guest:
             problems.add(f"{path}.kernel", f"{self.kernel}: no such kernel file; use 'host' (this machine's kernel), "
                                            "'debian:<suite>' or the path of a vmlinuz"
                                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        for key, spec in (("kernel", self.kernel), ("image", self.image)):
+            if spec.startswith("debian:"):
+                from .guests.kernels import suite_problem
+
+                why = suite_problem(spec.split(":", 1)[1], Path(os.environ.get("MEMBALLOON_CACHE", ".cache")).resolve())
+                if why:
+                    problems.add(f"{path}.{key}", why)
         if self.modules and not os.path.isdir(self.modules):
             problems.add(f"{path}.modules", f"{self.modules}: no such folder; give the kernel's modules folder "
                                             "(the one holding modules.dep or kernel/)")
@@ -784,6 +794,29 @@ class Balloon:
     model: str = opt(_choice("auto", *dict.fromkeys(b for h in hypervisors.HYPERVISORS for b in h.balloons)), "auto",
                      "the balloon: virtio (QEMU/KVM), xen (Xen's own), none, or auto: the host's kind")
     stats_period: float = opt(_seconds_in(1, 3600), 1.0, "seconds between the balloon's statistics updates")
+
+
+def _guest_sweep(value, path, problems, ctx):
+    """A guest's narrower sweep: {factor's sweep key: values}, converted as the manifest's sweep is."""
+    if not isinstance(value, dict):
+        problems.add(path, f"expected a mapping of factor keys (e.g. memory: [2 GiB]), got {type(value).__name__}")
+        return _BAD
+    by_key = {f.sweep: f for f in FACTORS}
+    out, bad = {}, False
+    for key, values in value.items():
+        f = by_key.get(key)
+        if f is None:
+            hint = difflib.get_close_matches(str(key), list(by_key), n=1, cutoff=0.5)
+            problems.add(f"{path}.{key}", "not a factor" + (f"; did you mean '{hint[0]}'?" if hint else
+                                                             f"; factors: {', '.join(by_key)}"))
+            bad = True
+            continue
+        converted = f.convert(values, f"{path}.{key}", problems, ctx)
+        if converted is _BAD:
+            bad = True
+        else:
+            out[f.name] = tuple(converted)
+    return _BAD if bad else out
 
 
 # --- the sweep's factors, declared once ---------------------------------------------------------------
@@ -880,8 +913,9 @@ class Timeouts:
 class Post:
     slug: str = opt(_name, doc="the post's folder name under site/content/posts/")
     title: str = opt(_line, doc="the post's title")
-    content: str = opt(_path_or(confined=True),
-                       doc="the Markdown+Jinja source of the prose, relative to this file (inside the project)")
+    content: str = opt(_path_or(confined=True), "",
+                       "the Markdown+Jinja source of the prose, relative to this file (inside the project); "
+                       "default: templates/default-post.md.j2 (summary, graphs, table, provenance)")
     date: str = opt(_date, "", "publication date; default: the newest result's date")
     description: str = opt(_text, "", "one-sentence summary for the front matter")
     categories: list = opt(_list_of(_line), [], "Hugo categories")
@@ -945,6 +979,13 @@ class Manifest:
                     problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest (its hosts: "
                                                        f"{', '.join(sorted(names))})"
                                                        + (f"; did you mean {hint[0]!r}?" if hint else ""))
+            for f in FACTORS:
+                extra = [v for v in g.sweep.get(f.name, ()) if v not in getattr(self.sweep, f.sweep)]
+                if extra:
+                    problems.add(f"guests[{i}].sweep.{f.sweep}",
+                                 f"{', '.join(f.label(v) for v in extra)} not in sweep.{f.sweep} "
+                                 f"({', '.join(f.label(v) for v in getattr(self.sweep, f.sweep))}); a guest's values "
+                                 f"narrow the manifest's sweep: add them there too")
             on = [h for h in self.hosts if not g.hosts or h.name in g.hosts]
             if g.address == "forwarded" and any(h.is_remote for h in on):
                 problems.add(f"guests[{i}].address", "'forwarded' is a port of this machine: list only local hosts "

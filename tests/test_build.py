@@ -92,6 +92,7 @@ def new_site(tmp_path, name="site") -> Path:
     site = tmp_path / name
     shutil.copytree(ROOT / "site", site, ignore=shutil.ignore_patterns("content", "static", "previews", "public",
                                                                        ".memballoon-build.json", "resources"))
+    (site / "previews").mkdir()
     return site
 
 

@@ -17,7 +17,7 @@ def test_committed_posts_rebuild_byte_for_byte(tmp_path):
         "content", "static", "previews", "public", ".memballoon-build.json", "resources"))
     manifests = [load(p) for p in find_manifests(ROOT / "experiments")]
     assert len(manifests) >= 3
-    build_all(manifests, site=site, clean=True, quiet=True)
+    build_all(manifests, site=site, clean=True, quiet=True, previews=True)
     golden = sorted(p.relative_to(ROOT / "site") for folder in ("content/posts", "previews")
                     for p in (ROOT / "site" / folder).rglob("*") if p.is_file())
     built = sorted(p.relative_to(site) for folder in ("content/posts", "previews")

@@ -154,7 +154,8 @@ def test_build_state_cannot_delete_files_outside_the_site(sample, tmp_path):
     for v in victims:
         v.write_text("keep me")
     (site / "victim3").write_text("outside the outputs, inside the site")
-    state_path = site / ".memballoon-build.json"
+    from generator.publish.build import state_path as where
+    state_path = where(site)
     state = json.loads(state_path.read_text())
     for bad in (str(victims[0]), "../victim2", "content/../../victim2", "victim3/.."):
         state["outputs"][bad] = {"inputs": "x", "sha256": "y", "post": "sample"}
@@ -175,7 +176,8 @@ def test_building_one_post_keeps_the_others(sample, tmp_path):
     assert report.removed == []
     assert {p: p.read_bytes() for p in (site / "content/posts/post-b").iterdir()} == before
     assert (site / "previews/post-b.html").exists()
-    state = json.loads((site / ".memballoon-build.json").read_text())["outputs"]
+    from generator.publish.build import state_path
+    state = json.loads(state_path(site).read_text())["outputs"]
     assert any(k.startswith("content/posts/post-b/") for k in state)  # still known, so still cleaned later
     # a post's own stale outputs are still removed
     shutil.rmtree(Path(b.results) / "kvm1" / "rhel6")

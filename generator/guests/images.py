@@ -160,7 +160,8 @@ def _build(recipe: Recipe, images: Path, note: Callable[[str], None]) -> Image:
                "--customize-hook=chroot \"$1\" /bin/sh /memballoon-build.sh",
                '--customize-hook=rm -f "$1"/memballoon-build.sh',
                recipe.suite, str(rootfs), kernels.mirror()]
-        _run(cmd, recipe, "mmdebstrap", hint="check the network or set MEMBALLOON_DEBIAN_MIRROR",
+        _run(cmd, recipe, "mmdebstrap", hint="apt's own messages are in the full output; another mirror is set "
+                                             "with MEMBALLOON_DEBIAN_MIRROR",
              env={**os.environ, "MEMBALLOON_STAGING": str(staging)})
         export = work / "export"
         shutil.move(str(rootfs / EXPORT), export)  # secrets and boot files leave the image

@@ -7,6 +7,7 @@ dependency list instead.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import re
@@ -28,6 +29,41 @@ def mirror() -> str:
         raise UserError(f"MEMBALLOON_DEBIAN_MIRROR={url!r} is not a plain http(s) URL of a Debian mirror")
     return url
 _SUITE_RE = re.compile(r"^debian:([a-z][a-z0-9-]*)$")
+# Debian's codenames and aliases, for "did you mean" only: whether a suite exists is the mirror's answer.
+CODENAMES = ("buster", "bullseye", "bookworm", "trixie", "forky", "duke", "sid", "stable", "oldstable",
+             "oldoldstable", "testing", "unstable", "experimental")
+
+
+def suite_problem(suite: str, cache_dir: Path, timeout: float = 10.0) -> str | None:
+    """Why `suite` cannot be used, from the mirror's own answer (dists/<suite>/Release); None when the
+    mirror has it or cannot be asked now (then apt's own error is what the sweep shows). A suite
+    found once is remembered in the cache."""
+    import difflib
+    import urllib.error
+    import urllib.request
+
+    known = cache_dir / "suites" / hashlib.sha256(mirror().encode()).hexdigest()[:16]
+    if (known / suite).is_file():
+        return None
+    url = f"{mirror().rstrip('/')}/dists/{suite}/Release"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout):
+            pass
+    except urllib.error.HTTPError as e:
+        if e.code != 404:
+            return None
+        hint = difflib.get_close_matches(suite, CODENAMES, n=1, cutoff=0.6)
+        return (f"the Debian mirror {mirror()} has no suite {suite!r} (no dists/{suite}/Release)"
+                + (f"; did you mean 'debian:{hint[0]}'?" if hint else
+                   f"; suites are codenames such as {', '.join(CODENAMES[:4])}"))
+    except (OSError, ValueError):
+        return None  # no answer now: not a guess about the network; apt says what is wrong, if anything
+    try:
+        known.mkdir(parents=True, exist_ok=True)
+        (known / suite).touch()
+    except OSError:
+        pass
+    return None
 
 
 def is_debian_kernel(spec: str) -> bool:

@@ -280,8 +280,12 @@ class Series:
                  f"(log scale), currentMemory {self.current_memory_mib} MiB, {self.hypervisor}, {self.guest_label}."]
         if self.measured:
             first, last = self.measured[0], self.measured[-1]
-            parts.append(f"It falls from {first.median:g} MiB at {mib_label(first.memory_mib)} to "
-                         f"{last.median:g} MiB at {mib_label(last.memory_mib)}.")
+            if first is last:
+                parts.append(f"It sees {first.median:g} MiB at {mib_label(first.memory_mib)}.")
+            else:
+                verb = "falls" if last.median < first.median else "rises" if last.median > first.median else "stays"
+                parts.append(f"It {verb} from {first.median:g} MiB at {mib_label(first.memory_mib)} to "
+                             f"{last.median:g} MiB at {mib_label(last.memory_mib)}.")
         for p in self.failed:
             parts.append(f"At {mib_label(p.memory_mib)}: {p.failure_label}.")
         return " ".join(parts)

@@ -35,7 +35,7 @@ from ..units import mib_label
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # generator/
 PROJECT_DIR = PACKAGE_DIR.parent
-STATE_FILE = ".memballoon-build.json"
+DEFAULT_CONTENT = "default-post.md.j2"  # the post of a manifest without post.content
 STATE_VERSION = 3  # 2: each output names its post (a build removes only its posts' outputs); 3: post input hashes
 MAX_STATE_BYTES = 8 * 1024 * 1024
 
@@ -261,8 +261,9 @@ def _render(env, name: str, fallback: str, **context) -> str:
 
 
 # --- front matter ------------------------------------------------------------------------------------
-def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = None) -> str:
-    """TOML between +++ lines, the keys shaped like the 2012 post's, written by a TOML library."""
+def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = None, draft: bool = False) -> str:
+    """TOML between +++ lines, the keys shaped like the 2012 post's, written by a TOML library. Keys the
+    manifest leaves empty are left out; a post without data is a draft, which Hugo does not publish."""
     import tomli_w
 
     post = manifest.post
@@ -275,6 +276,11 @@ def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = Non
         "title": post.title,
         "aliases": list(post.aliases),
     }
+    for key in ("Description", "menu"):
+        if not fm[key]:
+            del fm[key]
+    if draft:
+        fm["draft"] = True
     if updates:  # what changed at each republication, newest first (updates.py)
         fm["updates"] = updates
     return "+++\n" + tomli_w.dumps(fm) + "+++\n"
@@ -311,10 +317,13 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     raw = _read_records(manifest, folder)
     digests = [digest for _, _, digest in raw]
     layout = layout or manifest.post.layout
-    content_path = Path(manifest.post.content)
-    if not content_path.is_file():
-        raise UserError(f"{manifest.path}: post.content {content_path} does not exist")
-    inside(content_path, project_root(Path(manifest.path)), "post.content")
+    if manifest.post.content:
+        content_path = Path(manifest.post.content)
+        if not content_path.is_file():
+            raise UserError(f"{manifest.path}: post.content {content_path} does not exist")
+        inside(content_path, project_root(Path(manifest.path)), "post.content")
+    else:
+        content_path = templates_dir() / DEFAULT_CONTENT
     commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
@@ -325,8 +334,9 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
 
 
-def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> None:
-    """Add this post's outputs (not yet rendered) to `outputs`; two outputs to one path is an error."""
+def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previews: bool = True) -> bool:
+    """Add this post's outputs (not yet rendered) to `outputs`; two outputs to one path is an error.
+    Returns whether the post has data (a post without is a draft)."""
     manifest, slug, layout, folder, commit = plan.manifest, plan.slug, plan.layout, plan.folder, plan.commit
     records = _parse_records(plan.raw)
     digests = plan.digests
@@ -392,12 +402,15 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
 
         body = _render(env, content_path.name, str(content_path), **context) if data.has_data else ""
         text = _render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
-                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records), changes)),
+                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records), changes,
+                                                        draft=not data.has_data)),
                        body=Markup(body),
                        **context)
         return text.encode()
 
     add(page, plan.inputs, render_page)
+    if not previews:
+        return data.has_data
     preview = site / "previews" / f"{slug}.html"
 
     def render_preview(markdown) -> bytes:
@@ -426,6 +439,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output]) -> Non
 
     add(preview, _sha("preview", plan.inputs, *[outputs[img_dir / f["file"]].inputs for f in figures.values()]),
         render_preview)
+    return data.has_data
 
 
 def _record_key(r: dict) -> str:
@@ -492,11 +506,22 @@ def markdown_to_safe_html(text: str) -> str:
 
 
 # --- the whole build ---------------------------------------------------------------------------------
+HUGO_CONFIGS = ("hugo.toml", "hugo.yaml", "hugo.json", "config.toml", "config.yaml", "config.json", "config")
+
+
+def state_path(site: Path) -> Path:
+    """Where the build remembers what it wrote into `site`: in the cache (MEMBALLOON_CACHE, default
+    .cache), one file per site folder, so a blog's root and its git status stay clean."""
+    cache = Path(os.environ.get("MEMBALLOON_CACHE", ".cache")).resolve()
+    key = hashlib.sha256(str(site.resolve()).encode()).hexdigest()[:16]
+    return cache / "build" / f"{site.resolve().name[:40]}-{key}.json"
+
+
 def _read_state(site: Path, clean: bool) -> tuple[dict, dict]:
     """The previous build's outputs, {site-relative path: {"inputs", "sha256", "post"}}, and each
     post's input hash. Only entries naming a plain relative path inside the site are kept (the file
     may come from someone else)."""
-    path = site / STATE_FILE
+    path = state_path(site)
     if clean or not path.exists():
         return {}, {}
     try:
@@ -622,12 +647,16 @@ def _stage_writes(writes: list[Output], site: Path) -> None:
 
 def build_all(manifests: list[Manifest], *, results_override: str | None = None, site: Path = Path("site"),
               clean: bool = False, layout: str | None = None, quiet: bool = False,
-              workers: int | None = None) -> BuildReport:
+              workers: int | None = None, previews: bool | None = None) -> BuildReport:
+    """Render the posts of `manifests` into `site`. Previews (one HTML file per post, graphs inlined)
+    go to site/previews/ when that folder exists (the project's site has it) or `previews` is True."""
     t0 = time.monotonic()
+    if previews is None:
+        previews = (site / "previews").is_dir()
     report = BuildReport()
-    if not (site / "hugo.toml").exists():
-        raise UserError(f"{site}: not the project's Hugo site (no hugo.toml); run from the project folder "
-                        "or pass --site")
+    if not any((site / name).exists() for name in HUGO_CONFIGS):
+        raise UserError(f"{site}: not a Hugo site (no hugo.toml or config.toml); run from the project folder, "
+                        "or pass --site with your blog's folder")
     workers = workers or os.cpu_count() or 1
     state, post_hashes = _read_state(site, clean)
     outputs: dict[Path, Output] = {}
@@ -644,7 +673,10 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
             report.skipped.extend(site / k for k in own)
             continue
         t = time.monotonic()
-        plan_post(plan, site=site, outputs=outputs)
+        if not plan_post(plan, site=site, outputs=outputs, previews=previews) and not quiet:
+            print(f"warning: {m.path}: no measured point in {_display_path(plan.folder)} ({len(plan.raw)} record(s)); "
+                  "its post is written as a draft, which Hugo does not publish, until a sweep measures one "
+                  "(make report)", file=sys.stderr)
         report.timings["parse"] = report.timings.get("parse", 0.0) + time.monotonic() - t
     built_posts = {m.post.slug for m in manifests}
 
@@ -708,9 +740,10 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
     new_state = {"version": STATE_VERSION, "outputs": dict(sorted({**kept, **entries}.items())),
                  "posts": dict(sorted(hashes.items()))}
     state_text = json.dumps(new_state, indent=1, sort_keys=True) + "\n"
-    state_path = site / STATE_FILE
-    if not state_path.exists() or state_path.read_text() != state_text:
-        results_mod.write_atomic(state_path, state_text)
+    where = state_path(site)
+    if not where.exists() or where.read_text() != state_text:
+        where.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        results_mod.write_atomic(where, state_text)
     report.timings["write"] = time.monotonic() - t
     report.seconds = time.monotonic() - t0
     if not quiet:
