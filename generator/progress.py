@@ -52,6 +52,18 @@ def balloon_state(live: dict) -> str | None:
     return text
 
 
+def balloon_fraction(live: dict) -> float | None:
+    """How much of its way a running point's balloon has gone (0 to 1), from its samples; None
+    before it has any."""
+    timeline, memory, target = live.get("timeline"), live.get("memory_kib"), live.get("target_kib")
+    if not timeline or not memory or target is None or memory <= target:
+        return None
+    samples = [a for _, a, *_ in list(timeline[-5:]) if isinstance(a, int)]
+    if not samples:
+        return None
+    return min(1.0, max(0.0, (memory - samples[-1]) / (memory - target)))
+
+
 class Progress:
     """Counts points done / failed / left and estimates the time left from the finished ones."""
 
@@ -131,12 +143,28 @@ class Progress:
             self._draw()
 
     def eta(self) -> str:
+        """From the finished points; before one finishes, from how far the running points' balloons
+        have got (a single long point is not 'ETA ?' for minutes)."""
         finished = self.done
         left = self.total - self.done - self.skipped
-        if not finished or left <= 0:
+        if left <= 0:
             return "?"
-        rate = (time.monotonic() - (self.first_begin or self.started)) / finished
-        return _duration(rate * left)
+        now = time.monotonic()
+        if finished:
+            rate = (now - (self.first_begin or self.started)) / finished
+            return _duration(rate * left)
+        guesses = []
+        for live in self.running.values():
+            fraction = balloon_fraction(live)
+            if fraction is not None and fraction >= 0.02:
+                guesses.append((now - live["since"]) / fraction)
+        if not guesses:
+            return "?"
+        per_point = max(guesses)
+        running = len(self.running)
+        remaining = max(0.0, per_point - min(now - live["since"] for live in self.running.values()))
+        queued = max(0, left - running)
+        return "~" + _duration(remaining + per_point * queued / max(1, running))
 
     def status_line(self) -> str:
         left = self.total - self.done - self.skipped

@@ -91,3 +91,21 @@ def test_the_eta_leaves_out_set_up_before_the_first_point(monkeypatch):
         clock[0] += 10
         p.end(f"k{i}", rec())
     assert p.eta() == "20s"  # two points of 10 s left, not (60 s / 2) x 2
+
+
+def test_a_single_long_point_has_an_eta_from_its_balloon(monkeypatch):
+    """Before any point finishes, the running point's balloon says how far it has got: a 2-minute
+    full-system point is not 'ETA ?' all along."""
+    clock = [1000.0]
+    monkeypatch.setattr("generator.progress.time.monotonic", lambda: clock[0])
+    p = Progress(stream=io.StringIO(), live=False)
+    p.start(2)
+    live = p.begin("only")
+    assert p.eta() == "?"  # nothing to go on yet
+    gib = 1024 * 1024
+    live.update(memory_kib=33 * gib, target_kib=1 * gib, timeline=[[1.0, 33 * gib, None]])
+    clock[0] += 30
+    live["timeline"].append([30.0, 25 * gib, None])  # a quarter of the way after 30 s
+    assert p.eta() == "~3m30s"  # 90 s more for this point, 120 s for the one queued behind it
+    p.end("only", rec())
+    assert not p.eta().startswith("~")  # from finished points again
