@@ -21,7 +21,7 @@ MANIFESTS := $(if $(EXP),$(firstword $(wildcard experiments/$(EXP)/experiment.ya
 	experiments/$(EXP)/experiment.yaml),)
 
 .PHONY: help all deps install test test-unit test-integration report sweep build site serve status \
-	bench-sweep bench-build bench-compare fuzz clean
+	bench-sweep bench-build bench-compare bench-audit fuzz clean
 
 all: report
 
@@ -81,6 +81,9 @@ bench-build: install  ## build speed and memory, 10,000 records
 
 bench-compare: install  ## compare over two revisions of 10,000 records
 	$(PY) bench/bench_compare.py
+
+bench-audit: install  ## audit of a host with 500 domains (fake libvirt)
+	$(PY) bench/bench_audit.py
 
 clean:  ## remove Hugo's output and caches
 	rm -rf site/public site/resources .pytest_cache

@@ -179,6 +179,43 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from . import audit as au
+    from .hosts import libvirt_module
+    from .model import load_model
+    from .units import parse_size
+
+    lower_to = None
+    if args.lower_to:
+        try:
+            lower_to = parse_size(args.lower_to) // (1024 * 1024)
+        except ValueError as e:
+            raise UserError(f"--lower-to {args.lower_to!r}: {e}") from None
+    if args.enable_stats is not None and not 1 <= args.enable_stats <= 3600:
+        raise UserError("--enable-stats SECONDS: from 1 to 3600")
+    libvirt_module()
+    model = load_model(Path(args.experiments))
+    targets = au.targets(args.uris, args.hosts, _cache_dir(), trusted_dirs(args.trust or ()))
+    opts = au.Options(agent=args.agent, enable_stats=args.enable_stats or 0, lower_to_mib=lower_to)
+    say(f"auditing {len(targets)} host(s), read-only"
+        + ("" if not (args.agent or args.enable_stats) else
+           " except " + " and ".join(x for x in ("the guest agent's reads" if args.agent else "",
+                                                f"live statistics periods of {args.enable_stats} s"
+                                                if args.enable_stats else "") if x)), file=sys.stderr)
+    hosts = au.audit(targets, model, opts, progress=lambda line: say(line, file=sys.stderr))
+    if args.json:
+        sys.stdout.write(au.as_json(hosts, model))
+    else:
+        for line in au.table(hosts):
+            say(line)
+    if args.post:
+        from .publish.audit_page import write_page
+
+        for line in write_page(hosts, model, Path(args.site), args.post):
+            say(line, file=sys.stderr)
+    return 2 if au.failed(hosts) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("manifests", nargs="*", help="manifest files (default: every one in experiments/)")
@@ -233,6 +270,25 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--trust", action="append", metavar="DIR", help=argparse.SUPPRESS)
     c.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     c.set_defaults(func=cmd_compare)
+    a = sub.add_parser("audit", help="what each running guest loses to its memory ceiling, read without changing "
+                                     "anything")
+    a.add_argument("uris", nargs="*", metavar="URI", help="libvirt URIs: qemu:///system, qemu+ssh://root@kvm1/system, "
+                                                          "xen+ssh://…")
+    a.add_argument("--hosts", metavar="MANIFEST", help="the hosts of a manifest, reached as its sweep reaches them")
+    a.add_argument("--json", action="store_true", help="machine-readable output (format memballoon-audit, version 1)")
+    a.add_argument("--agent", action="store_true",
+                   help="read /proc/meminfo and the kernel release through the QEMU guest agent where there is one")
+    a.add_argument("--enable-stats", type=int, metavar="SECONDS",
+                   help="set a live balloon statistics period on guests that have none (the only change audit makes)")
+    a.add_argument("--lower-to", metavar="SIZE", help="what lowering memory to SIZE would give back (default: each "
+                                                      "guest's currentMemory)")
+    a.add_argument("--post", metavar="SLUG", help="also write an audit page into the site, as content/audits/SLUG/")
+    a.add_argument("--site", default="site", help="the Hugo site for --post (default: %(default)s)")
+    a.add_argument("--experiments", default="experiments", help="the committed records to model from "
+                                                                "(default: %(default)s)")
+    a.add_argument("--trust", action="append", metavar="DIR", help="folders outside the project for key files")
+    a.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    a.set_defaults(func=cmd_audit)
     return p
 
 

@@ -1150,3 +1150,26 @@ def describe_schema() -> str:
                 walk(inner, indent + "  ")
     walk(Manifest, "")
     return "\n".join(lines)
+
+
+def host_from_uri(uri: str, name: str, trusted: tuple = ()) -> Host:
+    """A host given as a libvirt URI on the command line (audit), checked as a manifest's host is:
+    the same drivers, transports and parameters, the SSH user and port from the URI."""
+    raw: dict[str, Any] = {"name": name, "uri": uri}
+    try:
+        parts = urllib.parse.urlsplit(uri)
+        if "+" in parts.scheme and parts.hostname:
+            raw["ssh"] = {"user": parts.username or "root", **({"port": parts.port} if parts.port else {})}
+            key = dict(urllib.parse.parse_qsl(parts.query)).get("keyfile")
+            if key:
+                raw["ssh"]["key"] = key
+    except ValueError:
+        pass  # the URI's own check says what is wrong with it
+    problems = _Problems()
+    problems.check_files = True
+    ctx = {"base": Path.cwd(), "root": project_root(Path.cwd() / "x"), "trusted": tuple(trusted) or trusted_dirs()}
+    host = _load_section(Host, raw, "", problems, ctx)
+    if problems or host is _BAD:
+        raise UserError(f"{uri}: " + "; ".join(p.removeprefix("uri: ") for p in problems) if problems else
+                        f"{uri}: not a usable libvirt URI")
+    return host

@@ -1,0 +1,173 @@
+"""What the committed records say about a ballooned guest, as numbers a tool can ask: how much of
+`currentMemory` a kernel loses at a given `memory` ceiling, and how little a guest was left with
+when it still survived its balloon, or already died.
+
+A curve is one guest kernel on one hypervisor family, from the points measured with the plain
+balloon (no autodeflate, no free page reporting) at `currentMemory` 1024 MiB: lost = currentMemory
+minus what the guest saw once the balloon settled (the median of the repeats). What a guest loses
+depends on its ceiling, not on `currentMemory` (the kernel sizes its bookkeeping for all of `memory`
+at boot), so one curve serves any `currentMemory`. Between measured sizes the curve is interpolated
+linearly; outside them it is extended from the two nearest points and says so.
+
+The survival bounds come from every point whose guest booted (MemTotal at boot known): what the
+balloon left it, currentMemory - (memory - MemTotal at boot), for those that lived and those that
+ran out of memory.
+"""
+from __future__ import annotations
+
+import re
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .manifest import find_manifests, load
+from .plan import points, results_dir
+from .results import existing
+
+DIED = ("oom", "panic")
+
+
+def family(domain_type: str) -> str:
+    """'qemu' for QEMU domains (kvm or TCG: the guest's kernel sees the same machine), else the type."""
+    return "qemu" if domain_type in ("kvm", "qemu") else domain_type
+
+
+def series_of(release: str) -> str:
+    """'6.1' of '6.1.0-56-amd64': kernels of one series size their bookkeeping alike."""
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return f"{m.group(1)}.{m.group(2)}" if m else ""
+
+
+@dataclass
+class Curve:
+    family: str                 # qemu | xen
+    kernel: str                 # the guest kernel's release, or a description for a combined curve
+    points: list[tuple[int, float]] = field(default_factory=list)  # (memory MiB, MiB lost), sorted
+    experiments: set = field(default_factory=set)
+
+    def lost(self, memory_mib: float) -> tuple[float, str]:
+        """(MiB lost at this ceiling, how it was found: 'measured', 'interpolated' or 'extrapolated …')."""
+        pts = self.points
+        if not pts:
+            raise ValueError("empty curve")
+        for m, v in pts:
+            if m == memory_mib:
+                return v, "measured"
+        if len(pts) == 1:
+            return pts[0][1], f"extrapolated (flat) from the one point at {pts[0][0]} MiB"
+        if memory_mib < pts[0][0]:
+            (m0, v0), (m1, v1), how = pts[0], pts[1], "extrapolated below"
+        elif memory_mib > pts[-1][0]:
+            (m0, v0), (m1, v1), how = pts[-2], pts[-1], "extrapolated above"
+        else:
+            i = next(i for i, (m, _) in enumerate(pts) if m > memory_mib)
+            (m0, v0), (m1, v1) = pts[i - 1], pts[i]
+            return v0 + (v1 - v0) * (memory_mib - m0) / (m1 - m0), "interpolated"
+        value = v0 + (v1 - v0) * (memory_mib - m0) / (m1 - m0)
+        return max(0.0, value), f"{how} the measured range, from the points at {m0} and {m1} MiB"
+
+    def per_gib(self) -> float:
+        """The least-squares slope, MiB lost per GiB of ceiling, over the measured points."""
+        xs = [m / 1024 for m, _ in self.points]
+        ys = [v for _, v in self.points]
+        if len(set(xs)) < 2:
+            return 0.0
+        mx, my = statistics.fmean(xs), statistics.fmean(ys)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+@dataclass
+class Bounds:
+    """What the balloon left guests that survived, and guests that died, in MiB."""
+    survived_min: float | None = None   # the least any surviving guest was left with
+    died_max: float | None = None       # the most any dying guest was left with
+    survived_n: int = 0
+    died_n: int = 0
+
+
+@dataclass
+class Model:
+    curves: list[Curve]
+    bounds: dict[str, Bounds]           # per hypervisor family
+    records: int = 0
+
+    def curve(self, fam: str, kernel: str) -> tuple[Curve | None, str]:
+        """The curve for a guest kernel on a family, and what it rests on ('measured for …', or an
+        estimate from the kernels measured); None when nothing was measured on that family."""
+        own = [c for c in self.curves if c.family == fam]
+        if not own:
+            return None, f"no committed records for {fam}"
+        for c in own:
+            if kernel and c.kernel == kernel:
+                return c, f"measured for kernel {c.kernel}"
+        same = [c for c in own if kernel and series_of(c.kernel) == series_of(kernel)]
+        if same:
+            return same[0], f"measured for kernel {same[0].kernel} (the same {series_of(kernel)} series)"
+        combined = Curve(fam, "median of " + ", ".join(sorted(c.kernel for c in own)))
+        sizes = sorted({m for c in own for m, _ in c.points})
+        for m in sizes:
+            values = [v for c in own for mm, v in c.points if mm == m]
+            combined.points.append((m, statistics.median(values)))
+        why = "guest kernel unknown" if not kernel else f"kernel {kernel} not measured"
+        return combined, f"estimate: {why}; the median of the {len(own)} kernel(s) measured on {fam}"
+
+
+def _guest_kernel(record: dict) -> str:
+    return record.get("guest_kernel") or ""
+
+
+def build_model(records: list[dict]) -> Model:
+    """The curves and bounds of a list of records (any experiments)."""
+    by_curve: dict[tuple, dict[int, list[float]]] = {}
+    experiments: dict[tuple, set] = {}
+    bounds: dict[str, Bounds] = {}
+    for r in records:
+        fam = family(r.get("domain_type") or "")
+        memory, current = r.get("memory_mib"), r.get("current_memory_mib")
+        plain = (r.get("memory_model", "balloon") == "balloon" and not r.get("autodeflate")
+                 and not r.get("free_page_reporting"))
+        if not plain or not isinstance(memory, int) or not isinstance(current, int):
+            continue
+        if r.get("status") == "ok" and current == 1024 and isinstance(r.get("memtotal_settled_kib"), int):
+            key = (fam, _guest_kernel(r))
+            by_curve.setdefault(key, {}).setdefault(memory, []).append(current - r["memtotal_settled_kib"] / 1024)
+            experiments.setdefault(key, set()).add(r.get("experiment", ""))
+        boot = r.get("memtotal_boot_kib")
+        if isinstance(boot, int) and fam != "xen":  # a PV guest boots with currentMemory: no such bound
+            left = current - (memory - boot / 1024)
+            b = bounds.setdefault(fam, Bounds())
+            if r.get("status") == "ok":
+                b.survived_n += 1
+                b.survived_min = left if b.survived_min is None else min(b.survived_min, left)
+            elif r.get("status") in DIED:
+                b.died_n += 1
+                b.died_max = left if b.died_max is None else max(b.died_max, left)
+    curves = []
+    for (fam, kernel), sizes in sorted(by_curve.items()):
+        c = Curve(fam, kernel, [(m, statistics.median(v)) for m, v in sorted(sizes.items())], experiments[(fam, kernel)])
+        curves.append(c)
+    return Model(curves, bounds, len(records))
+
+
+def committed_records(experiments: Path) -> list[dict]:
+    """Every record of every manifest under `experiments` (the committed archive)."""
+    out = []
+    for path in find_manifests(experiments):
+        manifest = load(path, check_files=False)
+        folder = results_dir(manifest)
+        for p in points(manifest):
+            try:
+                rec = existing(p, folder)
+            except UserError:
+                continue  # a broken record costs its point, not the model
+            if rec is not None:
+                out.append(dict(rec, experiment=manifest.experiment))
+    return out
+
+
+def load_model(experiments: Path) -> Model:
+    model = build_model(committed_records(experiments))
+    if not model.curves:
+        raise UserError(f"{experiments}: no committed records to model a guest's loss from; run make report first")
+    return model

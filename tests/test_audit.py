@@ -1,0 +1,169 @@
+"""audit's logic with a fake libvirt (tests/fake_libvirt.py) and the committed records' model: rows,
+the ceiling's cost, what could be given back, warnings, unknowns and why, hostile text, a domain
+that vanishes, a failing host, 500 domains, the JSON shape and the page. Real guests:
+tests/integration/test_audit_live.py."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator import audit as au
+from generator.model import build_model, committed_records, load_model
+
+from fake_libvirt import GIB, FakeConn, FakeDomain
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model(ROOT / "experiments")
+
+
+def host(domains, name="kvm1"):
+    conn = FakeConn(domains)
+    return au.Target(name, "qemu:///system", lambda read_only: conn), conn
+
+
+def row(model, dom, **opts):
+    [h] = au.audit([host([dom])[0]], model, au.Options(**opts))
+    assert not h.error, h.error
+    return h.guests[0] if h.guests else None
+
+
+def test_the_model_is_the_committed_records(model):
+    q = {c.kernel: c for c in model.curves if c.family == "qemu"}
+    assert set(q) >= {"5.10.0-32-amd64", "6.1.0-56-amd64", "6.12.117+deb13-amd64"}
+    assert 18 < q["6.1.0-56-amd64"].per_gib() < 21  # the posts' 19.2 MiB per GiB
+    x = {c.kernel: c for c in model.curves if c.family == "xen"}
+    assert x["6.1.0-56-amd64"].lost(131072)[0] == x["6.1.0-56-amd64"].lost(32768)[0]  # Xen's loss stops
+    b = model.bounds["qemu"]
+    assert b.died_max < b.survived_min and b.died_n > 0 and b.survived_n > 0
+
+
+def test_a_guest_at_16_gib_loses_what_the_curve_says(model):
+    g = row(model, FakeDomain("web", 16 * GIB, 1 * GIB, 633 * 1024, kernel="6.1.0-56-amd64"))
+    assert (g.memory_mib, g.current_memory_mib, g.sees_mib, g.lost_mib) == (16384, 1024, 633, 391)
+    curve = next(c for c in model.curves if c.kernel == "6.1.0-56-amd64" and c.family == "qemu")
+    assert g.ceiling_mib == round(curve.lost(16384)[0] - curve.lost(1024)[0], 1)
+    assert g.give_back_mib == g.ceiling_mib and g.lower_to_mib == 1024
+    assert g.basis == "measured for kernel 6.1.0-56-amd64" and g.sees_from == "balloon statistics"
+    assert not g.warning
+
+
+def test_lower_to_and_an_unknown_kernel_is_an_estimate(model):
+    g = row(model, FakeDomain("db", 32 * GIB, 2 * GIB, 1400 * 1024), lower_to_mib=8192)
+    curve, _ = model.curve("qemu", "")
+    assert g.give_back_mib == round(curve.lost(32768)[0] - curve.lost(8192)[0], 1)
+    assert g.basis.startswith("estimate: guest kernel unknown; the median of")
+    assert any("estimate" in line for line in au.table([au.HostAudit("h", "u", guests=[g])]))
+
+
+def test_a_ceiling_that_kills_at_the_next_boot_is_a_warning(model):
+    g = row(model, FakeDomain("tiny", 64 * GIB, 1 * GIB, None, kernel="6.1.0-56-amd64"))
+    assert g.warning.startswith("a boot at this ceiling leaves about") and "died" in g.warning
+    ok = row(model, FakeDomain("fine", 2 * GIB, 1 * GIB, 900 * 1024, kernel="6.1.0-56-amd64"))
+    assert not ok.warning
+
+
+@pytest.mark.parametrize("kwargs, why", [
+    ({"period": None}, "no balloon statistics period: --enable-stats SECONDS sets one"),
+    ({"balloon": False}, "no balloon device"),
+    ({"dtype": "xen", "period": None}, "libvirt's libxl driver gives no guest-side statistics"),
+])
+def test_unknown_is_said_with_its_reason(model, kwargs, why):
+    g = row(model, FakeDomain("x", 4 * GIB, 1 * GIB, 800 * 1024, **kwargs))
+    assert g.sees_mib is None and g.lost_mib is None and g.unknown_why.startswith(why)
+
+
+def test_read_only_unless_asked(model):
+    dom = FakeDomain("nostats", 4 * GIB, 1 * GIB, 843 * 1024, period=None)
+    opened = []
+    conn = FakeConn([dom])
+    target = au.Target("h", "qemu:///system", lambda ro: opened.append(ro) or conn)
+    au.audit([target], model, au.Options())
+    assert opened == [True] and dom.changes == [] and conn.closed
+    waited = []
+    [h] = au.audit([target], model, au.Options(enable_stats=2, wait=waited.append))
+    assert opened[-1] is False and dom.changes == [("setMemoryStatsPeriod", 2, 1)] and waited == [5]
+    assert h.guests[0].sees_mib == 843 and "statistics period set to 2 s (live only)" in h.guests[0].changed
+
+
+def test_hostile_names_titles_and_a_vanishing_domain(model):
+    evil = "\x1b]0;pwned\x07\x1b[2Jweb|*[x](javascript:y)*<script>{{< shortcode >}}" + "A" * 500
+    doms = [FakeDomain(evil, 4 * GIB, 1 * GIB, 843 * 1024, title="<script>red</script>\u202e"),
+            FakeDomain("gone", 4 * GIB, 1 * GIB, 843 * 1024, vanish=True),
+            FakeDomain("ok", 2 * GIB, 1 * GIB, 940 * 1024)]
+    [h] = au.audit([host(doms)[0]], model, au.Options())
+    assert [g.name for g in h.guests][-1] == "ok" and len(h.guests) == 2  # the vanished one is not a row
+    text = "\n".join(au.table([h]))
+    assert "\x1b" not in text and "\x07" not in text
+    assert all(len(g.name) <= au.MAX_TEXT for g in h.guests)
+    assert h.guests[0].title == "<script>red</script>"  # bidi override dropped; escaped where it is written
+    doc = json.loads(au.as_json([h], model))
+    assert doc["format"] == "memballoon-audit" and doc["version"] == 1
+    assert all("\x1b" not in g["name"] for g in doc["hosts"][0]["guests"])
+
+
+def test_a_failing_host_is_its_line_and_the_others_go_on(model):
+    def broken(read_only):
+        import libvirt
+        raise libvirt.libvirtError("Failed to connect socket: Connection refused")
+    good, _ = host([FakeDomain("a", 4 * GIB, 1 * GIB, 843 * 1024)], "good")
+    hosts = au.audit([au.Target("bad", "qemu+ssh://root@bad/system", broken), good], model, au.Options())
+    assert [h.name for h in hosts] == ["bad", "good"] and hosts[0].error.startswith("libvirt: ")
+    assert au.failed(hosts) and len(hosts[1].guests) == 1
+    assert "failed: libvirt: " in "\n".join(au.table(hosts))
+
+
+def test_500_domains_sorted_by_what_they_give_back(model):
+    doms = [FakeDomain(f"g{i:03d}", (1 + i % 32) * GIB, 1 * GIB, 800 * 1024) for i in range(500)]
+    [h] = au.audit([host(doms)[0]], model, au.Options())
+    assert len(h.guests) == 500
+    backs = [g.give_back_mib for g in h.guests]
+    assert backs == sorted(backs, reverse=True) and backs[0] > backs[-1] == 0
+    assert h.totals["guests"] == 500 and h.totals["give_back_mib"] == round(sum(backs), 1)
+
+
+def test_the_audit_page_escapes_and_hugo_builds_it(model, tmp_path):
+    import shutil
+
+    from generator.publish.audit_page import write_page
+    from test_build import hugo
+
+    site = tmp_path / "site"
+    shutil.copytree(ROOT / "site", site, ignore=shutil.ignore_patterns("content", "static", "previews", "public",
+                                                                       "resources"))
+    doms = [FakeDomain("web{{< x >}}|<b>", 16 * GIB, 1 * GIB, 633 * 1024, kernel="6.1.0-56-amd64"),
+            FakeDomain("nostats", 8 * GIB, 1 * GIB, None, period=None)]
+    hosts = au.audit([host(doms)[0]], model, au.Options())
+    write_page(hosts, model, site, "my-hosts")
+    page = (site / "content/audits/my-hosts/index.md").read_text()
+    assert "{{<" not in page and "<b>" not in page and "what it sees is unknown" in page
+    assert (site / "content/audits/my-hosts/my-hosts.png").read_bytes()[:4] == b"\x89PNG"
+    public = hugo(site)
+    html = (public / "audits/my-hosts/index.html").read_text()
+    assert "<b>" not in html and "my-hosts.png" in html
+
+
+def test_cli_refuses_bad_uris_and_embedded_in_one_line(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "generator", "audit", *args], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
+    out = run("qemu+ext:///system?command=/bin/sh")
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and out.stderr.startswith("error: qemu+ext:///system")
+    out = run()
+    assert out.returncode == 1 and "name a libvirt URI" in out.stderr
+    out = run("--lower-to", "12 parsecs", "qemu:///system")
+    assert out.returncode == 1 and "--lower-to" in out.stderr
+
+
+def test_model_from_records_of_a_single_point():
+    recs = [r for r in committed_records(ROOT / "experiments") if r["memory_mib"] == 4096]
+    m = build_model(recs)
+    c = m.curves[0]
+    assert len(c.points) == 1 and c.lost(65536)[1].startswith("extrapolated (flat)")
