@@ -41,6 +41,7 @@ MAX_XML = 4 * 1024 * 1024  # a domain XML larger than this is not read
 MAX_HOSTS_AT_ONCE = 8
 AGENT_TIMEOUT = 5          # seconds for one guest-agent command
 AGENT_CHANNEL = "org.qemu.guest_agent.0"
+STALE_AFTER = 30           # seconds: balloon statistics older than this (and 3 periods) are not read as now
 
 
 def _text(value, limit: int = MAX_TEXT) -> str:
@@ -201,8 +202,15 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
         except libvirt.libvirtError as e:
             stats, row.unknown_why = {}, f"balloon statistics unreadable: {_text(e.get_error_message(), 120)}"
     available = stats.get("available") if isinstance(stats.get("available"), int) else None
-    if available:
-        row.sees_mib, row.sees_from = available / 1024, "balloon statistics"
+    updated = stats.get("last_update") if isinstance(stats.get("last_update"), int) else None
+    # Without a period the guest reported once, when its driver loaded (before the balloon took
+    # anything): a figure that old is not what it sees now.
+    if available and period:
+        age = time.time() - updated if updated else None
+        if age is not None and age > max(STALE_AFTER, 3 * period):
+            row.unknown_why = f"the balloon statistics are {age:.0f} s old (period {period} s): the guest stopped reporting"
+        else:
+            row.sees_mib, row.sees_from = available / 1024, "balloon statistics"
     if opts.agent and _has_agent(live) and (row.sees_mib is None or not row.kernel):
         try:
             total, release = _agent_meminfo(dom)
@@ -221,8 +229,8 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
             row.unknown_why = ("libvirt's libxl driver gives no guest-side statistics"
                                + ("; --agent reads the guest's own" if _has_agent(live) and not opts.agent else ""))
         elif not period:
-            row.unknown_why = ("no balloon statistics period: --enable-stats SECONDS sets one (live only), "
-                               "or add <stats period='5'/> to its <memballoon>")
+            row.unknown_why = ("no balloon statistics period (its figures date from its boot): --enable-stats "
+                               "SECONDS sets one (live only), or add <stats period='5'/> to its <memballoon>")
         else:
             row.unknown_why = "the guest reports no statistics (is its virtio_balloon driver loaded?)"
     if row.sees_mib is not None and row.current_memory_mib:
@@ -398,8 +406,9 @@ def table(hosts: list[HostAudit]) -> list[str]:
                 notes.append(f"WARNING: {g.warning}")
             lines += [f"   {'':<{width}}   {n}" for n in notes]
         t = h.totals
-        lines.append(f"   total: {t['guests']} guest(s), {_num(t['lost_mib'])} MiB lost, of which the ceilings cost "
-                     f"{_num(t['ceiling_mib'])} MiB; lowering them gives back {_num(t['give_back_mib'])} MiB"
+        lines.append(f"   total: {t['guests']} guest(s); {_num(t['lost_mib'])} MiB lost where the guest's view is known; "
+                     f"the ceilings cost {_num(t['ceiling_mib'])} MiB by the measured curves, and lowering them gives "
+                     f"back {_num(t['give_back_mib'])} MiB"
                      + (f"; {t['warnings']} warning(s)" if t["warnings"] else ""))
     return [plain(line) for line in lines]
 

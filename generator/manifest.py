@@ -1120,7 +1120,7 @@ def load(path: str | Path, trusted: tuple = (), check_files: bool = True) -> Man
     if not isinstance(raw, dict):
         raise ManifestError(str(path), ["expected a mapping of keys at the top level"])
     ctx = {"base": path.resolve().parent, "root": project_root(path),
-           "trusted": (tuple(trusted) or trusted_dirs()) if check_files else ()}
+           "trusted": (tuple(trusted) or trusted_dirs()) if check_files else tuple(trusted)}
     manifest = _load_section(Manifest, raw, "", problems, ctx)
     if problems or manifest is _BAD:
         raise ManifestError(str(path), list(problems) or ["invalid"])

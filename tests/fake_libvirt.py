@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
+import time
+
 import libvirt
 
 GIB = 1024 * 1024  # KiB
@@ -56,8 +58,9 @@ class FakeDomain:
     def memoryStats(self):
         self._gone()
         stats = {"actual": self.current_kib, "rss": self.current_kib}
-        if self.period and self.sees_kib is not None:
-            stats.update(available=self.sees_kib, unused=self.sees_kib // 2, last_update=1)
+        if self.sees_kib is not None:  # without a period: the figures of the guest's boot, never updated
+            stats.update(available=self.sees_kib if self.period else self.memory_kib, unused=self.sees_kib // 2,
+                         last_update=int(time.time()) - (0 if self.period else 3600))
         return stats
 
     def setMemoryStatsPeriod(self, period, flags=0):

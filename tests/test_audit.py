@@ -71,13 +71,20 @@ def test_a_ceiling_that_kills_at_the_next_boot_is_a_warning(model):
 
 
 @pytest.mark.parametrize("kwargs, why", [
-    ({"period": None}, "no balloon statistics period: --enable-stats SECONDS sets one"),
+    ({"period": None}, "no balloon statistics period (its figures date from its boot): --enable-stats SECONDS"),
     ({"balloon": False}, "no balloon device"),
     ({"dtype": "xen", "period": None}, "libvirt's libxl driver gives no guest-side statistics"),
 ])
 def test_unknown_is_said_with_its_reason(model, kwargs, why):
     g = row(model, FakeDomain("x", 4 * GIB, 1 * GIB, 800 * 1024, **kwargs))
     assert g.sees_mib is None and g.lost_mib is None and g.unknown_why.startswith(why)
+
+
+def test_stale_statistics_are_not_read_as_now(model):
+    dom = FakeDomain("stuck", 4 * GIB, 1 * GIB, 843 * 1024)
+    dom.memoryStats = lambda: {"actual": GIB, "available": 4 * GIB, "last_update": int(__import__("time").time()) - 600}
+    g = row(model, dom)
+    assert g.sees_mib is None and g.unknown_why.startswith("the balloon statistics are 600 s old")
 
 
 def test_read_only_unless_asked(model):
