@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from . import hypervisors
 from .errors import UserError
 from .model import Model, family
 from .text import bounded_int, plain
@@ -225,8 +226,8 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
         if not has_balloon:
             row.unknown_why = "no balloon device" + (" (the guest agent is read with --agent)" if _has_agent(live)
                                                      and not opts.agent else "")
-        elif fam == "xen":
-            row.unknown_why = ("libvirt's libxl driver gives no guest-side statistics"
+        elif hypervisors.for_domain_type(row.domain_type).no_guest_stats:
+            row.unknown_why = (hypervisors.for_domain_type(row.domain_type).no_guest_stats
                                + ("; --agent reads the guest's own" if _has_agent(live) and not opts.agent else ""))
         elif not period:
             row.unknown_why = ("no balloon statistics period (its figures date from its boot): --enable-stats "

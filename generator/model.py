@@ -20,6 +20,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import hypervisors
 from .errors import UserError
 from .manifest import find_manifests, load
 from .plan import points, results_dir
@@ -29,8 +30,9 @@ DIED = ("oom", "panic")
 
 
 def family(domain_type: str) -> str:
-    """'qemu' for QEMU domains (kvm or TCG: the guest's kernel sees the same machine), else the type."""
-    return "qemu" if domain_type in ("kvm", "qemu") else domain_type
+    """The hypervisor family of a domain type: 'qemu' for kvm and TCG (the guest's kernel sees the
+    same machine), 'xen' for Xen."""
+    return hypervisors.for_domain_type(domain_type).name
 
 
 def series_of(release: str) -> str:
@@ -134,7 +136,8 @@ def build_model(records: list[dict]) -> Model:
             by_curve.setdefault(key, {}).setdefault(memory, []).append(current - r["memtotal_settled_kib"] / 1024)
             experiments.setdefault(key, set()).add(r.get("experiment", ""))
         boot = r.get("memtotal_boot_kib")
-        if isinstance(boot, int) and fam != "xen":  # a PV guest boots with currentMemory: no such bound
+        # only where guests boot with all of memory and the balloon takes it back (not a Xen PV guest)
+        if isinstance(boot, int) and hypervisors.for_domain_type(r.get("domain_type") or "").inflates_after_boot:
             left = current - (memory - boot / 1024)
             b = bounds.setdefault(fam, Bounds())
             if r.get("status") == "ok":

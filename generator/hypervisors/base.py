@@ -34,6 +34,7 @@ class Hypervisor:
     factors: dict[str, tuple] = {}       # factor name -> values it supports (absent: any)
     boot: str | None = None              # a boot method it imposes on probes ('bzimage'), or None
     linear_loss: bool = True             # a guest's loss grows in a straight line with memory (posts fit one)
+    no_guest_stats: str = ""             # why libvirt has no guest-side balloon statistics for it ('' = it has)
 
     # -- the domain -------------------------------------------------------------------------------
     def render(self, spec: DomainSpec) -> str:

@@ -32,6 +32,7 @@ class Xen(Hypervisor):
     # its guests here use Xen's balloon: the virtio balloon's options and QEMU's hotplug are not there
     factors = {"memory_model": ("balloon",), "autodeflate": (False,), "free_page_reporting": (False,)}
     boot = "bzimage"             # PV boots the compressed kernel (no PVH entry through libvirt here)
+    no_guest_stats = "libvirt's libxl driver gives no guest-side statistics"
     linear_loss = False          # a PV guest's loss stops growing once its boot-time memory map is capped
 
     def render(self, spec: DomainSpec) -> str:
