@@ -60,7 +60,7 @@ def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int,
     parts = [f"console={console}", "loglevel=4", "panic=-1", "rdinit=/init",
              f"memballoon.mode={mode}", f"memballoon.stable={max(1, int(round(stable)))}",
              f"memballoon.settle={max(1, int(settle))}", f"memballoon.balloon_kib={max(0, int(balloon_kib))}",
-             "memballoon.hold=30"]
+             "memballoon.hold=30", "memblock=debug"]
     if extra:
         parts.append(extra)
     return " ".join(parts)

@@ -415,6 +415,17 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
             if number is not None and re.fullmatch(r"(info/)?[a-z_]{1,20}", key):
                 xen[key.split("/")[-1]] = number
         record["xen_balloon"] = xen
+    if "memblock" in console.sections:
+        from .guests.setaside import itemize
+
+        found = itemize(console.sections["memblock"], record["memory_mib"] * 1024, record["memtotal_boot_kib"])
+        if found:
+            record["set_aside_kib"] = found["items"]
+            record["set_aside_notes"] = found["notes"]
+    if "zoneinfo" in console.sections:
+        from .guests.setaside import zone_reserves
+
+        record["zone_reserves"] = zone_reserves(console.sections["zoneinfo"])
     if "dmesg" in console.sections:
         record["dmesg"] = [line.strip()[:300] for line in console.sections["dmesg"].splitlines() if line.strip()]
     from .guests.system import kernel_release

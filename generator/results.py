@@ -18,7 +18,8 @@ from .manifest import FACTORS
 from .plan import Point
 from .safe import inside, read_regular, write_beneath
 
-SCHEMA_VERSION = 2  # 2: every factor is a field (memory_model, autodeflate, free_page_reporting)
+SCHEMA_VERSION = 3  # 2: every factor is a field (memory_model, autodeflate, free_page_reporting)
+# 3: the set-aside itemized (set_aside_kib, set_aside_notes) and the zone reserves at boot
 
 # ok: measured. oom/panic: the guest died (a result). refused: the host would not start a guest that
 # large (a result). timeout: no answer in time. error: something else went wrong (see reason).
@@ -148,6 +149,11 @@ RECORD: dict[str, Field] = {
     "reading": Field(_OPT_STR, False, True, "how a full system was read: agent, console or ssh"),
     "oom_kills": Field((list,), False, True, "processes the guest's OOM killer killed"),
     "cross_check": Field(_OPT_DICT, False, True, "the guest's own MemTotal against the balloon's available"),
+    "set_aside_kib": Field(_OPT_DICT, False, True, "memory minus MemTotal at boot, by what it is for (page "
+                                                   "descriptors, bounce buffer, ..., unexplained), KiB"),
+    "set_aside_notes": Field((list,), False, True, "why part of the set-aside is unexplained, if it is"),
+    "zone_reserves": Field(_OPT_DICT, False, True, "the page allocator's zones at boot (managed, min/low/high "
+                                                   "watermarks, protection; KiB) and the sysctls that size them"),
 }
 FIELDS: dict[str, tuple[tuple, bool]] = {name: (f.types, f.required) for name, f in RECORD.items()}
 # What a post sees of each record (besides its factors): its summary. The bulky parts (meminfo, the
@@ -169,7 +175,7 @@ class Record(dict):
         raise AttributeError(f"a record has no field {name!r}")
 
 
-_NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon")
+_NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon", "set_aside_kib")
 
 
 _REQUIRED_NAMES = frozenset(name for name, f in RECORD.items() if f.required)
@@ -195,7 +201,11 @@ def _problem(record: dict) -> str | None:
         for k, v in (record.get(name) or {}).items():
             if isinstance(v, bool) or not isinstance(v, _NUM + (type(None),)):
                 return f"{name}.{k} is {type(v).__name__}, expected a number"
-    for name in ("dmesg", "console_excerpt", "oom_kills"):
+    zones = record.get("zone_reserves")
+    if zones is not None and (not isinstance(zones.get("zones"), dict) or
+                              any(not isinstance(z, dict) for z in zones["zones"].values())):
+        return "'zone_reserves' is not {'zones': {name: {...}}, 'sysctl': {...}}"
+    for name in ("dmesg", "console_excerpt", "oom_kills", "set_aside_notes"):
         if any(not isinstance(line, str) for line in record.get(name, [])):
             return f"{name!r} holds something other than text"
     for sample in record.get("balloon_timeline", []):
@@ -330,6 +340,12 @@ def _with_factor_defaults(record: dict) -> dict:
 def _update_to_2(record: dict) -> dict:
     """Version 1 had memory and currentMemory only: every other factor was at its default (a virtio
     balloon, no autodeflate, no free page reporting), which _with_factor_defaults fills in."""
+    return record
+
+
+def _update_to_3(record: dict) -> dict:
+    """Version 3 added the itemized set-aside and the zone reserves, read at boot with memblock=debug.
+    An older record was not booted with it: the fields stay absent (read as None, 'not itemized')."""
     return record
 
 

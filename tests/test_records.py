@@ -84,7 +84,7 @@ def test_corrupt_record_names_the_file(tmp_path):
     with pytest.raises(UserError, match=r"bad.json: corrupt result file \(line 1"):
         results.read_record(path)
     path.write_text(json.dumps(dict(rec(), schema_version=99)))
-    with pytest.raises(UserError, match=r"written by a newer memballoon \(record schema 99, this tool reads up to 2\); "
+    with pytest.raises(UserError, match=r"written by a newer memballoon \(record schema 99, this tool reads up to 3\); "
                                         "upgrade memballoon"):
         results.read_record(path)
 

@@ -29,7 +29,7 @@ from . import kernels
 from ..errors import UserError
 
 MARK = "@@MEMBALLOON"
-PROBE_FORMAT = 6  # bump when the init script or layout changes in a way that matters
+PROBE_FORMAT = 7  # bump when the init script or layout changes in a way that matters
 
 BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
@@ -54,6 +54,17 @@ say "init $(uptime_s)"
 say "kernel $(uname -r)"
 say "boot-memtotal-kib $(memtotal)"
 if [ "$MODE" = canary ]; then say "canary-ok"; poweroff -f; fi
+# What the kernel set aside at boot, line by line (memblock=debug on the command line), and the page
+# allocator's reserves, before the balloon moves anything. Bounded: a flood is not read further.
+say "begin memblock"; dmesg | grep -E 'memblock_(alloc|reserve|phys_alloc|phys_free|free|remove)|Memory: [0-9]+K/|Freeing|BIOS-e820|e820: (update|remove)|Xen: \[mem|xen_memory_setup|Released [0-9]+ page|Remapped [0-9]+ page|p2m' | head -n 6000
+grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata|_sdata|_edata|__init_begin|__init_end|__bss_start|__bss_stop|_end|__end_of_kernel_reserve|__brk_base|_brk_start|_brk_end|__brk_limit)$' /proc/kallsyms | head -n 40 | sed 's/^/kallsyms /'
+say "end memblock"
+say "begin zoneinfo"
+grep -E '^Node|^ +(pages free|min|low|high|spanned|present|managed) +[0-9]|^ +protection:' /proc/zoneinfo
+for f in min_free_kbytes watermark_scale_factor watermark_boost_factor lowmem_reserve_ratio; do
+  echo "sysctl $f $(cat /proc/sys/vm/$f 2>/dev/null)"
+done
+say "end zoneinfo"
 for mod in $(cat /etc/probe-modules); do
   insmod "/lib/modules/probe/$mod.ko" || say "insmod-failed $mod"
 done

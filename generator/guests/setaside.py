@@ -1,0 +1,247 @@
+"""Where the set-aside goes: the kernel's boot-time reservations itemized, and the page allocator's
+reserves, from what the probe prints at boot (guest text: parsed as hostile, bounded).
+
+The set-aside is `memory` minus MemTotal at boot. The kernel's own accounting gives it exactly:
+
+    set-aside = (memory - the RAM the kernel found)            memory-map holes (the Memory: line's total)
+              + what memblock had reserved when the page allocator took over   (its 'reserved')
+              - what was handed back after that             (the 'Freeing … memory: NK' lines)
+
+With `memblock=debug` the kernel logs each reservation made after its command line is parsed, with
+the function that asked for it. An allocation is logged twice: `memblock_alloc…: N bytes … caller`
+and then `memblock_reserve: [a-b] memblock_alloc_range_nid`; the range is counted once, for the
+caller. Ranges are clipped to the RAM of the e820 map and counted once where they overlap. What
+was reserved before logging started (the kernel image, the initramfs, early page tables) is the
+reserved total minus what was logged; the kernel image's share of it is what the Memory: line says
+the image is (code, read-only data, data, bss; init is handed back), and what remains is reported
+as `unexplained`, with the reason in `notes`.
+
+Items are in words a reader knows, summed in KiB.
+"""
+from __future__ import annotations
+
+import re
+
+from ..text import bounded_int
+
+MAX_LINES = 6000           # the probe prints at most this many; more is not read
+MAX_CALLER = 64
+
+PAGE_DESCRIPTORS = "page descriptors"
+BOUNCE_BUFFER = "bounce buffer"
+HASH_TABLES = "hash tables"
+PER_CPU = "per-CPU areas"
+PAGE_TABLES = "page tables"
+FIRMWARE = "firmware and memory-map holes"
+KERNEL = "kernel image"
+INITRAMFS = "initramfs"
+XEN_UNPOPULATED = "Xen's unpopulated map"
+OTHER = "other boot allocations"
+UNEXPLAINED = "unexplained"
+
+# caller (function name) -> item; the first matching prefix wins
+_CALLERS = [
+    (("sparse_", "vmemmap_", "__populate_section_memmap", "memmap_alloc", "alloc_node_mem_map",
+      "__earlyonly_bootmem_alloc", "populate_section_memmap"), PAGE_DESCRIPTORS),
+    (("swiotlb_",), BOUNCE_BUFFER),
+    (("alloc_large_system_hash",), HASH_TABLES),
+    (("pcpu_", "setup_per_cpu_areas", "alloc_bootmem_cpumask_var"), PER_CPU),
+    (("init_mem_mapping", "alloc_low_page", "spp_getpage", "early_alloc_pgt_buf", "kernel_physical_mapping_init",
+      "phys_p4d_init", "phys_pud_init", "phys_pmd_init", "early_pgtable", "xen_pagetable", "xen_setup_kernel_pagetable",
+      "xen_alloc_p2m", "xen_build_mfn_list_list"), PAGE_TABLES),
+    (("reserve_real_mode", "acpi_", "smp_scan_config", "e820__", "firmware_map_", "reserve_bios_regions",
+      "dmi_", "efi_", "reserve_ibft_region", "memblock_x86_reserve_range_setup_data", "trim_", "early_reserve_memory",
+      "reserve_ebda", "mptable"), FIRMWARE),
+    (("reserve_initrd", "relocate_initrd", "early_reserve_initrd"), INITRAMFS),
+    (("xen_",), XEN_UNPOPULATED),
+]
+
+_TIME = r"(?:\[\s*[0-9.]{1,20}\]\s*)?"
+_ALLOC = re.compile(_TIME + r"memblock_(?:phys_)?alloc[a-z_]{0,30}: ([0-9]{1,15}) bytes .{0,200}? ([A-Za-z_][\w.]{0,63})\+0x")
+_RESERVE = re.compile(_TIME + r"memblock_reserve: \[0x([0-9a-f]{1,16})-0x([0-9a-f]{1,16})\] ([A-Za-z_][\w.]{0,63})\+0x")
+_FREE = re.compile(_TIME + r"memblock_(?:phys_)?free[a-z_]{0,10}: \[0x([0-9a-f]{1,16})-0x([0-9a-f]{1,16})\]")
+_MEMORY = re.compile(_TIME + r"Memory: ([0-9]{1,15})K/([0-9]{1,15})K available \(([0-9]{1,15})K kernel code, "
+                     r"([0-9]{1,15})K rwdata, ([0-9]{1,15})K rodata, ([0-9]{1,15})K init, ([0-9]{1,15})K bss, "
+                     r"([0-9]{1,15})K reserved")
+_FREEING = re.compile(_TIME + r"Freeing ([A-Za-z][\w ()/-]{0,60}?) memory: ([0-9]{1,15})K")
+_KALLSYMS = re.compile(r"^kallsyms ([0-9a-f]{16}) [A-Za-z] (_text|__end_of_kernel_reserve|__bss_stop)$")
+_E820 = re.compile(_TIME + r"BIOS-e820: \[mem 0x([0-9a-f]{1,16})-0x([0-9a-f]{1,16})\] usable")
+
+
+def item_of(caller: str) -> str:
+    for prefixes, item in _CALLERS:
+        if caller.startswith(prefixes):
+            return item
+    return OTHER
+
+
+def _union(ranges: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
+    """Ranges (start, end exclusive, item), each byte counted once: for the first range (in the order
+    given) that claims it."""
+    out: list[tuple[int, int, str]] = []
+    covered: list[tuple[int, int]] = []  # sorted, disjoint
+    import bisect
+
+    for start, end, item in ranges:
+        pieces = [(start, end)]
+        i = max(0, bisect.bisect_right(covered, (start, start)) - 1)
+        while i < len(covered) and covered[i][0] < end:
+            cs, ce = covered[i]
+            pieces = [p for s, e in pieces for p in ((s, min(e, cs)), (max(s, ce), e)) if p[0] < p[1]]
+            i += 1
+        for s, e in pieces:
+            out.append((s, e, item))
+            bisect.insort(covered, (s, e))
+        # merge neighbours to keep the list short
+        merged: list[tuple[int, int]] = []
+        for s, e in covered:
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
+            else:
+                merged.append((s, e))
+        covered = merged
+    return out
+
+
+def _clip(ranges, ram: list[tuple[int, int]]):
+    """The parts of ranges inside RAM (page-aligned usable e820 ranges); all of them if no map is known."""
+    if not ram:
+        return ranges
+    out = []
+    for s, e, item in ranges:
+        for rs, re_ in ram:
+            lo, hi = max(s, rs), min(e, re_)
+            if lo < hi:
+                out.append((lo, hi, item))
+    return out
+
+
+def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) -> dict | None:
+    """{'items': {item: KiB}, 'set_aside_kib': N, 'notes': [...]} from the probe's memblock section,
+    or None if the Memory: line is missing (no itemization without the kernel's totals)."""
+    lines = text.splitlines()[:MAX_LINES]
+    memory_line = None
+    pending: str | None = None       # the caller of the last alloc line, waiting for its range
+    logged: list[tuple[int, int, str]] = []
+    frees: list[tuple[int, int]] = []
+    freeing: dict[str, int] = {}
+    ram: list[tuple[int, int]] = []
+    symbols: dict[str, int] = {}
+    for line in lines:
+        line = line[:400]
+        if m := _ALLOC.search(line):
+            pending = item_of(m.group(2))
+            continue
+        if m := _RESERVE.search(line):
+            start, end, caller = int(m.group(1), 16), int(m.group(2), 16) + 1, m.group(3)
+            if end > start and end - start < 1 << 50:
+                if caller.startswith("memblock_alloc_range_nid") or caller.startswith("memblock_alloc_internal"):
+                    logged.append((start, end, pending or OTHER))
+                    pending = None
+                else:
+                    logged.append((start, end, item_of(caller)))
+            continue
+        if m := _FREE.search(line):
+            start, end = int(m.group(1), 16), int(m.group(2), 16) + 1
+            if end > start:  # handed back: no longer reserved (a later reservation may reuse it)
+                logged = [(s2, e2, item) for s, e, item in logged for s2, e2 in _subtract([(s, e)], [(start, end)])]
+                frees.append((start, end))
+            continue
+        if m := _KALLSYMS.match(line):
+            symbols[m.group(2)] = int(m.group(1), 16)
+            continue
+        if m := _E820.search(line):
+            s, e = int(m.group(1), 16), int(m.group(2), 16) + 1
+            s, e = (s + 4095) // 4096 * 4096, e // 4096 * 4096
+            if e > s and len(ram) < 1000:
+                ram.append((s, e))
+            continue
+        if m := _FREEING.search(line):
+            what, kib = m.group(1).strip(), bounded_int(m.group(2))
+            if kib is not None and len(freeing) < 50:
+                freeing[what] = freeing.get(what, 0) + kib
+            continue
+        if memory_line is None and (m := _MEMORY.search(line)):
+            memory_line = [bounded_int(g) for g in m.groups()]
+    if memory_line is None or None in memory_line:
+        return None
+    _available, physpages, code, rwdata, rodata, init, bss, reserved = memory_line
+    counted = _clip(_union(logged), sorted(ram))
+    items: dict[str, float] = {}
+    for s, e, item in counted:
+        items[item] = items.get(item, 0) + (e - s) / 1024
+    holes = max(0, memory_kib - physpages)
+    items[FIRMWARE] = items.get(FIRMWARE, 0) + holes
+    logged_kib = sum((e - s) / 1024 for s, e, _ in counted)
+    early = reserved - logged_kib               # reserved before logging started
+    handed_back = sum(freeing.values())
+    initrd_back = sum(v for k, v in freeing.items() if "initrd" in k)
+    image_back = handed_back - initrd_back      # init sections, gaps, alternatives: parts of the image
+    notes = []
+    end = symbols.get("__end_of_kernel_reserve") or symbols.get("__bss_stop")
+    if "_text" in symbols and end and 0 < end - symbols["_text"] < 1 << 32:
+        image_reserved = (end - symbols["_text"]) / 1024   # what setup_arch reserved for the image
+    else:  # no symbols (kptr_restrict): the sections the Memory: line names, without what is handed back
+        image_reserved = code + rodata + rwdata + init + bss + (image_back - init)
+        notes.append("the kernel image's size is the sum of its sections (no kernel symbols to read its extent)")
+    items[KERNEL] = items.get(KERNEL, 0) + image_reserved - image_back
+    set_aside = holes + reserved - handed_back
+    # what was reserved before logging and is neither the image nor the initramfs (handed back later)
+    items[UNEXPLAINED] = early - image_reserved - initrd_back
+    if memtotal_boot_kib is not None:
+        drift = (memory_kib - memtotal_boot_kib) - set_aside
+        if drift:
+            items[UNEXPLAINED] += drift
+            notes.append(f"MemTotal at boot differs from the kernel's own totals by {drift:+.0f} KiB "
+                         "(memory handed back or taken between the Memory: line and the probe's reading)")
+        set_aside = memory_kib - memtotal_boot_kib
+    if abs(items[UNEXPLAINED]) >= 1024:
+        notes.append(f"{items[UNEXPLAINED] / 1024:.1f} MiB reserved before the kernel logs reservations is "
+                     "neither its image nor handed back later")
+    out = {k: round(v) for k, v in sorted(items.items()) if round(v) and k != UNEXPLAINED}
+    out[UNEXPLAINED] = round(set_aside) - sum(out.values())  # the items sum to the set-aside exactly
+    return {"items": out, "set_aside_kib": round(set_aside), "notes": notes,
+            "totals": {"ram_kib": physpages, "reserved_kib": reserved, "handed_back_kib": handed_back,
+                       "logged_kib": round(logged_kib), "lines": len(lines)}}
+
+
+def _subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out = ranges
+    for hs, he in holes:
+        out = [p for s, e in out for p in ((s, min(e, hs)), (max(s, he), e)) if p[0] < p[1]]
+    return out
+
+
+# --- the page allocator's reserves ------------------------------------------------------------------
+_ZONE = re.compile(r"^Node\s+([0-9]{1,4}), zone\s+([A-Za-z0-9]{1,16})$")
+_FIELD = re.compile(r"^\s+(pages free|min|low|high|spanned|present|managed)\s+([0-9]{1,15})$")
+_PROTECTION = re.compile(r"^\s+protection: \(([0-9, ]{1,200})\)$")
+_SYSCTL = re.compile(r"^sysctl (min_free_kbytes|watermark_scale_factor|watermark_boost_factor|lowmem_reserve_ratio)"
+                     r" ([0-9 \t]{1,100})$")
+MAX_ZONES = 16
+
+
+def zone_reserves(text: str) -> dict | None:
+    """{'zones': {name: {managed, min, low, high, protection: [..]} in KiB}, 'sysctl': {...}} from the
+    probe's zoneinfo section (pages of 4 KiB), or None if there is none."""
+    zones: dict[str, dict] = {}
+    current = None
+    sysctl: dict = {}
+    for line in text.splitlines()[:2000]:
+        line = line[:300]
+        if m := _ZONE.match(line):
+            name = m.group(2) if m.group(1) == "0" else f"{m.group(2)}@{m.group(1)}"
+            current = zones.setdefault(name, {}) if len(zones) < MAX_ZONES else None
+        elif current is not None and (m := _FIELD.match(line)):
+            key = m.group(1).replace("pages free", "free")
+            if key not in current:  # the zone's own line, not a per-CPU one
+                current[key] = int(m.group(2)) * 4
+        elif current is not None and (m := _PROTECTION.match(line)):
+            current["protection"] = [int(x) * 4 for x in re.findall(r"[0-9]{1,15}", m.group(1))][:8]
+        elif m := _SYSCTL.match(line):
+            values = [int(x) for x in re.findall(r"[0-9]{1,15}", m.group(2))][:8]
+            sysctl[m.group(1)] = values if m.group(1) == "lowmem_reserve_ratio" else (values[0] if values else None)
+    zones = {k: v for k, v in zones.items() if v.get("managed")}
+    if not zones:
+        return None
+    return {"zones": zones, "sysctl": sysctl}
