@@ -183,14 +183,8 @@ def cmd_audit(args) -> int:
     from . import audit as au
     from .hosts import libvirt_module
     from .model import load_model
-    from .units import parse_size
 
-    lower_to = None
-    if args.lower_to:
-        try:
-            lower_to = parse_size(args.lower_to) // (1024 * 1024)
-        except ValueError as e:
-            raise UserError(f"--lower-to {args.lower_to!r}: {e}") from None
+    lower_to = _size_mib("--lower-to", args.lower_to) if args.lower_to else None
     if args.enable_stats is not None and not 1 <= args.enable_stats <= 3600:
         raise UserError("--enable-stats SECONDS: from 1 to 3600")
     libvirt_module()
@@ -214,6 +208,36 @@ def cmd_audit(args) -> int:
         for line in write_page(hosts, model, Path(args.site), args.post):
             say(line, file=sys.stderr)
     return 2 if au.failed(hosts) else 0
+
+
+def _size_mib(option: str, text: str) -> int:
+    from .units import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as e:
+        raise UserError(f"{option} {text!r}: {e}") from None
+    if size % (1024 * 1024) or size <= 0:
+        raise UserError(f"{option} {text!r}: must be a positive whole number of MiB (e.g. '1536 MiB', '48 GiB')")
+    return size // (1024 * 1024)
+
+
+def cmd_predict(args) -> int:
+    from . import predict as pr
+    from .model import committed_records
+
+    records = committed_records(Path(args.experiments))
+    if not records:
+        raise UserError(f"{args.experiments}: no committed records to predict from; run make report first")
+    need = _size_mib("--need", args.need) if args.need else None
+    p = pr.predict(records, args.guest, _size_mib("--memory", args.memory),
+                   _size_mib("--current-memory", args.current_memory), need, args.experiment, args.hypervisor)
+    if args.json:
+        sys.stdout.write(pr.as_json(p))
+    else:
+        for line in p.lines():
+            say(line)
+    return 0
 
 
 def parser() -> argparse.ArgumentParser:
@@ -289,6 +313,20 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--trust", action="append", metavar="DIR", help="folders outside the project for key files")
     a.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     a.set_defaults(func=cmd_audit)
+    pr = sub.add_parser("predict", help="what a guest will see at a memory ceiling, and whether it survives its "
+                                        "balloon, from the committed records (no boot)")
+    pr.add_argument("--guest", required=True, help="a guest of the committed experiments (e.g. debian, trixie)")
+    pr.add_argument("--memory", required=True, metavar="SIZE", help="the ceiling, e.g. 48GiB")
+    pr.add_argument("--current-memory", required=True, metavar="SIZE", help="the balloon's target, e.g. 1GiB")
+    pr.add_argument("--need", metavar="SIZE", help="what the guest's work needs once ballooned, e.g. 300MiB")
+    pr.add_argument("--experiment", help="the experiment whose records to use (default: the one with the most "
+                                         "sizes of that guest)")
+    pr.add_argument("--hypervisor", choices=[h.name for h in __import__("generator.hypervisors", fromlist=["x"])
+                                             .HYPERVISORS], help="default: qemu where the guest ran on several")
+    pr.add_argument("--experiments", default="experiments", help="folder of manifests (default: %(default)s)")
+    pr.add_argument("--json", action="store_true", help="machine-readable output (format memballoon-predict, version 1)")
+    pr.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    pr.set_defaults(func=cmd_predict)
     return p
 
 

@@ -53,6 +53,15 @@ def test_ballooned_guest_sees_less_the_larger_memory_is(write_manifest, tmp_path
         assert r["domain_type"] == "qemu" and r["libvirt_version"] and r["qemu_version"]
         assert r["guest_kernel"] and r["host_kernel"] and len(r["manifest_sha256"]) == 64
         assert r["durations"]["total_s"] > 0 and r["durations"]["settle_s"] is not None
+        # the set-aside itemized (memblock=debug): its items sum to memory minus MemTotal at boot, with
+        # under 1 MiB unexplained; page descriptors are 64 bytes per 4 KiB page of memory
+        items = r["set_aside_kib"]
+        assert sum(items.values()) == memory * 1024 - r["memtotal_boot_kib"] and abs(items["unexplained"]) < 1024
+        assert abs(items["page descriptors"] - memory * 16) < 100
+        zones = r["zone_reserves"]["zones"]
+        assert zones["DMA32"]["min"] < zones["DMA32"]["low"] < zones["DMA32"]["high"]
+    # the bounce buffer appears once RAM reaches above 4 GiB
+    assert "bounce buffer" not in small["set_aside_kib"] and large["set_aside_kib"]["bounce buffer"] >= 65536
     # the larger memory is, the less the guest is left with
     assert large["memtotal_settled_kib"] < small["memtotal_settled_kib"] - 50 * 1024
     # the balloon walked down from memory to currentMemory

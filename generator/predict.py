@@ -1,0 +1,311 @@
+"""Before setting `memory`: what a guest will see once ballooned, where the rest goes, and whether it
+survives its balloon, from the committed records (no boot).
+
+For one guest of the committed experiments on one hypervisor, each measured `memory` size gives
+(medians of its repeats):
+
+- the set-aside: memory minus MemTotal at boot, and its items where the records are itemized;
+- `used`: what the guest had in use at boot (MemTotal minus the free pages of its zones), which it
+  still needs once ballooned;
+- `reserve`: the free memory the page allocator keeps from an ordinary (movable) allocation: each
+  zone's min watermark plus, for the zones below the one such allocations start from, its
+  `protection` against them, each capped at the zone's size (all sized for `memory` at boot).
+
+Between measured sizes each quantity is interpolated linearly, outside them extended from the two
+nearest sizes (and said). The survival condition, checked against every committed outcome by
+`check_outcomes`:
+
+    margin = currentMemory - set-aside - used - reserve   (MiB);   the guest survives if margin >= 0
+
+A balloon with autodeflate gives memory back before the guest runs out: it survives regardless. A
+Xen PV guest does not inflate a balloon at boot (it is built with currentMemory): the condition is
+not about it.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import asdict, dataclass, field
+
+from . import hypervisors
+from .errors import UserError
+from .model import family
+from .units import mib_label
+
+FORMAT, VERSION = "memballoon-predict", 1
+BORDERLINE_MIB = 8.0  # a margin this close to 0 is within what repeats of one point differ by
+
+
+def _plain(r: dict) -> bool:
+    return r.get("memory_model", "balloon") == "balloon" and not r.get("autodeflate") and not r.get("free_page_reporting")
+
+
+def reserve_kib(zone_reserves: dict | None) -> float | None:
+    """The free memory kept from a movable allocation: min watermarks, plus the lower zones'
+    protection against the highest populated zone (capped at each zone's size)."""
+    zones = (zone_reserves or {}).get("zones") or {}
+    order = ["DMA", "DMA32", "Normal", "Movable"]
+    present = [z for z in order if z in zones]
+    if not present:
+        return None
+    top = order.index(present[-1])
+    total = 0.0
+    for name in present:
+        z = zones[name]
+        protection = z.get("protection") or []
+        guard = protection[top] if top < len(protection) else 0
+        total += min(z.get("managed", 0), z.get("min", 0) + (guard if order.index(name) < top else 0))
+    return total
+
+
+def used_kib(record: dict) -> float | None:
+    """MemTotal at boot minus the zones' free pages: what the guest had in use before the balloon."""
+    zones = ((record.get("zone_reserves") or {}).get("zones") or {})
+    boot = record.get("memtotal_boot_kib")
+    free = [z.get("free") for z in zones.values()]
+    if not boot or not free or any(f is None for f in free):
+        return None
+    return boot - sum(free)
+
+
+def margin_mib(record: dict) -> float | None:
+    """The survival margin of one record, from its own readings (None where it cannot be stated)."""
+    boot, reserve, used = record.get("memtotal_boot_kib"), reserve_kib(record.get("zone_reserves")), used_kib(record)
+    if not boot or reserve is None or used is None:
+        return None
+    set_aside = record["memory_mib"] * 1024 - boot
+    return (record["current_memory_mib"] * 1024 - set_aside - used - reserve) / 1024
+
+
+# --- one guest's measured sizes -------------------------------------------------------------------
+@dataclass
+class Size:
+    memory_mib: int
+    set_aside_mib: float
+    used_mib: float | None
+    reserve_mib: float | None
+    items: dict = field(default_factory=dict)  # item -> MiB
+
+
+def sizes_of(records: list[dict], inflates_after_boot: bool = True) -> list[Size]:
+    """Per measured size, medians of its records. Where the guest boots with all of memory, the
+    set-aside is memory minus MemTotal at boot (every record that booted has it, deaths too); a guest
+    built with currentMemory (Xen PV) has what it lost once ballooned instead."""
+    by: dict[int, list[dict]] = {}
+    for r in records:
+        if inflates_after_boot and isinstance(r.get("memtotal_boot_kib"), int):
+            by.setdefault(r["memory_mib"], []).append(r)
+        elif not inflates_after_boot and r.get("status") == "ok" and isinstance(r.get("memtotal_settled_kib"), int):
+            by.setdefault(r["memory_mib"], []).append(r)
+    out = []
+    for m, rs in sorted(by.items()):
+        set_aside = statistics.median((m - r["memtotal_boot_kib"] / 1024) if inflates_after_boot else
+                                      (r["current_memory_mib"] - r["memtotal_settled_kib"] / 1024) for r in rs)
+        used = [u / 1024 for r in rs if (u := used_kib(r)) is not None]
+        reserve = [v / 1024 for r in rs if (v := reserve_kib(r.get("zone_reserves"))) is not None]
+        itemized = [r["set_aside_kib"] for r in rs if isinstance(r.get("set_aside_kib"), dict)]
+        items = {}
+        for name in sorted({k for d in itemized for k in d}):
+            items[name] = statistics.median(d.get(name, 0) for d in itemized) / 1024
+        out.append(Size(m, set_aside, statistics.median(used) if used else None,
+                        statistics.median(reserve) if reserve else None, items))
+    return out
+
+
+def _at(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
+    """Linear between the two measured neighbours; beyond them, extended from the two nearest."""
+    points = sorted(points)
+    for px, py in points:
+        if px == x:
+            return py, "measured"
+    if len(points) == 1:
+        return points[0][1], f"taken from the one size measured ({mib_label(points[0][0])})"
+    if x < points[0][0]:
+        a, b, how = points[0], points[1], "extrapolated below"
+    elif x > points[-1][0]:
+        a, b, how = points[-2], points[-1], "extrapolated above"
+    else:
+        i = next(i for i, (px, _) in enumerate(points) if px > x)
+        a, b = points[i - 1], points[i]
+        return a[1] + (b[1] - a[1]) * (x - a[0]) / (b[0] - a[0]), "interpolated"
+    value = a[1] + (b[1] - a[1]) * (x - a[0]) / (b[0] - a[0])
+    return value, f"{how} the measured sizes, from {mib_label(a[0])} and {mib_label(b[0])}"
+
+
+@dataclass
+class Prediction:
+    guest: str
+    experiment: str
+    hypervisor: str
+    kernel: str
+    memory_mib: int
+    current_memory_mib: int
+    sees_mib: float
+    set_aside_mib: float
+    how: str                                   # measured | interpolated | extrapolated …
+    items: dict = field(default_factory=dict)  # item -> {"mib", "per_gib"}
+    used_mib: float | None = None
+    reserve_mib: float | None = None
+    margin_mib: float | None = None
+    survives: bool | None = None
+    condition: str = ""
+    need_mib: float | None = None
+    spare_mib: float | None = None
+    largest_memory_mib: int | None = None
+    measured_sizes: list = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{self.guest} ({self.experiment}, kernel {self.kernel or 'unknown'}) on {self.hypervisor}: "
+               f"memory {mib_label(self.memory_mib)}, currentMemory {mib_label(self.current_memory_mib)}",
+               f"  sees after ballooning: {self.sees_mib:,.0f} MiB of {self.current_memory_mib:,} "
+               f"({self.how}; measured at {', '.join(mib_label(m) for m in self.measured_sizes)})",
+               f"  set aside for all of memory: {self.set_aside_mib:,.0f} MiB"]
+        for name, v in sorted(self.items.items(), key=lambda kv: -kv[1]["mib"]):
+            out.append(f"    {name:<32} {v['mib']:>9,.1f} MiB" + (f"   {v['per_gib']:+.2f} MiB per GiB of memory"
+                                                                 if v.get("per_gib") is not None else ""))
+        if self.survives is None or self.reserve_mib is None:
+            out.append(f"  survives its balloon: {'no: ' if self.survives is False else ''}{self.condition}")
+        else:
+            verdict = "yes" if self.survives else "NO: it runs out of memory while the balloon inflates"
+            out.append(f"  survives its balloon: {verdict} (margin {self.margin_mib:+,.0f} MiB = currentMemory "
+                       f"- set-aside - in use at boot {self.used_mib:,.0f} - allocator reserve {self.reserve_mib:,.0f})")
+            if self.margin_mib is not None and abs(self.margin_mib) < BORDERLINE_MIB:
+                out.append(f"  borderline: within {BORDERLINE_MIB:g} MiB of the condition, where repeats of one "
+                           "point have gone both ways")
+        if self.need_mib is not None and self.spare_mib is not None:
+            out.append(f"  with {self.need_mib:,.0f} MiB needed by its work: {self.spare_mib:+,.0f} MiB to spare")
+        if self.largest_memory_mib is not None:
+            out.append(f"  the largest memory that leaves {self.need_mib or 0:,.0f} MiB: "
+                       f"{mib_label(self.largest_memory_mib)}")
+        elif self.need_mib is not None and self.survives is not None:
+            out.append(f"  no memory of {mib_label(self.current_memory_mib)} or more leaves {self.need_mib:,.0f} MiB")
+        return out
+
+
+def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: str | None) -> tuple[list[dict], str, str]:
+    """The records of one guest on one hypervisor (plain balloon), with clear lines for what is not there."""
+    known = sorted({r["guest"] for r in records})
+    mine = [r for r in records if r["guest"] == guest and _plain(r)]
+    if not mine:
+        raise UserError(f"--guest {guest!r}: no committed records of that guest; guests measured: {', '.join(known)}")
+    if experiment:
+        exps = sorted({r.get("experiment", "") for r in mine})
+        mine = [r for r in mine if r.get("experiment") == experiment]
+        if not mine:
+            raise UserError(f"--experiment {experiment!r}: guest {guest!r} was measured in {', '.join(exps)}")
+    fams = sorted({family(r.get("domain_type") or "") for r in mine})
+    if hypervisor:
+        if hypervisor not in fams:
+            raise UserError(f"--hypervisor {hypervisor!r}: guest {guest!r} was measured on {', '.join(fams)}")
+        fam = hypervisor
+    elif len(fams) == 1:
+        fam = fams[0]
+    else:
+        fam = "qemu" if "qemu" in fams else fams[0]
+    mine = [r for r in mine if family(r.get("domain_type") or "") == fam]
+    # the experiment with the most sizes, when several measured this guest
+    by_exp: dict[str, set] = {}
+    for r in mine:
+        by_exp.setdefault(r.get("experiment", ""), set()).add(r["memory_mib"])
+    exp = experiment or max(sorted(by_exp), key=lambda e: len(by_exp[e]))
+    return [r for r in mine if r.get("experiment", "") == exp], fam, exp
+
+
+def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None,
+            experiment: str | None = None, hypervisor: str | None = None) -> Prediction:
+    if memory_mib <= 0 or current_mib <= 0:
+        raise UserError("--memory and --current-memory must be above 0")
+    if current_mib > memory_mib:
+        raise UserError(f"--current-memory {mib_label(current_mib)} is above --memory {mib_label(memory_mib)}: "
+                        "the balloon's target cannot exceed the ceiling")
+    if need_mib is not None and need_mib < 0:
+        raise UserError("--need must not be negative")
+    mine, fam, exp = choose(records, guest, experiment, hypervisor)
+    hv = hypervisors.for_domain_type(next(r.get("domain_type") for r in mine))
+    sizes = sizes_of(mine, hv.inflates_after_boot)
+    if not sizes:
+        raise UserError(f"--guest {guest!r}: no record of it booted (no MemTotal at boot) on {fam}")
+    set_aside, how = _at([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
+    kernels = sorted({r.get("guest_kernel") or "" for r in mine})
+    p = Prediction(guest, exp, hv.title, ", ".join(k for k in kernels if k), memory_mib, current_mib,
+                   round(current_mib - set_aside, 1), round(set_aside, 1), how, measured_sizes=[s.memory_mib for s in sizes],
+                   need_mib=need_mib)
+    itemized = [s for s in sizes if s.items]
+    for name in sorted({k for s in itemized for k in s.items}):
+        pts = [(s.memory_mib, s.items.get(name, 0.0)) for s in itemized]
+        value, _ = _at(pts, memory_mib)
+        slope = None
+        if len(pts) >= 2:
+            (x0, y0), (x1, y1) = pts[0], pts[-1]
+            slope = (y1 - y0) / ((x1 - x0) / 1024) if x1 != x0 else None
+        p.items[name] = {"mib": round(value, 1), "per_gib": None if slope is None else round(slope, 2)}
+    if not hv.inflates_after_boot:
+        p.condition = (f"not stated for {hv.title}: its guests are built with currentMemory and inflate no balloon "
+                       "at boot")
+        return p
+    if p.sees_mib <= 0:
+        p.survives, p.margin_mib = False, round(p.sees_mib, 1)
+        p.condition = "the set-aside alone is more than currentMemory"
+        return p
+    # use and reserves at boot depend on the kernel and memory, not on the experiment: every record of
+    # this kernel on this hypervisor that has them counts
+    same_kernel = [r for r in records if _plain(r) and r.get("guest_kernel") in kernels
+                   and family(r.get("domain_type") or "") == fam and r.get("zone_reserves")]
+    with_reserve = [s for s in sizes_of(same_kernel) if s.reserve_mib is not None and s.used_mib is not None]
+    if not with_reserve:
+        p.condition = ("unknown: the records of this guest were measured before the zone reserves were recorded "
+                       "(re-measure them: make report)")
+        return p
+
+    def margin(m: float) -> tuple[float, float, float, float]:
+        sa = _at([(s.memory_mib, s.set_aside_mib) for s in sizes], m)[0]
+        used = _at([(s.memory_mib, s.used_mib) for s in with_reserve], m)[0]
+        reserve = _at([(s.memory_mib, s.reserve_mib) for s in with_reserve], m)[0]
+        return current_mib - sa - used - reserve, sa, used, reserve
+    p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(memory_mib))
+    p.survives = p.margin_mib >= 0
+    if need_mib is not None:
+        p.spare_mib = round(p.margin_mib - need_mib, 1)
+    want = need_mib or 0.0
+    if margin(current_mib)[0] >= want:  # the largest memory that still leaves `want`: bisection in MiB
+        lo, hi = current_mib, current_mib
+        while hi < 1 << 24 and margin(hi * 2)[0] >= want:
+            hi *= 2
+        hi = min(hi * 2, 1 << 24)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if margin(mid)[0] >= want else (lo, mid)
+        p.largest_memory_mib = lo
+    return p
+
+
+def check_outcomes(records: list[dict]) -> dict:
+    """The condition against every committed outcome that can be judged: each record's own margin
+    (its set-aside, use and reserves at boot) against whether it lived. Autodeflate guests are
+    judged to survive; guests that inflate no balloon at boot, and records without zone reserves,
+    are counted as not judged."""
+    judged, hits, misses, borderline, not_judged = 0, 0, [], [], 0
+    for r in records:
+        if r.get("status") not in ("ok", "oom", "panic"):
+            continue
+        hv = hypervisors.for_domain_type(r.get("domain_type") or "")
+        m = margin_mib(r)
+        if not hv.inflates_after_boot or m is None:
+            not_judged += 1
+            continue
+        predicted = True if r.get("autodeflate") else m >= 0
+        lived = r["status"] == "ok"
+        judged += 1
+        where = (f"{r.get('experiment')}/{r['host']}/{r['guest']} memory {mib_label(r['memory_mib'])}, currentMemory "
+                 f"{mib_label(r['current_memory_mib'])}, repeat {r['repeat']}")
+        if predicted == lived:
+            hits += 1
+        elif abs(m) < BORDERLINE_MIB and not r.get("autodeflate"):
+            borderline.append({"point": where, "margin_mib": round(m, 1), "status": r["status"]})
+        else:
+            misses.append({"point": where, "margin_mib": round(m, 1), "status": r["status"]})
+    return {"judged": judged, "predicted": hits, "borderline": borderline, "missed": misses, "not_judged": not_judged}
+
+
+def as_json(p: Prediction) -> str:
+    return json.dumps({"format": FORMAT, "version": VERSION, **asdict(p)}, indent=1) + "\n"
