@@ -7,10 +7,11 @@ ARCH := $(shell dpkg --print-architecture 2>/dev/null || echo amd64)
 # Debian packages: QEMU, libvirt's QEMU driver (and the libvirt-qemu user it expects), what
 # libvirt-python builds with, a kernel for the probe guest, a static busybox, and sshd for the
 # Fabric tests; mmdebstrap and mkfs.ext4 build disk images (the nested Xen host's dom0, full-system
-# guests), qemu-img makes the full-system guests' throwaway overlays.
+# guests), qemu-img makes the full-system guests' throwaway overlays; chromium (headless) reads the
+# built posts at phone and desktop widths in the tests.
 DEB_PACKAGES := qemu-system-x86 libvirt-daemon-system libvirt-daemon-driver-qemu libvirt-clients libvirt-dev \
 	pkg-config gcc python3-venv linux-image-$(ARCH) busybox-static openssh-server openssh-client \
-	mmdebstrap e2fsprogs qemu-utils
+	mmdebstrap e2fsprogs qemu-utils chromium
 STAMP := $(VENV)/.installed
 
 # One experiment only: make report EXP=how-low (the folder name under experiments/).

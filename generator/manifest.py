@@ -852,7 +852,7 @@ FACTORS: list[Factor] = [
            lambda v: f"m{v}", lambda v: f"memory-{v}MiB", lambda v: f"memory {v} MiB",
            "list of <memory> sizes (the maximum), e.g. [1 GiB, 2 GiB]", axis=True),
     Factor("current_memory_mib", "current_memory", _list_of(_mib, 1, unique=lambda v: v), int, None,
-           lambda v: f"c{v}", lambda v: f"current-{v}MiB", lambda v: f"{v} MB ram",
+           lambda v: f"c{v}", lambda v: f"current-{v}MiB", lambda v: f"currentMemory {v} MiB",
            "list of <currentMemory> sizes, e.g. [1024 MiB]"),
     Factor("memory_model", "memory_model", _list_of(_choice("balloon", "virtio-mem", "dimm"), 1, unique=lambda v: v),
            str, "balloon", lambda v: v, lambda v: f"model-{v}", lambda v: v,

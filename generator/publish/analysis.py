@@ -190,6 +190,41 @@ class SeriesPoint:
         return self.pv_map_end is not None and self.pv_map_end < self.memory_mib
 
     @property
+    def items(self) -> dict[str, float]:
+        """The set-aside by item (MiB, the median over repeats whose records are itemized), largest
+        first, `unexplained` last; {} where no record of the point was booted with memblock=debug."""
+        itemized = [r["set_aside_kib"] for r in self.records if isinstance(r.get("set_aside_kib"), dict)]
+        if not itemized:
+            return {}
+        names = {k for d in itemized for k in d}
+        out = {k: statistics.median(d.get(k, 0) for d in itemized) / 1024 for k in names}
+        order = sorted((k for k in out if k != "unexplained"), key=lambda k: -out[k])
+        return {k: out[k] for k in order + ["unexplained"] if k in out}
+
+    @property
+    def reserve_mib(self) -> float | None:
+        """The page allocator's reserve at boot (watermarks and lower zones' protection), MiB."""
+        from ..predict import reserve_kib
+
+        values = [v / 1024 for r in self.records if (v := reserve_kib(r.get("zone_reserves"))) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def used_at_boot_mib(self) -> float | None:
+        from ..predict import used_kib
+
+        values = [v / 1024 for r in self.records if (v := used_kib(r)) is not None]
+        return statistics.median(values) if values else None
+
+    @property
+    def margin_mib(self) -> float | None:
+        """The survival margin (predict.py): currentMemory - set-aside - in use at boot - reserve."""
+        from ..predict import margin_mib
+
+        values = [m for r in self.records if (m := margin_mib(r)) is not None]
+        return statistics.median(values) if values else None
+
+    @property
     def xen_ballooned_out(self) -> float | None:
         """MiB Xen's balloon held when the probe read it (low + high), the median over repeats."""
         values = [((r.get("xen_balloon") or {}).get("low_kb", 0) + (r.get("xen_balloon") or {}).get("high_kb", 0))
@@ -226,8 +261,13 @@ class Series:
 
     @property
     def title(self) -> str:
-        return f"{self.hypervisor}, {self.guest_label}, {self.current_memory_mib} MB ram" + \
+        return f"{self.hypervisor}, {self.guest_label}, currentMemory {self.current_memory_mib} MiB" + \
             (f", {self.variant}" if self.variant else "")
+
+    @property
+    def legend_label(self) -> str:
+        """Short, for a legend whose graph's title gives currentMemory."""
+        return f"{self.hypervisor}, {self.guest_label}" + (f", {self.variant}" if self.variant else "")
 
     @property
     def key(self) -> str:
@@ -255,7 +295,8 @@ class Series:
     def lean(self) -> "Series":
         """A copy with only what a graph draws: each record cut to its status and what the guest saw.
         Sent to the processes that draw graphs, so a big experiment is not pickled whole each time."""
-        points = [SeriesPoint(p.memory_mib, [{"status": r["status"], "free_m": {"total": seen_mib(r)}}
+        points = [SeriesPoint(p.memory_mib, [{"status": r["status"], "free_m": {"total": seen_mib(r)},
+                                              "guest_kernel": r.get("guest_kernel"), "guest_kind": r.get("guest_kind")}
                                              for r in p.records]) for p in self.points]
         return Series(self.host, self.guest, self.guest_label, self.factors, self.domain_type, points,
                       self.file_stem, self.stem_tail)
@@ -276,19 +317,18 @@ class Series:
         return Fit.of(pts)
 
     def alt_text(self) -> str:
-        parts = [f"Graph: memory the guest sees after ballooning (free -m total, MiB) against memory "
-                 f"(log scale), currentMemory {self.current_memory_mib} MiB, {self.hypervisor}, {self.guest_label}."]
+        """Under ~300 characters, unique per series: what this graph shows."""
+        text = f"Memory seen by {self.legend_label} (currentMemory {self.current_memory_mib} MiB) against memory"
         if self.measured:
             first, last = self.measured[0], self.measured[-1]
             if first is last:
-                parts.append(f"It sees {first.median:g} MiB at {mib_label(first.memory_mib)}.")
+                text += f": {first.median:g} MiB at {mib_label(first.memory_mib)}"
             else:
-                verb = "falls" if last.median < first.median else "rises" if last.median > first.median else "stays"
-                parts.append(f"It {verb} from {first.median:g} MiB at {mib_label(first.memory_mib)} to "
-                             f"{last.median:g} MiB at {mib_label(last.memory_mib)}.")
-        for p in self.failed:
-            parts.append(f"At {mib_label(p.memory_mib)}: {p.failure_label}.")
-        return " ".join(parts)
+                text += f": {first.median:g} MiB at {mib_label(first.memory_mib)}, {last.median:g} at {mib_label(last.memory_mib)}"
+        fails = [f"{p.failure_label} at {mib_label(p.memory_mib)}" for p in self.failed]
+        if fails:
+            text += "; " + ", ".join(fails[:3]) + ("…" if len(fails) > 3 else "")
+        return text[:300] + "."
 
 
 @dataclass
@@ -426,7 +466,7 @@ class Data:
                             "key": f"compare/{guest}/" + members[0].key.split("/", 2)[2],
                             "stem": f"compare-{members[0].stem_tail}",
                             "title": f"{' and '.join(s.hypervisor for s in members)}, {members[0].guest_label}, "
-                                     f"{members[0].current_memory_mib} MB ram"})
+                                     f"currentMemory {members[0].current_memory_mib} MiB"})
         return out
 
     @property
@@ -465,6 +505,45 @@ class Data:
     def memfd_from(self) -> int | None:
         """The smallest memory whose guest RAM was a memfd (larger than the host could commit)."""
         return min((r["memory_mib"] for r in self.records if r.get("memory_backing") == "memfd"), default=None)
+
+    def predict(self, guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None):
+        """predict.py's answer from this post's own records, or None if they cannot give one."""
+        from ..errors import UserError
+        from ..predict import predict
+
+        try:
+            return predict(self.records, guest, memory_mib, current_mib, need_mib)
+        except UserError:
+            return None
+
+    @property
+    def killed(self) -> list[tuple[str, int]]:
+        """What the OOM killer killed, with in how many boots: from each dead guest's recorded kills,
+        else from the 'Killed process N (name)' of its reason. Most often first."""
+        counts: dict[str, int] = {}
+        for r in self.records:
+            if r["status"] not in ("oom", "panic"):
+                continue
+            names = list(r.get("oom_kills") or []) or \
+                re.findall(r"Killed process \d{1,9} \(([^)]{1,32})\)", r.get("reason") or "")
+            for n in dict.fromkeys(names):
+                counts[n] = counts.get(n, 0) + 1
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    @property
+    def kernels_by_guest(self) -> list[tuple[str, list[str]]]:
+        """(guest label, the kernel releases its records report), in series order."""
+        out: dict[str, set] = {}
+        for s in self.series:
+            out.setdefault(s.guest_label, set()).update(s.kernels)
+        return [(label, sorted(k)) for label, k in out.items()]
+
+    @property
+    def outcomes(self) -> dict:
+        """The survival condition checked against every outcome of these records (predict.py)."""
+        from ..predict import check_outcomes
+
+        return check_outcomes(self.records)
 
     def versions(self, key: str) -> list[str]:
         return sorted({str(r[key]) for r in self.records if r.get(key)})

@@ -249,6 +249,33 @@ def _template_error(e: Exception, fallback: str) -> UserError:
     return UserError(f"{where}: template error: {type(e).__name__}: {message}")
 
 
+def _render_with_summary(env, name: str, fallback: str, **context) -> tuple[str, str]:
+    """The page's body, and its `summary` (what a content file sets with {% set summary %}…{% endset %}:
+    its answer in a few sentences, shown first and carried into the front matter's description)."""
+    import jinja2
+
+    try:
+        module = env.get_template(name).make_module(context)
+    except jinja2.TemplateNotFound as e:
+        raise UserError(f"{fallback}: template {e.name!r} not found in {templates_dir()}") from None
+    except Exception as e:  # noqa: BLE001 - every template failure is reported with file and line
+        raise _template_error(e, fallback) from None
+    summary = getattr(module, "summary", "")
+    return str(module), plain_summary(str(summary)) if summary else ""
+
+
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+
+
+def plain_summary(markdown: str) -> str:
+    """A summary written in Markdown, as the plain text of a description (listings, link previews)."""
+    text = _MD_LINK.sub(r"\1", markdown)
+    text = re.sub(r"(\*\*|__|`)", "", text)
+    text = re.sub(r"\\([\\`*_{}\[\]()#+\-.!|<>&\"~])", r"\1", text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    return " ".join(text.split())
+
+
 def _render(env, name: str, fallback: str, **context) -> str:
     import jinja2
 
@@ -261,7 +288,8 @@ def _render(env, name: str, fallback: str, **context) -> str:
 
 
 # --- front matter ------------------------------------------------------------------------------------
-def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = None, draft: bool = False) -> str:
+def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = None, draft: bool = False,
+                 summary: str = "") -> str:
     """TOML between +++ lines, the keys shaped like the 2012 post's, written by a TOML library. Keys the
     manifest leaves empty are left out; a post without data is a draft, which Hugo does not publish."""
     import tomli_w
@@ -269,7 +297,7 @@ def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = Non
     post = manifest.post
     fm = {
         "Categories": list(post.categories),
-        "Description": post.description,
+        "Description": summary or post.description,
         "Tags": list(post.tags),
         "date": date,
         "menu": post.menu,
@@ -328,7 +356,7 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     template_files = sorted(templates_dir().glob("*"))
     inputs = _sha(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
                   _code_hash("publish/build.py", "publish/analysis.py", "publish/plots.py", "publish/updates.py",
-                             "publish/compare.py", "hypervisors/__init__.py",
+                             "publish/compare.py", "predict.py", "hypervisors/__init__.py",
                              "hypervisors/base.py", "hypervisors/qemu.py", "hypervisors/xen.py"),
                   *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
@@ -360,6 +388,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
         outputs[path] = Output(path, inputs, render, slug, manifest.path, job=job)
 
     figures: dict[str, dict] = {}
+    graphs: dict[str, tuple] = {}  # file name -> (inputs, job): drawn only if the page shows it
     if data.has_data:
         for s in series:
             if not s.measured and not s.failed:
@@ -367,31 +396,30 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
             deps = sorted(by_key[_record_key(r)] for p in s.points for r in p.records)
             name = f"{s.file_stem}.png"
             figures[s.key] = {"file": name, "url": img_url + name, "alt": s.alt_text(), "title": s.title}
-            add(img_dir / name, _sha(plot_code, "series", s.title, *deps), None, ("series_png", (s.lean(),)))
+            graphs[name] = (_sha(plot_code, "series", s.title, *deps), ("series_png", (s.lean(),)))
         for c in data.comparisons:  # one guest on several hypervisors, side by side
             deps = sorted(by_key[_record_key(r)] for x in c["series"] for p in x.points for r in p.records)
             name = f"{c['stem']}.png"
             figures[c["key"]] = {"file": name, "url": img_url + name, "title": c["title"],
                                  "alt": _all_alt(c["series"])}
-            add(img_dir / name, _sha(plot_code, "compare", c["title"], *deps), None,
-                ("all_series_png", ([x.lean() for x in c["series"]], c["title"])))
+            graphs[name] = (_sha(plot_code, "compare", c["title"], *deps),
+                            ("all_series_png", ([x.lean() for x in c["series"]], c["title"])))
         everything = sorted(digests)
         if len(series) > 1:
             all_name = f"{slug}-all-guests.png"
             figures["all"] = {"file": all_name, "url": img_url + all_name, "title": "Every series",
                               "alt": _all_alt(series)}
             lean = [s.lean() for s in series]
-            add(img_dir / all_name, _sha(plot_code, "all", *everything), None, ("all_series_png", (lean,)))
+            graphs[all_name] = (_sha(plot_code, "all", *everything), ("all_series_png", (lean,)))
         fits = [s.fit() for s in series]
         lost_name = f"{slug}-memory-lost.png"
         figures["lost"] = {"file": lost_name, "url": img_url + lost_name, "title": "Memory lost",
                            "alt": _lost_alt(series, fits)}
-        add(img_dir / lost_name, _sha(plot_code, "lost", *everything), None,
-            ("lost_png", ([s.lean() for s in series], fits)))
+        graphs[lost_name] = (_sha(plot_code, "lost", *everything), ("lost_png", ([s.lean() for s in series], fits)))
 
     content_path = plan.content_path
 
-    def render_page(_markdown) -> bytes:
+    def page_text() -> bytes:
         env = _jinja_env(content_path.parent)
         changes = updates.entries(manifest, folder, page, records, {s.guest: s.guest_label for s in series}) \
             if data.has_data else []
@@ -400,13 +428,29 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
                    "tool_version": __version__, "updates": changes}
         from markupsafe import Markup
 
-        body = _render(env, content_path.name, str(content_path), **context) if data.has_data else ""
+        body, summary = _render_with_summary(env, content_path.name, str(content_path), **context) \
+            if data.has_data else ("", "")
         text = _render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
                        front_matter=Markup(front_matter(manifest, _post_date(manifest, records), changes,
-                                                        draft=not data.has_data)),
+                                                        draft=not data.has_data, summary=summary)),
                        body=Markup(body),
                        **context)
         return text.encode()
+
+    # The page first (cheap): only the graphs it shows are drawn and written, so a bundle holds
+    # nothing that no page shows.
+    page_bytes = page_text()
+    figures_used = {}
+    for key, fig in figures.items():
+        if f"]({fig['url']} ".encode() in page_bytes:
+            figures_used[key] = fig
+            inputs, job = graphs[fig["file"]]
+            add(img_dir / fig["file"], inputs, None, job)
+    figures = figures_used
+
+    def render_page(_markdown) -> bytes:
+        return page_bytes
+
 
     add(page, plan.inputs, render_page)
     if not previews:
@@ -454,27 +498,44 @@ def _display_path(folder: Path) -> str:
 
 
 def _all_alt(series) -> str:
-    parts = ["Graph: memory seen after ballooning against memory, every series together."]
-    for s in series:
-        seen = [f"{p.median:g} MiB at {mib_label(p.memory_mib)}" for p in (s.measured[:1] + s.measured[1:][-1:])]
-        failed = [f"{p.failure_label} at {mib_label(p.memory_mib)}" for p in s.failed]
-        parts.append(f"{s.title}: {', '.join(seen + failed)}.")
-    return " ".join(parts)
+    """Under ~300 characters: what the graph shows, each series once."""
+    parts = []
+    for s in series[:6]:
+        if s.measured:
+            a, b = s.measured[0], s.measured[-1]
+            name = s.legend_label if len({x.current_memory_mib for x in series}) == 1 else \
+                f"currentMemory {s.current_memory_mib} MiB" if len({x.legend_label for x in series}) == 1 else \
+                f"{s.legend_label} at {s.current_memory_mib} MiB"
+            text = f"{name}: {a.median:g} MiB at {mib_label(a.memory_mib)}"
+            if b is not a:
+                text += f", {b.median:g} at {mib_label(b.memory_mib)}"
+            died = [p for p in s.failed if p.died]
+            if died:
+                text += f", dies from {mib_label(died[0].memory_mib)}"
+            parts.append(text)
+    more = f"; and {len(series) - 6} more" if len(series) > 6 else ""
+    return _cap("Memory seen after ballooning against memory: " + "; ".join(parts) + more + ".")
 
 
 def _lost_alt(series, fits) -> str:
-    parts = ["Graph: currentMemory minus what the guest sees, against memory in GiB, with a fitted line."]
-    for s, fit in zip(series, fits):
-        if fit:
-            parts.append(f"{s.title}: about {fit.slope:.1f} MiB lost per GiB of memory.")
-        elif len(s.measured) > 1:
-            first, last = s.measured[0], s.measured[-1]
-            parts.append(f"{s.title} (no fitted line, medians joined): {s.lost(first):g} MiB lost at "
-                         f"{mib_label(first.memory_mib)}, {s.lost(last):g} MiB at {mib_label(last.memory_mib)}.")
-        died = [mib_label(p.memory_mib) for p in s.failed if p.died]
-        if died:
-            parts.append(f"{s.title}: died at {' and '.join(died)}, drawn as all of currentMemory lost.")
-    return " ".join(parts)
+    """Under ~300 characters: the slopes, where the loss stops, where guests die."""
+    slopes = sorted({round(f.slope, 1) for f in fits if f})
+    flat = [s for s, f in zip(series, fits) if not f and s.measured]
+    text = "MiB lost against memory (log scale)"
+    if slopes:
+        text += f": {slopes[0]:g}" + (f" to {slopes[-1]:g}" if len(slopes) > 1 else "") + \
+            f" MiB per GiB for {sum(1 for f in fits if f)} guest(s)"
+    if flat:
+        worst = max(flat, key=lambda s: s.current_memory_mib - s.measured[-1].median)
+        text += f"; {len(flat)} without a straight line, up to {worst.current_memory_mib - worst.measured[-1].median:g} MiB"
+    died = sorted({p.memory_mib for s in series for p in s.failed if p.died})
+    if died:
+        text += f"; guests died from {mib_label(died[0])} (crosses at the top)"
+    return _cap(text + ".")
+
+
+def _cap(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 # --- the preview: Markdown to HTML as Hugo renders it (raw HTML dropped, unsafe links removed) ---------

@@ -7,7 +7,15 @@ from .analysis import FAILURE_LABELS, Fit, Series
 from ..units import mib_label
 
 MAX_LEGEND = 16  # series named in a combined graph's legend
+MAX_PER_AXES = 6  # more series than this on one axes hide each other: split into panels
 _COLORS = ["#1f5fa6", "#c0392b", "#2e8b57", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]
+# One colour and marker per guest kernel series, in every graph of every post (a reader follows a kernel
+# from graph to graph); kernels not listed get one from their name, the same every time.
+_KERNEL_STYLE = {"5.10": ("#c0392b", "s"), "6.1": ("#1f5fa6", "o"), "6.12": ("#2e8b57", "^"),
+                 "system": ("#8e44ad", "D")}
+# Drawn for the width it is shown at: 5 inches at 200 dpi, a 1000-pixel image (sharp on 2x screens)
+# whose 11-point text is about 12 pixels high on a 390-pixel phone screen.
+FIG_W, FIG_H, DPI = 5.0, 3.6, 200
 _FAIL_MARKERS = {"oom": "X", "panic": "X", "refused": "s", "timeout": "v", "error": "D"}
 
 
@@ -26,8 +34,9 @@ def _pyplot():
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({
-        "font.family": "DejaVu Sans", "font.size": 10, "axes.grid": True, "grid.alpha": 0.3,
-        "figure.dpi": 100, "savefig.dpi": 100, "axes.spines.top": False, "axes.spines.right": False,
+        "font.family": "DejaVu Sans", "font.size": 11, "axes.grid": True, "grid.alpha": 0.3,
+        "axes.titlesize": 11, "legend.fontsize": 9, "xtick.labelsize": 10, "ytick.labelsize": 10,
+        "figure.dpi": DPI, "savefig.dpi": DPI, "axes.spines.top": False, "axes.spines.right": False,
         "path.simplify": False,
         # labels, titles and legends hold guest kernels, labels and host names: text, never mathtext
         # (a '$' would otherwise start a formula, and a hostile one can crash the parser)
@@ -43,6 +52,21 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def style(s: Series, i: int = 0) -> tuple[str, str]:
+    """(colour, marker) of a series: its guest kernel's, the same in every graph."""
+    import re
+    import zlib
+
+    if s.is_system:
+        return _KERNEL_STYLE["system"]
+    m = re.match(r"(\d+\.\d+)", (s.kernels or [""])[0])
+    key = m.group(1) if m else ""
+    if key in _KERNEL_STYLE:
+        return _KERNEL_STYLE[key]
+    n = zlib.crc32(key.encode()) if key else i
+    return _COLORS[n % len(_COLORS)], "ov^sD<>"[n % 7]
+
+
 def _gib_axis(ax, memory_values: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(memory_values)
@@ -50,14 +74,15 @@ def _gib_axis(ax, memory_values: list[int]) -> None:
     ax.minorticks_off()
     lo, hi = min(memory_values), max(memory_values)
     ax.set_xlim(lo / 1.35, hi * 1.35)
-    ax.set_xlabel("memory (libvirt <memory>, log scale)")
+    ax.set_xlabel("memory (log scale)")
 
 
-def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, slot: int = 0) -> None:
+def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, slot: int = 0,
+                 marker: str = "o") -> None:
     """One series; `slot` stacks the failure labels of several series at the same memory."""
     xs = [p.memory_mib for p in s.measured]
     ys = [p.median for p in s.measured]
-    ax.plot(xs, ys, "-o", color=color, label=label, linewidth=1.8, markersize=5, zorder=3)
+    ax.plot(xs, ys, "-", marker=marker, color=color, label=label, linewidth=1.8, markersize=5, zorder=3)
     # repeats: every value as a faint dot and the range as an error bar
     spread_label = f"range of repeats ({label})" if label and slot else "range of repeats"
     for p in s.measured:
@@ -72,31 +97,33 @@ def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, sl
         x = p.memory_mib * (1.06 ** slot)
         ax.scatter([x], [bottom], marker=marker, color=color, s=60, zorder=4, clip_on=False)
         ax.annotate(FAILURE_LABELS.get(p.status, p.status), (x, bottom), textcoords="offset points",
-                    xytext=(0, 8 + 12 * slot), ha="center", fontsize=9, color=color, fontweight="bold")
+                    xytext=(0, 8 + 12 * slot), ha="center", fontsize=9, color=color, fontweight="bold",
+                    annotation_clip=False)
 
 
 def _y_range(series: list[Series]) -> tuple[float, float]:
+    """From 0 to just above currentMemory: a 65 MiB drop looks as small as it is, and graphs of one
+    currentMemory share their scale."""
     values = [v for s in series for p in s.measured for v in p.seen] + [s.current_memory_mib for s in series]
-    lo, hi = min(values), max(values)
-    pad = max(40.0, (hi - lo) * 0.12)
-    return lo - pad * 1.6, hi + pad
+    return 0.0, max(values) * 1.12
 
 
 def series_png(s: Series) -> bytes:
     """One (hypervisor, guest, currentMemory): what the guest sees, the dashed line it should see."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    fig, ax = plt.subplots(figsize=(FIG_W, FIG_H))
     try:
         memory_values = [p.memory_mib for p in s.points]
         y0, y1 = _y_range([s])
         ax.set_ylim(y0, y1)
         ax.axhline(s.current_memory_mib, linestyle="--", color="#555555", linewidth=1.2,
-                   label=f"currentMemory ({s.current_memory_mib} MiB): what the guest should see")
-        _draw_series(ax, s, _COLORS[0], "free -m total inside the guest", y0 + (y1 - y0) * 0.04)
+                   label=f"currentMemory ({s.current_memory_mib} MiB)")
+        color, marker = style(s)
+        _draw_series(ax, s, color, "what the guest sees (free -m)", y0 + (y1 - y0) * 0.04, marker=marker)
         _gib_axis(ax, memory_values)
-        ax.set_ylabel("memory seen by the guest (MiB)")
-        ax.set_title(s.title)
-        ax.legend(loc="lower left", fontsize=8, frameon=False)
+        ax.set_ylabel("MiB seen by the guest")
+        ax.set_title(s.title, fontsize=10)
+        ax.legend(loc="lower left", frameon=False)
         fig.tight_layout()
         return _png(fig)
     finally:
@@ -104,32 +131,41 @@ def series_png(s: Series) -> bytes:
 
 
 def all_series_png(series: list[Series], title: str = "") -> bytes:
-    """Every (host, guest, currentMemory) on one graph: several guests, or several balloon targets;
-    with a title, a chosen few (one guest on several hypervisors)."""
+    """Several series: one guest on several hypervisors, several guests, or several balloon targets.
+    More than MAX_PER_AXES series are split into panels, one per currentMemory (or per group of
+    five), stacked, so no line hides another."""
     plt = _pyplot()
-    legend = len(series) <= MAX_LEGEND  # beyond that a legend is a wall of text: the per-series graphs name them
-    fig, ax = plt.subplots(figsize=(7.2, 4.2 + (0.22 * len(series) if legend else 0)))
+    groups: dict[int, list[Series]] = {}
+    for s in series:
+        groups.setdefault(s.current_memory_mib, []).append(s)
+    panels = [g for _, g in sorted(groups.items(), reverse=True)] if len(series) > MAX_PER_AXES else [series]
+    panels = [p[i:i + MAX_PER_AXES] for p in panels for i in range(0, len(p), MAX_PER_AXES)]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(FIG_W, 0.6 + 3.3 * len(panels)), squeeze=False)
     try:
         memory_values = sorted({p.memory_mib for s in series for p in s.points})
-        y0, y1 = _y_range(series)
-        ax.set_ylim(y0, y1)
-        currents = {s.current_memory_mib for s in series}
-        if len(currents) == 1:
-            ax.axhline(currents.pop(), linestyle="--", color="#555555", linewidth=1.0, label="currentMemory")
-        for i, s in enumerate(series):
-            color = _COLORS[i % len(_COLORS)]
-            if len({x.current_memory_mib for x in series}) > 1:  # each target in its series' colour
-                ax.axhline(s.current_memory_mib, linestyle="--", color=color, linewidth=1.0, alpha=0.7)
-            _draw_series(ax, s, color, f"{s.host}: {s.title}" if legend else None, y0 + (y1 - y0) * 0.04,
-                         slot=i if legend else 0)
-        _gib_axis(ax, memory_values)
-        ax.set_ylabel("memory seen by the guest (MiB)")
-        ax.set_title(title or ("Every series: memory seen after ballooning" if legend else
-                      f"All {len(series)} series: memory seen after ballooning")
-                     + ("" if len({s.current_memory_mib for s in series}) == 1 else
-                        " (dashed: each series' currentMemory)"), fontsize=10)
-        if legend:
-            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False, ncol=1)
+        for ax, members in zip(axes[:, 0], panels):
+            y0, y1 = _y_range(members)
+            ax.set_ylim(y0, y1)
+            for level in sorted({s.current_memory_mib for s in members}):
+                ax.axhline(level, linestyle="--", color="#555555", linewidth=1.0)
+            same = len({s.legend_label for s in members}) == 1
+            several = len({s.current_memory_mib for s in members}) > 1
+            for i, s in enumerate(members):
+                color, marker = style(s, i)
+                if same and several:  # one guest at several targets: tell them apart by colour
+                    color, marker = _COLORS[i % len(_COLORS)], "ov^sD<>"[i % 7]
+                linestyle = ":" if s.factors.get("autodeflate") else "-"
+                label = (f"currentMemory {s.current_memory_mib} MiB" if same else s.legend_label) if several \
+                    else s.legend_label
+                _draw_series(ax, s, color, label, y0 + (y1 - y0) * 0.04, slot=i, marker=marker)
+                if linestyle != "-":
+                    ax.lines[-1].set_linestyle(linestyle)
+            _gib_axis(ax, memory_values)
+            ax.set_ylabel("MiB seen by the guest")
+            currents = sorted({s.current_memory_mib for s in members})
+            ax.set_title((title + ", " if title and len(panels) == 1 else "") +
+                         "currentMemory " + " and ".join(f"{c} MiB" for c in currents) + " (dashed)", fontsize=10)
+            ax.legend(loc="lower left", fontsize=8, frameon=False)
         fig.tight_layout()
         return _png(fig)
     finally:
@@ -140,40 +176,46 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
     """currentMemory minus what the guest sees, against memory (linear), with each fitted line."""
     plt = _pyplot()
     below = 3 < len(series) <= MAX_LEGEND
-    lines = sum(2 if f else 1 for f in fits)
-    fig, ax = plt.subplots(figsize=(7.2, 4.2 + (0.22 * lines if below else 0)))
+    fig, ax = plt.subplots(figsize=(FIG_W, FIG_H + (0.2 * len(series) if below else 0)))
     try:
         for i, (s, fit) in enumerate(zip(series, fits)):
-            color = _COLORS[i % len(_COLORS)]
+            color, marker = style(s, i)
             xs = [p.memory_mib / 1024 for p in s.measured for _ in p.seen]
             ys = [s.current_memory_mib - v for p in s.measured for v in p.seen]
-            ax.scatter(xs, ys, color=color, s=22, zorder=3, label=f"{s.host}: {s.title}")
-            if fit:
-                x0, x1 = min(xs), max(xs)
-                ax.plot([x0, x1], [fit(x0), fit(x1)], color=color, linewidth=1.2, linestyle="-", zorder=2,
-                        label=f"fit: {fit.slope:.1f} MiB lost per GiB of memory (+{fit.intercept:.0f} MiB)")
+            label = s.legend_label if hasattr(s, "legend_label") else s.title
+            ax.scatter(xs, ys, color=color, marker=marker, s=22, zorder=3,
+                       label=label + (f": {fit.slope:.1f} MiB per GiB" if fit else ""))
+            if fit:  # a straight line on a log axis: drawn through many points, so it stays straight in data
+                import numpy as np
+
+                grid = np.geomspace(min(xs), max(xs), 50)
+                ax.plot(grid, [fit(x) for x in grid], color=color, linewidth=1.0, linestyle="-", zorder=2)
             elif s.measured:  # no straight line describes it (Xen PV): the medians, joined
                 ax.plot([p.memory_mib / 1024 for p in s.measured], [s.current_memory_mib - p.median for p in s.measured],
                         color=color, linewidth=1.2, linestyle="--", zorder=2)
             died = [p for p in s.failed if p.died]
             if died:  # the guest lost all of currentMemory: drawn there, as the cross it is elsewhere
                 ax.scatter([p.memory_mib / 1024 for p in died], [s.current_memory_mib] * len(died), color=color,
-                           marker=_FAIL_MARKERS["oom"], s=60, zorder=4)
+                           marker=_FAIL_MARKERS["oom"], s=60, zorder=4, clip_on=False)
         dead_at = sorted({s.current_memory_mib for s in series for p in s.failed if p.died})
         for level in dead_at:
             ax.axhline(level, linestyle=":", color="#555555", linewidth=1.0, zorder=1,
                        label=None if level != dead_at[0] else
                        f"all of currentMemory ({level} MiB) lost: the guest died (x)" if len(dead_at) == 1 else
                        "all of its currentMemory lost: the guest died (x, dotted)")
-        ax.set_xlabel("memory (GiB)")
-        ax.set_ylabel("currentMemory - what the guest sees (MiB)")
-        ax.set_title("Memory lost to a large <memory>" + ("" if len(series) <= MAX_LEGEND else
-                                                           f" ({len(series)} series)"))
-        ax.set_ylim(bottom=0)
-        ax.set_xlim(left=0)
+        values = sorted({p.memory_mib for s in series for p in s.points})
+        ax.set_xscale("log", base=2)
+        ax.set_xticks([v / 1024 for v in values])
+        ax.set_xticklabels([mib_label(v).replace(" GiB", "G").replace(" MiB", "M") for v in values])
+        ax.minorticks_off()
+        ax.set_xlim(values[0] / 1024 / 1.3, values[-1] / 1024 * 1.3)
+        ax.set_xlabel("memory (log scale)")
+        ax.set_ylabel("MiB lost (currentMemory - seen)")
+        ax.set_title("Memory lost to a large <memory>", fontsize=10)
+        ax.set_ylim(bottom=0, top=max([s.current_memory_mib for s in series] or [1]) * 1.08)
         if len(series) <= MAX_LEGEND:
-            if len(series) > 3:  # below the axes, where it hides no point
-                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=8, frameon=False, ncol=1)
+            if below:  # below the axes, where it hides no point
+                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, frameon=False, ncol=1)
             else:
                 ax.legend(loc="upper left", fontsize=8, frameon=False)
         fig.tight_layout()
