@@ -113,41 +113,46 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     site = new_site(tmp_path)
     report = build_all([m], site=site, quiet=True)
     bundle = site / "content/posts/sample"
+    # only the graphs the page shows are drawn: the all-guests graph is not shown by this post
     assert sorted(p.name for p in bundle.iterdir()) == [
-        "index.md", "kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-all-guests.png", "sample-memory-lost.png"]
-    assert len(report.written) == 6  # + the preview
+        "index.md", "kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-memory-lost.png"]
+    assert len(report.written) == 5  # + the preview
     text = (bundle / "index.md").read_text()
     fm = tomllib.loads(re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S).group(1))
-    assert fm == {"Categories": ["sysadm"], "Description": "Sample post built from sample records.",
-                  "Tags": ["memory", "kvm"], "date": "2026-11-20T10:00:00+00:00", "menu": "blog",
-                  "title": "Where did my memory go?", "aliases": ["/post/sample-old/"]}
+    # the description is the post's summary, from the records
+    assert fm["Description"].startswith("With currentMemory held at 1024 MiB, every GiB added to a guest's memory "
+                                        "ceiling cost it 27.7 MiB of what it could use on KVM: at 8 GiB the Ubuntu "
+                                        "Precise guest saw 772 MiB of its 1024. From 32 GiB on, no KVM guest survived")
+    assert {k: v for k, v in fm.items() if k != "Description"} == {
+        "Categories": ["sysadm"], "Tags": ["memory", "kvm"], "date": "2026-11-20T10:00:00+00:00", "menu": "blog",
+        "title": "Where did my memory go?", "aliases": ["/post/sample-old/"]}
+    body = text.split("+++\n", 2)[2]
+    assert body.lstrip().startswith("With `currentMemory` held at 1024 MiB")  # the answer comes first
     public = hugo(site)
     html = (public / "posts/sample/index.html").read_text()
     assert "<title>Where did my memory go?" in html
     images = re.findall(r'<img src="?([^" >]+)"?', html)
-    assert sorted(images) == ["kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-all-guests.png",
-                              "sample-memory-lost.png"]
+    assert sorted(images) == ["kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-memory-lost.png"]
     for src in images:
         assert (public / "posts/sample" / src).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cells = re.findall(r"<td[^>]*>(.*?)</td>", html)
-    # precise at 4 GiB: repeats 843 and 840 -> median 841.5 shown as 842 with its spread
-    assert "842 (840–843)" in cells and "961 (958–961)" not in cells and "960 (958–961)" in cells
+    # the pivoted table: precise at 4 GiB, repeats 843 and 840 -> median 841.5 shown as 842, lost 182
+    assert "842 (182)" in cells and "960 (64)" in cells
     assert "<strong>OOM</strong>" in cells and "<strong>refused</strong>" in cells
     assert (public / "post/sample-old/index.html").exists()  # the alias redirects
     assert "Ubuntu Precise" in html and "RHEL6" in html
-    assert "KVM, Ubuntu Precise, 1024 MB ram" in html
+    assert "KVM, Ubuntu Precise, currentMemory 1024 MiB" in html
     # failures are data: each told once, with where and how often
     assert "memory 32 GiB, currentMemory 1024 MiB, kvm1/precise (×2): <strong>oom</strong>" in html
     assert "kvm1/rhel6 (×2): <strong>refused</strong>" in html
     # the guests that died are explained from their own records: set aside at boot, how far the balloon got
-    assert "Past 32 GiB: no KVM guest survives" in html
-    assert ["32 GiB", "Ubuntu Precise", "1,100", "1,759", "2.0", "<strong>OOM</strong>"] in \
-        [cells[i:i + 6] for i in range(len(cells))]
-    assert "already kept 1,100 MiB for itself" in html and "more than the 1024 MiB" in html
+    assert "From 32 GiB, no KVM guest survives" in html
+    assert ["32 GiB", "Ubuntu Precise", "1,100 MiB", "1,759 MiB", "<strong>OOM</strong>"] in \
+        [cells[i:i + 5] for i in range(len(cells))]
     # the guest's last words are its own text: shown in a code span, never as markup
-    assert "<script>" not in html and "&lt;script&gt;x()&lt;/script&gt;" in html
-    assert "Ubuntu Precise, 1024 MB ram: died at 32 GiB, drawn as all of currentMemory lost." in html  # lost graph's alt
-    assert "still had\n659 MiB beyond the set-aside" in html or "still had 659 MiB beyond the set-aside" in html
+    assert "<script>" not in html and "&lt;script&gt;x()" in html
+    assert "guests died from 32 GiB (crosses at the top)" in html  # the lost graph's alt text
+    assert all(len(alt) < 300 for alt in re.findall(r'alt="([^"]*)"', html))
 
 
 def test_two_clean_builds_are_identical(sample, tmp_path):
@@ -168,7 +173,7 @@ def test_noop_rebuild_writes_nothing_and_skips_matplotlib(sample, tmp_path):
               "print(len(r.written), len(r.skipped), 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0", "6", "False"]
+    assert out.stdout.split() == ["0", "5", "False"]
     assert {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()} == stamps
 
 
@@ -182,8 +187,7 @@ def test_a_changed_result_rerenders_only_what_uses_it(sample, tmp_path):
     results.write_record(path, rec)
     report = build_all([m], site=site, quiet=True)
     written = sorted(p.name for p in report.written)
-    assert written == ["index.md", "kvm-rhel6-1024.png", "sample-all-guests.png", "sample-memory-lost.png",
-                       "sample.html"]
+    assert written == ["index.md", "kvm-rhel6-1024.png", "sample-memory-lost.png", "sample.html"]
     assert [p.name for p in report.skipped] == ["kvm-precise-1024.png"]
 
 
@@ -192,7 +196,7 @@ def test_clean_rebuild_renders_everything_but_rewrites_nothing(sample, tmp_path)
     site = new_site(tmp_path)
     build_all([m], site=site, quiet=True)
     report = build_all([m], site=site, quiet=True, clean=True)
-    assert report.written == [] and len(report.unchanged) == 6
+    assert report.written == [] and len(report.unchanged) == 5
 
 
 def test_static_layout_like_the_original(sample, tmp_path):
@@ -220,16 +224,18 @@ def test_alt_text_comes_from_the_data(sample, tmp_path):
     build_all([sample()], site=site, quiet=True)
     text = (site / "content/posts/sample/index.md").read_text()
     # medians of the two repeats (961, 958) and (773, 770); the failure named
-    assert "KVM, Ubuntu Precise. It falls from 959.5 MiB at 1 GiB to 771.5 MiB at 8 GiB. At 32 GiB: OOM.]" in text
-    assert "KVM, RHEL6. It falls from 948.5 MiB at 1 GiB to 753.5 MiB at 8 GiB. At 32 GiB: refused.]" in text
-    assert "about 27.7 MiB lost per GiB of memory" in text
+    assert ("![Memory seen by KVM, Ubuntu Precise (currentMemory 1024 MiB) against memory: 959.5 MiB at 1 GiB, "
+            "771.5 at 8 GiB; OOM at 32 GiB.]") in text
+    assert "![Memory seen by KVM, RHEL6 (currentMemory 1024 MiB) against memory: 948.5 MiB at 1 GiB, 753.5 at 8 GiB; " \
+           "refused at 32 GiB.]" in text
+    assert "![MiB lost against memory (log scale): 27.7 to 28.7 MiB per GiB for 2 guest(s)" in text
 
 
 def test_preview_is_self_contained(sample, tmp_path):
     site = new_site(tmp_path)
     build_all([sample()], site=site, quiet=True)
     html = (site / "previews/sample.html").read_text()
-    assert html.count('src="data:image/png;base64,') == 4
+    assert html.count('src="data:image/png;base64,') == 3
     assert 'src="kvm-' not in html and "<table>" in html and "<title>Where did my memory go?</title>" in html
 
 
@@ -324,19 +330,25 @@ def test_a_xen_host_gets_its_graphs_a_comparison_and_its_section(sample, tmp_pat
     bundle = site / "content/posts/sample"
     names = sorted(p.name for p in bundle.iterdir())
     # named like 2012's graphs: the hypervisor, not the host, since each host runs another one
-    assert {"kvm-precise-1024.png", "xen-precise-1024.png", "compare-precise-1024.png"} <= set(names)
+    assert {"kvm-precise-1024.png", "compare-precise-1024.png"} <= set(names)
     assert "compare-rhel6-1024.png" not in names  # rhel6 ran on one hypervisor only
+    assert "xen-precise-1024.png" not in names  # the comparison shows it; nothing in a bundle that no page shows
     text = (bundle / "index.md").read_text()
     assert "## On Xen" in text and "ran **nested**" in text
-    assert "| 32 GiB | 11 GiB | 10,240 | 734 | none |" in text
-    # the results table: a PV kernel's reserved count without the unpopulated part of its map (11 GiB - 1 GiB)
-    assert "| xen1 | Xen | Ubuntu Precise | 32 GiB | 1024 MiB | 734 | 290 | 300 | 2 | ok |" in text
-    assert "the part of its memory map that Xen never populated" in text
+    assert "| 32 GiB | 11 GiB | 10,240 | 734 | none |" in text  # the map's end, in the appendix
+    assert "On Xen (nested in QEMU) the loss stopped growing at 32 GiB" in text  # in the summary
     assert "from 16 GiB on, the map ends at 11 GiB" not in text  # no 16 GiB point in this sample
-    assert "from 32 GiB on, the map ends at 11 GiB" in text
+    assert "from 32 GiB the map ends at 11 GiB" in text
     assert "Xen 4.17.5 (1 CPU, 4.0 GiB)" in text and "`Haswell-noTSX`" in text
     # the prose follows the manifest's first host and guest, though Xen measured more points of it
     # (kvm1/precise: 961 and 958 MiB at 1 GiB, last measured 8 GiB; xen1/precise: 957 MiB, measured to 32 GiB)
-    assert "the guest already sees only\n**960 MiB**" in text and "At\n8 GiB the guest is down to" in text
+    assert "the guest sees **960 MiB** of 1024" in text and "8 GiB the guest is **252 MiB** short" in text
+    # the default post's results table: a PV kernel's reserved count without the unpopulated part of its map
+    path.write_text(path.read_text().replace("  content: post.md\n", ""))
+    build_all([load(path)], site=site, quiet=True)
+    text = (bundle / "index.md").read_text()
+    assert "| xen1 | Xen | Ubuntu Precise | 32 GiB | 1024 MiB | 734 | 290 | 300 | 2 | ok |" in text
+    assert "the part of its memory map that Xen never populated" in text
+    assert "xen-precise-1024.png" in {p.name for p in bundle.iterdir()}  # the default post shows every graph
     html = (hugo(site) / "posts/sample/index.html").read_text()
     assert "compare-precise-1024.png" in html and "xen-precise-1024.png" in html

@@ -251,17 +251,17 @@ def _template_error(e: Exception, fallback: str) -> UserError:
 
 def _render_with_summary(env, name: str, fallback: str, **context) -> tuple[str, str]:
     """The page's body, and its `summary` (what a content file sets with {% set summary %}…{% endset %}:
-    its answer in a few sentences, shown first and carried into the front matter's description)."""
-    import jinja2
-
+    its answer in a few sentences, shown first and carried into the front matter's description).
+    Rendered as usual first (errors name the file and line), then as a module for the summary."""
+    body = _render(env, name, fallback, **context)
+    template = env.get_template(name)
+    if "summary" not in env.loader.get_source(env, name)[0]:
+        return body, ""
     try:
-        module = env.get_template(name).make_module(context)
-    except jinja2.TemplateNotFound as e:
-        raise UserError(f"{fallback}: template {e.name!r} not found in {templates_dir()}") from None
-    except Exception as e:  # noqa: BLE001 - every template failure is reported with file and line
+        summary = getattr(template.make_module(context), "summary", "")
+    except Exception as e:  # noqa: BLE001 - it rendered once already; say where if not
         raise _template_error(e, fallback) from None
-    summary = getattr(module, "summary", "")
-    return str(module), plain_summary(str(summary)) if summary else ""
+    return body, plain_summary(str(summary)) if summary else ""
 
 
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
