@@ -4,6 +4,7 @@ Hugo blog of one's own."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -166,3 +167,19 @@ def test_a_folder_that_is_not_a_hugo_site_is_one_line(tmp_path):
     out = run("build", str(path), "--site", str(tmp_path / "nosite"))
     assert out.returncode == 1 and out.stderr.strip().count("\n") == 0
     assert "not a Hugo site (no hugo.toml or config.toml)" in out.stderr
+
+
+def test_the_readme_minimal_post_builds(tmp_path):
+    """The minimal post the README shows, as written there, builds a page with its answer first."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"A post of your own can start.*?```markdown\n(.*?)```", readme, re.S).group(1)
+    path = sample_without_content(tmp_path)
+    (path.parent / "mine.md").write_text(example)
+    path.write_text(path.read_text().replace("  slug: mine\n", "  slug: mine\n  content: mine.md\n"))
+    site = new_site(tmp_path)
+    build_all([load(path)], site=site, quiet=True)
+    text = (site / "content/posts/mine/index.md").read_text()
+    body = text.split("+++\n", 2)[2].lstrip()
+    assert body.startswith("At memory 32 GiB the guest saw") or body.startswith("At memory 8 GiB the guest saw")
+    assert 'Description = "At memory' in text and "](mine-memory-lost.png " in text
+    hugo(site)
