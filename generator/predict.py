@@ -282,15 +282,16 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
 def check_outcomes(records: list[dict]) -> dict:
     """The condition against every committed outcome that can be judged: each record's own margin
     (its set-aside, use and reserves at boot) against whether it lived. Autodeflate guests are
-    judged to survive; guests that inflate no balloon at boot, and records without zone reserves,
-    are counted as not judged."""
+    judged to survive; guests that inflate no balloon at boot (Xen PV, virtio-mem and DIMM hotplug)
+    and records without zone reserves are counted as not judged."""
     judged, hits, misses, borderline, not_judged = 0, 0, [], [], 0
     for r in records:
         if r.get("status") not in ("ok", "oom", "panic"):
             continue
         hv = hypervisors.for_domain_type(r.get("domain_type") or "")
         m = margin_mib(r)
-        if not hv.inflates_after_boot or m is None:
+        # hotplug guests boot with currentMemory (nothing to inflate), like a Xen PV guest
+        if not hv.inflates_after_boot or m is None or r.get("memory_model", "balloon") != "balloon":
             not_judged += 1
             continue
         predicted = True if r.get("autodeflate") else m >= 0

@@ -115,3 +115,9 @@ def test_cli_on_the_committed_records():
         args[i + 1] = bad[1]
         out = run(*args)
         assert out.returncode == 1 and out.stderr.count("\n") == 1 and line in out.stderr, out.stderr
+
+
+def test_hotplug_guests_are_not_judged():
+    recs = [rec(16384, 256, "ok", memory_model="virtio-mem"), rec(16384, 256, "ok", memory_model="dimm")]
+    got = pr.check_outcomes(recs)
+    assert got["judged"] == 0 and got["not_judged"] == 2
