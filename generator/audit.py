@@ -207,9 +207,12 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
     # Without a period the guest reported once, when its driver loaded (before the balloon took
     # anything): a figure that old is not what it sees now.
     if available and period:
+        # last_update is the host's clock, time.time() this machine's: a large age says the guest stopped
+        # reporting, or that the clocks differ; either way the figure is not read as now
         age = time.time() - updated if updated else None
         if age is not None and age > max(STALE_AFTER, 3 * period):
-            row.unknown_why = f"the balloon statistics are {age:.0f} s old (period {period} s): the guest stopped reporting"
+            row.unknown_why = (f"the balloon statistics were last updated {age:.0f} s ago by this machine's clock "
+                               f"(period {period} s): the guest stopped reporting, or the host's clock differs")
         else:
             row.sees_mib, row.sees_from = available / 1024, "balloon statistics"
     if opts.agent and _has_agent(live) and (row.sees_mib is None or not row.kernel):
@@ -258,7 +261,8 @@ def _apply_model(row: GuestRow, fam: str, model: Model | None, opts: Options) ->
     at_ceiling, how = curve.lost(row.memory_mib)
     at_current, _ = curve.lost(min(row.current_memory_mib, row.memory_mib))
     row.ceiling_mib = round(max(0.0, at_ceiling - at_current), 1)
-    lower_to = min(opts.lower_to_mib or row.current_memory_mib, row.memory_mib)
+    # memory can be lowered to currentMemory, not below it (libvirt refuses a ceiling under the target)
+    lower_to = min(max(opts.lower_to_mib or row.current_memory_mib, row.current_memory_mib), row.memory_mib)
     row.lower_to_mib = lower_to
     row.give_back_mib = round(max(0.0, at_ceiling - curve.lost(lower_to)[0]), 1)
     row.basis = basis + ("" if how in ("measured", "interpolated") else f"; {how}")
@@ -300,8 +304,11 @@ def audit_host(target: Target, model: Model | None, opts: Options) -> HostAudit:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # it stopped while the host was being audited: not running, not a row
                 out.guests.append(GuestRow(name=_safe_name(dom), unknown_why=f"libvirt: {_text(e.get_error_message(), 160)}"))
-            except (ValueError, ET.ParseError) as e:
+            except ET.ParseError as e:
                 out.guests.append(GuestRow(name=_safe_name(dom), unknown_why=f"unreadable domain XML: {_text(str(e), 120)}"))
+            except Exception as e:  # noqa: BLE001 - one domain's surprise is its row, the host goes on
+                out.guests.append(GuestRow(name=_safe_name(dom),
+                                           unknown_why=f"not read: {type(e).__name__}: {_text(str(e), 120)}"))
         for row in out.guests:
             row.changed = changed.get(row.name, "")
     except libvirt.libvirtError as e:

@@ -185,8 +185,8 @@ def cmd_audit(args) -> int:
     from .model import load_model
 
     lower_to = _size_mib("--lower-to", args.lower_to) if args.lower_to else None
-    if args.enable_stats is not None and not 1 <= args.enable_stats <= 3600:
-        raise UserError("--enable-stats SECONDS: from 1 to 3600")
+    if args.enable_stats is not None and not 1 <= args.enable_stats <= 60:
+        raise UserError("--enable-stats SECONDS: from 1 to 60 (audit waits two periods for the guests to report)")
     libvirt_module()
     model = load_model(Path(args.experiments))
     targets = au.targets(args.uris, args.hosts, _cache_dir(), trusted_dirs(args.trust or ()))
@@ -205,7 +205,7 @@ def cmd_audit(args) -> int:
     if args.post:
         from .publish.audit_page import write_page
 
-        for line in write_page(hosts, model, Path(args.site), args.post):
+        for line in write_page(hosts, model, Path(args.site), args.post, lower_to):
             say(line, file=sys.stderr)
     return 2 if au.failed(hosts) else 0
 

@@ -41,20 +41,27 @@ def _plain(r: dict) -> bool:
 
 
 def reserve_kib(zone_reserves: dict | None) -> float | None:
-    """The free memory kept from a movable allocation: min watermarks, plus the lower zones'
-    protection against the highest populated zone (capped at each zone's size)."""
+    """The free memory kept from a movable allocation, per NUMA node (zones 'Normal@1' are node 1's):
+    min watermarks, plus the lower zones' protection against the node's highest populated zone
+    (capped at each zone's size), summed over the nodes."""
     zones = (zone_reserves or {}).get("zones") or {}
     order = ["DMA", "DMA32", "Normal", "Movable"]
-    present = [z for z in order if z in zones]
-    if not present:
+    nodes: dict[str, dict] = {}
+    for name, z in zones.items():
+        zone, _, node = name.partition("@")
+        if zone in order:
+            nodes.setdefault(node or "0", {})[zone] = z
+    if not nodes:
         return None
-    top = order.index(present[-1])
     total = 0.0
-    for name in present:
-        z = zones[name]
-        protection = z.get("protection") or []
-        guard = protection[top] if top < len(protection) else 0
-        total += min(z.get("managed", 0), z.get("min", 0) + (guard if order.index(name) < top else 0))
+    for own in nodes.values():
+        present = [z for z in order if z in own]
+        top = order.index(present[-1])
+        for name in present:
+            z = own[name]
+            protection = z.get("protection") or []
+            guard = protection[top] if top < len(protection) else 0
+            total += min(z.get("managed", 0), z.get("min", 0) + (guard if order.index(name) < top else 0))
     return total
 
 
@@ -152,12 +159,14 @@ class Prediction:
     need_mib: float | None = None
     spare_mib: float | None = None
     largest_memory_mib: int | None = None
+    largest_is_bound: bool = False             # the search stopped at its cap: at least this much
     measured_sizes: list = field(default_factory=list)
 
     def lines(self) -> list[str]:
+        sees = f"{self.sees_mib:,.0f} MiB of {self.current_memory_mib:,}" if self.sees_mib > 0 else "nothing"
         out = [f"{self.guest} ({self.experiment}, kernel {self.kernel or 'unknown'}) on {self.hypervisor}: "
                f"memory {mib_label(self.memory_mib)}, currentMemory {mib_label(self.current_memory_mib)}",
-               f"  sees after ballooning: {self.sees_mib:,.0f} MiB of {self.current_memory_mib:,} "
+               f"  sees after ballooning: {sees} "
                f"({self.how}; measured at {', '.join(mib_label(m) for m in self.measured_sizes)})",
                f"  set aside for all of memory: {self.set_aside_mib:,.0f} MiB"]
         for name, v in sorted(self.items.items(), key=lambda kv: -kv[1]["mib"]):
@@ -175,7 +184,8 @@ class Prediction:
         if self.need_mib is not None and self.spare_mib is not None:
             out.append(f"  with {self.need_mib:,.0f} MiB needed by its work: {self.spare_mib:+,.0f} MiB to spare")
         if self.largest_memory_mib is not None:
-            out.append(f"  the largest memory that leaves {self.need_mib or 0:,.0f} MiB: "
+            what = (f"that leaves {self.need_mib:,.0f} MiB" if self.need_mib else "at which it survives its balloon")
+            out.append(f"  the largest memory {what}: {'at least ' if self.largest_is_bound else ''}"
                        f"{mib_label(self.largest_memory_mib)}")
         elif self.need_mib is not None and self.survives is not None:
             out.append(f"  no memory of {mib_label(self.current_memory_mib)} or more leaves {self.need_mib:,.0f} MiB")
@@ -224,7 +234,9 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
     hv = hypervisors.for_domain_type(next(r.get("domain_type") for r in mine))
     sizes = sizes_of(mine, hv.inflates_after_boot)
     if not sizes:
-        raise UserError(f"--guest {guest!r}: no record of it booted (no MemTotal at boot) on {fam}")
+        raise UserError(f"--guest {guest!r}: no record of it on {fam} can be used (" +
+                        ("none booted and reported MemTotal at boot)" if hv.inflates_after_boot else
+                         "none settled with a MemTotal to compare)"))
     set_aside, how = _at([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
     kernels = sorted({r.get("guest_kernel") or "" for r in mine})
     p = Prediction(guest, exp, hv.title, ", ".join(k for k in kernels if k), memory_mib, current_mib,
@@ -244,8 +256,9 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
                        "at boot")
         return p
     if p.sees_mib <= 0:
-        p.survives, p.margin_mib = False, round(p.sees_mib, 1)
-        p.condition = "the set-aside alone is more than currentMemory"
+        p.survives = False
+        p.condition = (f"nothing is left: the set-aside ({p.set_aside_mib:,.0f} MiB) is more than currentMemory "
+                       f"({current_mib:,} MiB)")
         return p
     # use and reserves at boot depend on the kernel and memory, not on the experiment: every record of
     # this kernel on this hypervisor that has them counts
@@ -267,15 +280,16 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
     if need_mib is not None:
         p.spare_mib = round(p.margin_mib - need_mib, 1)
     want = need_mib or 0.0
-    if margin(current_mib)[0] >= want:  # the largest memory that still leaves `want`: bisection in MiB
-        lo, hi = current_mib, current_mib
-        while hi < 1 << 24 and margin(hi * 2)[0] >= want:
-            hi *= 2
-        hi = min(hi * 2, 1 << 24)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            lo, hi = (mid, hi) if margin(mid)[0] >= want else (lo, mid)
-        p.largest_memory_mib = lo
+    cap = 1 << 24  # 16 TiB: beyond any guest measured here
+    if current_mib <= cap and margin(current_mib)[0] >= want:  # the largest memory that leaves `want`
+        if margin(cap)[0] >= want:
+            p.largest_memory_mib, p.largest_is_bound = cap, True
+        else:
+            lo, hi = current_mib, cap
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if margin(mid)[0] >= want else (lo, mid)
+            p.largest_memory_mib = lo
     return p
 
 

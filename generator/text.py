@@ -21,7 +21,7 @@ _ESCAPE_SEQ = re.compile(
     r"|[\x90\x98\x9e\x9f][^\x1b\x9c\n]*(?:\x1b\\|\x9c)?"
     r"|\x1b[ -/]*[0-~]?")                  # any other escape (ESC c resets the terminal)
 # What is left: C0 controls, DEL, C1 controls, and the Unicode controls that reorder or hide text.
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SPACES = re.compile(r"[\t\n\r\v\f]")
 _LINE_SPACES = re.compile(r"[\t\v\f]")
 

@@ -85,7 +85,7 @@ def test_stale_statistics_are_not_read_as_now(model):
     dom = FakeDomain("stuck", 4 * GIB, 1 * GIB, 843 * 1024)
     dom.memoryStats = lambda: {"actual": GIB, "available": 4 * GIB, "last_update": int(__import__("time").time()) - 600}
     g = row(model, dom)
-    assert g.sees_mib is None and re.match(r"the balloon statistics are 60[01] s old \(period 5 s\)", g.unknown_why)
+    assert g.sees_mib is None and re.match(r"the balloon statistics were last updated 60[01] s ago", g.unknown_why)
 
 
 def test_read_only_unless_asked(model):
@@ -175,3 +175,16 @@ def test_model_from_records_of_a_single_point():
     m = build_model(recs)
     c = m.curves[0]
     assert len(c.points) == 1 and c.lost(65536)[1].startswith("extrapolated (flat)")
+
+
+def test_a_domain_that_answers_nonsense_is_its_own_row(model):
+    odd = FakeDomain("odd", 4 * GIB, 1 * GIB, 843 * 1024)
+    odd.memoryStats = lambda: ["not", "a", "dict"]
+    [h] = au.audit([host([odd, FakeDomain("fine", 2 * GIB, 1 * GIB, 940 * 1024)])[0]], model, au.Options())
+    assert not h.error and {g.name for g in h.guests} == {"odd", "fine"}
+    assert next(g for g in h.guests if g.name == "odd").unknown_why.startswith("not read: AttributeError")
+
+
+def test_lower_to_below_current_memory_is_current_memory(model):
+    g = row(model, FakeDomain("db", 8 * GIB, 2 * GIB, 1800 * 1024), lower_to_mib=512)
+    assert g.lower_to_mib == 2048  # libvirt refuses a ceiling below the target

@@ -121,3 +121,11 @@ def test_hotplug_guests_are_not_judged():
     recs = [rec(16384, 256, "ok", memory_model="virtio-mem"), rec(16384, 256, "ok", memory_model="dimm")]
     got = pr.check_outcomes(recs)
     assert got["judged"] == 0 and got["not_judged"] == 2
+
+
+def test_the_reserve_of_every_numa_node_counts():
+    two = {"zones": {"DMA32": {"min": 10, "managed": 1000, "protection": [0, 0, 0, 0]},
+                     "Normal": {"min": 500, "managed": 9000, "protection": [0, 0, 0, 0]},
+                     "DMA32@1": {"min": 500, "managed": 1000, "protection": [0, 0, 0, 0]},
+                     "Normal@1": {"min": 500, "managed": 9000, "protection": [0, 0, 0, 0]}}}
+    assert pr.reserve_kib(two) == 1510

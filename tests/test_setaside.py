@@ -90,3 +90,28 @@ def test_hostile_text():
     interleaved = "\n".join(line for pair in zip(text.splitlines(), ["[ 1.0] random noise"] * 10_000) for line in pair)
     assert itemize(interleaved, memory * 1024, boot)["items"] == clean
     assert zone_reserves("Node 0, zone Normal\n  managed 99999999999999999999\n") is None
+
+
+def test_a_repeated_memory_map_and_a_flood_of_overlaps_change_nothing_and_stay_fast():
+    import time
+
+    console, memory, boot = capture(DATA / "qemu-6.1.0-57-amd64-4096.txt")
+    text = console.sections["memblock"]
+    clean = itemize(text, memory * 1024, boot)["items"]
+    e820 = "\n".join(line for line in text.splitlines() if "BIOS-e820" in line)
+    assert itemize(e820 + "\n" + text, memory * 1024, boot)["items"] == clean  # the map twice: RAM counted once
+    flood = "memblock_reserve: [0x0-0x1ffffffffffff] x+0x1/0x2\n" * 2000 + \
+        "".join(f"memblock_free: [0x{i * 8192:x}-0x{i * 8192 + 4095:x}] y+0x1/0x2\n" for i in range(2000))
+    t0 = time.monotonic()
+    found = itemize(flood + text, memory * 1024, boot)
+    assert time.monotonic() - t0 < 5  # a bounded list, not one range per overlap
+    assert sum(found["items"].values()) == found["set_aside_kib"]
+
+
+def test_without_a_memory_map_reservations_are_bounded_by_memory():
+    console, memory, boot = capture(DATA / "qemu-6.1.0-57-amd64-1024.txt")
+    text = "\n".join(line for line in console.sections["memblock"].splitlines() if "BIOS-e820" not in line)
+    huge = "memblock_reserve: [0x0-0x1ffffffffffff] x+0x1/0x2\n" + text
+    found = itemize(huge, memory * 1024, boot)
+    assert found["items"]["other boot allocations"] <= (memory + 4096) * 1024
+    assert any("no e820 memory map" in n for n in found["notes"])

@@ -75,55 +75,80 @@ def item_of(caller: str) -> str:
     return OTHER
 
 
-def _union(ranges: list[tuple[int, int, str]]) -> list[tuple[int, int, str]]:
-    """Ranges (start, end exclusive, item), each byte counted once: for the first range (in the order
-    given) that claims it."""
-    out: list[tuple[int, int, str]] = []
-    covered: list[tuple[int, int]] = []  # sorted, disjoint
-    import bisect
+class Coverage:
+    """Reserved ranges, each byte once, in log order: a reservation claims only what no earlier one
+    holds (first claim wins), a free releases what it covers. Kept sorted and disjoint, so a flood of
+    overlapping lines costs a bounded list, not a product of them."""
 
-    for start, end, item in ranges:
-        pieces = [(start, end)]
-        i = max(0, bisect.bisect_right(covered, (start, start)) - 1)
-        while i < len(covered) and covered[i][0] < end:
-            cs, ce = covered[i]
-            pieces = [p for s, e in pieces for p in ((s, min(e, cs)), (max(s, ce), e)) if p[0] < p[1]]
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.ranges: list[tuple[int, int, str]] = []  # (start, end exclusive, item), sorted, disjoint
+
+    def _overlapping(self, start: int, end: int) -> tuple[int, int]:
+        import bisect
+
+        i = max(0, bisect.bisect_right(self.starts, start) - 1)
+        if i < len(self.ranges) and self.ranges[i][1] <= start:
             i += 1
-        for s, e in pieces:
-            out.append((s, e, item))
-            bisect.insort(covered, (s, e))
-        # merge neighbours to keep the list short
-        merged: list[tuple[int, int]] = []
-        for s, e in covered:
-            if merged and s <= merged[-1][1]:
-                merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-            else:
-                merged.append((s, e))
-        covered = merged
+        j = i
+        while j < len(self.ranges) and self.ranges[j][0] < end:
+            j += 1
+        return i, j
+
+    def reserve(self, start: int, end: int, item: str) -> None:
+        i, j = self._overlapping(start, end)
+        pieces, at = [], start
+        for s, e, _ in self.ranges[i:j]:
+            if s > at:
+                pieces.append((at, s, item))
+            at = max(at, e)
+        if at < end:
+            pieces.append((at, end, item))
+        merged = sorted(self.ranges[i:j] + pieces)
+        self.ranges[i:j] = merged
+        self.starts[i:j] = [s for s, _, _ in merged]
+
+    def free(self, start: int, end: int) -> None:
+        i, j = self._overlapping(start, end)
+        kept = [p for s, e, item in self.ranges[i:j] for p in ((s, min(e, start), item), (max(s, end), e, item))
+                if p[0] < p[1]]
+        self.ranges[i:j] = kept
+        self.starts[i:j] = [s for s, _, _ in kept]
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
     return out
 
 
 def _clip(ranges, ram: list[tuple[int, int]]):
-    """The parts of ranges inside RAM (page-aligned usable e820 ranges); all of them if no map is known."""
-    if not ram:
-        return ranges
+    """The parts of (disjoint) ranges inside RAM (merged, page-aligned usable e820 ranges)."""
+    import bisect
+
+    starts = [s for s, _ in ram]
     out = []
     for s, e, item in ranges:
-        for rs, re_ in ram:
-            lo, hi = max(s, rs), min(e, re_)
+        k = max(0, bisect.bisect_right(starts, s) - 1)
+        while k < len(ram) and ram[k][0] < e:
+            lo, hi = max(s, ram[k][0]), min(e, ram[k][1])
             if lo < hi:
                 out.append((lo, hi, item))
+            k += 1
     return out
 
 
 def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) -> dict | None:
     """{'items': {item: KiB}, 'set_aside_kib': N, 'notes': [...]} from the probe's memblock section,
     or None if the Memory: line is missing (no itemization without the kernel's totals)."""
-    lines = text.splitlines()[:MAX_LINES]
+    lines = text.splitlines()[:MAX_LINES + 40]  # the probe prints at most 6000 log lines, then the symbols
     memory_line = None
     pending: str | None = None       # the caller of the last alloc line, waiting for its range
-    logged: list[tuple[int, int, str]] = []
-    frees: list[tuple[int, int]] = []
+    logged = Coverage()
     freeing: dict[str, int] = {}
     ram: list[tuple[int, int]] = []
     symbols: dict[str, int] = {}
@@ -136,16 +161,15 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
             start, end, caller = int(m.group(1), 16), int(m.group(2), 16) + 1, m.group(3)
             if end > start and end - start < 1 << 50:
                 if caller.startswith("memblock_alloc_range_nid") or caller.startswith("memblock_alloc_internal"):
-                    logged.append((start, end, pending or OTHER))
+                    logged.reserve(start, end, pending or OTHER)
                     pending = None
                 else:
-                    logged.append((start, end, item_of(caller)))
+                    logged.reserve(start, end, item_of(caller))
             continue
         if m := _FREE.search(line):
             start, end = int(m.group(1), 16), int(m.group(2), 16) + 1
             if end > start:  # handed back: no longer reserved (a later reservation may reuse it)
-                logged = [(s2, e2, item) for s, e, item in logged for s2, e2 in _subtract([(s, e)], [(start, end)])]
-                frees.append((start, end))
+                logged.free(start, end)
             continue
         if m := _KALLSYMS.match(line):
             symbols[m.group(2)] = int(m.group(1), 16)
@@ -166,7 +190,11 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
     if memory_line is None or None in memory_line:
         return None
     _available, physpages, code, rwdata, rodata, init, bss, reserved = memory_line
-    counted = _clip(_union(logged), sorted(ram))
+    notes = []
+    if not ram:  # no e820 map (a Xen PV guest prints its own): RAM is at most memory plus the PCI hole
+        ram = [(0, memory_kib * 1024 + (4 << 30))]
+        notes.append("no e820 memory map in the log: reservations were counted up to memory plus 4 GiB")
+    counted = _clip(logged.ranges, _merge(ram))
     items: dict[str, float] = {}
     for s, e, item in counted:
         items[item] = items.get(item, 0) + (e - s) / 1024
@@ -177,7 +205,6 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
     handed_back = sum(freeing.values())
     initrd_back = sum(v for k, v in freeing.items() if "initrd" in k)
     image_back = handed_back - initrd_back      # init sections, gaps, alternatives: parts of the image
-    notes = []
     end = symbols.get("__end_of_kernel_reserve") or symbols.get("__bss_stop")
     if "_text" in symbols and end and 0 < end - symbols["_text"] < 1 << 32:
         image_reserved = (end - symbols["_text"]) / 1024   # what setup_arch reserved for the image
@@ -203,13 +230,6 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
     return {"items": out, "set_aside_kib": round(set_aside), "notes": notes,
             "totals": {"ram_kib": physpages, "reserved_kib": reserved, "handed_back_kib": handed_back,
                        "logged_kib": round(logged_kib), "lines": len(lines)}}
-
-
-def _subtract(ranges: list[tuple[int, int]], holes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out = ranges
-    for hs, he in holes:
-        out = [p for s, e in out for p in ((s, min(e, hs)), (max(s, he), e)) if p[0] < p[1]]
-    return out
 
 
 # --- the page allocator's reserves ------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _graph(hosts, model: Model) -> bytes:
     return buf.getvalue()
 
 
-def write_page(hosts, model: Model, site: Path, slug: str) -> list[str]:
+def write_page(hosts, model: Model, site: Path, slug: str, lower_to_mib: int | None = None) -> list[str]:
     import tomli_w
     from markupsafe import Markup
 
@@ -66,8 +66,7 @@ def write_page(hosts, model: Model, site: Path, slug: str) -> list[str]:
                    front_matter=Markup("+++\n" + tomli_w.dumps(front) + "+++\n"), hosts=hosts, guests=len(rows),
                    lost=total("lost_mib"), ceiling=total("ceiling_mib"), give_back=total("give_back_mib"),
                    warnings=sum(1 for g in rows if g.warning), changed=sum(1 for g in rows if g.changed),
-                   lower_to=rows[0].lower_to_mib if rows and len({g.lower_to_mib for g in rows}) == 1
-                   and rows[0].lower_to_mib != rows[0].current_memory_mib else None,
+                   lower_to=lower_to_mib,
                    date=date[:10], model_records=model.records, alt=alt, graph=f"{slug}.png")
     folder = Path("content") / "audits" / slug
     write_all_beneath(site.resolve(), [(folder / "index.md", text.encode()), (folder / f"{slug}.png", _graph(hosts, model))],
