@@ -418,7 +418,10 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
     if "memblock" in console.sections:
         from .guests.setaside import itemize
 
-        found = itemize(console.sections["memblock"], record["memory_mib"] * 1024, record["memtotal_boot_kib"])
+        xen = record.get("xen_balloon") or {}
+        ballooned = (xen.get("low_kb") or 0) + (xen.get("high_kb") or 0) if xen else None
+        found = itemize(console.sections["memblock"], record["memory_mib"] * 1024, record["memtotal_boot_kib"],
+                        xen_ballooned_kib=ballooned or None)
         if found:
             record["set_aside_kib"] = found["items"]
             record["set_aside_notes"] = found["notes"]

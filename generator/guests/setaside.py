@@ -36,6 +36,8 @@ FIRMWARE = "firmware and memory-map holes"
 KERNEL = "kernel image"
 INITRAMFS = "initramfs"
 XEN_UNPOPULATED = "Xen's unpopulated map"
+XEN_BEYOND = "beyond Xen's memory map"
+XEN_P2M = "Xen's page lists (p2m)"
 OTHER = "other boot allocations"
 UNEXPLAINED = "unexplained"
 
@@ -48,12 +50,12 @@ _CALLERS = [
     (("pcpu_", "setup_per_cpu_areas", "alloc_bootmem_cpumask_var"), PER_CPU),
     (("init_mem_mapping", "alloc_low_page", "spp_getpage", "early_alloc_pgt_buf", "kernel_physical_mapping_init",
       "phys_p4d_init", "phys_pud_init", "phys_pmd_init", "early_pgtable", "xen_pagetable", "xen_setup_kernel_pagetable",
-      "xen_alloc_p2m", "xen_build_mfn_list_list"), PAGE_TABLES),
+      "xen_setup_kernel_pagetables"), PAGE_TABLES),
     (("reserve_real_mode", "acpi_", "smp_scan_config", "e820__", "firmware_map_", "reserve_bios_regions",
       "dmi_", "efi_", "reserve_ibft_region", "memblock_x86_reserve_range_setup_data", "trim_", "early_reserve_memory",
       "reserve_ebda", "mptable"), FIRMWARE),
     (("reserve_initrd", "relocate_initrd", "early_reserve_initrd"), INITRAMFS),
-    (("xen_",), XEN_UNPOPULATED),
+    (("xen_",), XEN_P2M),  # the PV guest's page lists (p2m) and other Xen boot structures
 ]
 
 _TIME = r"(?:\[\s*[0-9.]{1,20}\]\s*)?"
@@ -65,7 +67,8 @@ _MEMORY = re.compile(_TIME + r"Memory: ([0-9]{1,15})K/([0-9]{1,15})K available \
                      r"([0-9]{1,15})K reserved")
 _FREEING = re.compile(_TIME + r"Freeing ([A-Za-z][\w ()/-]{0,60}?) memory: ([0-9]{1,15})K")
 _KALLSYMS = re.compile(r"^kallsyms ([0-9a-f]{16}) [A-Za-z] (_text|__end_of_kernel_reserve|__bss_stop)$")
-_E820 = re.compile(_TIME + r"BIOS-e820: \[mem 0x([0-9a-f]{1,16})-0x([0-9a-f]{1,16})\] usable")
+_E820 = re.compile(_TIME + r"(?:BIOS-e820|Xen): \[mem 0x([0-9a-f]{1,16})-0x([0-9a-f]{1,16})\] usable")
+_XEN_MAP = re.compile(_TIME + r"Xen: \[mem 0x[0-9a-f]{1,16}-0x([0-9a-f]{1,16})\] usable")
 
 
 def item_of(caller: str) -> str:
@@ -142,7 +145,8 @@ def _clip(ranges, ram: list[tuple[int, int]]):
     return out
 
 
-def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) -> dict | None:
+def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None,
+            xen_ballooned_kib: int | None = None) -> dict | None:
     """{'items': {item: KiB}, 'set_aside_kib': N, 'notes': [...]} from the probe's memblock section,
     or None if the Memory: line is missing (no itemization without the kernel's totals)."""
     lines = text.splitlines()[:MAX_LINES + 40]  # the probe prints at most 6000 log lines, then the symbols
@@ -152,6 +156,7 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
     freeing: dict[str, int] = {}
     ram: list[tuple[int, int]] = []
     symbols: dict[str, int] = {}
+    xen_map_end = 0  # a Xen PV guest's memory map, as Xen described it
     for line in lines:
         line = line[:400]
         if m := _ALLOC.search(line):
@@ -174,6 +179,8 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
         if m := _KALLSYMS.match(line):
             symbols[m.group(2)] = int(m.group(1), 16)
             continue
+        if m := _XEN_MAP.search(line):
+            xen_map_end = max(xen_map_end, int(m.group(1), 16) + 1)
         if m := _E820.search(line):
             s, e = int(m.group(1), 16), int(m.group(2), 16) + 1
             s, e = (s + 4095) // 4096 * 4096, e // 4096 * 4096
@@ -199,6 +206,10 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
     for s, e, item in counted:
         items[item] = items.get(item, 0) + (e - s) / 1024
     holes = max(0, memory_kib - physpages)
+    if xen_map_end and xen_map_end // 1024 < memory_kib:  # Xen described less than memory: the rest is not RAM
+        beyond = memory_kib - xen_map_end // 1024
+        items[XEN_BEYOND] = beyond
+        holes = max(0, holes - beyond)
     items[FIRMWARE] = items.get(FIRMWARE, 0) + holes
     logged_kib = sum((e - s) / 1024 for s, e, _ in counted)
     early = reserved - logged_kib               # reserved before logging started
@@ -215,6 +226,11 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None) ->
     set_aside = holes + reserved - handed_back
     # what was reserved before logging and is neither the image nor the initramfs (handed back later)
     items[UNEXPLAINED] = early - image_reserved - initrd_back
+    if xen_ballooned_kib and not items.get(XEN_UNPOPULATED):
+        # a PV guest starts with currentMemory populated: Xen's balloon holds the rest of the map, which
+        # the kernel reserves before it logs (the balloon's own count says how much)
+        items[XEN_UNPOPULATED] = xen_ballooned_kib
+        items[UNEXPLAINED] -= xen_ballooned_kib
     if memtotal_boot_kib is not None:
         drift = (memory_kib - memtotal_boot_kib) - set_aside
         if drift:
