@@ -14,6 +14,10 @@
    under TCG that zeroing is emulated), one at a time, alternating, 3 each: the balloon's
    inflation time of each and their ratio, and what the guests see, which must be the same.
 
+6. The cost of itemizing: bare QEMU boots of the probe at 4 GiB in measure mode (no balloon to
+   inflate, hold 0) with and without `memblock=debug`, alternating, 5 each: the median wall time of
+   each, their difference, and the log lines the probe printed (the itemization's input).
+
 `--parts 5` runs only part 5 (any comma-separated list of parts).
 """
 from __future__ import annotations
@@ -127,7 +131,7 @@ def overhead(r: dict) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-default", action="store_true", help="leave out part 3 (the 30 default points)")
-    ap.add_argument("--parts", default="1,2,3,4,5", help="which parts to run, e.g. 5 or 1,2 (default: all)")
+    ap.add_argument("--parts", default="1,2,3,4,5,6", help="which parts to run, e.g. 5 or 1,2 (default: all)")
     args = ap.parse_args()
     parts = {int(x) for x in args.parts.split(",") if x.strip().isdigit()}
     if args.skip_default:
@@ -146,6 +150,35 @@ def main() -> None:
             slot_parts(tmp, env, slots)
         if 5 in parts:
             init_on_alloc(tmp, env)
+        if 6 in parts:
+            memblock_debug(cache)
+
+
+def memblock_debug(cache: Path, runs: int = 5) -> None:
+    built = probe_mod.build("host", "", cache)
+    image, _ = built.boot_image("auto")
+    base = ("console=ttyS0 loglevel=4 panic=-1 rdinit=/init memballoon.mode=measure memballoon.stable=1 "
+            "memballoon.settle=5 memballoon.balloon_kib=0 memballoon.hold=0")
+    times: dict[str, list[float]] = {"without": [], "with": []}
+    lines: dict[str, int] = {}
+    for _ in range(runs):
+        for key, extra in (("without", ""), ("with", " memblock=debug")):
+            t0 = time.monotonic()
+            out = subprocess.run(
+                ["qemu-system-x86_64", "-accel", "tcg", "-M", "pc", "-m", "4096", "-smp", "1", "-display", "none",
+                 "-no-reboot", "-serial", "stdio", "-monitor", "none", "-kernel", str(image), "-initrd",
+                 str(built.initrd), "-device", "virtio-balloon-pci", "-append", base + extra],
+                capture_output=True, text=True, timeout=300)
+            times[key].append(time.monotonic() - t0)
+            if "@@MEMBALLOON done" not in out.stdout:
+                sys.exit(f"bench-sweep: the probe did not finish:\n{out.stdout[-2000:]}")
+            section = out.stdout.split("@@MEMBALLOON begin memblock")[1].split("@@MEMBALLOON end memblock")[0]
+            lines[key] = len(section.strip().splitlines())
+    a, b = statistics.median(times["without"]), statistics.median(times["with"])
+    print(f"6. probe at 4 GiB, bare QEMU, median of {runs}: without memblock=debug {a:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in times['without'])}), with {b:.2f} s "
+          f"({', '.join(f'{t:.2f}' for t in times['with'])}); difference {b - a:+.2f} s ({b / a:.2f}x); "
+          f"log lines printed {lines['without']} and {lines['with']}")
 
 
 def init_on_alloc(tmp: Path, env: dict, runs: int = 3) -> None:
