@@ -531,6 +531,17 @@ class Data:
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
 
     @property
+    def panics(self) -> list[tuple[str, int]]:
+        """The kernels' last words of the dead guests ('Kernel panic - not syncing: …'), with counts."""
+        counts: dict[str, int] = {}
+        for r in self.records:
+            if r["status"] in ("oom", "panic"):
+                m = re.search(r"Kernel panic - not syncing: ([^;]{1,80})", r.get("reason") or "")
+                if m:
+                    counts[m.group(1).strip()] = counts.get(m.group(1).strip(), 0) + 1
+        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    @property
     def kernels_by_guest(self) -> list[tuple[str, list[str]]]:
         """(guest label, the kernel releases its records report), in series order."""
         out: dict[str, set] = {}
