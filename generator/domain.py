@@ -51,16 +51,17 @@ class DomainSpec:
 
 
 def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "",
-                   console: str = "ttyS0") -> str:
+                   console: str = "ttyS0", memblock_debug: bool = True) -> str:
     """The probe's kernel command line: console on the serial port (hvc0 on Xen PV), panic =>
     reboot => destroy.
 
     balloon_kib: what the balloon must hold once inflated (memory - currentMemory); the probe ends
-    as soon as it does."""
+    as soon as it does. memblock_debug: the kernel logs each boot-time reservation (the set-aside is
+    itemized from them); it only prints, so what the guest sees is the same either way."""
     parts = [f"console={console}", "loglevel=4", "panic=-1", "rdinit=/init",
              f"memballoon.mode={mode}", f"memballoon.stable={max(1, int(round(stable)))}",
              f"memballoon.settle={max(1, int(settle))}", f"memballoon.balloon_kib={max(0, int(balloon_kib))}",
-             "memballoon.hold=30", "memblock=debug"]
+             "memballoon.hold=30"] + (["memblock=debug"] if memblock_debug else [])
     if extra:
         parts.append(extra)
     return " ".join(parts)

@@ -187,7 +187,8 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "memhp_default_state=online_movable" if point.memory_model != "balloon" else "", guest.cmdline) if x)
     hv = hypervisors.for_domain_type(domain_type)
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
-                             balloon_kib=target_kib, extra=extra, console=hv.console_device)
+                             balloon_kib=target_kib, extra=extra, console=hv.console_device,
+                             memblock_debug=hv.memblock_debug)
     backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
     xml = hv.render(_spec(point, manifest, name=name, domain_type=domain_type, kernel=kernel, initrd=initrd,
                           cmdline=cmdline, console=console_path, balloon_model=balloon_model, memory_backing=backing))
@@ -421,7 +422,7 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
         xen = record.get("xen_balloon") or {}
         ballooned = (xen.get("low_kb") or 0) + (xen.get("high_kb") or 0) if xen else None
         found = itemize(console.sections["memblock"], record["memory_mib"] * 1024, record["memtotal_boot_kib"],
-                        xen_ballooned_kib=ballooned or None)
+                        xen_ballooned_kib=ballooned or None, current_kib=record["current_memory_mib"] * 1024)
         if found:
             record["set_aside_kib"] = found["items"]
             record["set_aside_notes"] = found["notes"]

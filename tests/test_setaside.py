@@ -115,3 +115,27 @@ def test_without_a_memory_map_reservations_are_bounded_by_memory():
     found = itemize(huge, memory * 1024, boot)
     assert found["items"]["other boot allocations"] <= (memory + 4096) * 1024
     assert any("no e820 memory map" in n for n in found["notes"])
+
+
+def test_a_xen_pv_guest_without_memblock_debug_is_itemized_from_the_kernels_totals():
+    """Xen PV probes boot without memblock=debug (its early reservations overflow the kernel's log):
+    the set-aside splits into what lies beyond Xen's map, the map's unpopulated part, the image, and
+    the kernel's reservations as one item. Lines from an archived 128 GiB point."""
+    import json
+
+    from generator.guests.setaside import NOT_ITEMIZED, XEN_BEYOND, XEN_UNPOPULATED
+
+    root = Path(__file__).resolve().parents[1]
+    rec = json.loads((root / "experiments/memory-ballooning/results/xen/debian/"
+                            "memory-131072MiB-current-1024MiB-r2.json").read_text())
+    text = "\n".join(rec["dmesg"])
+    memory = rec["memory_mib"] * 1024
+    found = itemize(text, memory, rec["memtotal_boot_kib"], current_kib=1024 * 1024)
+    items = found["items"]
+    assert sum(items.values()) == memory - rec["memtotal_boot_kib"]
+    map_end = max(int(line.split("-0x")[1].split("]")[0], 16) + 1 for line in rec["dmesg"]
+                  if "Xen: [mem" in line and "usable" in line)
+    assert items[XEN_BEYOND] == memory - map_end // 1024  # 117 GiB that no map describes
+    assert 10 * 1024 * 1024 - 1024 < items[XEN_UNPOPULATED] < 10 * 1024 * 1024 + 1024  # about 10 GiB
+    assert 0 < items[NOT_ITEMIZED] < 400 * 1024 and "unexplained" not in items
+    assert any("without memblock=debug" in n for n in found["notes"])

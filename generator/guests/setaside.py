@@ -38,6 +38,7 @@ INITRAMFS = "initramfs"
 XEN_UNPOPULATED = "Xen's unpopulated map"
 XEN_BEYOND = "beyond Xen's memory map"
 XEN_P2M = "Xen's page lists (p2m)"
+NOT_ITEMIZED = "other boot reservations (not itemized)"
 OTHER = "other boot allocations"
 UNEXPLAINED = "unexplained"
 
@@ -146,13 +147,14 @@ def _clip(ranges, ram: list[tuple[int, int]]):
 
 
 def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None,
-            xen_ballooned_kib: int | None = None) -> dict | None:
+            xen_ballooned_kib: int | None = None, current_kib: int | None = None) -> dict | None:
     """{'items': {item: KiB}, 'set_aside_kib': N, 'notes': [...]} from the probe's memblock section,
     or None if the Memory: line is missing (no itemization without the kernel's totals)."""
     lines = text.splitlines()[:MAX_LINES + 40]  # the probe prints at most 6000 log lines, then the symbols
     memory_line = None
     pending: str | None = None       # the caller of the last alloc line, waiting for its range
     logged = Coverage()
+    debug_lines = 0                  # memblock=debug's own lines: none when it was not on
     freeing: dict[str, int] = {}
     ram: list[tuple[int, int]] = []
     symbols: dict[str, int] = {}
@@ -161,9 +163,11 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None,
         line = line[:400]
         if m := _ALLOC.search(line):
             pending = item_of(m.group(2))
+            debug_lines += 1
             continue
         if m := _RESERVE.search(line):
             start, end, caller = int(m.group(1), 16), int(m.group(2), 16) + 1, m.group(3)
+            debug_lines += 1
             if end > start and end - start < 1 << 50:
                 if caller.startswith("memblock_alloc_range_nid") or caller.startswith("memblock_alloc_internal"):
                     logged.reserve(start, end, pending or OTHER)
@@ -225,24 +229,37 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None,
     items[KERNEL] = items.get(KERNEL, 0) + image_reserved - image_back
     set_aside = holes + reserved - handed_back
     # what was reserved before logging and is neither the image nor the initramfs (handed back later)
-    items[UNEXPLAINED] = early - image_reserved - initrd_back
-    if xen_ballooned_kib and not items.get(XEN_UNPOPULATED):
-        # a PV guest starts with currentMemory populated: Xen's balloon holds the rest of the map, which
-        # the kernel reserves before it logs (the balloon's own count says how much)
+    rest = early - image_reserved - initrd_back
+    if xen_map_end and current_kib:
+        # a PV guest is built with currentMemory populated; the rest of the map Xen described is
+        # reserved at boot, unpopulated (Xen's balloon holds it, or it waits to be populated)
+        unpopulated = max(0, physpages - current_kib)
+        items[XEN_UNPOPULATED] = unpopulated
+        rest -= unpopulated
+    elif xen_ballooned_kib:
         items[XEN_UNPOPULATED] = xen_ballooned_kib
-        items[UNEXPLAINED] -= xen_ballooned_kib
+        rest -= xen_ballooned_kib
+    if debug_lines:
+        items[UNEXPLAINED] = rest
+    else:  # booted without memblock=debug: the kernel's totals say how much, not what for
+        items[NOT_ITEMIZED] = rest
+        items[UNEXPLAINED] = 0
+        notes.append("booted without memblock=debug: the kernel's own reservations are one item, not itemized")
     if memtotal_boot_kib is not None:
         drift = (memory_kib - memtotal_boot_kib) - set_aside
         if drift:
-            items[UNEXPLAINED] += drift
+            items[UNEXPLAINED if debug_lines else NOT_ITEMIZED] += drift
             notes.append(f"MemTotal at boot differs from the kernel's own totals by {drift:+.0f} KiB "
                          "(memory handed back or taken between the Memory: line and the probe's reading)")
         set_aside = memory_kib - memtotal_boot_kib
-    if abs(items[UNEXPLAINED]) >= 1024:
+    if debug_lines and abs(items[UNEXPLAINED]) >= 1024:
         notes.append(f"{items[UNEXPLAINED] / 1024:.1f} MiB reserved before the kernel logs reservations is "
                      "neither its image nor handed back later")
-    out = {k: round(v) for k, v in sorted(items.items()) if round(v) and k != UNEXPLAINED}
-    out[UNEXPLAINED] = round(set_aside) - sum(out.values())  # the items sum to the set-aside exactly
+    out = {k: round(v) for k, v in sorted(items.items()) if round(v) and k not in (UNEXPLAINED, NOT_ITEMIZED)}
+    if debug_lines:
+        out[UNEXPLAINED] = round(set_aside) - sum(out.values())  # the items sum to the set-aside exactly
+    else:
+        out[NOT_ITEMIZED] = round(set_aside) - sum(out.values())
     return {"items": out, "set_aside_kib": round(set_aside), "notes": notes,
             "totals": {"ram_kib": physpages, "reserved_kib": reserved, "handed_back_kib": handed_back,
                        "logged_kib": round(logged_kib), "lines": len(lines)}}

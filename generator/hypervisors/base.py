@@ -35,6 +35,7 @@ class Hypervisor:
     boot: str | None = None              # a boot method it imposes on probes ('bzimage'), or None
     linear_loss: bool = True             # a guest's loss grows in a straight line with memory (posts fit one)
     no_guest_stats: str = ""             # why libvirt has no guest-side balloon statistics for it ('' = it has)
+    memblock_debug: bool = True          # probes boot with memblock=debug (their set-aside itemized by caller)
 
     # -- the domain -------------------------------------------------------------------------------
     def render(self, spec: DomainSpec) -> str:
