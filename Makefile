@@ -43,7 +43,7 @@ install: deps  ## the virtualenv .venv with the project and its dependencies
 	$(PY) -m pip install -q --upgrade pip && \
 	$(PY) -m pip install -q -e '.[test,site]' && echo "$$want" > $(STAMP)
 
-test: install  ## every test (real guests, sshd, Hugo, nested Xen; about 20 min on 2 cores)
+test: install  ## every test (real guests, sshd, Hugo, Chromium, nested Xen; about 19 min on 2 cores)
 	$(PY) -m pytest -q -ra tests
 
 test-unit: install  ## the tests that boot nothing

@@ -170,7 +170,7 @@ class Prediction:
                f"({self.how}; measured at {', '.join(mib_label(m) for m in self.measured_sizes)})",
                f"  set aside for all of memory: {self.set_aside_mib:,.0f} MiB"]
         for name, v in sorted(self.items.items(), key=lambda kv: -kv[1]["mib"]):
-            out.append(f"    {name:<32} {v['mib']:>9,.1f} MiB" + (f"   {v['per_gib']:+.2f} MiB per GiB of memory"
+            out.append(f"    {name:<32} {v['mib']:>9,.1f} MiB" + (f"   {v['per_gib'] + 0.0:+.2f} MiB per GiB of memory"
                                                                  if v.get("per_gib") is not None else ""))
         if self.survives is None or self.reserve_mib is None:
             out.append(f"  survives its balloon: {'no: ' if self.survives is False else ''}{self.condition}")
@@ -247,8 +247,8 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
         pts = [(s.memory_mib, s.items.get(name, 0.0)) for s in itemized]
         value, _ = _at(pts, memory_mib)
         slope = None
-        if len(pts) >= 2:
-            (x0, y0), (x1, y1) = pts[0], pts[-1]
+        if len(pts) >= 2:  # above the second size, as the posts give it: a step (the bounce buffer) is not a slope
+            (x0, y0), (x1, y1) = (pts[1] if len(pts) > 2 else pts[0]), pts[-1]
             slope = (y1 - y0) / ((x1 - x0) / 1024) if x1 != x0 else None
         p.items[name] = {"mib": round(value, 1), "per_gib": None if slope is None else round(slope, 2)}
     if not hv.inflates_after_boot:
