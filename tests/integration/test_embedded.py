@@ -321,3 +321,21 @@ def test_autodeflate_keeps_a_squeezed_guest_alive(write_manifest, tmp_path, embe
     assert recs[True]["status"] == "ok", recs[True]["reason"]  # the balloon gave memory back instead
     assert "the balloon stopped at" in recs[True]["reason"]
     assert recs[True]["balloon"]["actual"] > 128 * 1024
+
+
+def test_predict_for_a_size_never_measured_then_measured_live(write_manifest, tmp_path, embed_env):
+    """predict answers from the committed records for 6 GiB, which no experiment measured; then the
+    point is booted: what the guest sees, its page descriptors and its survival are as predicted."""
+    root = Path(__file__).resolve().parents[2]
+    asked = cli(embed_env, "predict", "--guest", "debian", "--experiment", "memory-ballooning", "--memory", "6GiB",
+                "--current-memory", "1GiB", "--json", "--experiments", str(root / "experiments"))
+    assert asked.returncode == 0, asked.stderr
+    p = json.loads(asked.stdout)
+    assert p["how"] == "interpolated" and 6144 not in p["measured_sizes"] and p["survives"] is True
+    manifest = write_manifest("predicted", memory="[6 GiB]")
+    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+    assert out.returncode == 0, out.stderr
+    rec = records(tmp_path / "res" / "predicted")[6144]
+    assert rec["status"] == "ok"
+    assert abs(rec["memtotal_settled_kib"] / 1024 - p["sees_mib"]) <= 3, (rec["memtotal_settled_kib"], p["sees_mib"])
+    assert abs(rec["set_aside_kib"]["page descriptors"] / 1024 - p["items"]["page descriptors"]["mib"]) <= 1
