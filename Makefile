@@ -43,14 +43,15 @@ install: deps  ## the virtualenv .venv with the project and its dependencies
 	$(PY) -m pip install -q --upgrade pip && \
 	$(PY) -m pip install -q -e '.[test,site]' && echo "$$want" > $(STAMP)
 
-test: install  ## every test (real guests, sshd, Hugo, Chromium, nested Xen; about 19 min on 2 cores)
-	$(PY) -m pytest -q -ra tests
+test: install  ## every test: test-unit, then test-integration (about 19 min on 2 cores)
+	$(PY) -m pytest -q -ra -n auto tests/unit
+	$(PY) -m pytest -q -ra tests/integration
 
-test-unit: install  ## the tests that boot nothing
-	$(PY) -m pytest -q -ra -m "not integration and not ssh" tests
+test-unit: install  ## tests/unit: boots nothing, runs no other program's server (under a minute, one worker per core)
+	HYPOTHESIS_PROFILE=quick $(PY) -m pytest -q -ra -n auto tests/unit
 
-test-integration: install  ## the tests that boot real guests
-	$(PY) -m pytest -q -ra -m "integration or ssh" tests
+test-integration: install  ## tests/integration: real guests, sshd, nested Xen, Hugo, Chromium, the CLI as a program
+	$(PY) -m pytest -q -ra tests/integration
 
 # Generated bad manifests and records through validate, status and build (also part of make test).
 fuzz: install  ## generated bad manifests and records through the CLI

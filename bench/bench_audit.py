@@ -13,9 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
-from fake_libvirt import GIB, FakeConn, FakeDomain  # noqa: E402
+from tests.support.fake_libvirt import GIB, FakeConn, FakeDomain  # noqa: E402
 from generator import audit as au  # noqa: E402
 from generator.model import load_model  # noqa: E402
 

@@ -1,9 +1,17 @@
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# Property tests: 300 examples each in `make test`; `make test-unit` (HYPOTHESIS_PROFILE=quick) runs 60
+# to stay fast while you work.
+settings.register_profile("full", max_examples=300, deadline=None)
+settings.register_profile("quick", max_examples=60, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "full"))
 
 MANIFEST = """\
 experiment: {name}

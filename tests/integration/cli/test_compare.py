@@ -1,0 +1,170 @@
+"""compare through the real CLI and real git: what changed between two revisions of the records."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from generator import results
+from generator.manifest import load
+from generator.plan import points
+from tests.support import ROOT, git  # noqa: F401
+from tests.support.sample import MANIFEST, record  # noqa: F401
+
+
+def compare(cwd, *args):
+    return subprocess.run([sys.executable, "-m", "generator", "compare", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A project in git with sample records committed (tag 'first'), then four kinds of change
+    committed (tag 'second'): one reading moved, one status changed, one point added, one removed."""
+    project = tmp_path / "project"
+    folder = project / "experiments" / "sample"
+    folder.mkdir(parents=True)
+    (folder / "post.md").write_text("x\n")
+    (folder / "experiment.yaml").write_text(MANIFEST.format(slug="sample", title="t", content="post.md"))
+    m = load(folder / "experiment.yaml")
+    res = Path(m.results)
+    pts = {p.key: p for p in points(m)}
+    for key, p in pts.items():
+        if p.memory_mib != 8192 or p.guest != "rhel6":  # rhel6 at 8 GiB: added later
+            results.write_record(p.record_path(res), {**record(p.guest, p.memory_mib, p.repeat), **p.factors})
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first; $(touch /tmp/pwned) `id` \x1b]0;title\x07")
+    git(project, "tag", "first")
+
+    def rewrite(key, **change):
+        path = pts[key].record_path(res)
+        rec = json.loads(path.read_text())
+        rec.update(change)
+        path.write_text(json.dumps(rec))
+
+    for r in (1, 2):  # precise at 4 GiB now sees 20 MiB less: moved
+        rec = record("precise", 4096, r)
+        rewrite(f"kvm1/precise/m4096-c1024-r{r}", free_m=dict(rec["free_m"], total=rec["free_m"]["total"] - 20),
+                memtotal_settled_kib=rec["memtotal_settled_kib"] - 20 * 1024)
+    for r in (1, 2):  # rhel6 at 2 GiB is now an oom
+        rewrite(f"kvm1/rhel6/m2048-c1024-r{r}", status="oom", reason="Out of memory", free_m=None,
+                memtotal_settled_kib=None)
+    for r in (1, 2):  # added
+        p = pts[f"kvm1/rhel6/m8192-c1024-r{r}"]
+        results.write_record(p.record_path(res), {**record("rhel6", 8192, r), **p.factors})
+    for r in (1, 2):  # removed
+        pts[f"kvm1/precise/m1024-c1024-r{r}"].record_path(res).unlink()
+    for r in (1, 2):  # precise at 2 GiB moves by less than its repeats' spread: unchanged
+        rec = record("precise", 2048, r)
+        rewrite(f"kvm1/precise/m2048-c1024-r{r}", free_m=dict(rec["free_m"], total=rec["free_m"]["total"] - 1))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "second")
+    git(project, "tag", "second")
+    return project
+
+
+EXPECTED = {"kvm1/precise/m4096-c1024": "moved", "kvm1/rhel6/m2048-c1024": "status changed",
+            "kvm1/rhel6/m8192-c1024": "added", "kvm1/precise/m1024-c1024": "removed"}
+
+
+def test_two_revisions_are_classified_from_git_objects(repo):
+    status_before = git(repo, "status", "--porcelain")
+    out = compare(repo, "first", "second", "--json")
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert data["format"] == "memballoon-compare" and data["version"] == 1
+    [exp] = data["experiments"]
+    assert {p["point"]: p["class"] for p in exp["points"]} == EXPECTED
+    moved = next(p for p in exp["points"] if p["class"] == "moved")
+    assert moved["old"]["median_mib"] - moved["new"]["median_mib"] == 20 and moved["old"]["spread_mib"] == 3
+    assert exp["counts"]["unchanged"] == 10 - 4 + 0  # 5 sizes x 2 guests, less the four that changed
+    assert git(repo, "status", "--porcelain") == status_before  # nothing written, no checkout
+
+
+def test_the_working_tree_is_the_default_new_side_and_the_table_says_the_same(repo):
+    out = compare(repo, "first")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "1 moved, 1 status changed, 1 added, 1 removed, 6 unchanged" in lines[0]
+    for point, kind in EXPECTED.items():
+        assert any(line.split()[0:len(kind.split())] == kind.split() and point in line for line in lines[1:]), point
+    assert any("841.5 ±1.5 MiB -> 821.5 ±1.5 MiB" in line for line in lines)  # medians of 843 and 840
+
+
+def test_fail_on_change_for_ci(repo):
+    assert compare(repo, "first", "second", "--fail-on-change").returncode == 1
+    same = compare(repo, "second", "second", "--fail-on-change")
+    assert same.returncode == 0 and "0 moved, 0 status changed, 0 added, 0 removed" in same.stdout
+
+
+def test_provenance_changes_are_listed(repo):
+    folder = repo / "experiments" / "sample" / "results"
+    for path in folder.rglob("*.json"):
+        rec = json.loads(path.read_text())
+        rec["qemu_version"] = "9.0.0"
+        path.write_text(json.dumps(rec))
+    out = compare(repo, "second")
+    assert "QEMU on kvm1: 8.2.0 -> 9.0.0" in out.stdout
+
+
+@pytest.mark.parametrize("rev, says", [("nosuch", "revision 'nosuch' does not exist"),
+                                       ("--upload-pack=x", "is not a git revision"),
+                                       ("HEAD;id", "is not a git revision")])
+def test_revisions_that_cannot_be_read_are_one_line(repo, rev, says):
+    out = compare(repo, "--", rev)
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
+
+
+def test_a_shallow_clone_says_so(repo, tmp_path):
+    clone = tmp_path / "shallow"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{repo}", str(clone)], check=True)
+    first = git(repo, "rev-parse", "first").strip()
+    out = compare(clone, first)
+    assert out.returncode == 1 and "shallow" in out.stderr and "git fetch --unshallow" in out.stderr
+
+
+def test_a_moved_results_folder_is_said_once(repo):
+    git(repo, "mv", "experiments/sample/results", "experiments/sample/records")
+    manifest = repo / "experiments" / "sample" / "experiment.yaml"
+    manifest.write_text(manifest.read_text() + "results: records\n")
+    out = compare(repo, "first")
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("no records in experiments/sample/records at") == 1
+    assert "0 moved, 0 status changed, 9 added, 0 removed" in out.stdout
+
+
+def test_old_schema_records_compare_through_the_migrations(repo):
+    """Version-1 records (memory and currentMemory only) at the old revision read as the same points."""
+    folder = repo / "experiments" / "sample" / "results"
+    for path in folder.rglob("*.json"):
+        rec = json.loads(path.read_text())
+        for k in ("memory_model", "autodeflate", "free_page_reporting"):
+            rec.pop(k)
+        rec["schema_version"] = 1
+        path.write_text(json.dumps(rec))
+    git(repo, "commit", "-qam", "as schema 1")
+    git(repo, "tag", "old-schema")
+    git(repo, "checkout", "-q", "second", "--", ".")
+    out = compare(repo, "old-schema", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["experiments"][0]["points"] == []
+
+
+def test_the_default_old_side_is_the_published_commit(repo):
+    """Without revisions, compare reads the commit the post names in its provenance."""
+    site = repo / "site"
+    page = site / "content" / "posts" / "sample" / "index.md"
+    page.parent.mkdir(parents=True)
+    first = git(repo, "rev-parse", "first").strip()
+    page.write_text(f"- Raw results: 18 JSON records in `experiments/sample/results`, git commit `{first[:12]}`.\n")
+    out = compare(repo)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"sample: {first[:12]} -> working tree") and "1 moved" in out.stdout
+    page.unlink()
+    out = compare(repo)
+    assert out.returncode == 1 and "names no results commit" in out.stderr

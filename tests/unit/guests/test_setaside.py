@@ -1,0 +1,145 @@
+"""Itemizing the kernel's set-aside (generator/guests/setaside.py) from real memblock=debug captures
+(tests/data/setaside) and from hostile text."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from generator.guests.setaside import (
+    BOUNCE_BUFFER, HASH_TABLES, KERNEL, PAGE_DESCRIPTORS, UNEXPLAINED, itemize, zone_reserves
+)
+from generator.measure import Console
+from tests.support import DATA as SUPPORT_DATA
+from tests.support import ROOT
+
+DATA = SUPPORT_DATA / "setaside"
+
+
+CAPTURES = sorted(DATA.glob("qemu-*.txt"))
+
+
+def capture(path: Path):
+    console = Console.parse(path.read_text())
+    memory = int(re.search(r"-(\d+)\.txt$", path.name).group(1))
+    return console, memory, int(console.markers["boot-memtotal-kib"])
+
+
+def items(path: Path) -> dict:
+    console, memory, boot = capture(path)
+    return itemize(console.sections["memblock"], memory * 1024, boot)["items"]
+
+
+@pytest.mark.parametrize("path", CAPTURES, ids=lambda p: p.stem)
+def test_items_sum_to_the_set_aside_with_under_a_mib_unexplained(path):
+    console, memory, boot = capture(path)
+    found = itemize(console.sections["memblock"], memory * 1024, boot)
+    items = found["items"]
+    assert found["set_aside_kib"] == memory * 1024 - boot
+    assert sum(items.values()) == found["set_aside_kib"]
+    assert abs(items[UNEXPLAINED]) < 1024, items
+    # where the physics puts them: 64 bytes of struct page per 4 KiB page, for all of memory
+    assert items[PAGE_DESCRIPTORS] == pytest.approx(memory * 16, abs=100)
+    # a 64 MiB bounce buffer (and its slots) once RAM reaches above 4 GiB, none below
+    if memory >= 4096:
+        assert 65536 <= items[BOUNCE_BUFFER] <= 65536 + 1024
+    else:
+        assert BOUNCE_BUFFER not in items
+    # hash tables grow with memory: 1.5 MiB per GiB here
+    assert items[HASH_TABLES] == pytest.approx(memory * 1.5, rel=0.01)
+    assert 30_000 < items[KERNEL] < 60_000  # the image stays its size
+
+
+def test_the_growth_is_three_items():
+    """What grows from 1 to 16 GiB is page descriptors, bounce buffer and hash tables (FIELD-NOTES)."""
+    for kernel in ("5.10.0-32-amd64", "6.1.0-57-amd64", "6.12.117+deb13-amd64"):
+        small, big = (items(DATA / f"qemu-{kernel}-{m}.txt") for m in (1024, 16384))
+        growth = sum(big.values()) - sum(small.values())
+        three = sum(big.get(k, 0) - small.get(k, 0) for k in (PAGE_DESCRIPTORS, BOUNCE_BUFFER, HASH_TABLES))
+        assert abs(growth - three) < 100, (kernel, growth, three)
+
+
+def test_zone_reserves_at_16_gib():
+    console, _, _ = capture(DATA / "qemu-6.1.0-57-amd64-16384.txt")
+    z = zone_reserves(console.sections["zoneinfo"])
+    assert set(z["zones"]) == {"DMA", "DMA32", "Normal"}  # empty zones left out
+    normal = z["zones"]["Normal"]
+    assert normal["min"] < normal["low"] < normal["high"] and normal["managed"] > 13_000_000
+    assert z["zones"]["DMA32"]["protection"][2] == 52120  # kept from allocations that could use Normal
+    assert z["sysctl"]["min_free_kbytes"] == 67584 and z["sysctl"]["lowmem_reserve_ratio"][:3] == [256, 256, 32]
+
+
+def test_without_the_memory_line_there_is_no_itemization():
+    assert itemize("memblock_reserve: [0x0-0xfff] setup_arch+0x1/0x2\n", 1024 * 1024) is None
+
+
+def test_hostile_text():
+    console, memory, boot = capture(DATA / "qemu-6.1.0-57-amd64-4096.txt")
+    text = console.sections["memblock"]
+    clean = itemize(text, memory * 1024, boot)["items"]
+    hostile = "\n".join([
+        "memblock_alloc_try_nid: 99999999999999999999999 bytes align=0x40 nid=-1 x" + "A" * 5000 + "+0x1/0x2",
+        "memblock_reserve: [0xffffffffffffffff-0x0000000000000000] setup_arch+0x1/0x2",  # backwards
+        "memblock_reserve: [0x1-0x" + "f" * 40 + "] evil+0x1/0x2",                         # too long a number
+        "Freeing evil memory: 999999999999999999999K",
+        "\x1b[2Jmemblock_reserve: [0x5000-0x5fff] \u202eodd_caller+0x1/0x2",
+        "kallsyms 0000000000000000 T _text",
+    ]) + "\n" + text
+    found = itemize(hostile, memory * 1024, boot)
+    assert found["items"][UNEXPLAINED] == clean[UNEXPLAINED]  # the junk changes nothing it cannot back
+    flood = "memblock_reserve: [0x1000-0x1fff] x+0x1/0x2\n" * 100_000 + text
+    got = itemize(flood, memory * 1024, boot)
+    assert got is None or got["totals"]["lines"] <= 6000  # bounded: the Memory: line is past the limit
+    interleaved = "\n".join(line for pair in zip(text.splitlines(), ["[ 1.0] random noise"] * 10_000) for line in pair)
+    assert itemize(interleaved, memory * 1024, boot)["items"] == clean
+    assert zone_reserves("Node 0, zone Normal\n  managed 99999999999999999999\n") is None
+
+
+def test_a_repeated_memory_map_and_a_flood_of_overlaps_change_nothing_and_stay_fast():
+    import time
+
+    console, memory, boot = capture(DATA / "qemu-6.1.0-57-amd64-4096.txt")
+    text = console.sections["memblock"]
+    clean = itemize(text, memory * 1024, boot)["items"]
+    e820 = "\n".join(line for line in text.splitlines() if "BIOS-e820" in line)
+    assert itemize(e820 + "\n" + text, memory * 1024, boot)["items"] == clean  # the map twice: RAM counted once
+    flood = "memblock_reserve: [0x0-0x1ffffffffffff] x+0x1/0x2\n" * 2000 + \
+        "".join(f"memblock_free: [0x{i * 8192:x}-0x{i * 8192 + 4095:x}] y+0x1/0x2\n" for i in range(2000))
+    t0 = time.monotonic()
+    found = itemize(flood + text, memory * 1024, boot)
+    assert time.monotonic() - t0 < 5  # a bounded list, not one range per overlap
+    assert sum(found["items"].values()) == found["set_aside_kib"]
+
+
+def test_without_a_memory_map_reservations_are_bounded_by_memory():
+    console, memory, boot = capture(DATA / "qemu-6.1.0-57-amd64-1024.txt")
+    text = "\n".join(line for line in console.sections["memblock"].splitlines() if "BIOS-e820" not in line)
+    huge = "memblock_reserve: [0x0-0x1ffffffffffff] x+0x1/0x2\n" + text
+    found = itemize(huge, memory * 1024, boot)
+    assert found["items"]["other boot allocations"] <= (memory + 4096) * 1024
+    assert any("no e820 memory map" in n for n in found["notes"])
+
+
+def test_a_xen_pv_guest_without_memblock_debug_is_itemized_from_the_kernels_totals():
+    """Xen PV probes boot without memblock=debug (its early reservations overflow the kernel's log):
+    the set-aside splits into what lies beyond Xen's map, the map's unpopulated part, the image, and
+    the kernel's reservations as one item. Lines from an archived 128 GiB point."""
+    import json
+
+    from generator.guests.setaside import NOT_ITEMIZED, XEN_BEYOND, XEN_UNPOPULATED
+
+    root = ROOT
+    rec = json.loads((root / "experiments/memory-ballooning/results/xen/debian/"
+                            "memory-131072MiB-current-1024MiB-r2.json").read_text())
+    text = "\n".join(rec["dmesg"])
+    memory = rec["memory_mib"] * 1024
+    found = itemize(text, memory, rec["memtotal_boot_kib"], current_kib=1024 * 1024)
+    items = found["items"]
+    assert sum(items.values()) == memory - rec["memtotal_boot_kib"]
+    map_end = max(int(line.split("-0x")[1].split("]")[0], 16) + 1 for line in rec["dmesg"]
+                  if "Xen: [mem" in line and "usable" in line)
+    assert items[XEN_BEYOND] == memory - map_end // 1024  # 117 GiB that no map describes
+    assert 10 * 1024 * 1024 - 1024 < items[XEN_UNPOPULATED] < 10 * 1024 * 1024 + 1024  # about 10 GiB
+    assert 0 < items[NOT_ITEMIZED] < 400 * 1024 and "unexplained" not in items
+    assert any("without memblock=debug" in n for n in found["notes"])

@@ -1,0 +1,61 @@
+"""The local host (generator/hosts/local.py): the embedded driver's root is private and per user."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from generator.errors import UserError
+
+
+def local_host(tmp_path, root: Path):
+    from generator.hosts import LocalHost
+    from generator.manifest import Host
+
+    os.environ["MEMBALLOON_EMBED_ROOT"] = str(root)
+    try:
+        return LocalHost(Host(name="local"), tmp_path / "cache")
+    finally:
+        del os.environ["MEMBALLOON_EMBED_ROOT"]
+
+
+def test_planted_embed_roots_are_refused(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(UserError, match=r"accessible to others \(mode 0777\)"):
+        local_host(tmp_path, shared).connect()
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere").mkdir()
+    with pytest.raises(UserError, match="found a symlink"):
+        local_host(tmp_path, link).connect()
+    other = tmp_path / "other"
+    other.mkdir(mode=0o700)
+    os.chown(other, 65534, 65534)  # nobody's folder
+    with pytest.raises(UserError, match="belongs to uid 65534"):
+        local_host(tmp_path, other).connect()
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "sweep.lock").symlink_to(victim)
+    with pytest.raises(UserError, match="sweep.lock: cannot open .* a symlink there is refused"):
+        local_host(tmp_path, private).connect()
+    (private / "sweep.lock").unlink()
+    (private / "etc").mkdir(mode=0o700, exist_ok=True)
+    (private / "etc" / "qemu.conf").symlink_to(victim)
+    with pytest.raises(UserError, match="qemu.conf: cannot write .* a symlink there is refused"):
+        local_host(tmp_path, private).connect()
+    assert victim.read_text() == "keep me"
+
+
+def test_the_short_embed_root_is_private_and_per_user(tmp_path, monkeypatch):
+    from generator.hosts import embed_root
+
+    monkeypatch.delenv("MEMBALLOON_EMBED_ROOT", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    deep = tmp_path / ("x" * 60)
+    root = embed_root(deep)
+    assert root.parent == Path("/tmp") and root.name.startswith(f"memballoon-{os.geteuid()}-")

@@ -1,0 +1,69 @@
+""""What changed" entries (generator/publish/updates.py) and the published commit."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from generator import results
+from generator.manifest import load
+from generator.plan import points
+from tests.support import ROOT, git  # noqa: F401
+from tests.support.sample import MANIFEST, record  # noqa: F401
+
+
+def test_points_the_manifest_no_longer_plans_are_not_news(tmp_path):
+    """A guest dropped from the manifest (its records still in the folder): the rebuilt post gains no entry."""
+    from generator.publish.build import build_all
+    from tests.support.sample import new_site
+
+    project = tmp_path / "project"
+    folder = project / "experiments" / "sample"
+    folder.mkdir(parents=True)
+    (folder / "post.md").write_text("{% import 'macros.md.j2' as m %}\n{{ m.provenance(data, manifest, "
+                                    "results_commit, results_dir, tool_version) }}\n")
+    manifest = folder / "experiment.yaml"
+    manifest.write_text(MANIFEST.format(slug="sample", title="t", content="post.md"))
+    site = new_site(project)
+    m = load(manifest)
+    for p in points(m):
+        results.write_record(p.record_path(Path(m.results)), {**record(p.guest, p.memory_mib, p.repeat), **p.factors})
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first")
+    build_all([m], site=site, quiet=True)
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "published")
+    manifest.write_text(manifest.read_text().replace("  - {name: rhel6, label: RHEL6}\n", ""))
+    m = load(manifest)
+    build_all([m], site=site, quiet=True)
+    page = (site / "content" / "posts" / "sample" / "index.md").read_text()
+    assert "What changed" not in page and "[[updates]]" not in page
+
+
+def test_update_entries_from_an_edited_page_are_checked(tmp_path):
+    """The published page is read back: malformed or hostile entries in its front matter are dropped."""
+    from generator.publish.updates import MAX_LINES, previous
+
+    page = tmp_path / "index.md"
+    good = '[[updates]]\ndate = "2026-12-01"\nbase = "0123456789ab"\nchanges = ["a"]\n'
+    bad = ('[[updates]]\ndate = "tomorrow"\nbase = "0123456789ab"\nchanges = ["x"]\n'
+           '[[updates]]\ndate = "2026-12-01"\nbase = "../../etc/passwd"\nchanges = ["x"]\n'
+           '[[updates]]\ndate = "2026-12-01"\nbase = "0123456789ab"\nchanges = [1, 2]\n')
+    many = '[[updates]]\ndate = "2026-11-01"\nbase = "ba9876543210"\nchanges = [' + ", ".join(
+        '"l"' for _ in range(MAX_LINES + 50)) + "]\n"
+    page.write_text("+++\ntitle = 't'\n" + good + bad + many + "+++\n\n- Raw results: 1 JSON records in `r`, "
+                    "git commit `0123456789ab`.\n")
+    entries, commit = previous(page)
+    assert commit == "0123456789ab"
+    assert [e["date"] for e in entries] == ["2026-12-01", "2026-11-01"]
+    assert len(entries[1]["changes"]) == MAX_LINES
+    page.write_text("+++\nnot = [toml\n+++\n")
+    assert previous(page) == ([], None)
+
+
+def test_the_published_commit_is_read_from_the_provenance_line_only():
+    from generator.publish.compare import commit_named_in
+
+    page = ("+++\ntitle = \"git commit `aaaaaaaaaaaa`\"\n+++\n\nProse naming git commit `bbbbbbbbbbbb` in passing.\n"
+            "- Raw results: 3 JSON records in `r`, git commit `cccccccccccc`.\n"
+            "- a record's text \\`git commit \\`dddddddddddd\\`\n")
+    assert commit_named_in(page) == "cccccccccccc"

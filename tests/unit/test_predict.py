@@ -1,0 +1,105 @@
+"""The survival condition and predict (generator/predict.py) on records made for the test."""
+from __future__ import annotations
+
+import pytest
+
+from generator import predict as pr
+from generator.errors import UserError
+
+# set-aside (KiB) and zone reserves of the Debian 12 kernel at 1, 4 and 16 GiB (tests/data/setaside)
+ZONES = {
+    1024: {"DMA": {"free": 15232, "min": 708, "managed": 15360, "protection": [0, 3744, 3744, 3744]},
+           "DMA32": {"free": 931372, "min": 44344, "managed": 968384, "protection": [0, 0, 0, 0]}},
+    4096: {"DMA": {"free": 13312, "min": 256, "managed": 15360, "protection": [0, 11752, 15564, 15564]},
+           "DMA32": {"free": 2990000, "min": 50840, "managed": 3018408, "protection": [0, 0, 3808, 3808]},
+           "Normal": {"free": 950000, "min": 16480, "managed": 975000, "protection": [0, 0, 0, 0]}},
+    16384: {"DMA": {"free": 13312, "min": 60, "managed": 15360, "protection": [0, 11752, 63876, 63876]},
+            "DMA32": {"free": 3005164, "min": 12424, "managed": 3018408, "protection": [0, 0, 52120, 52120]},
+            "Normal": {"free": 13304448, "min": 55092, "managed": 13343488, "protection": [0, 0, 0, 0]}},
+}
+
+
+BOOT = {1024: 983744, 4096: 4009396, 16384: 16377256}
+
+
+ITEMS = {1024: {"page descriptors": 16428, "hash tables": 1536, "kernel image": 45204, "unexplained": 1664},
+         4096: {"page descriptors": 65582, "bounce buffer": 66304, "hash tables": 6144, "kernel image": 45204,
+                "unexplained": 1674},
+         16384: {"page descriptors": 262199, "bounce buffer": 66304, "hash tables": 24576, "kernel image": 45204,
+                 "unexplained": 1677}}
+
+
+def rec(memory, current, status="ok", **kw):
+    return {"experiment": "how-low", "host": "local", "guest": "debian", "repeat": 1, "memory_mib": memory,
+            "current_memory_mib": current, "status": status, "domain_type": "qemu", "guest_kernel": "6.1.0-57-amd64",
+            "memory_model": "balloon", "autodeflate": False, "free_page_reporting": False,
+            "memtotal_boot_kib": BOOT[memory], "memtotal_settled_kib": BOOT[memory] - (memory - current) * 1024
+            if status == "ok" else None, "zone_reserves": {"zones": ZONES[memory], "sysctl": {}},
+            "set_aside_kib": ITEMS[memory], **kw}
+
+
+RECORDS = [rec(1024, 256), rec(1024, 128, "oom"), rec(4096, 512), rec(4096, 256, "oom"), rec(16384, 1024),
+           rec(16384, 512, "oom")]
+
+
+def test_the_reserve_is_watermarks_and_protection():
+    # 1 GiB: no Normal zone, so DMA keeps its protection against DMA32 allocations
+    assert pr.reserve_kib({"zones": ZONES[1024]}) == 708 + 3744 + 44344
+    # 16 GiB: DMA is all kept (capped at its size), DMA32 min + its protection against Normal, Normal min
+    assert pr.reserve_kib({"zones": ZONES[16384]}) == 15360 + 12424 + 52120 + 55092
+
+
+def test_the_condition_predicts_these_deaths_and_survivals():
+    got = pr.check_outcomes(RECORDS)
+    assert got["judged"] == 6 and got["predicted"] == 6 and not got["missed"], got
+
+
+def test_autodeflate_survives_and_xen_is_not_judged():
+    recs = [rec(16384, 512, "ok", autodeflate=True), dict(rec(16384, 1024), domain_type="xen")]
+    got = pr.check_outcomes(recs)
+    assert got["predicted"] == 1 and got["not_judged"] == 1
+
+
+def test_a_size_not_measured_is_interpolated_per_item():
+    p = pr.predict(RECORDS, "debian", 8192, 1024, need_mib=300)
+    assert p.how == "interpolated" and p.measured_sizes == [1024, 4096, 16384]
+    assert p.items["page descriptors"]["mib"] == pytest.approx((65582 + (262199 - 65582) / 3) / 1024, abs=0.1)
+    assert p.items["page descriptors"]["per_gib"] == pytest.approx(16, abs=0.1)
+    assert p.survives is True and p.margin_mib > 300 > p.margin_mib - p.spare_mib - 1
+    assert p.largest_memory_mib and 8192 < p.largest_memory_mib < 16384 + 8192
+    # at the largest size, the need just fits; one GiB more and it does not
+    assert pr.predict(RECORDS, "debian", p.largest_memory_mib, 1024).margin_mib >= 300
+    assert pr.predict(RECORDS, "debian", p.largest_memory_mib + 1024, 1024).margin_mib < 300
+
+
+def test_beyond_the_measured_sizes_it_says_it_extrapolates():
+    p = pr.predict(RECORDS, "debian", 65536, 1024)
+    assert p.how.startswith("extrapolated above the measured sizes, from 4 GiB and 16 GiB")
+    assert p.survives is False
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"guest": "debain"}, "--guest 'debain': no committed records of that guest; guests measured: debian"),
+    ({"memory_mib": 512, "current_mib": 1024}, "is above --memory"),
+    ({"hypervisor": "xen"}, "--hypervisor 'xen': guest 'debian' was measured on qemu"),
+    ({"experiment": "nope"}, "--experiment 'nope': guest 'debian' was measured in how-low"),
+])
+def test_bad_questions_are_one_clear_line(kwargs, message):
+    args = {"guest": "debian", "memory_mib": 4096, "current_mib": 1024, **kwargs}
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        pr.predict(RECORDS, args["guest"], args["memory_mib"], args["current_mib"],
+                   experiment=args.get("experiment"), hypervisor=args.get("hypervisor"))
+
+
+def test_hotplug_guests_are_not_judged():
+    recs = [rec(16384, 256, "ok", memory_model="virtio-mem"), rec(16384, 256, "ok", memory_model="dimm")]
+    got = pr.check_outcomes(recs)
+    assert got["judged"] == 0 and got["not_judged"] == 2
+
+
+def test_the_reserve_of_every_numa_node_counts():
+    two = {"zones": {"DMA32": {"min": 10, "managed": 1000, "protection": [0, 0, 0, 0]},
+                     "Normal": {"min": 500, "managed": 9000, "protection": [0, 0, 0, 0]},
+                     "DMA32@1": {"min": 500, "managed": 1000, "protection": [0, 0, 0, 0]},
+                     "Normal@1": {"min": 500, "managed": 9000, "protection": [0, 0, 0, 0]}}}
+    assert pr.reserve_kib(two) == 1510
