@@ -44,11 +44,11 @@ install: deps  ## the virtualenv .venv with the project and its dependencies
 	$(PY) -m pip install -q -e '.[test,site]' && echo "$$want" > $(STAMP)
 
 test: install  ## every test: test-unit, then test-integration (about 19 min on 2 cores)
-	$(PY) -m pytest -q -ra -n auto tests/unit
+	$(PY) -m pytest -q -ra -n auto --dist worksteal tests/unit
 	$(PY) -m pytest -q -ra tests/integration
 
 test-unit: install  ## tests/unit: boots nothing, runs no other program's server (under a minute, one worker per core)
-	HYPOTHESIS_PROFILE=quick $(PY) -m pytest -q -ra -n auto tests/unit
+	HYPOTHESIS_PROFILE=quick $(PY) -m pytest -q -ra -n auto --dist worksteal tests/unit
 
 test-integration: install  ## tests/integration: real guests, sshd, nested Xen, Hugo, Chromium, the CLI as a program
 	$(PY) -m pytest -q -ra tests/integration

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import hypervisors
-from .errors import UserError
+from .errors import UserError, libvirt_message
 from .model import Model, family
 from .text import bounded_int, plain
 
@@ -201,7 +201,7 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
         try:
             stats = dom.memoryStats() or {}
         except libvirt.libvirtError as e:
-            stats, row.unknown_why = {}, f"balloon statistics unreadable: {_text(e.get_error_message(), 120)}"
+            stats, row.unknown_why = {}, f"balloon statistics unreadable: {_text(libvirt_message(e), 120)}"
     available = stats.get("available") if isinstance(stats.get("available"), int) else None
     updated = stats.get("last_update") if isinstance(stats.get("last_update"), int) else None
     # Without a period the guest reported once, when its driver loaded (before the balloon took
@@ -223,7 +223,7 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
             if release:
                 row.kernel, row.kernel_from = release, "the guest agent"
         except Exception as e:  # noqa: BLE001 - the agent is optional: say why it did not answer
-            why = e.get_error_message() if isinstance(e, libvirt.libvirtError) else str(e)
+            why = libvirt_message(e)
             row.unknown_why = row.unknown_why or f"guest agent: {_text(why, 120)}"
     if row.sees_mib is None and not row.unknown_why:
         if not has_balloon:
@@ -303,7 +303,7 @@ def audit_host(target: Target, model: Model | None, opts: Options) -> HostAudit:
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # it stopped while the host was being audited: not running, not a row
-                out.guests.append(GuestRow(name=_safe_name(dom), unknown_why=f"libvirt: {_text(e.get_error_message(), 160)}"))
+                out.guests.append(GuestRow(name=_safe_name(dom), unknown_why=f"libvirt: {_text(libvirt_message(e), 160)}"))
             except ET.ParseError as e:
                 out.guests.append(GuestRow(name=_safe_name(dom), unknown_why=f"unreadable domain XML: {_text(str(e), 120)}"))
             except Exception as e:  # noqa: BLE001 - one domain's surprise is its row, the host goes on
@@ -312,7 +312,7 @@ def audit_host(target: Target, model: Model | None, opts: Options) -> HostAudit:
         for row in out.guests:
             row.changed = changed.get(row.name, "")
     except libvirt.libvirtError as e:
-        out.error = f"libvirt: {_text(e.get_error_message(), 300)}"
+        out.error = f"libvirt: {_text(libvirt_message(e), 300)}"
     except UserError as e:
         out.error = _text(str(e), 400)
     except Exception as e:  # noqa: BLE001 - one host's failure is its line, the others go on
@@ -454,7 +454,7 @@ def _opener(spec, cache_dir: Path) -> Callable[[bool], object]:
         try:
             return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise UserError(f"cannot open libvirt at {_redact(spec.uri)}: {e.get_error_message()}") from None
+            raise UserError(f"cannot open libvirt at {_redact(spec.uri)}: {libvirt_message(e)}") from None
     return open_
 
 

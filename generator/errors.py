@@ -30,3 +30,10 @@ StopRequested = Interrupted  # the name the sweep's code grew up with
 
 class HostError(UserError):
     """A host that cannot be reached or used."""
+
+
+def libvirt_message(e: Exception) -> str:
+    """What a libvirt error says: libvirt's own message, else the exception's text (an error raised
+    without a libvirt error behind it has no message of libvirt's)."""
+    message = getattr(e, "get_error_message", lambda: None)()
+    return message or str(e)

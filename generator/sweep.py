@@ -18,11 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import results
-from .errors import UserError
+from .errors import StopRequested, UserError, libvirt_message
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
 from . import hypervisors
-from .errors import StopRequested
 from .guests.kinds import Staged, kind_of, stage_probe
 from .measure import destroy, canary, point_identity
 from .plan import Point, points, results_dir, select
@@ -106,7 +105,7 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
     try:
         host.connect().getDomainCapabilities(None, "x86_64", None, "kvm", 0)
     except libvirt.libvirtError as e:
-        return "qemu", f"KVM not offered by the host ({e.get_error_message()}); using TCG"
+        return "qemu", f"KVM not offered by the host ({libvirt_message(e)}); using TCG"
     cache = _canary_cache(cache_dir, facts, release)
     if cache.exists():
         try:

@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 
 from .. import hypervisors
 from ..domain import PREFIX
-from ..errors import HostError, UserError
+from ..errors import HostError, UserError, libvirt_message
 from ..manifest import Host as HostSpec
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class HostRuntime:
         try:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
-            raise HostError(f"host {self.name}: cannot open libvirt at {self.uri}: {e.get_error_message()}") from None
+            raise HostError(f"host {self.name}: cannot open libvirt at {self.uri}: {libvirt_message(e)}") from None
         return self._conn
 
     def close(self) -> None:
@@ -267,7 +267,7 @@ echo "uid $(id -u)"
                         gone.append(dom.name())
                         continue
                     log.warning("host %s: could not remove leftover domain %s: %s", self.name, dom.name(),
-                                e.get_error_message())
+                                libvirt_message(e))
         return gone
 
     def facts(self) -> HostFacts:

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -36,7 +34,7 @@ from .base import qemu_processes
 from .ssh import SSHHost
 from ..manifest import SSH
 from ..manifest import Host as HostSpec
-from ..safe import free_port, lock_or_refuse, open_nofollow, private_dir, write_nofollow
+from ..safe import free_port, lock_or_refuse, private_dir, write_nofollow
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import os
 import re
 import stat
 import subprocess
-import tempfile
 import sys
 import time
 import traceback

@@ -5,6 +5,8 @@ death. For the logic of the polling loop, the readings and the failure classes; 
 booted by tests/integration."""
 from __future__ import annotations
 
+import re
+import threading
 import time
 from pathlib import Path
 
@@ -120,3 +122,88 @@ def probe_console(memory_mib: int, current_mib: int, *, dies: bool = False) -> l
                           f"Mem:         {free_total:>6}          20      {free_total - 40:>6}           0          22      {free_total - 30:>6}\n"
                           f"{M} end free\n{M} begin meminfo\nMemTotal:       {settled} kB\nMemFree:        {settled - 60000} kB\n"
                           f"{M} end meminfo\n{M} begin dmesg\n[    0.1] Memory: 1K/2K available\n{M} end dmesg\n{M} done 1.4\n")]
+
+
+# --- a whole host for the sweep -----------------------------------------------------------------------
+class SweepConn(FakeConn):
+    """A connection that keeps every domain it made, in order, and how many ran at once."""
+
+    def __init__(self, make, kvm: bool = False):
+        super().__init__(make)
+        self.kvm = kvm
+        self.lock = threading.Lock()
+        self.most_at_once = 0
+
+    def createXML(self, xml, flags=0):
+        with self.lock:
+            dom = super().createXML(xml, flags)
+            running = sum(1 for d in self.domains if d.isActive())
+            self.most_at_once = max(self.most_at_once, running)
+            return dom
+
+    def getDomainCapabilities(self, *args):
+        if not self.kvm:
+            raise libvirt.libvirtError("KVM is not available")
+        return "<domainCapabilities/>"
+
+
+class SweepHost(FakeHost):
+    """The parts of a HostRuntime the sweep uses: a connection, leftovers of an earlier run, facts,
+    and each domain's own console (read by the console path the domain XML names)."""
+
+    def __init__(self, name: str, make, *, memory_available_mib: int = 16384, cores: int = 2,
+                 leftovers: tuple[str, ...] = (), fails: Exception | None = None, kvm: bool = False):
+        self.spec = Host(name=name, uri="embedded", domain_type="qemu")
+        self.name = name
+        self.uri = "qemu:///embed?root=/run/fake"
+        self.conn = SweepConn(make, kvm=kvm)
+        self.removed = []
+        self.closed = False
+        self.fails = fails
+        self.leftovers = list(leftovers)
+        self.memory_available_mib, self.cores = memory_available_mib, cores
+
+    def connect(self):
+        if self.fails:
+            raise self.fails
+        return self.conn
+
+    def read_text(self, path: str) -> str:
+        dom = next((d for d in reversed(self.conn.domains) if path in d.xml), None)
+        return dom.console() if dom else ""
+
+    def check_console_logging(self) -> None:
+        pass
+
+    def clean_leftovers(self) -> list[str]:
+        found, self.leftovers = self.leftovers, []
+        return found
+
+    def remove_leftover_overlays(self) -> list[str]:
+        return []
+
+    def facts(self) -> dict:
+        return {"name": self.name, "hostname": f"{self.name}.test", "hypervisor": "QEMU 8.2.2", "qemu_version": "8.2.2",
+                "kernel": "6.1.0-57-amd64", "libvirt_version": "10.0.0", "cores": self.cores, "memory_mib": 32768,
+                "memory_available_mib": self.memory_available_mib}
+
+    def close(self) -> None:
+        self.closed = True
+
+
+_MEMORY_RE = re.compile(r"<memory unit=.KiB.>(\d+)</memory>")
+_CURRENT_RE = re.compile(r"<currentMemory unit=.KiB.>(\d+)</currentMemory>")
+
+
+def probe_domain(xml: str, *, seconds: float = 0.0, dies: bool = False, never: bool = False) -> ScriptedDomain:
+    """A probe guest for the domain XML the measuring code wrote: it reports as the real probe does for
+    its memory and currentMemory (1, 4 or 16 GiB: the captured boots), `seconds` later than a real
+    fast boot; `never` reports nothing and runs until destroyed; a canary answers and powers off."""
+    memory_kib = int(_MEMORY_RE.search(xml).group(1))
+    current_kib = int(_CURRENT_RE.search(xml).group(1))
+    if "canary" in xml:
+        return ScriptedDomain(xml, [(0.05, f"{M} canary-ok\n")], memory_kib, current_kib)
+    if never:
+        return ScriptedDomain(xml, [(99.0, "never")], memory_kib, memory_kib, ends=False)
+    script = [(at + seconds, text) for at, text in probe_console(memory_kib // 1024, current_kib // 1024, dies=dies)]
+    return ScriptedDomain(xml, script, memory_kib, current_kib)

@@ -2,9 +2,228 @@
 signals, a failing host and a failing point, without booting anything."""
 from __future__ import annotations
 
-from generator.sweep import slots_for
+import io
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from generator import results, sweep
+from generator.errors import StopRequested, UserError
+from generator.guests.kinds import ProbeKind, Staged
+from generator.manifest import load
+from generator.progress import Progress
+from generator.sweep import MemoryBudget, Sweep, choose_domain_type, slots_for
+from tests.support.fake_host import SweepHost, probe_domain
+
+TWO_HOSTS = """
+  - name: far
+    uri: qemu+ssh://root@far.example.org/system
+    domain_type: qemu
+"""
 
 
+class StagedProbe:
+    """The probe kind, with its files 'staged' without building anything: measuring is the real code."""
+
+    def stage(self, host, guest, **_):
+        return Staged(ProbeKind(), {"kernel": "/k", "initrd": "/i", "release": "6.1.0-57-amd64", "boot_method": "pvh"},
+                      canary=("/k", "/i", "6.1.0-57-amd64", "pvh"))
+
+
+@pytest.fixture
+def fake(write_manifest, monkeypatch, tmp_path):
+    """A sweep of 1, 4 and 16 GiB whose hosts are SweepHosts: `fake.hosts[name]` is set by the test
+    (the default: 'local', quick probes), `fake.run(**sweep_options)` runs it and returns the summary."""
+    class Fake:
+        hosts: dict[str, SweepHost] = {}
+        stream = io.StringIO()
+
+        def manifest(self, extra_hosts: str = "", boot: str = "1s", domain_type: str = "qemu"):
+            path = write_manifest(memory="[1 GiB, 4 GiB, 16 GiB]", domain_type=domain_type)
+            text = path.read_text().replace("  boot: 120s\n", f"  boot: {boot}\n")
+            if extra_hosts:
+                text = text.replace("    domain_type: qemu\n", "    domain_type: qemu\n" + extra_hosts, 1)
+            path.write_text(text)
+            return load(path)
+
+        def sweep(self, m=None, **options) -> Sweep:
+            return Sweep(m or self.manifest(), cache_dir=tmp_path / "cache", progress=Progress(stream=self.stream, live=False),
+                         **options)
+
+        def run(self, m=None, **options):
+            return self.sweep(m, **options).run()
+
+        def created(self, name="local") -> list[int]:
+            return [d.memory_kib // 1024 for d in self.hosts[name].conn.domains]
+
+    f = Fake()
+    f.hosts = {"local": SweepHost("local", lambda xml: probe_domain(xml, seconds=0.2))}
+    monkeypatch.setattr(sweep, "runtime_for", lambda spec, cache_dir, note=None, stop=None: f.hosts[spec.name])
+    monkeypatch.setattr(sweep, "kind_of", lambda guest: StagedProbe())
+    return f
+
+
+def recorded(m) -> dict[int, str]:
+    """memory MiB -> status of every record the sweep wrote."""
+    out = {}
+    for path in sorted(Path(m.path).parent.joinpath("results").rglob("*.json")):
+        rec = results.read_record(path)
+        out[rec["memory_mib"]] = rec["status"]
+    return out
+
+
+def test_points_run_side_by_side_in_their_slots_largest_memory_first(fake):
+    m = fake.manifest()
+    summary = fake.run(m, jobs=2)
+    assert (summary.measured, summary.failed, summary.host_errors, summary.interrupted) == (3, {}, {}, False)
+    assert recorded(m) == {1024: "ok", 4096: "ok", 16384: "ok"}
+    assert fake.created() == [16384, 4096, 1024]  # the longest boot starts first
+    host = fake.hosts["local"]
+    assert host.conn.most_at_once == 2  # two slots, both used
+    assert all(d.destroyed or not d.isActive() for d in host.conn.domains) and host.closed
+
+
+def test_one_slot_runs_one_point_at_a_time(fake):
+    fake.run(jobs=1)
+    assert fake.hosts["local"].conn.most_at_once == 1 and len(fake.created()) == 3
+
+
+def test_the_memory_budget_holds_points_back_until_memory_is_free(fake):
+    """Three slots, but memory for one point at a time (80% of what the host has free): they run one
+    after the other, and all of them run."""
+    fake.hosts["local"] = SweepHost("local", lambda xml: probe_domain(xml, seconds=0.2), memory_available_mib=1500)
+    summary = fake.run(jobs=3)
+    assert summary.measured == 3 and fake.hosts["local"].conn.most_at_once == 1
+
+
+def test_memory_budget_one_point_always_runs_and_stop_wakes_the_waiters():
+    budget = MemoryBudget(1000)
+    stop = threading.Event()
+    budget.acquire(5000, stop)  # larger than the host: it still runs, alone
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(budget.acquire(10, stop) or "ran"))
+    waiter.start()
+    time.sleep(0.3)
+    assert not got  # waits while the big one runs
+    budget.release(5000)
+    waiter.join(2)
+    assert got == ["ran"] and budget.used == 10
+    budget.acquire(10, stop)  # 20 of 1000: room
+    stop.set()
+    with pytest.raises(StopRequested):
+        budget.acquire(990, stop)  # no room, and the sweep is stopping: it gives up instead of waiting
+
+
+def test_a_second_run_measures_only_what_has_no_record(fake):
+    m = fake.manifest()
+    first = fake.run(m, only=["*/m4096-*"])
+    assert first.measured == 1 and fake.created() == [4096]
+    second = fake.run(m)
+    assert (second.skipped, second.measured) == (1, 2) and fake.created() == [4096, 16384, 1024]
+    third = fake.run(m)
+    assert (third.skipped, third.measured) == (3, 0) and len(fake.created()) == 3
+    assert "nothing to measure: all 3 point(s) have a record" in fake.stream.getvalue()
+
+
+def test_a_timeout_is_measured_again_a_death_only_with_retry(fake):
+    def make(xml):
+        memory = int(sweep_memory(xml))
+        return probe_domain(xml, dies=memory == 16384 * 1024, never=memory == 1024 * 1024)
+    fake.hosts["local"] = SweepHost("local", make)
+    m = fake.manifest()
+    summary = fake.run(m, jobs=2)
+    assert recorded(m) == {1024: "timeout", 4096: "ok", 16384: "oom"}
+    assert sorted(summary.failed.values()) == ["oom", "timeout"]
+    fake.hosts["local"] = SweepHost("local", lambda xml: probe_domain(xml))
+    again = fake.run(m)
+    assert fake.created() == [1024]  # the timeout, not the death: a death is a result
+    assert recorded(m) == {1024: "ok", 4096: "ok", 16384: "oom"} and again.skipped == 2
+    fake.run(m, retry=True)
+    assert fake.created() == [1024, 16384]
+
+
+def sweep_memory(xml: str) -> str:
+    return xml.split("<memory unit=\"KiB\">")[1].split("<")[0]
+
+
+def test_sigterm_keeps_finished_points_and_destroys_the_running_ones(fake, capsys):
+    """The 16 GiB guest never reports; the others finish. SIGTERM (as systemd or kill sends it) once
+    they are recorded: the sweep stops, the running guest is destroyed, nothing finished is lost and
+    the signal handlers are put back."""
+    def make(xml):
+        return probe_domain(xml, never=sweep_memory(xml) == str(16384 * 1024))
+    fake.hosts["local"] = SweepHost("local", make)
+    m = fake.manifest(boot="60s")
+    before = signal.getsignal(signal.SIGTERM)
+
+    def kill_when_two_are_recorded():
+        deadline = time.monotonic() + 20
+        while len(recorded(m)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=kill_when_two_are_recorded, daemon=True).start()
+    t0 = time.monotonic()
+    summary = fake.run(m, jobs=3)
+    assert time.monotonic() - t0 < 15  # not the 60 s boot timeout
+    assert summary.interrupted and summary.measured == 2
+    assert recorded(m) == {1024: "ok", 4096: "ok"}  # the interrupted point has no record: measured next time
+    assert all(not d.isActive() for d in fake.hosts["local"].conn.domains)
+    assert fake.hosts["local"].conn.domains[0].destroyed  # the 16 GiB guest, destroyed by the sweep
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "SIGTERM: stopping; running guests are destroyed, finished points are kept" in capsys.readouterr().err
+
+
+def test_a_host_that_fails_is_one_line_and_the_others_go_on(fake):
+    fake.hosts["far"] = SweepHost("far", probe_domain, fails=UserError("host far: cannot connect: ssh: connection refused"))
+    m = fake.manifest(extra_hosts=TWO_HOSTS)
+    summary = fake.run(m)
+    assert summary.host_errors == {"far": "host far: cannot connect: ssh: connection refused"}
+    assert summary.measured == 3 and sorted(fake.created()) == [1024, 4096, 16384]
+
+
+def test_a_tool_error_on_one_point_is_recorded_and_the_sweep_goes_on(fake):
+    def make(xml):
+        if sweep_memory(xml) == str(4096 * 1024):
+            raise RuntimeError("the fake broke")
+        return probe_domain(xml)
+    fake.hosts["local"] = SweepHost("local", make)
+    m = fake.manifest()
+    summary = fake.run(m)
+    assert recorded(m) == {1024: "ok", 4096: "error", 16384: "ok"}
+    assert list(summary.failed.values()) == ["error"]
+    rec = next(results.read_record(p) for p in Path(m.path).parent.joinpath("results").rglob("*4096MiB*.json"))
+    assert rec["reason"] == "RuntimeError: the fake broke"
+
+
+def test_leftovers_of_a_killed_run_are_removed_and_named(fake):
+    fake.hosts["local"] = SweepHost("local", probe_domain, leftovers=("mb-1a2b3c-local-debian-m1024",))
+    fake.run()
+    assert "removed 1 leftover domain(s) of an earlier run: mb-1a2b3c-local-debian-m1024" in fake.stream.getvalue()
+
+
+def test_auto_picks_tcg_without_kvm_and_kvm_when_its_canary_answers(fake, tmp_path):
+    spec = fake.manifest(domain_type="auto").host("local")
+    no_kvm = SweepHost("local", probe_domain)
+    no_kvm.spec = spec
+    facts = no_kvm.facts()
+    dtype, why = choose_domain_type(no_kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c")
+    assert dtype == "qemu" and "KVM not offered by the host (KVM is not available)" in why
+    kvm = SweepHost("local", probe_domain, kvm=True)
+    kvm.spec = spec
+    notes = []
+    dtype, why = choose_domain_type(kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c", note=notes.append)
+    assert dtype == "kvm" and why.startswith("KVM canary boot answered in") and len(kvm.conn.domains) == 1
+    assert kvm.conn.domains[0].destroyed or not kvm.conn.domains[0].isActive()
+    assert "checking whether KVM works" in notes[0]
+    dtype, why = choose_domain_type(kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c")
+    assert dtype == "kvm" and why.endswith("(cached canary result)") and len(kvm.conn.domains) == 1  # no new boot
+
+
+# --- slots and memory -------------------------------------------------------------------------------
 def test_local_slots_leave_the_nested_hosts_cores():
     spec = type("S", (), {"slots": 0})()
     assert slots_for(spec, {"cores": 2}, 1, None) == 2
