@@ -25,6 +25,7 @@ from .errors import UserError
 from .manifest import find_manifests, load
 from .plan import points, results_dir
 from .results import existing
+from .units import mib_label
 
 DIED = ("oom", "panic")
 
@@ -41,6 +42,30 @@ def series_of(release: str) -> str:
     return f"{m.group(1)}.{m.group(2)}" if m else ""
 
 
+def along(points: list[tuple[float, float]], x: float, floor: float | None = None) -> tuple[float, str]:
+    """(value at x, how it was found) on measured (size MiB, value) points: the measured value, else
+    linear between the two measured neighbours, else extended from the two nearest (not below `floor`),
+    and flat from a single point. The one interpolation that audit, the model and predict share."""
+    points = sorted(points)
+    for px, py in points:
+        if px == x:
+            return py, "measured"
+    if len(points) == 1:
+        return points[0][1], f"extrapolated (flat) from the one size measured, {mib_label(points[0][0])}"
+    if x < points[0][0]:
+        (x0, y0), (x1, y1), how = points[0], points[1], "extrapolated below"
+    elif x > points[-1][0]:
+        (x0, y0), (x1, y1), how = points[-2], points[-1], "extrapolated above"
+    else:
+        i = next(i for i, (px, _) in enumerate(points) if px > x)
+        (x0, y0), (x1, y1) = points[i - 1], points[i]
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0), "interpolated"
+    value = y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    if floor is not None:
+        value = max(floor, value)
+    return value, f"{how} the measured sizes, from {mib_label(x0)} and {mib_label(x1)}"
+
+
 @dataclass
 class Curve:
     family: str                 # qemu | xen
@@ -49,25 +74,11 @@ class Curve:
     experiments: set = field(default_factory=set)
 
     def lost(self, memory_mib: float) -> tuple[float, str]:
-        """(MiB lost at this ceiling, how it was found: 'measured', 'interpolated' or 'extrapolated …')."""
-        pts = self.points
-        if not pts:
+        """(MiB lost at this ceiling, how it was found: 'measured', 'interpolated' or 'extrapolated …');
+        never less than nothing lost."""
+        if not self.points:
             raise ValueError("empty curve")
-        for m, v in pts:
-            if m == memory_mib:
-                return v, "measured"
-        if len(pts) == 1:
-            return pts[0][1], f"extrapolated (flat) from the one point at {pts[0][0]} MiB"
-        if memory_mib < pts[0][0]:
-            (m0, v0), (m1, v1), how = pts[0], pts[1], "extrapolated below"
-        elif memory_mib > pts[-1][0]:
-            (m0, v0), (m1, v1), how = pts[-2], pts[-1], "extrapolated above"
-        else:
-            i = next(i for i, (m, _) in enumerate(pts) if m > memory_mib)
-            (m0, v0), (m1, v1) = pts[i - 1], pts[i]
-            return v0 + (v1 - v0) * (memory_mib - m0) / (m1 - m0), "interpolated"
-        value = v0 + (v1 - v0) * (memory_mib - m0) / (m1 - m0)
-        return max(0.0, value), f"{how} the measured range, from the points at {m0} and {m1} MiB"
+        return along(self.points, memory_mib, floor=0.0)
 
     def per_gib(self) -> float:
         """The least-squares slope, MiB lost per GiB of ceiling, over the measured points."""

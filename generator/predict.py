@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import hypervisors
 from .errors import UserError
-from .model import family
+from .model import along, family
 from .units import mib_label
 
 FORMAT, VERSION = "memballoon-predict", 1
@@ -117,26 +117,6 @@ def sizes_of(records: list[dict], inflates_after_boot: bool = True) -> list[Size
         out.append(Size(m, set_aside, statistics.median(used) if used else None,
                         statistics.median(reserve) if reserve else None, items))
     return out
-
-
-def _at(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
-    """Linear between the two measured neighbours; beyond them, extended from the two nearest."""
-    points = sorted(points)
-    for px, py in points:
-        if px == x:
-            return py, "measured"
-    if len(points) == 1:
-        return points[0][1], f"taken from the one size measured ({mib_label(points[0][0])})"
-    if x < points[0][0]:
-        a, b, how = points[0], points[1], "extrapolated below"
-    elif x > points[-1][0]:
-        a, b, how = points[-2], points[-1], "extrapolated above"
-    else:
-        i = next(i for i, (px, _) in enumerate(points) if px > x)
-        a, b = points[i - 1], points[i]
-        return a[1] + (b[1] - a[1]) * (x - a[0]) / (b[0] - a[0]), "interpolated"
-    value = a[1] + (b[1] - a[1]) * (x - a[0]) / (b[0] - a[0])
-    return value, f"{how} the measured sizes, from {mib_label(a[0])} and {mib_label(b[0])}"
 
 
 @dataclass
@@ -237,7 +217,7 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
         raise UserError(f"--guest {guest!r}: no record of it on {fam} can be used (" +
                         ("none booted and reported MemTotal at boot)" if hv.inflates_after_boot else
                          "none settled with a MemTotal to compare)"))
-    set_aside, how = _at([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
+    set_aside, how = along([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
     kernels = sorted({r.get("guest_kernel") or "" for r in mine})
     p = Prediction(guest, exp, hv.title, ", ".join(k for k in kernels if k), memory_mib, current_mib,
                    round(current_mib - set_aside, 1), round(set_aside, 1), how, measured_sizes=[s.memory_mib for s in sizes],
@@ -245,7 +225,7 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
     itemized = [s for s in sizes if s.items]
     for name in sorted({k for s in itemized for k in s.items}):
         pts = [(s.memory_mib, s.items.get(name, 0.0)) for s in itemized]
-        value, _ = _at(pts, memory_mib)
+        value, _ = along(pts, memory_mib)
         slope = None
         if len(pts) >= 2:  # above the second size, as the posts give it: a step (the bounce buffer) is not a slope
             (x0, y0), (x1, y1) = (pts[1] if len(pts) > 2 else pts[0]), pts[-1]
@@ -271,9 +251,9 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
         return p
 
     def margin(m: float) -> tuple[float, float, float, float]:
-        sa = _at([(s.memory_mib, s.set_aside_mib) for s in sizes], m)[0]
-        used = _at([(s.memory_mib, s.used_mib) for s in with_reserve], m)[0]
-        reserve = _at([(s.memory_mib, s.reserve_mib) for s in with_reserve], m)[0]
+        sa = along([(s.memory_mib, s.set_aside_mib) for s in sizes], m)[0]
+        used = along([(s.memory_mib, s.used_mib) for s in with_reserve], m)[0]
+        reserve = along([(s.memory_mib, s.reserve_mib) for s in with_reserve], m)[0]
         return current_mib - sa - used - reserve, sa, used, reserve
     p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(memory_mib))
     p.survives = p.margin_mib >= 0
