@@ -24,7 +24,7 @@ from . import hypervisors
 from .errors import UserError
 from .manifest import find_manifests, load
 from .plan import points, results_dir
-from .results import existing
+from .results import as_record, existing
 from .units import mib_label
 
 DIED = ("oom", "panic")
@@ -127,34 +127,36 @@ class Model:
 
 
 def _guest_kernel(record: dict) -> str:
-    return record.get("guest_kernel") or ""
+    record = as_record(record)
+    return record.guest_kernel or ""
 
 
 def build_model(records: list[dict]) -> Model:
     """The curves and bounds of a list of records (any experiments)."""
+    records = [as_record(r) for r in records]
     by_curve: dict[tuple, dict[int, list[float]]] = {}
     experiments: dict[tuple, set] = {}
     bounds: dict[str, Bounds] = {}
     for r in records:
-        fam = family(r.get("domain_type") or "")
-        memory, current = r.get("memory_mib"), r.get("current_memory_mib")
-        plain = (r.get("memory_model", "balloon") == "balloon" and not r.get("autodeflate")
-                 and not r.get("free_page_reporting"))
+        fam = family(r.domain_type or "")
+        memory, current = r.memory_mib, r.current_memory_mib
+        plain = ((r.memory_model or "balloon") == "balloon" and not r.autodeflate
+                 and not r.free_page_reporting)
         if not plain or not isinstance(memory, int) or not isinstance(current, int):
             continue
-        if r.get("status") == "ok" and current == 1024 and isinstance(r.get("memtotal_settled_kib"), int):
+        if r.status == "ok" and current == 1024 and isinstance(r.memtotal_settled_kib, int):
             key = (fam, _guest_kernel(r))
-            by_curve.setdefault(key, {}).setdefault(memory, []).append(current - r["memtotal_settled_kib"] / 1024)
-            experiments.setdefault(key, set()).add(r.get("experiment", ""))
-        boot = r.get("memtotal_boot_kib")
+            by_curve.setdefault(key, {}).setdefault(memory, []).append(current - r.memtotal_settled_kib / 1024)
+            experiments.setdefault(key, set()).add((r.experiment or ""))
+        boot = r.memtotal_boot_kib
         # only where guests boot with all of memory and the balloon takes it back (not a Xen PV guest)
-        if isinstance(boot, int) and hypervisors.for_domain_type(r.get("domain_type") or "").inflates_after_boot:
+        if isinstance(boot, int) and hypervisors.for_domain_type(r.domain_type or "").inflates_after_boot:
             left = current - (memory - boot / 1024)
             b = bounds.setdefault(fam, Bounds())
-            if r.get("status") == "ok":
+            if r.status == "ok":
                 b.survived_n += 1
                 b.survived_min = left if b.survived_min is None else min(b.survived_min, left)
-            elif r.get("status") in DIED:
+            elif r.status in DIED:
                 b.died_n += 1
                 b.died_max = left if b.died_max is None else max(b.died_max, left)
     curves = []

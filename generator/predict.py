@@ -30,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 from . import hypervisors
 from .errors import UserError
 from .model import along, family
+from .results import as_record
 from .units import mib_label
 
 FORMAT, VERSION = "memballoon-predict", 1
@@ -37,7 +38,8 @@ BORDERLINE_MIB = 8.0  # a margin this close to 0 is within what repeats of one p
 
 
 def _plain(r: dict) -> bool:
-    return r.get("memory_model", "balloon") == "balloon" and not r.get("autodeflate") and not r.get("free_page_reporting")
+    r = as_record(r)
+    return (r.memory_model or "balloon") == "balloon" and not r.autodeflate and not r.free_page_reporting
 
 
 def reserve_kib(zone_reserves: dict | None) -> float | None:
@@ -67,8 +69,9 @@ def reserve_kib(zone_reserves: dict | None) -> float | None:
 
 def used_kib(record: dict) -> float | None:
     """MemTotal at boot minus the zones' free pages: what the guest had in use before the balloon."""
-    zones = ((record.get("zone_reserves") or {}).get("zones") or {})
-    boot = record.get("memtotal_boot_kib")
+    record = as_record(record)
+    zones = ((record.zone_reserves or {}).get("zones") or {})
+    boot = record.memtotal_boot_kib
     free = [z.get("free") for z in zones.values()]
     if not boot or not free or any(f is None for f in free):
         return None
@@ -77,11 +80,12 @@ def used_kib(record: dict) -> float | None:
 
 def margin_mib(record: dict) -> float | None:
     """The survival margin of one record, from its own readings (None where it cannot be stated)."""
-    boot, reserve, used = record.get("memtotal_boot_kib"), reserve_kib(record.get("zone_reserves")), used_kib(record)
+    record = as_record(record)
+    boot, reserve, used = record.memtotal_boot_kib, reserve_kib(record.zone_reserves), used_kib(record)
     if not boot or reserve is None or used is None:
         return None
-    set_aside = record["memory_mib"] * 1024 - boot
-    return (record["current_memory_mib"] * 1024 - set_aside - used - reserve) / 1024
+    set_aside = record.memory_mib * 1024 - boot
+    return (record.current_memory_mib * 1024 - set_aside - used - reserve) / 1024
 
 
 # --- one guest's measured sizes -------------------------------------------------------------------
@@ -98,19 +102,20 @@ def sizes_of(records: list[dict], inflates_after_boot: bool = True) -> list[Size
     """Per measured size, medians of its records. Where the guest boots with all of memory, the
     set-aside is memory minus MemTotal at boot (every record that booted has it, deaths too); a guest
     built with currentMemory (Xen PV) has what it lost once ballooned instead."""
+    records = [as_record(r) for r in records]
     by: dict[int, list[dict]] = {}
     for r in records:
-        if inflates_after_boot and isinstance(r.get("memtotal_boot_kib"), int):
-            by.setdefault(r["memory_mib"], []).append(r)
-        elif not inflates_after_boot and r.get("status") == "ok" and isinstance(r.get("memtotal_settled_kib"), int):
-            by.setdefault(r["memory_mib"], []).append(r)
+        if inflates_after_boot and isinstance(r.memtotal_boot_kib, int):
+            by.setdefault(r.memory_mib, []).append(r)
+        elif not inflates_after_boot and r.status == "ok" and isinstance(r.memtotal_settled_kib, int):
+            by.setdefault(r.memory_mib, []).append(r)
     out = []
     for m, rs in sorted(by.items()):
-        set_aside = statistics.median((m - r["memtotal_boot_kib"] / 1024) if inflates_after_boot else
-                                      (r["current_memory_mib"] - r["memtotal_settled_kib"] / 1024) for r in rs)
+        set_aside = statistics.median((m - r.memtotal_boot_kib / 1024) if inflates_after_boot else
+                                      (r.current_memory_mib - r.memtotal_settled_kib / 1024) for r in rs)
         used = [u / 1024 for r in rs if (u := used_kib(r)) is not None]
-        reserve = [v / 1024 for r in rs if (v := reserve_kib(r.get("zone_reserves"))) is not None]
-        itemized = [r["set_aside_kib"] for r in rs if isinstance(r.get("set_aside_kib"), dict)]
+        reserve = [v / 1024 for r in rs if (v := reserve_kib(r.zone_reserves)) is not None]
+        itemized = [r.set_aside_kib for r in rs if isinstance(r.set_aside_kib, dict)]
         items = {}
         for name in sorted({k for d in itemized for k in d}):
             items[name] = statistics.median(d.get(name, 0) for d in itemized) / 1024
@@ -174,16 +179,17 @@ class Prediction:
 
 def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: str | None) -> tuple[list[dict], str, str]:
     """The records of one guest on one hypervisor (plain balloon), with clear lines for what is not there."""
-    known = sorted({r["guest"] for r in records})
-    mine = [r for r in records if r["guest"] == guest and _plain(r)]
+    records = [as_record(r) for r in records]
+    known = sorted({r.guest for r in records})
+    mine = [r for r in records if r.guest == guest and _plain(r)]
     if not mine:
         raise UserError(f"--guest {guest!r}: no committed records of that guest; guests measured: {', '.join(known)}")
     if experiment:
-        exps = sorted({r.get("experiment", "") for r in mine})
-        mine = [r for r in mine if r.get("experiment") == experiment]
+        exps = sorted({(r.experiment or "") for r in mine})
+        mine = [r for r in mine if r.experiment == experiment]
         if not mine:
             raise UserError(f"--experiment {experiment!r}: guest {guest!r} was measured in {', '.join(exps)}")
-    fams = sorted({family(r.get("domain_type") or "") for r in mine})
+    fams = sorted({family(r.domain_type or "") for r in mine})
     if hypervisor:
         if hypervisor not in fams:
             raise UserError(f"--hypervisor {hypervisor!r}: guest {guest!r} was measured on {', '.join(fams)}")
@@ -192,17 +198,18 @@ def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: 
         fam = fams[0]
     else:
         fam = "qemu" if "qemu" in fams else fams[0]
-    mine = [r for r in mine if family(r.get("domain_type") or "") == fam]
+    mine = [r for r in mine if family(r.domain_type or "") == fam]
     # the experiment with the most sizes, when several measured this guest
     by_exp: dict[str, set] = {}
     for r in mine:
-        by_exp.setdefault(r.get("experiment", ""), set()).add(r["memory_mib"])
+        by_exp.setdefault((r.experiment or ""), set()).add(r.memory_mib)
     exp = experiment or max(sorted(by_exp), key=lambda e: len(by_exp[e]))
-    return [r for r in mine if r.get("experiment", "") == exp], fam, exp
+    return [r for r in mine if (r.experiment or "") == exp], fam, exp
 
 
 def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None,
             experiment: str | None = None, hypervisor: str | None = None) -> Prediction:
+    records = [as_record(r) for r in records]
     if memory_mib <= 0 or current_mib <= 0:
         raise UserError("--memory and --current-memory must be above 0")
     if current_mib > memory_mib:
@@ -211,14 +218,14 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
     if need_mib is not None and need_mib < 0:
         raise UserError("--need must not be negative")
     mine, fam, exp = choose(records, guest, experiment, hypervisor)
-    hv = hypervisors.for_domain_type(next(r.get("domain_type") for r in mine))
+    hv = hypervisors.for_domain_type(next(r.domain_type for r in mine))
     sizes = sizes_of(mine, hv.inflates_after_boot)
     if not sizes:
         raise UserError(f"--guest {guest!r}: no record of it on {fam} can be used (" +
                         ("none booted and reported MemTotal at boot)" if hv.inflates_after_boot else
                          "none settled with a MemTotal to compare)"))
     set_aside, how = along([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
-    kernels = sorted({r.get("guest_kernel") or "" for r in mine})
+    kernels = sorted({r.guest_kernel or "" for r in mine})
     p = Prediction(guest, exp, hv.title, ", ".join(k for k in kernels if k), memory_mib, current_mib,
                    round(current_mib - set_aside, 1), round(set_aside, 1), how, measured_sizes=[s.memory_mib for s in sizes],
                    need_mib=need_mib)
@@ -242,8 +249,8 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
         return p
     # use and reserves at boot depend on the kernel and memory, not on the experiment: every record of
     # this kernel on this hypervisor that has them counts
-    same_kernel = [r for r in records if _plain(r) and r.get("guest_kernel") in kernels
-                   and family(r.get("domain_type") or "") == fam and r.get("zone_reserves")]
+    same_kernel = [r for r in records if _plain(r) and r.guest_kernel in kernels
+                   and family(r.domain_type or "") == fam and r.zone_reserves]
     with_reserve = [s for s in sizes_of(same_kernel) if s.reserve_mib is not None and s.used_mib is not None]
     if not with_reserve:
         p.condition = ("unknown: the records of this guest were measured before the zone reserves were recorded "
@@ -278,27 +285,28 @@ def check_outcomes(records: list[dict]) -> dict:
     (its set-aside, use and reserves at boot) against whether it lived. Autodeflate guests are
     judged to survive; guests that inflate no balloon at boot (Xen PV, virtio-mem and DIMM hotplug)
     and records without zone reserves are counted as not judged."""
+    records = [as_record(r) for r in records]
     judged, hits, misses, borderline, not_judged = 0, 0, [], [], 0
     for r in records:
-        if r.get("status") not in ("ok", "oom", "panic"):
+        if r.status not in ("ok", "oom", "panic"):
             continue
-        hv = hypervisors.for_domain_type(r.get("domain_type") or "")
+        hv = hypervisors.for_domain_type(r.domain_type or "")
         m = margin_mib(r)
         # hotplug guests boot with currentMemory (nothing to inflate), like a Xen PV guest
-        if not hv.inflates_after_boot or m is None or r.get("memory_model", "balloon") != "balloon":
+        if not hv.inflates_after_boot or m is None or (r.memory_model or "balloon") != "balloon":
             not_judged += 1
             continue
-        predicted = True if r.get("autodeflate") else m >= 0
-        lived = r["status"] == "ok"
+        predicted = True if r.autodeflate else m >= 0
+        lived = r.status == "ok"
         judged += 1
-        where = (f"{r.get('experiment')}/{r['host']}/{r['guest']} memory {mib_label(r['memory_mib'])}, currentMemory "
-                 f"{mib_label(r['current_memory_mib'])}, repeat {r['repeat']}")
+        where = (f"{r.get('experiment')}/{r.host}/{r.guest} memory {mib_label(r.memory_mib)}, currentMemory "
+                 f"{mib_label(r.current_memory_mib)}, repeat {r.repeat}")
         if predicted == lived:
             hits += 1
-        elif abs(m) < BORDERLINE_MIB and not r.get("autodeflate"):
-            borderline.append({"point": where, "margin_mib": round(m, 1), "status": r["status"]})
+        elif abs(m) < BORDERLINE_MIB and not r.autodeflate:
+            borderline.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
         else:
-            misses.append({"point": where, "margin_mib": round(m, 1), "status": r["status"]})
+            misses.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
     return {"judged": judged, "predicted": hits, "borderline": borderline, "missed": misses, "not_judged": not_judged}
 
 

@@ -175,6 +175,11 @@ class Record(dict):
         raise AttributeError(f"a record has no field {name!r}")
 
 
+def as_record(record: dict) -> Record:
+    """A record read by attribute: the same one if it is a Record already, else a Record of it."""
+    return record if isinstance(record, Record) else Record(record)
+
+
 _NUMBER_MAPS = ("free_m", "meminfo", "balloon", "host_view", "xen_balloon", "set_aside_kib")
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from .. import hypervisors
 from ..manifest import FACTORS
+from ..results import Record, as_record
 from ..units import mib_label
 
 FAILURE_LABELS = {"oom": "OOM", "panic": "panic", "refused": "refused", "timeout": "timeout", "error": "error"}
@@ -29,21 +30,23 @@ def seen_mib(record: dict) -> int | None:
     With autodeflate (deflate-on-OOM) the balloon's pages stay counted in the guest's MemTotal, so
     `free -m` shows the whole ceiling; what the guest can use is that minus the balloon, whose size
     the host reports (memory - actual)."""
-    free = (record.get("free_m") or {}).get("total")
+    record = as_record(record)
+    free = (record.free_m or {}).get("total")
     if free is None:
-        kib = record.get("memtotal_settled_kib")
+        kib = record.memtotal_settled_kib
         free = kib // 1024 if kib else None
     if free is None:
         return None
-    actual = (record.get("balloon") or {}).get("actual")
-    if record.get("autodeflate") and actual and record.get("memory_model", "balloon") == "balloon":
-        return int(free) - (record["memory_mib"] - int(actual) // 1024)
+    actual = (record.balloon or {}).get("actual")
+    if record.autodeflate and actual and (record.memory_model or "balloon") == "balloon":
+        return int(free) - (record.memory_mib - int(actual) // 1024)
     return int(free)
 
 
 def reserved_mib(record: dict) -> float | None:
     """What the guest kernel set aside at boot (the 'reserved' of its 'Memory:' line)."""
-    for line in record.get("dmesg") or []:
+    record = as_record(record)
+    for line in record.dmesg or []:
         m = _RESERVED_RE.search(line)
         if m:
             return int(m.group(3)) / 1024
@@ -53,7 +56,8 @@ def reserved_mib(record: dict) -> float | None:
 def timeline_facts(record: dict) -> dict:
     """What a post uses of a record's balloon timeline ([seconds, actual KiB, …] samples): the smallest
     size the host saw (how far a guest that died got) and the seconds between its first and last change."""
-    timeline = [(s[0], s[1]) for s in record.get("balloon_timeline") or []
+    record = as_record(record)
+    timeline = [(s[0], s[1]) for s in record.balloon_timeline or []
                 if isinstance(s, (list, tuple)) and len(s) >= 2 and isinstance(s[0], (int, float))
                 and isinstance(s[1], int) and not isinstance(s[1], bool) and s[1] > 0]
     moving = [t for (t, a), (_, before) in zip(timeline[1:], timeline) if a != before]
@@ -63,11 +67,13 @@ def timeline_facts(record: dict) -> dict:
 
 def _timeline_fact(record: dict, key: str):
     """One of timeline_facts, from the build's summary when the record is one, else from the timeline."""
+    record = as_record(record)
     return record[key] if key in record else timeline_facts(record)[key]
 
 
 def swiotlb_mib(record: dict) -> int:
-    for line in record.get("dmesg") or []:
+    record = as_record(record)
+    for line in record.dmesg or []:
         m = _SWIOTLB_RE.search(line)
         if m:
             return int(m.group(1))
@@ -79,7 +85,8 @@ def pv_map_end_mib(record: dict) -> int | None:
 
     Linux maps a PV guest's extra (ballooned-out) memory at boot only up to ten times its initial
     size (EXTRA_MEM_RATIO in arch/x86/xen/setup.c); memory beyond that is not described at all."""
-    ends = [int(m.group(2), 16) + 1 for line in record.get("dmesg") or [] for m in [_XEN_MAP_RE.search(line)] if m]
+    record = as_record(record)
+    ends = [int(m.group(2), 16) + 1 for line in record.dmesg or [] for m in [_XEN_MAP_RE.search(line)] if m]
     return max(ends) // (1024 * 1024) if ends else None
 
 
@@ -88,9 +95,12 @@ class SeriesPoint:
     memory_mib: int
     records: list = field(default_factory=list)
 
+    def __post_init__(self):
+        self.records = [as_record(r) for r in self.records]
+
     @property
     def ok(self) -> list[dict]:
-        return [r for r in self.records if r["status"] == "ok" and seen_mib(r) is not None]
+        return [r for r in self.records if r.status == "ok" and seen_mib(r) is not None]
 
     @property
     def seen(self) -> list[int]:
@@ -106,7 +116,7 @@ class SeriesPoint:
 
     @property
     def failures(self) -> list[dict]:
-        return [r for r in self.records if r["status"] != "ok"]
+        return [r for r in self.records if r.status != "ok"]
 
     @property
     def status(self) -> str:
@@ -119,12 +129,12 @@ class SeriesPoint:
 
     @property
     def reason(self) -> str:
-        return self.failures[0].get("reason", "") if self.failures else ""
+        return self.failures[0].reason or "" if self.failures else ""
 
     @property
     def died(self) -> list[dict]:
         """The repeats whose guest died (out of memory, or a panic)."""
-        return [r for r in self.records if r["status"] in ("oom", "panic")]
+        return [r for r in self.records if r.status in ("oom", "panic")]
 
     @property
     def set_aside_at_boot(self) -> float | None:
@@ -132,9 +142,9 @@ class SeriesPoint:
         boot), the median over every repeat that reported it, those that later died included."""
         values = []
         for r in self.records:
-            boot = r.get("memtotal_boot_kib")
-            if isinstance(boot, int) and 0 < boot <= r["memory_mib"] * 1024:
-                values.append(r["memory_mib"] - boot / 1024)
+            boot = r.memtotal_boot_kib
+            if isinstance(boot, int) and 0 < boot <= r.memory_mib * 1024:
+                values.append(r.memory_mib - boot / 1024)
             elif reserved_mib(r) is not None:   # a full system: its kernel's own 'Memory: … reserved'
                 values.append(reserved_mib(r))
         return statistics.median(values) if values else None
@@ -154,7 +164,7 @@ class SeriesPoint:
     def inflating_s(self) -> float | None:
         """For the repeats that died: seconds the balloon inflated before the end (median); the probe's
         phases say, for a full system the host's samples of the balloon."""
-        values = [(r.get("phases") or {}).get("inflation_host_s") or _timeline_fact(r, "balloon_moving_s")
+        values = [(r.phases or {}).get("inflation_host_s") or _timeline_fact(r, "balloon_moving_s")
                   for r in self.died]
         values = [v for v in values if isinstance(v, (int, float))]
         return statistics.median(values) if values else None
@@ -174,14 +184,14 @@ class SeriesPoint:
 
     def free_median(self, column: str) -> float | None:
         """The median over repeats of one `free -m` column ('used', 'available', …)."""
-        values = [(r.get("free_m") or {}).get(column) for r in self.ok]
+        values = [(r.free_m or {}).get(column) for r in self.ok]
         values = [v for v in values if isinstance(v, (int, float))]
         return statistics.median(values) if values else None
 
     @property
     def agreeing(self) -> tuple[int, int]:
         """(readings whose agent MemTotal matched the balloon's available, readings cross-checked)."""
-        checks = [r.get("cross_check") for r in self.ok if r.get("cross_check")]
+        checks = [r.cross_check for r in self.ok if r.cross_check]
         return sum(1 for c in checks if c.get("agree")), len(checks)
 
     @property
@@ -193,7 +203,7 @@ class SeriesPoint:
     def items(self) -> dict[str, float]:
         """The set-aside by item (MiB, the median over repeats whose records are itemized), largest
         first, `unexplained` last; {} where no record of the point was booted with memblock=debug."""
-        itemized = [r["set_aside_kib"] for r in self.records if isinstance(r.get("set_aside_kib"), dict)]
+        itemized = [r.set_aside_kib for r in self.records if isinstance(r.set_aside_kib, dict)]
         if not itemized:
             return {}
         names = {k for d in itemized for k in d}
@@ -206,7 +216,7 @@ class SeriesPoint:
         """The page allocator's reserve at boot (watermarks and lower zones' protection), MiB."""
         from ..predict import reserve_kib
 
-        values = [v / 1024 for r in self.records if (v := reserve_kib(r.get("zone_reserves"))) is not None]
+        values = [v / 1024 for r in self.records if (v := reserve_kib(r.zone_reserves)) is not None]
         return statistics.median(values) if values else None
 
     @property
@@ -227,8 +237,8 @@ class SeriesPoint:
     @property
     def xen_ballooned_out(self) -> float | None:
         """MiB Xen's balloon held when the probe read it (low + high), the median over repeats."""
-        values = [((r.get("xen_balloon") or {}).get("low_kb", 0) + (r.get("xen_balloon") or {}).get("high_kb", 0))
-                  / 1024 for r in self.ok if r.get("xen_balloon")]
+        values = [((r.xen_balloon or {}).get("low_kb", 0) + (r.xen_balloon or {}).get("high_kb", 0))
+                  / 1024 for r in self.ok if r.xen_balloon]
         return statistics.median(values) if values else None
 
 
@@ -281,12 +291,12 @@ class Series:
 
     @property
     def kernels(self) -> list[str]:
-        return sorted({r["guest_kernel"] for p in self.points for r in p.records if r.get("guest_kernel")})
+        return sorted({r.guest_kernel for p in self.points for r in p.records if r.guest_kernel})
 
     @property
     def is_system(self) -> bool:
         """A full system (a distribution on a disk, read through its agent), not the probe."""
-        return any(r.get("guest_kind") == "system" for p in self.points for r in p.records)
+        return any(r.guest_kind == "system" for p in self.points for r in p.records)
 
     @property
     def failed(self) -> list[SeriesPoint]:
@@ -295,8 +305,8 @@ class Series:
     def lean(self) -> "Series":
         """A copy with only what a graph draws: each record cut to its status and what the guest saw.
         Sent to the processes that draw graphs, so a big experiment is not pickled whole each time."""
-        points = [SeriesPoint(p.memory_mib, [{"status": r["status"], "free_m": {"total": seen_mib(r)},
-                                              "guest_kernel": r.get("guest_kernel"), "guest_kind": r.get("guest_kind")}
+        points = [SeriesPoint(p.memory_mib, [Record(status=r.status, free_m={"total": seen_mib(r)},
+                                                    guest_kernel=r.guest_kernel, guest_kind=r.guest_kind)
                                              for r in p.records]) for p in self.points]
         return Series(self.host, self.guest, self.guest_label, self.factors, self.domain_type, points,
                       self.file_stem, self.stem_tail)
@@ -364,19 +374,20 @@ def build_series(records: list[dict], guest_labels: dict[str, str], host_count: 
     like the original's ('qemu-debian-1024.png', with the other factors' parts where not default)."""
     groups: dict[tuple, Series] = {}
     others = [f for f in FACTORS if not f.axis]
-    for r in sorted(records, key=lambda r: (r["host"], r["guest"], *[_sortable(r.get(f.name)) for f in others],
-                                            r["memory_mib"], r.get("repeat", 1))):
+    records = [as_record(r) for r in records]
+    for r in sorted(records, key=lambda r: (r.host, r.guest, *[_sortable(r.get(f.name)) for f in others],
+                                            r.memory_mib, r.repeat or 1)):
         values = {f.name: r.get(f.name, f.default) for f in others}
-        key = (r["host"], r["guest"], *values.values())
+        key = (r.host, r.guest, *values.values())
         s = groups.get(key)
         if s is None:
-            label = guest_labels.get(r["guest"]) or _kernel_label(r.get("guest_kernel")) or r["guest"]
-            s = groups[key] = Series(r["host"], r["guest"], label, values, "")
-        if r.get("domain_type") and not s.domain_type:
-            s.domain_type = r["domain_type"]
-        p = s.at(r["memory_mib"])
+            label = guest_labels.get(r.guest) or _kernel_label(r.guest_kernel) or r.guest
+            s = groups[key] = Series(r.host, r.guest, label, values, "")
+        if r.domain_type and not s.domain_type:
+            s.domain_type = r.domain_type
+        p = s.at(r.memory_mib)
         if p is None:
-            p = SeriesPoint(r["memory_mib"])
+            p = SeriesPoint(r.memory_mib)
             s.points.append(p)
         p.records.append(r)
     out = list(groups.values())
@@ -414,7 +425,7 @@ class Data:
 
     def __init__(self, records: list[dict], series: list[Series], planned: int, guest_order: list[str] = (),
                  host_order: list[str] = ()):
-        self.records = records
+        self.records = [as_record(r) for r in records]
         self.series = series
         self.planned = planned
         self.guest_order = list(guest_order)
@@ -471,14 +482,14 @@ class Data:
 
     @property
     def failures(self) -> list[dict]:
-        return [r for r in self.records if r["status"] != "ok"]
+        return [r for r in self.records if r.status != "ok"]
 
     @property
     def failure_groups(self) -> list[dict]:
         """Failures with the same memory, currentMemory, status and reason, told once with where/how often."""
         groups: dict[tuple, dict] = {}
-        for r in sorted(self.failures, key=lambda r: (r["memory_mib"], r["current_memory_mib"], r["host"], r["guest"])):
-            key = (r["memory_mib"], r["current_memory_mib"], r["status"], _generic(r.get("reason", "")))
+        for r in sorted(self.failures, key=lambda r: (r.memory_mib, r.current_memory_mib, r.host, r.guest)):
+            key = (r.memory_mib, r.current_memory_mib, r.status, _generic(r.reason or ""))
             g = groups.setdefault(key, {"memory_mib": key[0], "current_memory_mib": key[1], "status": key[2],
                                         "reason": key[3], "count": 0, "where": {}})
             g["count"] += 1
@@ -499,12 +510,12 @@ class Data:
 
     @property
     def memory_values(self) -> list[int]:
-        return sorted({r["memory_mib"] for r in self.records})
+        return sorted({r.memory_mib for r in self.records})
 
     @property
     def memfd_from(self) -> int | None:
         """The smallest memory whose guest RAM was a memfd (larger than the host could commit)."""
-        return min((r["memory_mib"] for r in self.records if r.get("memory_backing") == "memfd"), default=None)
+        return min((r.memory_mib for r in self.records if r.memory_backing == "memfd"), default=None)
 
     def predict(self, guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None):
         """predict.py's answer from this post's own records, or None if they cannot give one."""
@@ -522,10 +533,10 @@ class Data:
         else from the 'Killed process N (name)' of its reason. Most often first."""
         counts: dict[str, int] = {}
         for r in self.records:
-            if r["status"] not in ("oom", "panic"):
+            if r.status not in ("oom", "panic"):
                 continue
-            names = list(r.get("oom_kills") or []) or \
-                re.findall(r"Killed process \d{1,9} \(([^)]{1,32})\)", r.get("reason") or "")
+            names = list(r.oom_kills or []) or \
+                re.findall(r"Killed process \d{1,9} \(([^)]{1,32})\)", r.reason or "")
             for n in dict.fromkeys(names):
                 counts[n] = counts.get(n, 0) + 1
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -535,8 +546,8 @@ class Data:
         """The kernels' last words of the dead guests ('Kernel panic - not syncing: …'), with counts."""
         counts: dict[str, int] = {}
         for r in self.records:
-            if r["status"] in ("oom", "panic"):
-                m = re.search(r"Kernel panic - not syncing: ([^;]{1,80})", r.get("reason") or "")
+            if r.status in ("oom", "panic"):
+                m = re.search(r"Kernel panic - not syncing: ([^;]{1,80})", r.reason or "")
                 if m:
                     counts[m.group(1).strip()] = counts.get(m.group(1).strip(), 0) + 1
         return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -561,22 +572,22 @@ class Data:
 
     @property
     def dates(self) -> tuple[str, str] | None:
-        days = sorted(r["started_at"][:10] for r in self.records if r.get("started_at"))
+        days = sorted(r.started_at[:10] for r in self.records if r.started_at)
         return (days[0], days[-1]) if days else None
 
     @property
     def hosts(self) -> list[dict]:
         seen: dict[str, dict] = {}
         for r in self.records:
-            seen.setdefault(r["host"], {"name": r["host"], "kernel": r.get("host_kernel"),
-                                        "cores": r.get("host_cores"), "memory_mib": r.get("host_memory_mib"),
-                                        "hypervisor": r.get("hypervisor"), "libvirt": r.get("libvirt_version"),
-                                        "xen": r.get("xen"), "nested": r.get("nested"),
+            seen.setdefault(r.host, {"name": r.host, "kernel": r.host_kernel,
+                                        "cores": r.host_cores, "memory_mib": r.host_memory_mib,
+                                        "hypervisor": r.hypervisor, "libvirt": r.libvirt_version,
+                                        "xen": r.xen, "nested": r.nested,
                                         "domain_types": set(), "reasons": set()})
-            if r.get("domain_type"):
-                seen[r["host"]]["domain_types"].add(r["domain_type"])
-            if r.get("domain_type_reason"):
-                seen[r["host"]]["reasons"].add(r["domain_type_reason"].replace(" (cached canary result)", ""))
+            if r.domain_type:
+                seen[r.host]["domain_types"].add(r.domain_type)
+            if r.domain_type_reason:
+                seen[r.host]["reasons"].add(r.domain_type_reason.replace(" (cached canary result)", ""))
         return list(seen.values())
 
     def explain(self, s: Series) -> list[dict]:

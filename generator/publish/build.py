@@ -23,6 +23,7 @@ from typing import Callable
 
 from .. import __version__
 from .. import results as results_mod
+from ..results import as_record
 from . import updates
 from .analysis import Data, build_series, timeline_facts
 from ..errors import UserError
@@ -110,11 +111,12 @@ _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel|Xen: \[me
 
 def summary(record: dict, keep: frozenset) -> dict:
     """A record cut to the fields in `keep`; repeated text (versions, names) shared, not copied 10,000 times."""
+    record = as_record(record)
     out = results_mod.Record(
         (k, sys.intern(v) if isinstance(v, str) and len(v) < 100 else v) for k, v in record.items() if k in keep)
-    out["dmesg"] = [line for line in record.get("dmesg", []) if _DMESG_KEEP.search(line)]
-    if record.get("balloon"):
-        out["balloon"] = {k: v for k, v in record["balloon"].items() if k in ("actual", "available")}
+    out["dmesg"] = [line for line in (record.dmesg or []) if _DMESG_KEEP.search(line)]
+    if record.balloon:
+        out["balloon"] = {k: v for k, v in record.balloon.items() if k in ("actual", "available")}
     out.update(timeline_facts(record))  # of the timeline, only the two numbers a post uses
     return out
 
@@ -314,9 +316,10 @@ def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = Non
 
 
 def _post_date(manifest: Manifest, records: list[dict]) -> str:
+    records = [as_record(r) for r in records]
     if manifest.post.date:
         return manifest.post.date
-    stamps = sorted(r["started_at"] for r in records if r.get("started_at"))
+    stamps = sorted(r.started_at for r in records if r.started_at)
     if stamps:
         return stamps[-1]
     return _dt.date.today().isoformat()

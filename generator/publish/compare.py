@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import results
+from ..results import as_record
 from ..errors import UserError
 from ..gitrepo import git, git_toplevel
 from ..manifest import FACTORS, Manifest, project_root
@@ -85,7 +86,8 @@ class Comparison:
 # --- reading records ---------------------------------------------------------------------------------------
 def group_key(record: dict) -> str:
     """A point's key without its repeat: 'local/debian/m4096-c1024'."""
-    p = Point.make(record["host"], record["guest"], 1, record.get("experiment", ""),
+    record = as_record(record)
+    p = Point.make(record.host, record.guest, 1, (record.experiment or ""),
                    **{f.name: record[f.name] for f in FACTORS})
     return p.key.rsplit("-r", 1)[0]
 
@@ -96,6 +98,7 @@ KEEP = frozenset({"free_m", "memtotal_settled_kib", "memtotal_boot_kib", "starte
 
 
 def _add(side: Side, record: dict) -> None:
+    record = as_record(record)
     side.points.setdefault(group_key(record), []).append(record)
     side.count += 1
     if side.count > MAX_RECORDS:
@@ -182,9 +185,10 @@ def published_commit(manifest: Manifest, site: Path) -> str | None:
 
 # --- comparing -------------------------------------------------------------------------------------------
 def _summary(records: list[dict]) -> dict:
-    seen = [r["free_m"]["total"] for r in records if r["status"] == "ok" and (r.get("free_m") or {}).get("total")
+    records = [as_record(r) for r in records]
+    seen = [r.free_m["total"] for r in records if r.status == "ok" and (r.free_m or {}).get("total")
             is not None]
-    statuses = sorted({r["status"] for r in records})
+    statuses = sorted({r.status for r in records})
     return {"median_mib": statistics.median(seen) if seen else None,
             "spread_mib": (max(seen) - min(seen)) if seen else None,
             "status": "/".join(statuses), "n": len(records)}
@@ -209,12 +213,12 @@ def _provenance(side: Side) -> dict[tuple[str, str], set]:
     out: dict[tuple[str, str], set] = {}
     for records in side.points.values():
         for r in records:
-            host = r["host"]
-            for what, where, value in (("guest kernel", f"{host}/{r['guest']}", r.get("guest_kernel")),
-                                       ("QEMU", host, r.get("qemu_version")),
-                                       ("libvirt", host, r.get("libvirt_version")),
-                                       ("Xen", host, (r.get("xen") or {}).get("version")),
-                                       ("host kernel", host, r.get("host_kernel"))):
+            host = r.host
+            for what, where, value in (("guest kernel", f"{host}/{r.guest}", r.guest_kernel),
+                                       ("QEMU", host, r.qemu_version),
+                                       ("libvirt", host, r.libvirt_version),
+                                       ("Xen", host, (r.xen or {}).get("version")),
+                                       ("host kernel", host, r.host_kernel)):
                 if value:
                     out.setdefault((what, where), set()).add(str(value))
     return out
