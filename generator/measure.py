@@ -161,6 +161,16 @@ def _spec(point: Point, manifest: Manifest, **rest) -> DomainSpec:
     return DomainSpec.for_point(point.factors, vcpus=guest.vcpus, stats_period=manifest.balloon.stats_period, **rest)
 
 
+def _begin(point: Point, manifest: Manifest, host: HostRuntime, run_id: str):
+    """What measuring a point starts with, for either kind of guest: libvirt, the connection, the
+    manifest's guest, the domain's name and its console file, made ready."""
+    libvirt, conn = libvirt_module(), host.connect()
+    name = domain_name(run_id, f"{point.guest}-{point.short}")
+    console_path = host.console_path(name)
+    host.prepare_console(console_path)
+    return libvirt, conn, manifest.guest(point.guest), name, console_path
+
+
 def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: dict, kernel: str,
             initrd: str, guest_release: str, domain_type: str, domain_type_reason: str, run_id: str,
             stop: threading.Event, boot_method: str = "bzimage", teardown=None, live: dict | None = None) -> dict:
@@ -171,12 +181,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     teardown: called with the still-running domain once everything is read, to destroy it in the
     background (the sweep's reaper); without it, or when the point is interrupted, it is destroyed here.
     live: the sweep's progress entry for this point, given the balloon's samples as they come."""
-    libvirt = libvirt_module()
-    conn = host.connect()
-    guest = manifest.guest(point.guest)
-    name = domain_name(run_id, f"{point.guest}-{point.short}")
-    console_path = host.console_path(name)
-    host.prepare_console(console_path)
+    libvirt, conn, guest, name, console_path = _begin(point, manifest, host, run_id)
     balloon_model = manifest.balloon_model(host.spec)
     # The virtio balloon inflates from memory down to currentMemory after boot; a Xen PV guest is built
     # with currentMemory populated, so there is nothing to inflate (the probe waits for Xen's balloon
@@ -533,12 +538,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     point (also when it is interrupted)."""
     from .guests import system
 
-    libvirt = libvirt_module()
-    conn = host.connect()
-    guest = manifest.guest(point.guest)
-    name = domain_name(run_id, f"{point.guest}-{point.short}")
-    console_path = host.console_path(name)
-    host.prepare_console(console_path)
+    libvirt, conn, guest, name, console_path = _begin(point, manifest, host, run_id)
     reader = None
     forward_port = 0
     if guest.reading == "ssh":
