@@ -11,7 +11,8 @@ from ..errors import UserError
 from ..manifest import NAME_RE
 from ..model import Model, family
 from ..safe import write_all_beneath
-from .build import HUGO_CONFIGS, _jinja_env, _render, templates_dir
+from .engine import HUGO_CONFIGS
+from .templating import jinja_env, render, templates_dir
 
 
 def _graph(hosts, model: Model) -> bytes:
@@ -59,10 +60,10 @@ def write_page(hosts, model: Model, site: Path, slug: str, lower_to_mib: int | N
     front = {"title": f"Memory audit: {len(hosts)} host(s), {len(rows)} guest(s)", "date": date,
              "Description": f"{total('ceiling_mib'):,.0f} MiB of currentMemory lost to memory ceilings",
              "Tags": ["memory", "audit"]}
-    env = _jinja_env(templates_dir())
+    env = jinja_env(templates_dir())
     alt = (f"Graph: MiB lost against memory (log scale), the measured curves and {len(rows)} audited guest(s) "
            "as points.")
-    text = _render(env, "audit.md.j2", str(templates_dir() / "audit.md.j2"),
+    text = render(env, "audit.md.j2", str(templates_dir() / "audit.md.j2"),
                    front_matter=Markup("+++\n" + tomli_w.dumps(front) + "+++\n"), hosts=hosts, guests=len(rows),
                    lost=total("lost_mib"), ceiling=total("ceiling_mib"), give_back=total("give_back_mib"),
                    warnings=sum(1 for g in rows if g.warning), changed=sum(1 for g in rows if g.changed),

@@ -290,7 +290,7 @@ def test_a_results_folder_that_is_a_git_directory_runs_nothing(tmp_path):
     assert out.returncode == 0, out.stderr
     assert not marker.exists(), "the build ran a command from the results folder's git config"
     assert (site / "content" / "posts" / "x" / "index.md").is_file()
-    from generator.publish.build import results_commit
+    from generator.publish.post import results_commit
     assert results_commit(trap, project) == head  # the project's own commit, without entering the folder
     assert armed, "this git did not obey the planted config: the trap was not armed, so the test proved nothing"
 

@@ -13,7 +13,8 @@ import pytest
 from generator import results
 from generator.errors import ManifestError, UserError
 from generator.manifest import load
-from generator.publish.build import build_all, markdown_to_safe_html, md_code, md_text
+from generator.publish.build import build_all
+from generator.publish.templating import markdown_to_safe_html, md_code, md_text
 from tests.support import ROOT  # noqa: F401
 from tests.support.disk import fill, small_tmpfs  # noqa: F401
 from tests.support.manifests import BASE, write  # noqa: F401

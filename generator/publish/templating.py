@@ -1,0 +1,180 @@
+"""Templates and text: values from manifests, records and guests made literal Markdown (never HTML or a
+Hugo shortcode), content files rendered in a sandbox with errors that name the file and line, a
+post's summary, and Markdown turned into safe HTML for previews as Hugo would render it."""
+from __future__ import annotations
+
+import re
+import traceback
+from pathlib import Path
+
+from ..errors import UserError
+from ..units import mib_label
+
+
+def templates_dir() -> Path:
+    return Path(__file__).resolve().parents[2] / "templates"
+
+
+
+# --- Jinja -------------------------------------------------------------------------------------------
+# Values from manifests, records and guests are text, never Markdown, HTML or Hugo: every {{ value }} is
+# escaped for Markdown (the characters that make links, code spans, table cells, emphasis and escapes),
+# for HTML (entities) and for Hugo, whose shortcodes ({{< x >}}, {{% x %}}) are found in the raw page
+# before Markdown is parsed, in text and code spans alike. Templates and macros are trusted; what they
+# output is not escaped again.
+#
+# In text a '{' is escaped ('\{', which Markdown shows as '{') when it could make or complete a
+# shortcode opener: when it starts the value or follows another '{', and ends the value or precedes
+# '{', '%' or '<'. So no '{{<' or '{{%' is left in a value, nor made where two values meet; a '{' in
+# ordinary text ('a {x}', 'a {{ y }}') is left as it is. '_' is escaped only where it could start or end
+# emphasis (not inside a word, as in 'virtio_balloon').
+_MD_TEXT = re.compile(r"""[\\`\[\]|*~&<>"]|(?<![^\W_])_|_(?![^\W_])|(?:^|(?<=\{))\{(?=[{%<]|$)""")
+_ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
+
+
+def md_text(value) -> "Markup":
+    """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities, and
+    no Hugo shortcode opener left (see above)."""
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):
+        return value
+    text = " ".join(str(value).splitlines())
+    return Markup(_MD_TEXT.sub(lambda m: _ENTITIES.get(m.group(0)) or "\\" + m.group(0), text))
+
+
+# In a code span nothing can be escaped (a backslash or an entity would show as typed): a shortcode
+# opener is broken by a zero-width space between its braces, and Hugo's summary divider by one after
+# its '<'. Both render as the text they were, and Hugo finds neither.
+_CODE_HUGO = re.compile(r"\{\{+(?=[<%])|<(?=!--more-->)")
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def md_code(value) -> "Markup":
+    """A value as a Markdown code span, fenced by more backticks than it contains (no escaping applies
+    inside a code span, so none is done; Hugo's openers are broken, see above)."""
+    from markupsafe import Markup
+
+    text = " ".join(str(value).splitlines())
+    text = _CODE_HUGO.sub(lambda m: ZERO_WIDTH_SPACE.join(m.group(0)) + (ZERO_WIDTH_SPACE if m.group(0) == "<" else ""),
+                          text)
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    return Markup(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def _truncate(env, value, *args, **kwargs):
+    """Jinja's truncate, for text that is not yet escaped: cutting escaped text could cut an escape
+    (a '\\{' or '&lt;') in half, so truncate before md_escape or code, never after."""
+    import jinja2.filters
+    from markupsafe import Markup
+
+    if isinstance(value, Markup):
+        raise ValueError("truncate the value before escaping it (value | truncate(n) | code), not after")
+    return jinja2.filters.do_truncate(env, value, *args, **kwargs)
+
+
+def _finalize(value):
+    from markupsafe import Markup
+
+    if value is None or isinstance(value, (Markup, int, float)):
+        return value
+    return md_text(value)
+
+
+def jinja_env(content_dir: Path):
+    """A sandboxed environment: content files may come from someone else and get no Python access."""
+    import jinja2
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment(
+        loader=jinja2.FileSystemLoader([str(content_dir), str(templates_dir())]),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=True, finalize=_finalize,
+        trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.do"])
+    env.filters["mib"] = mib_label
+    env.filters["num"] = lambda v, digits=0: "n/a" if v is None else f"{v:,.{digits}f}"
+    env.filters["md_escape"] = md_text
+    env.filters["code"] = md_code
+    env.filters["truncate"] = jinja2.pass_environment(_truncate)
+    return env
+
+
+def _template_error(e: Exception, fallback: str) -> UserError:
+    import jinja2
+
+    if isinstance(e, jinja2.TemplateSyntaxError):
+        return UserError(f"{e.filename or fallback}:{e.lineno}: template error: {e.message}")
+    where = fallback
+    for frame in reversed(traceback.extract_tb(e.__traceback__)):
+        if frame.filename.endswith((".md", ".j2", ".html")):
+            where = f"{frame.filename}:{frame.lineno}"
+            break
+    message = getattr(e, "message", None) or str(e)
+    return UserError(f"{where}: template error: {type(e).__name__}: {message}")
+
+
+def render_with_summary(env, name: str, fallback: str, **context) -> tuple[str, str]:
+    """The page's body, and its `summary` (what a content file sets with {% set summary %}…{% endset %}:
+    its answer in a few sentences, shown first and carried into the front matter's description).
+    Rendered as usual first (errors name the file and line), then as a module for the summary."""
+    body = render(env, name, fallback, **context)
+    template = env.get_template(name)
+    if "summary" not in env.loader.get_source(env, name)[0]:
+        return body, ""
+    try:
+        summary = getattr(template.make_module(context), "summary", "")
+    except Exception as e:  # noqa: BLE001 - it rendered once already; say where if not
+        raise _template_error(e, fallback) from None
+    return body, plain_summary(str(summary)) if summary else ""
+
+
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+
+
+def plain_summary(markdown: str) -> str:
+    """A summary written in Markdown, as the plain text of a description (listings, link previews)."""
+    text = _MD_LINK.sub(r"\1", markdown)
+    text = re.sub(r"(\*\*|__|`)", "", text)
+    text = re.sub(r"\\([\\`*_{}\[\]()#+\-.!|<>&\"~])", r"\1", text)
+    text = text.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"').replace("&amp;", "&")
+    return " ".join(text.split())
+
+
+def render(env, name: str, fallback: str, **context) -> str:
+    import jinja2
+
+    try:
+        return env.get_template(name).render(**context)
+    except jinja2.TemplateNotFound as e:
+        raise UserError(f"{fallback}: template {e.name!r} not found in {templates_dir()}") from None
+    except Exception as e:  # noqa: BLE001 - every template failure is reported with file and line
+        raise _template_error(e, fallback) from None
+
+
+# --- the preview: Markdown to HTML as Hugo renders it (raw HTML dropped, unsafe links removed) ---------
+_SAFE_URL = re.compile(r"^(https?:|mailto:|#|/|\.{0,2}/|[A-Za-z0-9._~-]+(/|$|\.|#|\?))", re.I)
+
+
+def markdown_to_safe_html(text: str) -> str:
+    """HTML for the preview. Like Hugo's goldmark with unsafe off: raw HTML in the Markdown is shown
+    as text (never run), and links or images whose URL is not http(s), mailto or relative are dropped."""
+    import markdown
+    from markdown.treeprocessors import Treeprocessor
+
+    class DropUnsafeURLs(Treeprocessor):
+        def run(self, root):
+            for el in root.iter():
+                for attr in ("href", "src"):
+                    url = el.get(attr)
+                    if url is not None and not _SAFE_URL.match(url.strip()):
+                        el.set(attr, "")
+                for attr in list(el.keys()):
+                    if attr.lower().startswith("on"):
+                        del el.attrib[attr]
+
+    md = markdown.Markdown(extensions=["tables", "fenced_code"], output_format="html")
+    md.preprocessors.deregister("html_block")
+    md.inlinePatterns.deregister("html")
+    md.treeprocessors.register(DropUnsafeURLs(md), "drop_unsafe_urls", 0)
+    return md.convert(text)
