@@ -22,7 +22,7 @@ from .errors import StopRequested, UserError, libvirt_message
 from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
 from . import hypervisors
-from .guests.kinds import Staged, kind_of, stage_probe
+from .kinds import Staged, kind_of, stage_probe
 from .measure import destroy, canary, point_identity
 from .plan import Point, points, results_dir, select
 from .progress import Progress

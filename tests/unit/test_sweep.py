@@ -13,7 +13,7 @@ import pytest
 
 from generator import results, sweep
 from generator.errors import StopRequested, UserError
-from generator.guests.kinds import ProbeKind, Staged
+from generator.kinds import ProbeKind, Staged
 from generator.manifest import load
 from generator.progress import Progress
 from generator.sweep import MemoryBudget, Sweep, choose_domain_type, slots_for

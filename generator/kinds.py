@@ -2,7 +2,8 @@
 is measured. The probe (a kernel and a tiny initramfs that reports on its console) and the full
 system (a disk image read through its agent, console or SSH) are the two kinds today; another kind
 (a cloud image, another distribution's installer) is one more `GuestKind` here and its line in KINDS.
-The sweep only asks `kind_of(guest)`; it never checks which kind it has.
+The sweep only asks `kind_of(guest)`; it never checks which kind it has. Kinds sit above measure.py
+and guests/ (how a guest is built and read), which know nothing of them.
 """
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
-from . import images, probe, system
+from .errors import UserError
+from .guests import images, probe, system
+from .measure import measure, measure_system
 
 
 @dataclass(frozen=True)
@@ -65,8 +67,6 @@ class ProbeKind(GuestKind):
 
     def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
                 live, teardown) -> dict:
-        from ..measure import measure
-
         b = staged.boot
         return measure(point, manifest=manifest, host=host, host_facts=host_facts, kernel=b["kernel"],
                        initrd=b["initrd"], guest_release=b["release"], domain_type=domain_type,
@@ -113,8 +113,6 @@ class SystemKind(GuestKind):
 
     def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
                 live, teardown) -> dict:
-        from ..measure import measure_system
-
         return measure_system(point, manifest=manifest, host=host, host_facts=host_facts, boot=staged.boot,
                               domain_type=domain_type, domain_type_reason=domain_type_reason, run_id=run_id,
                               stop=stop, live=live)
