@@ -12,7 +12,6 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
@@ -22,100 +21,15 @@ from .domain import DomainSpec, domain_name, kernel_cmdline
 from .hosts import HostRuntime, libvirt_module
 from .manifest import Manifest
 from .plan import Point
-from .guests.probe import MARK
-from .text import bounded_float, bounded_int, plain
+from .guests.console import OOM_RE, PANIC_RE, Console, excerpt, one_line, parse_free, parse_meminfo
+from .text import bounded_int, plain
 
 log = logging.getLogger(__name__)
 
-_MARK_RE = re.compile(rf"^{MARK} (\S+)(?: (.*))?$", re.M)
 _REFUSED_RE = re.compile(r"cannot set up guest memory|Cannot allocate memory|cannot allocate|"
                          r"not enough memory|Insufficient free host memory|out of memory|"
                          r"failed to free memory|Failed to balloon domain0|claim.*memory|"
                          r"failed to allocate 0x[0-9a-f]+ pages", re.I)  # the last two: libxl building a domain
-# out_of_memory() with nothing left to kill panics with "System is deadlocked on memory"
-_OOM_RE = re.compile(r"Out of memory|oom-kill|invoked oom-killer|deadlocked on memory", re.I)
-_PANIC_RE = re.compile(r"Kernel panic - not syncing[^\n]*")
-MAX_MEMINFO_KEYS = 200  # /proc/meminfo has about 60; a guest printing more is not read further
-
-
-@dataclass
-class Console:
-    """What the probe printed: markers in order, and the sections between begin/end markers."""
-
-    text: str
-    markers: dict = field(default_factory=dict)
-    sections: dict = field(default_factory=dict)
-
-    @classmethod
-    def parse(cls, text: str) -> "Console":
-        text = plain(text, keep_newlines=True)  # no escape sequence reaches a marker, a reason or a record
-        c = cls(text)
-        for m in _MARK_RE.finditer(text):
-            name, value = m.group(1), (m.group(2) or "").strip()
-            if name == "begin":
-                end = text.find(f"{MARK} end {value}", m.end())
-                if end != -1:
-                    c.sections[value] = text[m.end():end].strip("\n")
-            elif name != "end":
-                c.markers.setdefault(name, value)
-        return c
-
-    def has(self, name: str) -> bool:
-        return name in self.markers
-
-    def number(self, name: str, index: int = 0) -> float | None:
-        """A marker's number; None if missing or not a finite number (a guest may print anything)."""
-        try:
-            return bounded_float(self.markers[name].split()[index], 1e15)
-        except (KeyError, IndexError):
-            return None
-
-
-def parse_free(text: str) -> dict | None:
-    """`free -m` (procps or busybox) -> {'total': 961, 'used': …, 'available': …} in MiB."""
-    lines = [line.split() for line in text.splitlines() if line.strip()]
-    header = next((line for line in lines if "total" in line), None)
-    mem = next((line for line in lines if line and line[0] == "Mem:"), None)
-    if not header or not mem:
-        return None
-    names = [h.replace("/", "_") for h in header]
-    values = {name: bounded_int(value) for name, value in zip(names, mem[1:])}
-    return None if None in values.values() else values
-
-
-def parse_meminfo(text: str) -> dict:
-    """/proc/meminfo -> {'MemTotal': 983744, …} in KiB (HugePages_* counts stay counts)."""
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r"([A-Za-z0-9_()]{1,40}):\s+([0-9]+)", line)
-        if m and len(out) < MAX_MEMINFO_KEYS:
-            value = bounded_int(m.group(2))  # a number too long to be a reading is left out
-            if value is not None:
-                out[m.group(1)] = value
-    return out
-
-
-def _excerpt(text: str, limit: int = 40) -> list[str]:
-    """The console's last lines, without the long meminfo dump, for the record.
-
-    A panic's register dump can push the line that says why out of the tail: lines about running
-    out of memory or panicking are kept in front of the tail (at most 10), marked by a '…' line.
-    """
-    keep = []
-    skip = False
-    text = plain(text.replace("\r", ""), keep_newlines=True)  # a full system's console colours its lines
-    for line in text.splitlines():
-        if line.startswith(f"{MARK} begin meminfo"):
-            skip = True
-        if not skip and line.strip():
-            keep.append(line[:300])
-        if line.startswith(f"{MARK} end meminfo"):
-            skip = False
-    tail = keep[-limit:]
-    earlier = keep[:-limit] if len(keep) > limit else []
-    key = [line for line in earlier if _OOM_RE.search(line) or _PANIC_RE.search(line)][:10]
-    return key + ["…"] + tail if key else tail
-
 
 def _share_progress(live: dict | None, record: dict, point: Point, inflates: bool) -> None:
     """Let the sweep's progress read this point's balloon samples while it runs (a virtio balloon that
@@ -222,7 +136,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
             message = e.get_error_message() or str(e)
             detail = host.creation_failure(name)
             record["status"] = "refused" if _REFUSED_RE.search(message + " " + detail) else "error"
-            record["reason"] = _one_line(message + (f" ({detail})" if detail else ""))
+            record["reason"] = one_line(message + (f" ({detail})" if detail else ""))
             return record
         clock["started"] = time.monotonic() - clock["t0"]
         _follow(dom, record, host=host, console_path=console_path, manifest=manifest, clock=clock, stop=stop,
@@ -238,7 +152,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
                 destroy(dom, libvirt)
         host.remove(console_path)
         record["durations"]["total_s"] = round(time.monotonic() - clock["t0"], 2)
-        record["console_excerpt"] = _excerpt(console)
+        record["console_excerpt"] = excerpt(console)
         record["phases"] = _phases(record, Console.parse(console), clock)
 
 
@@ -455,30 +369,20 @@ def _fill_guest_view(record: dict, console: Console, booted_at: float | None) ->
 
 def _classify_death(record: dict, console: Console) -> None:
     text = console.text
-    panic = _PANIC_RE.search(text)
-    if _OOM_RE.search(text):
+    panic = PANIC_RE.search(text)
+    if OOM_RE.search(text):
         record["status"] = "oom"
         killed = re.search(r"Out of memory: Killed process[^\n]*|Out of memory[^\n]*|Kernel panic[^\n]*memory[^\n]*", text)
-        record["reason"] = _one_line(killed.group(0) if killed else "the guest ran out of memory")
+        record["reason"] = one_line(killed.group(0) if killed else "the guest ran out of memory")
         if panic and panic.group(0) not in record["reason"]:
-            record["reason"] += f"; {_one_line(panic.group(0))}"
+            record["reason"] += f"; {one_line(panic.group(0))}"
     elif panic:
         record["status"] = "panic"
-        record["reason"] = _one_line(panic.group(0))
+        record["reason"] = one_line(panic.group(0))
     else:
         record["status"] = "error"
         record["reason"] = "the guest stopped before the probe reported" + \
             (" (after the balloon driver loaded)" if console.has("balloon-loaded") else "")
-
-
-def _one_line(text: str) -> str:
-    text = plain(text)
-    text = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", text.strip())
-    # QEMU's own complaint, without libvirt's wrapper and QEMU's timestamp (keeps records diffable)
-    qemu = re.search(r"qemu-system-\w+: (.*)$", text, re.S)
-    if qemu:
-        text = qemu.group(1)
-    return " ".join(text.split())[:400]
 
 
 def destroy(dom, libvirt) -> None:
@@ -512,12 +416,12 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
             if Console.parse(host.read_text(console_path)).has("canary-ok"):
                 return True, f"canary boot answered in {time.monotonic() - t0:.1f} s"
             if not _alive(dom, libvirt):
-                tail = _excerpt(host.read_text(console_path), 3)
+                tail = excerpt(host.read_text(console_path), 3)
                 return False, "canary guest stopped without answering" + (f": {tail[-1]}" if tail else "")
             time.sleep(0.3)
         return False, f"canary boot did not answer within {timeout:g} s"
     except libvirt.libvirtError as e:
-        return False, _one_line(e.get_error_message() or str(e))
+        return False, one_line(e.get_error_message() or str(e))
     finally:
         if dom is not None:
             destroy(dom, libvirt)
@@ -576,7 +480,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         except libvirt.libvirtError as e:
             message = e.get_error_message() or str(e)
             record["status"] = "refused" if _REFUSED_RE.search(message) else "error"
-            record["reason"] = _one_line(message)
+            record["reason"] = one_line(message)
             return record
         target = point.current_memory_mib * 1024 if inflates else None
         if guest.reading == "console":
@@ -600,7 +504,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         host.remove(overlay)  # after the domain: QEMU no longer holds it
         host.remove(console_path)
         record["durations"]["total_s"] = round(time.monotonic() - t0, 2)
-        record["console_excerpt"] = _excerpt(raw)
+        record["console_excerpt"] = excerpt(raw)
         record["dmesg"] = [" ".join(m.group(0).split())[:300] for m in _MEMORY_LINE_RE.finditer(console)]
         record["oom_kills"] = system.oom_kills(console)
         if record["status"] == "ok" and record["oom_kills"]:

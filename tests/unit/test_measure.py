@@ -10,9 +10,10 @@ import pytest
 
 from generator import results
 from generator.errors import StopRequested
+from generator.guests.console import Console
 from generator.guests.probe import MARK
 from generator.manifest import load
-from generator.measure import Console, _classify_death, measure, parse_free, parse_meminfo
+from generator.measure import _classify_death, measure
 from generator.plan import points
 from tests.support.fake_host import FakeHost, ScriptedDomain, probe_console
 from tests.support.records import rec  # noqa: F401
@@ -36,11 +37,6 @@ def run(manifest, memory, make, stop=None):
                   guest_release="6.1.0-57-amd64", domain_type="qemu", domain_type_reason="test", run_id="t",
                   stop=stop or threading.Event(), boot_method="pvh")
     return rec, host
-
-
-FREE = """              total        used        free      shared  buff/cache   available
-Mem:            843          26         806           2          11         741
-Swap:             0           0           0"""
 
 
 def test_a_point_that_settles_gives_a_record_with_its_set_aside_itemized(manifest):
@@ -87,28 +83,6 @@ def test_ctrl_c_stops_the_point_and_destroys_the_domain(manifest):
             stop=stop)
 
 
-def test_console_markers_and_sections():
-    text = (f"[    0.1] booting\n{MARK} init 2.88\n{MARK} boot-memtotal-kib 4009396\n{MARK} balloon-loaded 3.15\n"
-            f"{MARK} settled 11.41 8\n{MARK} settled-memtotal-kib 863668\n{MARK} begin free\n{FREE}\n{MARK} end free\n"
-            f"{MARK} begin meminfo\nMemTotal:  863668 kB\nHugePages_Total:   0\n{MARK} end meminfo\n{MARK} done 11.5\n")
-    c = Console.parse(text)
-    assert c.number("boot-memtotal-kib") == 4009396 and c.number("settled") == 11.41
-    assert parse_free(c.sections["free"]) == {"total": 843, "used": 26, "free": 806, "shared": 2,
-                                              "buff_cache": 11, "available": 741}
-    assert parse_meminfo(c.sections["meminfo"]) == {"MemTotal": 863668, "HugePages_Total": 0}
-    assert c.has("done") and not c.has("settle-timeout")
-
-
-def test_hostile_console_numbers_are_ignored():
-    c = Console.parse(f"{MARK} init inf\n{MARK} settled nan\n{MARK} done 1e400\n{MARK} boot-memtotal-kib 12x\n")
-    assert [c.number(k) for k in ("init", "settled", "done", "boot-memtotal-kib")] == [None] * 4
-
-
-def test_busybox_free_without_available_column():
-    text = "             total       used       free     shared    buffers     cached\nMem:          1000        100        900          0         10         20\n"
-    assert parse_free(text)["total"] == 1000
-
-
 @pytest.mark.parametrize("console,status,fragment", [
     ("[ 5.1] Out of memory: Killed process 1 (sh) total-vm:1kB\n[ 5.2] Kernel panic - not syncing: Attempted to kill init!",
      "oom", "Out of memory: Killed process 1 (sh)"),
@@ -122,16 +96,6 @@ def test_guest_deaths_are_classified(console, status, fragment):
     record = {}
     _classify_death(record, Console.parse(console))
     assert record["status"] == status and fragment in record["reason"]
-
-
-def test_console_excerpt_keeps_why_the_guest_died():
-    from generator.measure import _excerpt
-    lines = ["[ 1.0] boot"] + ["[ 2.0] Out of memory: Killed process 1 (sh)",
-                               "[ 2.1] Kernel panic - not syncing: System is deadlocked on memory"]
-    lines += [f"[ 3.0] R{i:02d}: 0000000000000000" for i in range(60)]
-    got = _excerpt("\n".join(lines), limit=40)
-    assert got[:3] == [lines[1], lines[2], "…"] and got[3:] == lines[-40:]
-    assert _excerpt("\n".join(lines[:5]), limit=40) == lines[:5]
 
 
 def test_timeline_facts_from_a_record_and_from_nonsense():
@@ -152,7 +116,8 @@ def test_stored_console_text_has_no_control_characters():
     """What measure keeps of a console (excerpt, reasons, OOM names, dmesg, the kernel release) holds no
     control characters, and numbers a guest prints are read only when they are readings."""
     from generator.guests import system
-    from generator.measure import Console, _classify_death, _excerpt, _fill_guest_view, _one_line
+    from generator.guests.console import Console, excerpt, one_line
+    from generator.measure import _classify_death, _fill_guest_view
 
     console = ("@@MEMBALLOON init 1.0\n@@MEMBALLOON kernel 6.1.0-amd64 {{< youtube x >}} $5\n"
                "[ 2.0] Out of memory: Killed process 7 (ev\x1b[2Jil)\n"
@@ -165,7 +130,7 @@ def test_stored_console_text_has_no_control_characters():
     _fill_guest_view(record, Console.parse("@@MEMBALLOON kernel 6.1.0\x1b]0;x\x07-amd64\n"), 1.0)
     assert record["guest_kernel"] == "6.1.0-amd64"
     _classify_death(record, c)
-    lines = _excerpt(console) + [record["reason"], _one_line("\x1b[2Jqemu-system-x86_64: \x07bad")]
+    lines = excerpt(console) + [record["reason"], one_line("\x1b[2Jqemu-system-x86_64: \x07bad")]
     lines += system.oom_kills(console)
     for line in lines:
         assert not any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f for ch in line), repr(line)
@@ -175,7 +140,8 @@ def test_stored_console_text_has_no_control_characters():
 
 def test_guest_numbers_are_bounded_before_they_are_parsed():
     from generator.guests import system
-    from generator.measure import Console, _fill_guest_view, parse_free, parse_meminfo
+    from generator.guests.console import Console, parse_free, parse_meminfo
+    from generator.measure import _fill_guest_view
 
     huge = "9" * 4000
     assert parse_free(f"  total used\nMem: {huge} 5\n") is None

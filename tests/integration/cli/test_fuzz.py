@@ -326,7 +326,8 @@ def test_hostile_guest_consoles_give_bounded_clean_readings():
 
     from generator import results
     from generator.guests import system
-    from generator.measure import Console, _classify_death, _excerpt, _fill_guest_view
+    from generator.guests.console import Console, excerpt
+    from generator.measure import _classify_death, _fill_guest_view
 
     def clean(text: str) -> bool:
         return not any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f or ch == "\u202e" for ch in text)
@@ -338,7 +339,7 @@ def test_hostile_guest_consoles_give_bounded_clean_readings():
         record = {"durations": {}, "guest_kernel": "6.1.0-13-amd64", "status": "ok", "reason": ""}
         _fill_guest_view(record, console, 1.0)
         _classify_death(record, console)
-        texts = [record["reason"], record["guest_kernel"], *record.get("dmesg", []), *_excerpt(text),
+        texts = [record["reason"], record["guest_kernel"], *record.get("dmesg", []), *excerpt(text),
                  *system.oom_kills(console.text)]
         numbers = [record["memtotal_boot_kib"], record["memtotal_settled_kib"],
                    *(record.get("free_m") or {}).values(), *(record.get("meminfo") or {}).values(),

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from generator.guests.console import Console
 from generator.guests.setaside import (
     BOUNCE_BUFFER, HASH_TABLES, KERNEL, PAGE_DESCRIPTORS, UNEXPLAINED, itemize, zone_reserves
 )
-from generator.measure import Console
 from tests.support import DATA as SUPPORT_DATA
 from tests.support import ROOT
 

@@ -93,16 +93,10 @@ def test_console_variant_of_the_debian_image_has_the_report_and_no_agent():
     assert "memballoon-report.service" in console.commands
 
 
-def test_console_excerpt_drops_colour_codes():
-    from generator.measure import _excerpt
-
-    lines = _excerpt("[\x1b[0;32m  OK  \x1b[0m] Started \x1b[0;1;39mqemu-guest-agent.service\x1b[0m\nlogin: ")
-    assert lines == ["[  OK  ] Started qemu-guest-agent.service", "login: "]
-
-
 def test_the_report_script_speaks_the_probes_markers():
     """What guest/memballoon-report prints is read by the same parser as the probe's console."""
-    from generator.measure import Console, _fill_guest_view
+    from generator.guests.console import Console
+    from generator.measure import _fill_guest_view
 
     script = (system.GUEST_FILES / "memballoon-report").read_text()
     for marker in ("report-start", "kernel", "settled-memtotal-kib", "begin free", "end free", "begin meminfo",

@@ -8,9 +8,10 @@ import pytest
 
 from generator.domain import kernel_cmdline
 from generator.errors import ManifestError
+from generator.guests.console import Console
 from generator.hypervisors import domain_xml
 from generator.manifest import load
-from generator.measure import Console, _fill_guest_view
+from generator.measure import _fill_guest_view
 from tests.support.manifests import XEN_HOST, manifest_with  # noqa: F401
 
 
