@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import UserError
-from .guests import images, probe, system
+from .guests import probe, sources
 from .measure import measure, measure_system
 
 
@@ -88,8 +88,10 @@ class SystemKind(GuestKind):
         if not host.run("command -v qemu-img || true", hide=True, warn=True).stdout.strip():
             raise UserError(f"host {host.name}: full-system guests boot from qemu-img overlays, and qemu-img is "
                             "not installed there (Debian: qemu-utils; here: make deps)")
-        if g.image.startswith("debian:"):
-            img = images.build(system.debian_recipe(g.image.split(":", 1)[1], g.reading), cache_dir, note)
+        named = sources.parse(g.image)
+        if named:  # a distribution's release: the tool builds the system
+            source, release = named
+            img = source.build_image(release, g.reading, cache_dir, note)
             disk, fmt = img.disk, "raw"
             kernel, initrd = img.file("vmlinuz"), img.file("initrd.img")
             tag = img.folder.name
@@ -99,17 +101,16 @@ class SystemKind(GuestKind):
             why = g.check_image()  # again: the file may have changed since the manifest was read
             if why:
                 raise UserError(f"guest {g.name}: image {disk}: {why}")
-            direct = g.kernel not in ("host",) and not g.kernel.startswith("debian:")
-            kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if direct else (None, None)
+            kernel, initrd = (Path(g.kernel), Path(g.initrd) if g.initrd else None) if g.kernel_file else (None, None)
             tag = f"image-{disk.stem}"[:40]
         keys = {}
-        if g.image.startswith("debian:") and g.reading == "ssh":  # made when the image was built
+        if named and g.reading == "ssh":  # made when the image was built
             keys = {"host_key": img.file("host_key.pub").read_text(), "client_key": str(img.file("client_key"))}
         return Staged(self, {**keys, "disk": host.stage(disk, f"{tag}-{disk.name}"), "format": fmt,
                              "kernel": host.stage(kernel, f"{tag}-vmlinuz") if kernel else "",
                              "initrd": host.stage(initrd, f"{tag}-initrd.img") if initrd else "",
                              "release": probe.kernel_release(kernel) if kernel else None,
-                             "label": g.image if g.image.startswith("debian:") else disk.name})
+                             "label": g.image if named else disk.name})
 
     def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
                 live, teardown) -> dict:

@@ -22,6 +22,7 @@ from typing import Any, Callable
 import yaml
 
 from . import hypervisors
+from .guests import sources
 from .errors import ManifestError, UserError
 from .safe import is_inside, read_regular
 from .units import parse_duration, parse_size
@@ -220,21 +221,27 @@ def _host_file(*keywords: str) -> Callable:
 
 
 def _kernel(value, path, problems, ctx):
-    """'host', 'debian:<suite>' (fetched from Debian's archive), or a path to a vmlinuz."""
-    if isinstance(value, str) and re.fullmatch(r"debian:[a-z][a-z0-9-]{0,30}", value):
+    """'host', '<source>:<release>' (fetched, e.g. debian:trixie from Debian's archive), or a path to a
+    vmlinuz."""
+    if sources.names_a_source(value):
         return value
-    if isinstance(value, str) and value.startswith("debian:"):
-        problems.add(path, f"{value!r} is not a Debian suite (e.g. debian:trixie, debian:bookworm)")
+    why = sources.problem(value)
+    if why:
+        problems.add(path, why)
         return _BAD
     return _host_file("host")(value, path, problems, ctx)
 
 
 def _image(value, path, problems, ctx):
-    """'', 'debian:<suite>' (built here), or a path to a disk image file."""
+    """'', '<source>:<release>' (built here, e.g. debian:bookworm), or a path to a disk image file."""
     if value == "":
         return value
-    if isinstance(value, str) and re.fullmatch(r"debian:[a-z][a-z0-9-]{0,30}", value):
+    if sources.names_a_source(value):
         return value
+    why = sources.problem(value)
+    if why:
+        problems.add(path, why)
+        return _BAD
     converted = _host_file()(value, path, problems, ctx)
     if converted is not _BAD and not os.path.isfile(converted):
         problems.add(path, f"{value!r}: no such disk image file")
@@ -725,8 +732,13 @@ class Guest:
         return bool(self.image)
 
     @property
+    def kernel_file(self) -> bool:
+        """Whether `kernel` is a file the user gives (not 'host', not a distribution's release)."""
+        return self.kernel != "host" and not sources.names_a_source(self.kernel)
+
+    @property
     def has_image_file(self) -> bool:
-        return bool(self.image) and not self.image.startswith("debian:")
+        return bool(self.image) and not sources.names_a_source(self.image)
 
     def image_format(self) -> str:
         """The image file's format: as declared, or from its name; a UserError if it cannot be told."""
@@ -755,16 +767,16 @@ class Guest:
             why = self.check_image()
             if why:
                 problems.add(f"{path}.image", f"{self.image}: {why}")
-        if self.kernel not in ("host",) and not self.kernel.startswith("debian:") and not os.path.isfile(self.kernel):
+        if self.kernel_file and not os.path.isfile(self.kernel):
             hint = difflib.get_close_matches(Path(self.kernel).name, ["host"], n=1, cutoff=0.5)
             problems.add(f"{path}.kernel", f"{self.kernel}: no such kernel file; use 'host' (this machine's kernel), "
                                            "'debian:<suite>' or the path of a vmlinuz"
                                            + (f" (did you mean {hint[0]!r}?)" if hint else ""))
         for key, spec in (("kernel", self.kernel), ("image", self.image)):
-            if spec.startswith("debian:"):
-                from .guests.kernels import suite_problem
-
-                why = suite_problem(spec.split(":", 1)[1], Path(os.environ.get("MEMBALLOON_CACHE", ".cache")).resolve())
+            named = sources.parse(spec)
+            if named:
+                source, release = named
+                why = source.release_problem(release, Path(os.environ.get("MEMBALLOON_CACHE", ".cache")).resolve())
                 if why:
                     problems.add(f"{path}.{key}", why)
         if self.modules and not os.path.isdir(self.modules):
@@ -780,12 +792,12 @@ class Guest:
             problems.add(f"{path}.address", "reading: ssh needs the guest's address (or 'forwarded')")
         if self.address and self.reading != "ssh":
             problems.add(f"{path}.address", "goes with reading: ssh")
-        if self.address == "forwarded" and not self.image.startswith("debian:"):
+        if self.address == "forwarded" and not sources.names_a_source(self.image):
             problems.add(f"{path}.address", "'forwarded' works with image: debian:<suite>, whose keys the tool "
                                             "made; for your own image give the guest's address")
         if self.reading != "agent" and not self.image:
             problems.add(f"{path}.reading", "is for full systems (image:); the probe always reports on its console")
-        if self.initrd and not (self.image and self.kernel not in ("host",) and not self.kernel.startswith("debian:")):
+        if self.initrd and not (self.image and self.kernel_file):
             problems.add(f"{path}.initrd", "goes with image: <path> and kernel: <path to a vmlinuz>")
 
 

@@ -66,10 +66,6 @@ def suite_problem(suite: str, cache_dir: Path, timeout: float = 10.0) -> str | N
     return None
 
 
-def is_debian_kernel(spec: str) -> bool:
-    return bool(_SUITE_RE.match(spec))
-
-
 def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 

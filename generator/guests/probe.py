@@ -25,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__
 
-from . import kernels
+from . import sources
 from ..errors import UserError
 
 MARK = "@@MEMBALLOON"
@@ -454,8 +454,9 @@ def resolve_kernel(kernel: str, modules_dir: str, cache_dir: Path) -> tuple[Path
     fetched_modules = None
     if kernel == "host":
         image = find_host_kernel()
-    elif kernels.is_debian_kernel(kernel):
-        image, fetched_modules = kernels.fetch(kernel, cache_dir)
+    elif sources.parse(kernel):
+        source, release = sources.parse(kernel)
+        image, fetched_modules = source.fetch_kernel(release, cache_dir)
     else:
         image = Path(kernel)
     if not image.exists():
