@@ -3,9 +3,11 @@ worker processes) and written all or nothing; what it wrote last time is kept in
 rebuild renders only what changed. It knows outputs, not posts (post.py makes those)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -57,6 +59,38 @@ def hash_of(*parts: bytes | str) -> str:
 
 def code_hash(*names: str) -> str:
     return hash_of(__version__, *[(PACKAGE_DIR / n).read_bytes() for n in names])
+
+
+_RELATIVE_IMPORT = re.compile(r"^[ \t]*from[ \t]+(\.+)([\w.]*)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)", re.M)
+
+
+@functools.lru_cache(maxsize=None)
+def code_of(module: str) -> tuple[str, ...]:
+    """The files (relative to generator/) of `module` ('publish/post.py') and of every generator module it
+    imports, at any depth and wherever the import stands: the code an output is made by, so that a
+    change to any of it makes the output stale. (The package imports only relatively.)"""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        package = Path(rel).parent  # of a module and of a package's __init__.py alike
+        for dots, name, imported in _RELATIVE_IMPORT.findall((PACKAGE_DIR / rel).read_text()):
+            base = package
+            for _ in range(len(dots) - 1):
+                base = base.parent
+            target = base.joinpath(*name.split(".")) if name else base
+            names = [n.split(" as ")[0].strip() for n in imported.strip("()").replace("\n", " ").split(",")]
+            # the module itself, and each imported name that is a module of it ('from .guests import sources')
+            candidates = [target / "__init__.py"]
+            for n in filter(str.isidentifier, names):
+                candidates += [(target / n).with_suffix(".py"), target / n / "__init__.py"]
+            if name:
+                candidates.append(target.with_suffix(".py"))
+            todo.extend(str(c) for c in candidates if (PACKAGE_DIR / c).is_file())
+    return tuple(sorted(seen))
 
 
 # --- the whole build ---------------------------------------------------------------------------------

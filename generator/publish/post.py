@@ -25,7 +25,7 @@ from ..safe import inside, is_inside, read_regular
 from ..units import mib_label
 from . import updates
 from .analysis import Data, build_series, timeline_facts
-from .engine import PROJECT_DIR, STATE_VERSION, Output, code_hash, hash_of
+from .engine import PROJECT_DIR, STATE_VERSION, Output, code_hash, code_of, hash_of
 from .templating import jinja_env, render, render_with_summary, templates_dir
 
 DEFAULT_CONTENT = "default-post.md.j2"  # the post of a manifest without post.content
@@ -171,9 +171,7 @@ def post_inputs(manifest: Manifest, *, results_override: str | None, layout: str
     commit = results_commit(folder, project_root(Path(manifest.path)))
     template_files = sorted(templates_dir().glob("*"))
     inputs = hash_of(__version__, str(STATE_VERSION), manifest.sha256, layout, content_path.read_bytes(), str(commit),
-                     code_hash("publish/post.py", "publish/templating.py", "publish/analysis.py", "publish/plots.py",
-                               "publish/updates.py", "publish/compare.py", "predict.py", "hypervisors/__init__.py",
-                               "hypervisors/base.py", "hypervisors/qemu.py", "hypervisors/xen.py"),
+                     code_hash(*code_of("publish/post.py")),
                      *[f.name.encode() + f.read_bytes() for f in template_files], *digests)
     return PostPlan(manifest, manifest.post.slug, layout, folder, raw, digests, commit, content_path, inputs)
 
@@ -195,7 +193,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
         page = site / "content" / "posts" / f"{slug}.md"
         img_dir, img_url = site / "static" / "img", "/img/"
     by_key = dict(zip([_record_key(r) for r in records], digests))
-    plot_code = code_hash("publish/plots.py", "publish/analysis.py")
+    plot_code = code_hash(*code_of("publish/plots.py"), *code_of("publish/analysis.py"))
 
     def add(path: Path, inputs: str, render: Callable | None, job: tuple | None = None) -> None:
         if path in outputs:

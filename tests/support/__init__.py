@@ -35,13 +35,23 @@ def git(cwd, *args, check=True) -> str:
 
 def main(*args) -> subprocess.CompletedProcess:
     """The CLI's `main` in this process, its output captured: what `cli` checks, without starting Python
-    (for unit tests; `cli` is the real entry point)."""
+    (for unit tests; `cli` is the real entry point). Log records reach the captured stderr as the CLI's
+    own logging would print them (in-process, pytest owns the root logger, so basicConfig does nothing)."""
     import contextlib
     import io
+    import logging
 
     from generator.cli import main as cli_main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main([str(a) for a in args])
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli_main([str(a) for a in args])
+    finally:
+        root.removeHandler(handler)
     return subprocess.CompletedProcess(["generator", *args], code, out.getvalue(), err.getvalue())

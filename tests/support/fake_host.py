@@ -198,7 +198,8 @@ _CURRENT_RE = re.compile(r"<currentMemory unit=.KiB.>(\d+)</currentMemory>")
 def probe_domain(xml: str, *, seconds: float = 0.0, dies: bool = False, never: bool = False) -> ScriptedDomain:
     """A probe guest for the domain XML the measuring code wrote: it reports as the real probe does for
     its memory and currentMemory (1, 4 or 16 GiB: the captured boots), `seconds` later than a real
-    fast boot; `never` reports nothing and runs until destroyed; a canary answers and powers off."""
+    fast boot, and runs until destroyed; `dies` runs out of memory while the balloon inflates;
+    `never` reports nothing and runs until destroyed; a canary answers and powers off."""
     memory_kib = int(_MEMORY_RE.search(xml).group(1))
     current_kib = int(_CURRENT_RE.search(xml).group(1))
     if "canary" in xml:
@@ -206,4 +207,6 @@ def probe_domain(xml: str, *, seconds: float = 0.0, dies: bool = False, never: b
     if never:
         return ScriptedDomain(xml, [(99.0, "never")], memory_kib, memory_kib, ends=False)
     script = [(at + seconds, text) for at, text in probe_console(memory_kib // 1024, current_kib // 1024, dies=dies)]
-    return ScriptedDomain(xml, script, memory_kib, current_kib)
+    # A guest that dies is gone (on_crash=destroy); one that reported stays up, as the real probe does,
+    # until the sweep destroys it.
+    return ScriptedDomain(xml, script, memory_kib, current_kib, ends=dies)

@@ -1,4 +1,4 @@
-"""The rooms README's "Extending" promises: each kind of addition touches the files it names, and the
+"""The rooms that README's "Extending" promises: each kind of addition touches the files it names, and the
 structure that makes that true (no import cycle, a DomainSpec field per factor, hypervisors that
 answer for themselves) holds."""
 from __future__ import annotations
@@ -40,7 +40,9 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 base = package.split(".")[:len(package.split(".")) - (node.level - 1)]
-                targets = [base + node.module.split(".")] if node.module else [base + [a.name] for a in node.names]
+                # 'from .guests import sources' imports the module guests.sources as well as the package
+                targets = ([base + node.module.split(".")] if node.module else []) + \
+                    [base + (node.module.split(".") if node.module else []) + [a.name] for a in node.names]
                 for t in targets:
                     while t and ".".join(t) not in modules:
                         t = t[:-1]

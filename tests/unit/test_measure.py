@@ -1,6 +1,6 @@
 """Measuring one point (generator/measure.py) with a fake host and libvirt (tests/support/fake_host.py):
-the polling loop, a death, a refusal, a guest that never reports, Ctrl-C; and the console's markers,
-sections and hostile numbers, in about a second each and without booting anything."""
+the polling loop, a death, a refusal, a guest that never reports, Ctrl-C, in about a second each and
+without booting anything; how deaths are classified and what a record keeps of hostile guest text."""
 from __future__ import annotations
 
 import threading

@@ -26,6 +26,25 @@ TWO_HOSTS = """
 """
 
 
+class CountingProgress(Progress):
+    """The sweep's progress, counting the points in flight (between begin and end)."""
+
+    def __init__(self, stream):
+        super().__init__(stream=stream, live=False)
+        self.in_flight = self.most_in_flight = 0
+
+    def begin(self, key):
+        with self.lock:
+            self.in_flight += 1
+            self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        return super().begin(key)
+
+    def end(self, key, record):
+        with self.lock:
+            self.in_flight -= 1
+        return super().end(key, record)
+
+
 class StagedProbe:
     """The probe kind, with its files 'staged' without building anything: measuring is the real code."""
 
@@ -51,8 +70,8 @@ def fake(write_manifest, monkeypatch, tmp_path):
             return load(path)
 
         def sweep(self, m=None, **options) -> Sweep:
-            return Sweep(m or self.manifest(), cache_dir=tmp_path / "cache", progress=Progress(stream=self.stream, live=False),
-                         **options)
+            self.progress = CountingProgress(self.stream)
+            return Sweep(m or self.manifest(), cache_dir=tmp_path / "cache", progress=self.progress, **options)
 
         def run(self, m=None, **options):
             return self.sweep(m, **options).run()
@@ -81,41 +100,53 @@ def test_points_run_side_by_side_in_their_slots_largest_memory_first(fake):
     summary = fake.run(m, jobs=2)
     assert (summary.measured, summary.failed, summary.host_errors, summary.interrupted) == (3, {}, {}, False)
     assert recorded(m) == {1024: "ok", 4096: "ok", 16384: "ok"}
-    assert fake.created() == [16384, 4096, 1024]  # the longest boot starts first
+    created = fake.created()
+    assert sorted(created[:2]) == [4096, 16384] and created[2] == 1024  # the longest boots start first
+    assert fake.progress.most_in_flight == 2  # two slots, both used
     host = fake.hosts["local"]
-    assert host.conn.most_at_once == 2  # two slots, both used
-    assert all(d.destroyed or not d.isActive() for d in host.conn.domains) and host.closed
+    assert all(d.destroyed for d in host.conn.domains) and host.closed  # every guest destroyed by the sweep
 
 
-def test_one_slot_runs_one_point_at_a_time(fake):
+def test_one_slot_runs_one_point_at_a_time_largest_first(fake):
     fake.run(jobs=1)
-    assert fake.hosts["local"].conn.most_at_once == 1 and len(fake.created()) == 3
+    assert fake.progress.most_in_flight == 1 and fake.created() == [16384, 4096, 1024]
+    assert all(d.destroyed for d in fake.hosts["local"].conn.domains)
 
 
 def test_the_memory_budget_holds_points_back_until_memory_is_free(fake):
-    """Three slots, but memory for one point at a time (80% of what the host has free): they run one
-    after the other, and all of them run."""
+    """Three slots, but memory for one point at a time (80% of what the host has free): each guest is
+    created only once the one before is destroyed, and all of them run."""
     fake.hosts["local"] = SweepHost("local", lambda xml: probe_domain(xml, seconds=0.2), memory_available_mib=1500)
     summary = fake.run(jobs=3)
-    assert summary.measured == 3 and fake.hosts["local"].conn.most_at_once == 1
+    assert summary.measured == 3 and fake.hosts["local"].conn.most_at_once == 1  # never two guests at once
 
 
-def test_memory_budget_one_point_always_runs_and_stop_wakes_the_waiters():
+def test_memory_budget_one_point_always_runs_and_a_stopping_sweep_stops_waiting():
     budget = MemoryBudget(1000)
     stop = threading.Event()
     budget.acquire(5000, stop)  # larger than the host: it still runs, alone
     got = []
-    waiter = threading.Thread(target=lambda: got.append(budget.acquire(10, stop) or "ran"))
+
+    def wait(need):
+        try:
+            budget.acquire(need, stop)
+            got.append("ran")
+        except StopRequested:
+            got.append("stopped")
+    waiter = threading.Thread(target=wait, args=(10,))
     waiter.start()
     time.sleep(0.3)
     assert not got  # waits while the big one runs
     budget.release(5000)
     waiter.join(2)
     assert got == ["ran"] and budget.used == 10
-    budget.acquire(10, stop)  # 20 of 1000: room
-    stop.set()
-    with pytest.raises(StopRequested):
-        budget.acquire(990, stop)  # no room, and the sweep is stopping: it gives up instead of waiting
+    blocked = threading.Thread(target=wait, args=(995,))  # 10 + 995 > 1000: waits for room
+    blocked.start()
+    time.sleep(0.3)
+    assert got == ["ran"]
+    stop.set()  # the sweep is stopping: the waiter gives up instead of waiting for room
+    blocked.join(2)
+    assert got == ["ran", "stopped"] and budget.used == 10 and budget.running == 1
 
 
 def test_a_second_run_measures_only_what_has_no_record(fake):
@@ -159,20 +190,30 @@ def test_sigterm_keeps_finished_points_and_destroys_the_running_ones(fake, capsy
     fake.hosts["local"] = SweepHost("local", make)
     m = fake.manifest(boot="60s")
     before = signal.getsignal(signal.SIGTERM)
+    done = threading.Event()
 
     def kill_when_two_are_recorded():
+        """SIGTERM once two points are recorded, and only while the sweep's own handler is installed
+        (never into pytest after the sweep returned)."""
         deadline = time.monotonic() + 20
-        while len(recorded(m)) < 2 and time.monotonic() < deadline:
+        while not done.is_set() and time.monotonic() < deadline:
+            if len(recorded(m)) >= 2 and signal.getsignal(signal.SIGTERM) is not before:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
             time.sleep(0.05)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=kill_when_two_are_recorded, daemon=True).start()
+    killer = threading.Thread(target=kill_when_two_are_recorded, daemon=True)
+    killer.start()
     t0 = time.monotonic()
-    summary = fake.run(m, jobs=3)
+    try:
+        summary = fake.run(m, jobs=3)
+    finally:
+        done.set()
+        killer.join(5)
     assert time.monotonic() - t0 < 15  # not the 60 s boot timeout
     assert summary.interrupted and summary.measured == 2
     assert recorded(m) == {1024: "ok", 4096: "ok"}  # the interrupted point has no record: measured next time
-    assert all(not d.isActive() for d in fake.hosts["local"].conn.domains)
-    assert fake.hosts["local"].conn.domains[0].destroyed  # the 16 GiB guest, destroyed by the sweep
+    domains = fake.hosts["local"].conn.domains
+    assert all(d.destroyed for d in domains) and len(domains) == 3
     assert signal.getsignal(signal.SIGTERM) is before
     assert "SIGTERM: stopping; running guests are destroyed, finished points are kept" in capsys.readouterr().err
 
@@ -217,7 +258,8 @@ def test_auto_picks_tcg_without_kvm_and_kvm_when_its_canary_answers(fake, tmp_pa
     notes = []
     dtype, why = choose_domain_type(kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c", note=notes.append)
     assert dtype == "kvm" and why.startswith("KVM canary boot answered in") and len(kvm.conn.domains) == 1
-    assert kvm.conn.domains[0].destroyed or not kvm.conn.domains[0].isActive()
+    canary = kvm.conn.domains[0]
+    assert '<domain type="kvm">' in canary.xml and canary.memory_kib == 256 * 1024  # a small KVM guest
     assert "checking whether KVM works" in notes[0]
     dtype, why = choose_domain_type(kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c")
     assert dtype == "kvm" and why.endswith("(cached canary result)") and len(kvm.conn.domains) == 1  # no new boot

@@ -17,7 +17,7 @@ from generator import results
 from generator.errors import ManifestError
 from generator.manifest import load
 from generator.publish.build import build_all
-from tests.support import ROOT, cli, one_line_error  # noqa: F401
+from tests.support import ROOT, cli, git, one_line_error  # noqa: F401
 from tests.support.disk import fill, small_tmpfs  # noqa: F401
 from tests.support.hostile import TERMINAL_ATTACK  # noqa: F401
 from tests.support.manifests import BASE, NARROW, with_guest, write  # noqa: F401
@@ -25,8 +25,7 @@ from tests.support.sample import hugo, new_site, record, sample, sample_without_
 
 
 def predict_cli(*args):
-    return subprocess.run([sys.executable, "-m", "generator", "predict", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
+    return cli("predict", *args, timeout=60)
 
 
 def _through_a_terminal(argv, cwd) -> bytes:
@@ -65,12 +64,6 @@ def _ok_record_bytes(**change) -> bytes:
     base = record("precise", 1024, 1)
     base.update(change)
     return results.dumps(dict(base, schema_version=results.SCHEMA_VERSION)).encode()
-
-
-def git(cwd, *args, check=True):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.org"}
-    return subprocess.run(["git", "-C", str(cwd), *args], capture_output=True, text=True, env=env, check=check)
 
 
 def test_cli_refuses_bad_uris_and_embedded_in_one_line(tmp_path):
@@ -276,7 +269,7 @@ def test_a_results_folder_that_is_a_git_directory_runs_nothing(tmp_path):
     git(project, "init", "-q")
     git(project, "add", "-A")
     git(project, "commit", "-qm", "project with a trap")
-    head = git(project, "rev-parse", "HEAD").stdout.strip()
+    head = git(project, "rev-parse", "HEAD").strip()
     # the trap is armed: git discovering such a folder on its own runs the command
     armed_copy = tmp_path / "armed"
     shutil.copytree(trap, armed_copy)

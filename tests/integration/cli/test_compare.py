@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,13 +10,12 @@ import pytest
 from generator import results
 from generator.manifest import load
 from generator.plan import points
-from tests.support import ROOT, git  # noqa: F401
+from tests.support import ROOT, cli, git  # noqa: F401
 from tests.support.sample import MANIFEST, record  # noqa: F401
 
 
 def compare(cwd, *args):
-    return subprocess.run([sys.executable, "-m", "generator", "compare", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return cli("compare", *args, cwd=cwd)
 
 
 @pytest.fixture

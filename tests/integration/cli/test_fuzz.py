@@ -1,4 +1,5 @@
-"""Generated bad manifests and records through the CLI (make fuzz), and hostile guest consoles."""
+"""Generated bad manifests and records through the CLI's main (in this process: a thousand runs as child
+processes would take minutes; make fuzz), and hostile guest consoles through the parsers."""
 from __future__ import annotations
 
 import contextlib

@@ -357,3 +357,36 @@ def test_a_republished_post_says_what_changed(tmp_path):
     assert "RHEL6 on KVM at 1 GiB now sees" in final.split("### Updated 2026-12-02", 1)[1].split("### Updated")[0]
     html = (hugo(site) / "posts" / "sample" / "index.html").read_text()
     assert 'id="what-changed"' in html and 'href="#what-changed"' in html and "Updated 2026-12-02" in html
+
+
+def test_a_manifest_without_content_gets_the_default_post(tmp_path):
+    m = load(sample_without_content(tmp_path))
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    text = (site / "content/posts/mine/index.md").read_text()
+    pngs = sorted(p.name for p in (site / "content/posts/mine").glob("*.png"))
+    assert len(pngs) >= 3
+    for name in pngs:  # every graph drawn is shown
+        assert f"]({name} " in text
+    assert "| host | hypervisor | guest | memory |" in text  # the results table
+    assert "## How this was measured" in text and "libvirt 10.0.0" in text
+    assert "sees 961 MiB at memory 1 GiB and 773 MiB at 8 GiB" in text  # the answer, from the records
+    assert "draft" not in text.split("+++")[1]
+    assert 'Description = ' in text and 'menu = "blog"' in text
+    hugo(site)
+
+
+def test_the_readme_minimal_post_builds(tmp_path):
+    """The minimal post the README shows, as written there, builds a page with its answer first."""
+    readme = (ROOT / "README.md").read_text()
+    example = re.search(r"A post of your own can start.*?```markdown\n(.*?)```", readme, re.S).group(1)
+    path = sample_without_content(tmp_path)
+    (path.parent / "mine.md").write_text(example)
+    path.write_text(path.read_text().replace("  slug: mine\n", "  slug: mine\n  content: mine.md\n"))
+    site = new_site(tmp_path)
+    build_all([load(path)], site=site, quiet=True)
+    text = (site / "content/posts/mine/index.md").read_text()
+    body = text.split("+++\n", 2)[2].lstrip()
+    assert body.startswith("At memory 32 GiB the guest saw") or body.startswith("At memory 8 GiB the guest saw")
+    assert 'Description = "At memory' in text and "](mine-memory-lost.png " in text
+    hugo(site)

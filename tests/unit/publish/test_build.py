@@ -113,39 +113,6 @@ def test_two_outputs_to_one_path_is_an_error(sample, tmp_path):
         build_all([a, b], site=new_site(tmp_path), quiet=True)
 
 
-def test_a_manifest_without_content_gets_the_default_post(tmp_path):
-    m = load(sample_without_content(tmp_path))
-    site = new_site(tmp_path)
-    build_all([m], site=site, quiet=True)
-    text = (site / "content/posts/mine/index.md").read_text()
-    pngs = sorted(p.name for p in (site / "content/posts/mine").glob("*.png"))
-    assert len(pngs) >= 3
-    for name in pngs:  # every graph drawn is shown
-        assert f"]({name} " in text
-    assert "| host | hypervisor | guest | memory |" in text  # the results table
-    assert "## How this was measured" in text and "libvirt 10.0.0" in text
-    assert "sees 961 MiB at memory 1 GiB and 773 MiB at 8 GiB" in text  # the answer, from the records
-    assert "draft" not in text.split("+++")[1]
-    assert 'Description = ' in text and 'menu = "blog"' in text
-    hugo(site)
-
-
-def test_the_readme_minimal_post_builds(tmp_path):
-    """The minimal post the README shows, as written there, builds a page with its answer first."""
-    readme = (ROOT / "README.md").read_text()
-    example = re.search(r"A post of your own can start.*?```markdown\n(.*?)```", readme, re.S).group(1)
-    path = sample_without_content(tmp_path)
-    (path.parent / "mine.md").write_text(example)
-    path.write_text(path.read_text().replace("  slug: mine\n", "  slug: mine\n  content: mine.md\n"))
-    site = new_site(tmp_path)
-    build_all([load(path)], site=site, quiet=True)
-    text = (site / "content/posts/mine/index.md").read_text()
-    body = text.split("+++\n", 2)[2].lstrip()
-    assert body.startswith("At memory 32 GiB the guest saw") or body.startswith("At memory 8 GiB the guest saw")
-    assert 'Description = "At memory' in text and "](mine-memory-lost.png " in text
-    hugo(site)
-
-
 def test_build_state_cannot_delete_files_outside_the_site(sample, tmp_path):
     m = sample()
     site = new_site(tmp_path)
@@ -275,3 +242,28 @@ def test_the_build_does_not_write_through_a_symlinked_post_folder(tmp_path):
     with pytest.raises(UserError, match="outside"):
         build_all([m], site=site, quiet=True)
     assert list(elsewhere.iterdir()) == []
+
+
+def test_a_post_depends_on_all_the_code_it_is_made_by():
+    """Each post's inputs hash the code of publish/post.py and of every module it imports, at any depth:
+    predict's interpolation lives in model.py, the labels in hypervisors/, and an edit to either makes
+    the posts stale (a hand-kept list once missed model.py)."""
+    from generator.publish.engine import code_of
+
+    post = code_of("publish/post.py")
+    assert {"publish/post.py", "publish/analysis.py", "predict.py", "model.py", "units.py",
+            "hypervisors/qemu.py", "hypervisors/xen.py", "publish/templating.py"} <= set(post)
+    assert "sweep.py" not in post and "measure.py" not in post  # what measures is not what publishes
+    assert set(code_of("publish/plots.py")) <= set(post)
+    # the same closure as the import graph read with Python's own parser (tests/unit/test_extending.py)
+    from tests.unit.test_extending import import_graph
+
+    graph, seen, todo = import_graph(), set(), ["generator.publish.post"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(graph[name])
+    modules = {n.removeprefix("generator.").replace(".", "/") + ".py" for n in seen}
+    assert {m for m in modules if (ROOT / "generator" / m).is_file()} == \
+        {f for f in post if not f.endswith("__init__.py")}
