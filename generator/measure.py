@@ -278,6 +278,7 @@ def _final_sample(dom, record: dict, alive: bool, target_kib: int | None, t0: fl
         return
     if target_kib is not None:
         _wait_for_actual(dom, target_kib, libvirt)
+        _wait_for_fresh_stats(dom, time.time(), libvirt)
     _sample(dom, record, time.monotonic() - t0, libvirt)
 
 
@@ -294,6 +295,21 @@ def _wait_for_actual(dom, target_kib: int, libvirt, limit: float = 3.0) -> None:
         if actual is not None and int(actual) <= target_kib and int(used) <= target_kib:
             return
         time.sleep(0.1)
+
+
+def _wait_for_fresh_stats(dom, since: float, libvirt, limit: float = 4.0) -> None:
+    """Until the guest's balloon statistics were sent after `since` (the host's clock, as QEMU stamps
+    `last_update`, in whole seconds): statistics from before the balloon's last step would give a stale
+    `available`. Waits at most `limit` (a guest without a statistics period never sends any)."""
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        try:
+            last = dom.memoryStats().get("last_update")
+        except libvirt.libvirtError:
+            return
+        if last is None or int(last) > int(since):
+            return
+        time.sleep(0.2)
 
 
 def _alive(dom, libvirt) -> bool:
