@@ -460,7 +460,7 @@ def _opener(spec, cache_dir: Path) -> Callable[[bool], object]:
 
 def _unusable(spec) -> str:
     if spec.is_nested:
-        return "a nested Xen that the tool boots for its sweeps; no guests of yours run there"
+        return f"a {spec.kind} host that the tool boots for its sweeps; no guests of yours run there"
     if spec.is_embedded:
         return ("'embedded' is libvirt's driver inside one process, with no guests of other processes; audit "
                 "qemu:///system or a remote URI")

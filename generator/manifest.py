@@ -29,6 +29,8 @@ from .units import parse_duration, parse_size
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,39}")  # used with fullmatch: no '/', no newline, no leading '.'
 EMBEDDED = "embedded"  # the manifest's name for libvirt's in-process QEMU driver on this machine
+# nested host kinds (hosts/nested_*.py) and the domain type each runs
+NESTED_KINDS = {"nested-xen": "xen", "nested-kvm": "kvm"}
 
 # Bounds on what a manifest may ask for: a manifest may come from someone else, and a typo in a
 # size must not become a plan of a billion points or a 31-digit guest.
@@ -606,14 +608,15 @@ def _mib_in(low: int, high: int) -> Callable:
 
 @dataclass(frozen=True)
 class Nested:
-    """The machine of a `kind: nested-xen` host: QEMU on this machine running Xen and a Debian dom0."""
+    """The machine of a nested host (`kind: nested-xen` or `nested-kvm`): QEMU on this machine running Xen
+    and a Debian dom0, or a Debian with KVM, QEMU and libvirt."""
 
     memory: int = opt(_mib_in(2048, 1024 * 1024), 4096,
-                          "RAM of the QEMU machine that runs Xen (dom0 and every guest live in it)")
-    dom0_memory: int = opt(_mib_in(512, 16384), 1024, "dom0's fixed memory (Xen's dom0_mem)")
+                          "RAM of the QEMU machine that runs the nested host (its guests live in it)")
+    dom0_memory: int = opt(_mib_in(512, 16384), 1024, "nested-xen: dom0's fixed memory (Xen's dom0_mem)")
     cpus: int = opt(_int_in(1, 64), 1, "CPUs of the QEMU machine, taken from this machine's slots")
-    suite: str = opt(_choice("bookworm"), "bookworm", "Debian suite of dom0 (Xen 4.17)")
-    boot_timeout: float = opt(_seconds_in(10, 3600), 300.0, "how long dom0 may take to come up")
+    suite: str = opt(_choice("bookworm"), "bookworm", "Debian suite of the nested host (Xen 4.17, QEMU 7.2)")
+    boot_timeout: float = opt(_seconds_in(10, 3600), 300.0, "how long the nested host may take to come up")
 
     def _check(self, path, problems):
         if self.dom0_memory + 1024 > self.memory:
@@ -624,10 +627,10 @@ class Nested:
 @dataclass(frozen=True)
 class Host:
     name: str = opt(_name, doc="short name used in result paths and graphs")
-    kind: str = opt(_choice("libvirt", "nested-xen"), "libvirt",
-                    "libvirt: a hypervisor reached through `uri`; nested-xen: a Xen host the tool builds and "
-                    "boots itself in QEMU on this machine, then measures over SSH")
-    nested: Nested = opt(_section(Nested), Nested(), "the nested host's machine (kind: nested-xen)")
+    kind: str = opt(_choice("libvirt", *NESTED_KINDS), "libvirt",
+                    "libvirt: a hypervisor reached through `uri`; nested-xen / nested-kvm: a Xen or KVM host the "
+                    "tool builds and boots itself in QEMU (TCG) on this machine, then measures over SSH")
+    nested: Nested = opt(_section(Nested), Nested(), "the nested host's machine (kind: nested-xen, nested-kvm)")
     uri: str = opt(_libvirt_uri, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
                                      "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
     address: str = opt(_hostname, "", "SSH address of a remote host (default: the host part of the URI)")
@@ -641,10 +644,18 @@ class Host:
     ssh: SSH = opt(_section(SSH), SSH(), "how to reach a remote host")
     workdir: str = opt(_workdir, "", "folder on a remote host for the probe's kernel, initramfs and consoles; "
                                      "default: /var/lib/memballoon for root, ~/.cache/memballoon for others")
+    sweep: dict = opt(lambda *a: _guest_sweep(*a), {},
+                      "only these values of some factors on this host, e.g. {memory: [1 GiB, 32 GiB]} for a slow "
+                      "host; each a subset of the manifest's sweep (default: every value)")
 
     @property
     def is_nested(self) -> bool:
-        return self.kind == "nested-xen"
+        return self.kind in NESTED_KINDS
+
+    @property
+    def nested_domain_type(self) -> str:
+        """The domain type a nested host runs ('xen', 'kvm'); '' for other hosts."""
+        return NESTED_KINDS.get(self.kind, "")
 
     @property
     def is_embedded(self) -> bool:
@@ -675,10 +686,10 @@ class Host:
             for key, value, default in (("uri", self.uri, EMBEDDED), ("address", self.address, ""),
                                         ("workdir", self.workdir, "")):
                 if value != default:
-                    problems.add(f"{path}.{key}", "a nested-xen host is started by the tool, which sets its own "
+                    problems.add(f"{path}.{key}", f"a {self.kind} host is started by the tool, which sets its own "
                                                   f"{key}; remove the key")
             hv = self.hypervisor
-            if self.domain_type not in ("auto", *hv.domain_types):
+            if self.domain_type not in ("auto", self.nested_domain_type):
                 problems.add(f"{path}.domain_type", f"a {self.kind} host runs {hv.title}: use "
                                                     f"{' or '.join(repr(t) for t in hv.domain_types)} or 'auto'")
             return
@@ -960,6 +971,16 @@ class Manifest:
     path: str = field(default="", init=True, metadata={"internal": True})
     sha256: str = field(default="", init=True, metadata={"internal": True})
 
+    def _check_narrower(self, path: str, narrower: dict, problems) -> None:
+        """A host's or guest's `sweep` only narrows the manifest's: every value must be in it."""
+        for f in FACTORS:
+            extra = [v for v in narrower.get(f.name, ()) if v not in getattr(self.sweep, f.sweep)]
+            if extra:
+                problems.add(f"{path}.sweep.{f.sweep}",
+                             f"{', '.join(f.label(v) for v in extra)} not in sweep.{f.sweep} "
+                             f"({', '.join(f.label(v) for v in getattr(self.sweep, f.sweep))}); its values "
+                             f"narrow the manifest's sweep: add them there too")
+
     def _check(self, path, problems):
         if sum(1 for h in self.hosts if h.is_embedded) > 1:
             problems.add("hosts", f"only one host can use uri '{EMBEDDED}'")
@@ -983,6 +1004,8 @@ class Manifest:
                     problems.add(f"sweep.{f.sweep}", f"{', '.join(f.label(v) for v in bad)}: {runs}, which supports "
                                                      f"only {', '.join(f.label(v) for v in hv.factors[f.name])}; "
                                                      "leave it out (or use a separate manifest for those hosts)")
+        for i, h in enumerate(self.hosts):
+            self._check_narrower(f"hosts[{i}]", h.sweep, problems)
         names = {h.name for h in self.hosts}
         for i, g in enumerate(self.guests):
             for h in g.hosts:
@@ -991,13 +1014,7 @@ class Manifest:
                     problems.add(f"guests[{i}].hosts", f"{h!r} is not a host of this manifest (its hosts: "
                                                        f"{', '.join(sorted(names))})"
                                                        + (f"; did you mean {hint[0]!r}?" if hint else ""))
-            for f in FACTORS:
-                extra = [v for v in g.sweep.get(f.name, ()) if v not in getattr(self.sweep, f.sweep)]
-                if extra:
-                    problems.add(f"guests[{i}].sweep.{f.sweep}",
-                                 f"{', '.join(f.label(v) for v in extra)} not in sweep.{f.sweep} "
-                                 f"({', '.join(f.label(v) for v in getattr(self.sweep, f.sweep))}); a guest's values "
-                                 f"narrow the manifest's sweep: add them there too")
+            self._check_narrower(f"guests[{i}]", g.sweep, problems)
             on = [h for h in self.hosts if not g.hosts or h.name in g.hosts]
             if g.address == "forwarded" and any(h.is_remote for h in on):
                 problems.add(f"guests[{i}].address", "'forwarded' is a port of this machine: list only local hosts "

@@ -73,7 +73,8 @@ def points(manifest: Manifest) -> list[Point]:
                 for guest in manifest.guests:
                     if guest.hosts and host.name not in guest.hosts:
                         continue
-                    if any(v not in guest.sweep.get(name, (v,)) for name, v in factors.items()):
+                    if any(v not in guest.sweep.get(name, (v,)) or v not in host.sweep.get(name, (v,))
+                           for name, v in factors.items()):
                         continue
                     out.append(Point(host.name, guest.name, tuple(values), repeat, manifest.experiment))
     return out

@@ -28,6 +28,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 from . import hypervisors
+from . import laws as L
+from .guests import setaside
 from .errors import UserError
 from .model import along, family
 from .results import as_record
@@ -134,8 +136,8 @@ class Prediction:
     current_memory_mib: int
     sees_mib: float
     set_aside_mib: float
-    how: str                                   # measured | interpolated | extrapolated …
-    items: dict = field(default_factory=dict)  # item -> {"mib", "per_gib"}
+    how: str                                   # measured | from the kernel's rules | interpolated | extrapolated …
+    items: dict = field(default_factory=dict)  # item -> {"mib", "per_gib", "rule"}
     used_mib: float | None = None
     reserve_mib: float | None = None
     margin_mib: float | None = None
@@ -146,39 +148,54 @@ class Prediction:
     largest_memory_mib: int | None = None
     largest_is_bound: bool = False             # the search stopped at its cap: at least this much
     measured_sizes: list = field(default_factory=list)
+    domain_type: str = ""                      # kvm | qemu (TCG) | xen: whose records and laws answered
+    basis: str = ""                            # what the answer rests on, in words
+    used_by: str = ""                          # whose use at boot: the probe's busybox, or a full system
+    records_read: str = ""                     # which records were read (committed or not)
 
     def lines(self) -> list[str]:
         sees = f"{self.sees_mib:,.0f} MiB of {self.current_memory_mib:,}" if self.sees_mib > 0 else "nothing"
         out = [f"{self.guest} ({self.experiment}, kernel {self.kernel or 'unknown'}) on {self.hypervisor}: "
-               f"memory {mib_label(self.memory_mib)}, currentMemory {mib_label(self.current_memory_mib)}",
-               f"  sees after ballooning: {sees} "
-               f"({self.how}; measured at {', '.join(mib_label(m) for m in self.measured_sizes)})",
-               f"  set aside for all of memory: {self.set_aside_mib:,.0f} MiB"]
+               f"memory {mib_label(self.memory_mib)}, currentMemory {mib_label(self.current_memory_mib)}"]
+        if self.records_read:
+            out.append(f"  from {self.records_read}")
+        out += [f"  sees after ballooning: {sees} "
+                f"({self.how}; measured at {', '.join(mib_label(m) for m in self.measured_sizes)})",
+                f"  set aside for all of memory: {self.set_aside_mib:,.0f} MiB" +
+                (f" ({self.basis})" if self.basis else "")]
         for name, v in sorted(self.items.items(), key=lambda kv: -kv[1]["mib"]):
-            out.append(f"    {name:<32} {v['mib']:>9,.1f} MiB" + (f"   {v['per_gib'] + 0.0:+.2f} MiB per GiB of memory"
-                                                                 if v.get("per_gib") is not None else ""))
+            rule = v.get("rule") or (f"{v['per_gib'] + 0.0:+.2f} MiB per GiB of memory"
+                                     if v.get("per_gib") is not None else "")
+            out.append(f"    {name:<32} {v['mib']:>9,.1f} MiB" + (f"   {rule}" if rule else ""))
         if self.survives is None or self.reserve_mib is None:
             out.append(f"  survives its balloon: {'no: ' if self.survives is False else ''}{self.condition}")
         else:
-            verdict = "yes" if self.survives else "NO: it runs out of memory while the balloon inflates"
-            out.append(f"  survives its balloon: {verdict} (margin {self.margin_mib:+,.0f} MiB = currentMemory "
-                       f"- set-aside - in use at boot {self.used_mib:,.0f} - allocator reserve {self.reserve_mib:,.0f})")
+            out.append(f"  left for your work: {self.margin_mib:,.0f} MiB (sees {self.sees_mib:,.0f} - in use at boot "
+                       f"{self.used_mib:,.0f}, {self.used_by or 'the probe'} - allocator reserve "
+                       f"{self.reserve_mib:,.0f})")
+            verdict = ("yes (what is left is not negative)" if self.survives else
+                       "NO: it runs out of memory while the balloon inflates")
+            out.append(f"  survives its balloon: {verdict}")
             if self.margin_mib is not None and abs(self.margin_mib) < BORDERLINE_MIB:
                 out.append(f"  borderline: within {BORDERLINE_MIB:g} MiB of the condition, where repeats of one "
                            "point have gone both ways")
         if self.need_mib is not None and self.spare_mib is not None:
-            out.append(f"  with {self.need_mib:,.0f} MiB needed by its work: {self.spare_mib:+,.0f} MiB to spare")
+            out.append(f"  with {self.need_mib:,.0f} MiB needed by your work: "
+                       + (f"{self.spare_mib:,.0f} MiB more than that is left" if self.spare_mib >= 0 else
+                          f"{-self.spare_mib:,.0f} MiB short"))
         if self.largest_memory_mib is not None:
-            what = (f"that leaves {self.need_mib:,.0f} MiB" if self.need_mib else "at which it survives its balloon")
+            what = (f"that leaves {self.need_mib:,.0f} MiB for your work" if self.need_mib
+                    else "at which it survives its balloon")
             out.append(f"  the largest memory {what}: {'at least ' if self.largest_is_bound else ''}"
-                       f"{mib_label(self.largest_memory_mib)}")
+                       f"{self.largest_memory_mib / 1024:,.1f} GiB ({self.largest_memory_mib:,} MiB)")
         elif self.need_mib is not None and self.survives is not None:
             out.append(f"  no memory of {mib_label(self.current_memory_mib)} or more leaves {self.need_mib:,.0f} MiB")
         return out
 
 
 def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: str | None) -> tuple[list[dict], str, str]:
-    """The records of one guest on one hypervisor (plain balloon), with clear lines for what is not there."""
+    """The records of one guest on one domain type (plain balloon), with clear lines for what is not
+    there. `hypervisor` is a domain type (kvm, qemu for TCG, xen) or a family (qemu: KVM or TCG)."""
     records = [as_record(r) for r in records]
     known = sorted({r.guest for r in records})
     mine = [r for r in records if r.guest == guest and _plain(r)]
@@ -189,22 +206,39 @@ def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: 
         mine = [r for r in mine if r.experiment == experiment]
         if not mine:
             raise UserError(f"--experiment {experiment!r}: guest {guest!r} was measured in {', '.join(exps)}")
-    fams = sorted({family(r.domain_type or "") for r in mine})
+    types = sorted({r.domain_type or "" for r in mine})
     if hypervisor:
-        if hypervisor not in fams:
-            raise UserError(f"--hypervisor {hypervisor!r}: guest {guest!r} was measured on {', '.join(fams)}")
-        fam = hypervisor
-    elif len(fams) == 1:
-        fam = fams[0]
-    else:
-        fam = "qemu" if "qemu" in fams else fams[0]
-    mine = [r for r in mine if family(r.domain_type or "") == fam]
+        wanted = [t for t in types if t == hypervisor] or [t for t in types if family(t) == hypervisor]
+        if not wanted:
+            raise UserError(f"--hypervisor {hypervisor!r}: guest {guest!r} was measured on "
+                            f"{', '.join(hypervisors.label(t) for t in types)} ({', '.join(types)})")
+        types = wanted
+    # the domain type with the most records: TCG here, KVM where it ran more often
+    counts = {t: sum(1 for r in mine if r.domain_type == t) for t in types}
+    dtype = max(sorted(types), key=lambda t: (counts[t], hypervisors.for_domain_type(t).inflates_after_boot))
+    mine = [r for r in mine if r.domain_type == dtype]
     # the experiment with the most sizes, when several measured this guest
     by_exp: dict[str, set] = {}
     for r in mine:
         by_exp.setdefault((r.experiment or ""), set()).add(r.memory_mib)
     exp = experiment or max(sorted(by_exp), key=lambda e: len(by_exp[e]))
-    return [r for r in mine if (r.experiment or "") == exp], fam, exp
+    return [r for r in mine if (r.experiment or "") == exp], dtype, exp
+
+
+def _rule(name: str, laws: L.Laws) -> str:
+    """How an item grows, in the words of its law."""
+    if name == setaside.PAGE_DESCRIPTORS:
+        return f"{16 + laws.page_descriptors[1] / 1024:.2f} MiB per GiB (64 B per 4 KiB page)"
+    if name == setaside.HASH_TABLES:
+        return "doubles at each power of two (1.5 MiB per GiB there)"
+    if name == setaside.BOUNCE_BUFFER:
+        return (f"a step of {laws.bounce_kib / 1024:.1f} MiB once RAM may lie above 4 GiB" if laws.bounce_kib
+                else "none on this hypervisor")
+    if name == setaside.PAGE_TABLES:
+        return f"{laws.page_tables[1]:+.1f} KiB per GiB"
+    if name == setaside.FIRMWARE:
+        return "constant (plus memory not present at boot)"
+    return "constant"
 
 
 def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None,
@@ -217,27 +251,42 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
                         "the balloon's target cannot exceed the ceiling")
     if need_mib is not None and need_mib < 0:
         raise UserError("--need must not be negative")
-    mine, fam, exp = choose(records, guest, experiment, hypervisor)
-    hv = hypervisors.for_domain_type(next(r.domain_type for r in mine))
+    mine, dtype, exp = choose(records, guest, experiment, hypervisor)
+    hv = hypervisors.for_domain_type(dtype)
     sizes = sizes_of(mine, hv.inflates_after_boot)
     if not sizes:
-        raise UserError(f"--guest {guest!r}: no record of it on {fam} can be used (" +
+        raise UserError(f"--guest {guest!r}: no record of it on {hypervisors.label(dtype)} can be used (" +
                         ("none booted and reported MemTotal at boot)" if hv.inflates_after_boot else
                          "none settled with a MemTotal to compare)"))
-    set_aside, how = along([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
     kernels = sorted({r.guest_kernel or "" for r in mine})
-    p = Prediction(guest, exp, hv.title, ", ".join(k for k in kernels if k), memory_mib, current_mib,
-                   round(current_mib - set_aside, 1), round(set_aside, 1), how, measured_sizes=[s.memory_mib for s in sizes],
-                   need_mib=need_mib)
-    itemized = [s for s in sizes if s.items]
-    for name in sorted({k for s in itemized for k in s.items}):
-        pts = [(s.memory_mib, s.items.get(name, 0.0)) for s in itemized]
-        value, _ = along(pts, memory_mib)
-        slope = None
-        if len(pts) >= 2:  # above the second size, as the posts give it: a step (the bounce buffer) is not a slope
-            (x0, y0), (x1, y1) = (pts[1] if len(pts) > 2 else pts[0]), pts[-1]
-            slope = (y1 - y0) / ((x1 - x0) / 1024) if x1 != x0 else None
-        p.items[name] = {"mib": round(value, 1), "per_gib": None if slope is None else round(slope, 2)}
+    kernel = kernels[-1] if kernels else ""
+    # the laws' constants from every record of this kernel on this domain type, whatever the experiment
+    same_series = len({L.series_of(k) for k in kernels}) == 1
+    laws = L.fit(records, dtype, tuple(kernels)) if same_series and hv.inflates_after_boot else None
+    guest_of = L.guest_of(memory_mib, current_mib, "balloon", dtype)
+    measured_here = next((s for s in sizes if s.memory_mib == memory_mib), None)
+    if laws is not None:
+        set_aside = measured_here.set_aside_mib if measured_here else laws.set_aside_kib(guest_of) / 1024
+        how = "measured" if measured_here else "from the kernel's rules (not measured at this size)"
+        basis = (f"the kernel's sizing rules, fitted to {laws.records} itemized boots of kernel "
+                 f"{', '.join(kernels)}")
+    else:
+        set_aside, how = along([(s.memory_mib, s.set_aside_mib) for s in sizes], memory_mib)
+        basis = "interpolated between the measured sizes: no itemized records to fit the kernel's rules to"
+    p = Prediction(guest, exp, hypervisors.label(dtype), ", ".join(k for k in kernels if k), memory_mib, current_mib,
+                   round(current_mib - set_aside, 1), round(set_aside, 1), how,
+                   measured_sizes=[s.memory_mib for s in sizes], need_mib=need_mib, domain_type=dtype, basis=basis,
+                   used_by="the probe's busybox init")
+    if laws is not None:
+        for name, kib in laws.items(guest_of).items():
+            if kib:
+                p.items[name] = {"mib": round(kib / 1024, 1), "per_gib": None, "rule": _rule(name, laws)}
+        p.items[setaside.PAGE_DESCRIPTORS]["per_gib"] = round(16 + laws.page_descriptors[1] / 1024, 2)
+    else:
+        itemized = [s for s in sizes if s.items]
+        for name in sorted({k for s in itemized for k in s.items}):
+            value, _ = along([(s.memory_mib, s.items.get(name, 0.0)) for s in itemized], memory_mib)
+            p.items[name] = {"mib": round(value, 1), "per_gib": None, "rule": "interpolated"}
     if not hv.inflates_after_boot:
         p.condition = (f"not stated for {hv.title}: its guests are built with currentMemory and inflate no balloon "
                        "at boot")
@@ -247,37 +296,83 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
         p.condition = (f"nothing is left: the set-aside ({p.set_aside_mib:,.0f} MiB) is more than currentMemory "
                        f"({current_mib:,} MiB)")
         return p
-    # use and reserves at boot depend on the kernel and memory, not on the experiment: every record of
-    # this kernel on this hypervisor that has them counts
-    same_kernel = [r for r in records if _plain(r) and r.guest_kernel in kernels
-                   and family(r.domain_type or "") == fam and r.zone_reserves]
-    with_reserve = [s for s in sizes_of(same_kernel) if s.reserve_mib is not None and s.used_mib is not None]
-    if not with_reserve:
+    margin = _margin_function(records, laws, sizes, kernels, dtype, current_mib)
+    if margin is None:
         p.condition = ("unknown: the records of this guest were measured before the zone reserves were recorded "
                        "(re-measure them: make report)")
         return p
-
-    def margin(m: float) -> tuple[float, float, float, float]:
-        sa = along([(s.memory_mib, s.set_aside_mib) for s in sizes], m)[0]
-        used = along([(s.memory_mib, s.used_mib) for s in with_reserve], m)[0]
-        reserve = along([(s.memory_mib, s.reserve_mib) for s in with_reserve], m)[0]
-        return current_mib - sa - used - reserve, sa, used, reserve
     p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(memory_mib))
     p.survives = p.margin_mib >= 0
     if need_mib is not None:
         p.spare_mib = round(p.margin_mib - need_mib, 1)
-    want = need_mib or 0.0
-    cap = 1 << 24  # 16 TiB: beyond any guest measured here
-    if current_mib <= cap and margin(current_mib)[0] >= want:  # the largest memory that leaves `want`
-        if margin(cap)[0] >= want:
-            p.largest_memory_mib, p.largest_is_bound = cap, True
-        else:
-            lo, hi = current_mib, cap
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if margin(mid)[0] >= want else (lo, mid)
-            p.largest_memory_mib = lo
+    p.largest_memory_mib, p.largest_is_bound = largest_memory(margin, current_mib, need_mib or 0.0)
     return p
+
+
+def _margin_function(records, laws: L.Laws | None, sizes: list[Size], kernels: list[str], dtype: str,
+                     current_mib: int):
+    """margin(memory) -> (margin, set-aside, in use at boot, reserve) in MiB: from the laws where they have
+    the zones and the use at boot, else interpolated between the sizes measured with zone reserves."""
+    if laws is not None and laws.dma_managed_kib is not None and laws.dma32_managed_kib is not None and laws.used:
+        def by_law(m: float) -> tuple[float, float, float, float]:
+            g = L.guest_of(int(m), current_mib, "balloon", dtype)
+            sa = laws.set_aside_kib(g) / 1024
+            used = laws.used_kib(g)[0] / 1024
+            reserve = laws.reserve_kib(g) / 1024
+            return current_mib - sa - used - reserve, sa, used, reserve
+        return by_law
+    same_kernel = [r for r in records if _plain(r) and r.guest_kernel in kernels and r.domain_type == dtype
+                   and r.zone_reserves]
+    with_reserve = [s for s in sizes_of(same_kernel) if s.reserve_mib is not None and s.used_mib is not None]
+    if not with_reserve:
+        return None
+
+    def interpolated(m: float) -> tuple[float, float, float, float]:
+        sa = along([(s.memory_mib, s.set_aside_mib) for s in sizes], m)[0]
+        used = along([(s.memory_mib, s.used_mib) for s in with_reserve], m)[0]
+        reserve = along([(s.memory_mib, s.reserve_mib) for s in with_reserve], m)[0]
+        return current_mib - sa - used - reserve, sa, used, reserve
+    return interpolated
+
+
+def largest_memory(margin, current_mib: int, want: float) -> tuple[int | None, bool]:
+    """The largest memory (MiB) whose margin leaves `want`, and whether the search hit its cap; every
+    part of the margin grows with memory, so it only falls."""
+    cap = 1 << 24  # 16 TiB: beyond any guest measured here
+    if current_mib > cap or margin(current_mib)[0] < want:
+        return None, False
+    if margin(cap)[0] >= want:
+        return cap, True
+    lo, hi = current_mib, cap
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if margin(mid)[0] >= want else (lo, mid)
+    return lo, False
+
+
+SIZING_CURRENT = (512, 768, 1024, 1536, 2048, 4096)
+
+
+def sizing_table(records: list[dict], need_mib: float = 300.0, currents=SIZING_CURRENT) -> list[dict]:
+    """For each kernel and domain type with itemized records: per currentMemory, the largest memory at
+    which a ballooned guest survives its balloon and the largest that leaves `need_mib` for its work
+    (in use at boot as the probe had it)."""
+    records = [as_record(r) for r in records]
+    out = []
+    for (dtype, series), laws in sorted(L.all_laws(records).items()):
+        kernel = laws.kernel
+        if not hypervisors.for_domain_type(dtype).inflates_after_boot or laws.dma32_managed_kib is None:
+            continue
+        row = {"domain_type": dtype, "hypervisor": hypervisors.label(dtype), "kernel": kernel,
+               "per_gib": round(L.marginal_per_gib(laws), 2), "bounce_mib": round(laws.bounce_kib / 1024, 1),
+               "sizes": []}
+        for c in currents:
+            margin = _margin_function(records, laws, [], [], dtype, c)
+            survives, _ = largest_memory(margin, c, 0.0)
+            leaves, _ = largest_memory(margin, c, need_mib)
+            row["sizes"].append({"current_memory_mib": c, "survives_to_mib": survives, "leaves_need_to_mib": leaves})
+        out.append(row)
+    return out
 
 
 def check_outcomes(records: list[dict]) -> dict:

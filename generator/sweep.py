@@ -98,6 +98,9 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
     wanted = host.spec.domain_type
     if wanted != "auto":
         return wanted, "set in the manifest"
+    if host.spec.is_nested:  # the tool built it to run one hypervisor: nothing to try
+        dtype = host.spec.nested_domain_type
+        return dtype, f"a {hypervisors.label(dtype)} host nested in QEMU (TCG) on this machine"
     hv = hypervisors.for_facts(str(facts["hypervisor"]).split(" ")[0], host.uri)
     if len(hv.domain_types) == 1:  # nothing to choose (Xen)
         return hv.domain_types[0], f"the host runs {hv.label(hv.domain_types[0])}"

@@ -18,6 +18,7 @@ class QEMU(Hypervisor):
     labels = {"kvm": "KVM", "qemu": "QEMU (TCG)"}
     uri_schemes = ("qemu",)
     uri_paths = ("/system", "/session")
+    host_kinds = ("nested-kvm",)
     balloon = "virtio"
     balloons = ("virtio", "none")
     system_guests = True

@@ -60,11 +60,15 @@ def test_autodeflate_survives_and_xen_is_not_judged():
     assert got["predicted"] == 1 and got["not_judged"] == 1
 
 
-def test_a_size_not_measured_is_interpolated_per_item():
+def test_a_size_not_measured_follows_the_kernels_rules_per_item():
     p = pr.predict(RECORDS, "debian", 8192, 1024, need_mib=300)
-    assert p.how == "interpolated" and p.measured_sizes == [1024, 4096, 16384]
-    assert p.items["page descriptors"]["mib"] == pytest.approx((65582 + (262199 - 65582) / 3) / 1024, abs=0.1)
+    assert p.how == "from the kernel's rules (not measured at this size)" and p.measured_sizes == [1024, 4096, 16384]
+    assert p.items["page descriptors"]["mib"] == pytest.approx(128.05, abs=0.1)  # 64 B per 4 KiB page
     assert p.items["page descriptors"]["per_gib"] == pytest.approx(16, abs=0.1)
+    assert p.items["hash tables"]["mib"] == 12.0  # a power of two: 1.5 MiB per GiB there
+    assert p.items["bounce buffer"]["mib"] == 64.8 and "a step" in p.items["bounce buffer"]["rule"]
+    six = pr.predict(RECORDS, "debian", 6144, 1024)
+    assert six.items["hash tables"]["mib"] == 12.0  # rounded up to the next power of two, not 9 on a line
     assert p.survives is True and p.margin_mib > 300 > p.margin_mib - p.spare_mib - 1
     assert p.largest_memory_mib and 8192 < p.largest_memory_mib < 16384 + 8192
     # at the largest size, the need just fits; one GiB more and it does not
@@ -72,16 +76,22 @@ def test_a_size_not_measured_is_interpolated_per_item():
     assert pr.predict(RECORDS, "debian", p.largest_memory_mib + 1024, 1024).margin_mib < 300
 
 
-def test_beyond_the_measured_sizes_it_says_it_extrapolates():
+def test_beyond_the_measured_sizes_it_says_it_follows_the_rules():
     p = pr.predict(RECORDS, "debian", 65536, 1024)
+    assert p.how.startswith("from the kernel's rules") and p.survives is False
+
+
+def test_without_itemized_records_it_says_it_extrapolates():
+    plain = [dict(r, set_aside_kib=None) for r in RECORDS]
+    p = pr.predict(plain, "debian", 65536, 1024)
     assert p.how.startswith("extrapolated above the measured sizes, from 4 GiB and 16 GiB")
-    assert p.survives is False
+    assert p.survives is False and "interpolated between the measured sizes" in p.basis
 
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"guest": "debain"}, "--guest 'debain': no committed records of that guest; guests measured: debian"),
     ({"memory_mib": 512, "current_mib": 1024}, "is above --memory"),
-    ({"hypervisor": "xen"}, "--hypervisor 'xen': guest 'debian' was measured on qemu"),
+    ({"hypervisor": "xen"}, "--hypervisor 'xen': guest 'debian' was measured on QEMU (TCG) (qemu)"),
     ({"experiment": "nope"}, "--experiment 'nope': guest 'debian' was measured in how-low"),
 ])
 def test_bad_questions_are_one_clear_line(kwargs, message):
