@@ -6,6 +6,7 @@ traceback unless -v), 2 on usage, 130 when interrupted.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -230,6 +231,10 @@ def cmd_predict(args) -> int:
     if not records:
         raise UserError(f"{args.experiments}: no committed records to predict from; run make report first")
     need = _size_mib("--need", args.need) if args.need else None
+    if args.table:
+        return _predict_table(pr, records, args, need if need is not None else 300.0)
+    if not args.guest or not args.memory or not args.current_memory:
+        raise UserError("predict needs --guest, --memory and --current-memory (or --table for the sizing table)")
     p = pr.predict(records, args.guest, _size_mib("--memory", args.memory),
                    _size_mib("--current-memory", args.current_memory), need, args.experiment, args.hypervisor)
     if args.json:
@@ -237,6 +242,39 @@ def cmd_predict(args) -> int:
     else:
         for line in p.lines():
             say(line)
+    return 0
+
+
+def _predict_table(pr, records, args, need: float) -> int:
+    """How far memory can go for common currentMemory sizes, per kernel and hypervisor measured."""
+    rows = pr.sizing_table(records, need)
+    if args.hypervisor:
+        rows = [r for r in rows if args.hypervisor in (r["domain_type"], r["hypervisor"].split(" ")[0].lower())]
+    if not rows:
+        raise UserError("predict --table: no itemized records of a ballooned guest to fit the kernel's rules to"
+                        + (f" on {args.hypervisor}" if args.hypervisor else "") + "; run make report first")
+    if args.json:
+        sys.stdout.write(json.dumps({"format": pr.FORMAT + "-table", "version": 1, "need_mib": need, "rows": rows},
+                                    indent=1) + "\n")
+        return 0
+    say(f"the largest memory (GiB) at which a ballooned guest survives its balloon, and (in brackets) at which "
+        f"it leaves {need:,.0f} MiB for its work, by the kernel's rules fitted to the records:")
+    head = ["currentMemory"] + [f"{r['hypervisor']}, {r['kernel']}" for r in rows]
+    lines = [head]
+    for i, c in enumerate(pr.SIZING_CURRENT):
+        cells = [f"{c} MiB"]
+        for r in rows:
+            z = r["sizes"][i]
+            cells.append(("-" if z["survives_to_mib"] is None else f"{z['survives_to_mib'] / 1024:.1f}")
+                         + " (" + ("-" if z["leaves_need_to_mib"] is None else f"{z['leaves_need_to_mib'] / 1024:.1f}")
+                         + ")")
+        lines.append(cells)
+    widths = [max(len(row[j]) for row in lines) for j in range(len(head))]
+    for row in lines:
+        say("  ".join(cell.rjust(w) if j else cell.ljust(w) for j, (cell, w) in enumerate(zip(row, widths))))
+    for r in rows:
+        say(f"{r['hypervisor']}, {r['kernel']}: {r['per_gib']:.1f} MiB per GiB of memory, and a {r['bounce_mib']:.1f} "
+            "MiB bounce buffer once RAM may lie above 4 GiB")
     return 0
 
 
@@ -315,14 +353,18 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_audit)
     pr = sub.add_parser("predict", help="what a guest will see at a memory ceiling, and whether it survives its "
                                         "balloon, from the committed records (no boot)")
-    pr.add_argument("--guest", required=True, help="a guest of the committed experiments (e.g. debian, trixie)")
-    pr.add_argument("--memory", required=True, metavar="SIZE", help="the ceiling, e.g. 48GiB")
-    pr.add_argument("--current-memory", required=True, metavar="SIZE", help="the balloon's target, e.g. 1GiB")
+    pr.add_argument("--guest", help="a guest of the committed experiments (e.g. debian, trixie)")
+    pr.add_argument("--memory", metavar="SIZE", help="the ceiling, e.g. 48GiB")
+    pr.add_argument("--current-memory", metavar="SIZE", help="the balloon's target, e.g. 1GiB")
+    pr.add_argument("--table", action="store_true", help="the sizing table instead: for currentMemory 512 MiB to "
+                                                         "4 GiB, how far memory can go, per kernel and hypervisor")
     pr.add_argument("--need", metavar="SIZE", help="what the guest's work needs once ballooned, e.g. 300MiB")
     pr.add_argument("--experiment", help="the experiment whose records to use (default: the one with the most "
                                          "sizes of that guest)")
-    pr.add_argument("--hypervisor", choices=[h.name for h in __import__("generator.hypervisors", fromlist=["x"])
-                                             .HYPERVISORS], help="default: qemu where the guest ran on several")
+    pr.add_argument("--hypervisor", choices=sorted({t for h in __import__("generator.hypervisors", fromlist=["x"])
+                                                    .HYPERVISORS for t in (h.name, *h.domain_types)}),
+                    help="kvm, qemu (TCG; as a family: QEMU with KVM or TCG) or xen; default: the domain type "
+                         "with the most records of the guest")
     pr.add_argument("--experiments", default="experiments", help="folder of manifests (default: %(default)s)")
     pr.add_argument("--json", action="store_true", help="machine-readable output (format memballoon-predict, version 1)")
     pr.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")

@@ -8,7 +8,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 
-from .. import hypervisors
+from .. import hypervisors, laws
 from ..manifest import FACTORS
 from ..results import Record, as_record
 from ..units import mib_label
@@ -317,14 +317,21 @@ class Series:
     def lost(self, p: SeriesPoint) -> float | None:
         return None if p.median is None else self.current_memory_mib - p.median
 
-    def fit(self) -> "Fit | None":
-        """A straight line through the losses; none where the hypervisor's losses are not linear (Xen:
-        a PV guest's loss stops growing once its boot-time memory map is capped, and a line through
-        that would describe neither part)."""
-        if not hypervisors.for_domain_type(self.domain_type).linear_loss:
+    def fit(self) -> "LawCurve | None":
+        """The loss by the kernel's sizing rules (laws.py), fitted to this series' itemized boots; none
+        where its guests inflate no balloon at boot (Xen PV: its loss is its own map's) or none of its
+        boots was itemized."""
+        dtype = self.domain_type
+        if not hypervisors.for_domain_type(dtype).inflates_after_boot:
             return None
-        pts = [(p.memory_mib / 1024, self.current_memory_mib - s) for p in self.measured for s in p.seen]
-        return Fit.of(pts)
+        records = [r for p in self.points for r in p.records]
+        kernels = tuple(sorted({r.guest_kernel for r in records if r.guest_kernel}))
+        if not kernels or len({laws.series_of(k) for k in kernels}) > 1:
+            return None
+        fitted = laws.fit(records, dtype, kernels)
+        if fitted is None or not fitted.constants:
+            return None
+        return LawCurve(fitted, self.current_memory_mib, dtype, self.factors.get("memory_model") or "balloon")
 
     def alt_text(self) -> str:
         """Under ~300 characters, unique per series: what this graph shows."""
@@ -339,6 +346,52 @@ class Series:
         if fails:
             text += "; " + ", ".join(fails[:3]) + ("…" if len(fails) > 3 else "")
         return text[:300] + "."
+
+
+@dataclass
+class LawCurve:
+    """What a guest loses against memory (GiB -> MiB), by the kernel's sizing rules: callable like a
+    line, with the marginal cost per GiB (`slope`) and the bounce buffer's step (`step`) as figures."""
+
+    laws: "laws.Laws"
+    current_memory_mib: int
+    domain_type: str
+    memory_model: str = "balloon"
+
+    def guest(self, memory_mib: int) -> "laws.Guest":
+        return laws.guest_of(memory_mib, min(self.current_memory_mib, memory_mib), self.memory_model, self.domain_type)
+
+    def __call__(self, gib: float) -> float:
+        return self.laws.set_aside_kib(self.guest(int(round(gib * 1024)))) / 1024
+
+    @property
+    def slope(self) -> float:
+        """MiB per GiB of memory between two powers of two, above the step."""
+        return laws.marginal_per_gib(self.laws)
+
+    @property
+    def step(self) -> float:
+        return self.laws.bounce_kib / 1024
+
+    @property
+    def page_descriptors_per_gib(self) -> float:
+        return 16 + self.laws.page_descriptors[1] / 1024
+
+    def nothing_left_gib(self) -> float:
+        """The smallest memory at which the set-aside alone is all of currentMemory, GiB."""
+        lo, hi = self.current_memory_mib, 1 << 24
+        if self(hi / 1024) < self.current_memory_mib:
+            return hi / 1024
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if self(mid / 1024) < self.current_memory_mib else (lo, mid)
+        return hi / 1024
+
+    def worst_kib(self, series: "Series") -> float:
+        """The largest difference between the rules and a boot of the series (KiB of set-aside)."""
+        diffs = [abs(self.laws.set_aside_kib(self.guest(r.memory_mib)) - (r.memory_mib * 1024 - r.memtotal_boot_kib))
+                 for p in series.points for r in p.records if isinstance(r.memtotal_boot_kib, int)]
+        return max(diffs, default=0.0)
 
 
 @dataclass
@@ -516,6 +569,42 @@ class Data:
     def memfd_from(self) -> int | None:
         """The smallest memory whose guest RAM was a memfd (larger than the host could commit)."""
         return min((r.memory_mib for r in self.records if r.memory_backing == "memfd"), default=None)
+
+    def sizing(self, need_mib: float = 300.0, domain_type: str | None = None) -> list[dict]:
+        """predict's sizing table from this post's records: per kernel and domain type with itemized boots,
+        how far memory can go for each currentMemory (predict.sizing_table), labelled as the post names
+        the guest ('Debian 12 kernel 6.1', and the hypervisor where there are several)."""
+        from ..predict import sizing_table
+
+        rows = [r for r in sizing_table(self.records, need_mib) if domain_type in (None, r["domain_type"])]
+        several = len({r["domain_type"] for r in rows}) > 1
+        order = {g: i for i, g in enumerate(self.guest_order)}
+        for row in rows:
+            owner = next((s for s in self.series if s.domain_type == row["domain_type"] and not s.is_system
+                          and laws.series_of(row["kernel"]) in {laws.series_of(k) for k in s.kernels}), None)
+            name = owner.guest_label if owner else f"Linux {row['kernel']}"
+            row["label"] = f"{name} on {row['hypervisor']}" if several else name
+            row["order"] = order.get(owner.guest, len(order)) if owner else len(order)
+        return sorted(rows, key=lambda r: (r["order"], r["label"]))
+
+    def accelerators(self) -> list[dict]:
+        """Points measured on KVM and on TCG alike (same guest, sizes, factors): what the guest saw on each
+        (median MemTotal once settled, KiB) and the difference."""
+        out = []
+        for kvm in (s for s in self.series if s.domain_type == "kvm"):
+            tcg = next((s for s in self.series if s.domain_type == "qemu" and s.guest == kvm.guest
+                        and s.factors == kvm.factors), None)
+            if tcg is None:
+                continue
+            for p in kvm.measured:
+                q = tcg.at(p.memory_mib)
+                a = [r.memtotal_settled_kib for r in p.ok if isinstance(r.memtotal_settled_kib, int)]
+                b = [r.memtotal_settled_kib for r in (q.ok if q else []) if isinstance(r.memtotal_settled_kib, int)]
+                if a and b:
+                    ka, kb = statistics.median(a), statistics.median(b)
+                    out.append({"guest": kvm.guest_label, "memory_mib": p.memory_mib, "kvm_kib": ka, "tcg_kib": kb,
+                                "diff_kib": ka - kb})
+        return out
 
     def predict(self, guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None):
         """predict.py's answer from this post's own records, or None if they cannot give one."""

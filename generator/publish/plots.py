@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from .analysis import FAILURE_LABELS, Fit, Series
+from .analysis import FAILURE_LABELS, LawCurve, Series
 from ..units import mib_label
 
 MAX_LEGEND = 16  # series named in a combined graph's legend
@@ -172,8 +172,9 @@ def all_series_png(series: list[Series], title: str = "") -> bytes:
         plt.close(fig)
 
 
-def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
-    """currentMemory minus what the guest sees, against memory (linear), with each fitted line."""
+def lost_png(series: list[Series], fits: list[LawCurve | None]) -> bytes:
+    """currentMemory minus what the guest sees, against memory, with each guest's loss by the kernel's
+    sizing rules (steps where the kernel steps)."""
     plt = _pyplot()
     below = 3 < len(series) <= MAX_LEGEND
     fig, ax = plt.subplots(figsize=(FIG_W, FIG_H + (0.2 * len(series) if below else 0)))
@@ -185,12 +186,12 @@ def lost_png(series: list[Series], fits: list[Fit | None]) -> bytes:
             label = s.legend_label if hasattr(s, "legend_label") else s.title
             ax.scatter(xs, ys, color=color, marker=marker, s=22, zorder=3,
                        label=label + (f": {fit.slope:.1f} MiB per GiB" if fit else ""))
-            if fit:  # a straight line on a log axis: drawn through many points, so it stays straight in data
+            if fit:  # the rules' curve, drawn through many sizes so that its steps show where they are
                 import numpy as np
 
-                grid = np.geomspace(min(xs), max(xs), 50)
+                grid = np.geomspace(min(xs), max(xs), 400)
                 ax.plot(grid, [fit(x) for x in grid], color=color, linewidth=1.0, linestyle="-", zorder=2)
-            elif s.measured:  # no straight line describes it (Xen PV): the medians, joined
+            elif s.measured:  # no rule describes it (Xen PV): the medians, joined
                 ax.plot([p.memory_mib / 1024 for p in s.measured], [s.current_memory_mib - p.median for p in s.measured],
                         color=color, linewidth=1.2, linestyle="--", zorder=2)
             died = [p for p in s.failed if p.died]

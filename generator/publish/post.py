@@ -341,7 +341,7 @@ def _lost_alt(series, fits) -> str:
             f" MiB per GiB for {sum(1 for f in fits if f)} guest(s)"
     if flat:
         worst = max(flat, key=lambda s: s.current_memory_mib - s.measured[-1].median)
-        text += f"; {len(flat)} without a straight line, up to {worst.current_memory_mib - worst.measured[-1].median:g} MiB"
+        text += f"; {len(flat)} without a rule drawn, up to {worst.current_memory_mib - worst.measured[-1].median:g} MiB"
     died = sorted({p.memory_mib for s in series for p in s.failed if p.died})
     if died:
         text += f"; guests died from {mib_label(died[0])} (crosses at the top)"
