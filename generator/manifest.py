@@ -647,6 +647,8 @@ class Host:
     sweep: dict = opt(lambda *a: _guest_sweep(*a), {},
                       "only these values of some factors on this host, e.g. {memory: [1 GiB, 32 GiB]} for a slow "
                       "host; each a subset of the manifest's sweep (default: every value)")
+    repeats: int = opt(_int_in(0, 100), 0, "measure each point this many times on this host, at most the "
+                                           "manifest's sweep.repeats (0: as many); for a slow host")
 
     @property
     def is_nested(self) -> bool:

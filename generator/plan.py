@@ -70,6 +70,8 @@ def points(manifest: Manifest) -> list[Point]:
             if factors["current_memory_mib"] > factors["memory_mib"]:
                 continue
             for host in manifest.hosts:
+                if host.repeats and repeat > host.repeats:
+                    continue
                 for guest in manifest.guests:
                     if guest.hosts and host.name not in guest.hosts:
                         continue
