@@ -225,24 +225,42 @@ def _size_mib(option: str, text: str) -> int:
 
 def cmd_predict(args) -> int:
     from . import predict as pr
-    from .model import committed_records
+    from .model import committed_records, guest_labels
 
     records = committed_records(Path(args.experiments))
     if not records:
-        raise UserError(f"{args.experiments}: no committed records to predict from; run make report first")
+        raise UserError(f"{args.experiments}: no records to predict from; run make report first")
     need = _size_mib("--need", args.need) if args.need else None
     if args.table:
         return _predict_table(pr, records, args, need if need is not None else 300.0)
     if not args.guest or not args.memory or not args.current_memory:
         raise UserError("predict needs --guest, --memory and --current-memory (or --table for the sizing table)")
-    p = pr.predict(records, args.guest, _size_mib("--memory", args.memory),
+    guest = pr.resolve_guest(records, guest_labels(Path(args.experiments)), args.guest)
+    p = pr.predict(records, guest, _size_mib("--memory", args.memory),
                    _size_mib("--current-memory", args.current_memory), need, args.experiment, args.hypervisor)
+    p.records_read = _records_read(Path(args.experiments), len(records))
     if args.json:
         sys.stdout.write(pr.as_json(p))
     else:
         for line in p.lines():
             say(line)
     return 0
+
+
+def _records_read(folder: Path, count: int) -> str:
+    """'220 records under experiments (3 not committed)': which records an answer rests on."""
+    import subprocess
+
+    text = f"{count} records under {folder}"
+    try:
+        out = subprocess.run(["git", "-C", str(folder), "status", "--porcelain", "--untracked-files=all", "--", "."],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return text
+    if out.returncode != 0:
+        return text + " (not in a git checkout: whether they are committed is not known)"
+    changed = sum(1 for line in out.stdout.splitlines() if line.endswith(".json"))
+    return text + (f" ({changed} of them not committed)" if changed else ", all committed")
 
 
 def _predict_table(pr, records, args, need: float) -> int:
@@ -353,7 +371,8 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=cmd_audit)
     pr = sub.add_parser("predict", help="what a guest will see at a memory ceiling, and whether it survives its "
                                         "balloon, from the committed records (no boot)")
-    pr.add_argument("--guest", help="a guest of the committed experiments (e.g. debian, trixie)")
+    pr.add_argument("--guest", help="a measured guest: its name in a manifest (debian), as the posts name it "
+                                    "('Debian 12') or its kernel ('6.1', '6.1.0-57-amd64')")
     pr.add_argument("--memory", metavar="SIZE", help="the ceiling, e.g. 48GiB")
     pr.add_argument("--current-memory", metavar="SIZE", help="the balloon's target, e.g. 1GiB")
     pr.add_argument("--table", action="store_true", help="the sizing table instead: for currentMemory 512 MiB to "

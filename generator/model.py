@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import hypervisors
+from . import laws as L
 from .errors import UserError
 from .manifest import find_manifests, load
 from .plan import points, results_dir
@@ -73,11 +74,16 @@ class Curve:
     points: list[tuple[int, float]] = field(default_factory=list)  # (memory MiB, MiB lost), sorted
     experiments: set = field(default_factory=set)
 
+    laws: object = None         # laws.Laws of this kernel where its boots were itemized
+
     def lost(self, memory_mib: float) -> tuple[float, str]:
-        """(MiB lost at this ceiling, how it was found: 'measured', 'interpolated' or 'extrapolated …');
-        never less than nothing lost."""
+        """(MiB lost at this ceiling, how it was found: 'measured', 'from the kernel's rules', or where no
+        boot of the kernel was itemized 'interpolated' or 'extrapolated …'); never less than nothing lost."""
         if not self.points:
             raise ValueError("empty curve")
+        if self.laws is not None and not any(m == memory_mib for m, _ in self.points):
+            g = L.guest_of(int(memory_mib), int(memory_mib), "balloon", self.laws.domain_type)
+            return max(0.0, self.laws.set_aside_kib(g) / 1024), "from the kernel's rules"
         return along(self.points, memory_mib, floor=0.0)
 
     def per_gib(self) -> float:
@@ -160,8 +166,13 @@ def build_model(records: list[dict]) -> Model:
                 b.died_n += 1
                 b.died_max = left if b.died_max is None else max(b.died_max, left)
     curves = []
+    fitted = L.all_laws(records)
     for (fam, kernel), sizes in sorted(by_curve.items()):
         c = Curve(fam, kernel, [(m, statistics.median(v)) for m, v in sorted(sizes.items())], experiments[(fam, kernel)])
+        # the laws of this kernel's series on a domain type of this family (TCG first: the most boots)
+        c.laws = next((fitted[(t, L.series_of(kernel))] for t in hypervisors.for_domain_type(
+            next((r.domain_type for r in records if family(r.domain_type or "") == fam), "")).domain_types[::-1]
+            if (t, L.series_of(kernel)) in fitted), None)
         curves.append(c)
     return Model(curves, bounds, len(records))
 
@@ -182,6 +193,19 @@ def committed_records(experiments: Path) -> list[dict]:
                 continue  # a broken record costs its point, not the model
             if rec is not None:
                 out.append(dict(rec, experiment=manifest.experiment))
+    return out
+
+
+def guest_labels(experiments: Path) -> dict[str, str]:
+    """Each guest's name in the manifests under `experiments` -> how the posts name it ('Debian 12 kernel 6.1')."""
+    out: dict[str, str] = {}
+    for path in find_manifests(experiments):
+        try:
+            manifest = load(path, check_files=False)
+        except UserError:
+            continue
+        for g in manifest.guests:
+            out.setdefault(g.name, g.label or g.name)
     return out
 
 

@@ -225,6 +225,33 @@ def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: 
     return [r for r in mine if (r.experiment or "") == exp], dtype, exp
 
 
+def resolve_guest(records: list[dict], labels: dict[str, str], asked: str) -> str:
+    """The guest a reader means: a manifest's short name ('debian'), how the posts name it ('Debian 12',
+    'Debian 12 kernel 6.1'), or its kernel's release or series ('6.1.0-57-amd64', '6.1'). One clear line,
+    listing the guests by those names, when nothing or more than one matches."""
+    records = [as_record(r) for r in records]
+    usable = {}  # name -> its kernels, for guests predict can answer for (booted, plain balloon)
+    for r in records:
+        if _plain(r) and isinstance(r.memtotal_boot_kib, int) and r.guest_kind != "system":
+            usable.setdefault(r.guest, set()).add(r.guest_kernel or "")
+    want = " ".join(asked.split()).lower()
+
+    def names(g: str) -> list[str]:
+        label = labels.get(g, g)
+        kernels = sorted(usable[g])
+        return [g.lower(), label.lower(), *[k.lower() for k in kernels], *[L.series_of(k) for k in kernels]]
+    exact = [g for g in usable if want in names(g)]
+    prefix = [g for g in usable if labels.get(g, g).lower().startswith(want + " ")] if not exact else []
+    found = exact or prefix
+    if len(found) == 1:
+        return found[0]
+    listing = "; ".join(f"{labels.get(g, g)} ({g}, kernel {', '.join(sorted(usable[g]))})" for g in sorted(usable))
+    if not found:
+        raise UserError(f"--guest {asked!r}: no records of such a guest; guests measured: {listing}")
+    raise UserError(f"--guest {asked!r} names several guests: "
+                    + "; ".join(f"{labels.get(g, g)} ({g})" for g in sorted(found)) + "; give one of their names")
+
+
 def _rule(name: str, laws: L.Laws) -> str:
     """How an item grows, in the words of its law."""
     if name == setaside.PAGE_DESCRIPTORS:

@@ -113,3 +113,23 @@ def test_the_reserve_of_every_numa_node_counts():
                      "DMA32@1": {"min": 500, "managed": 1000, "protection": [0, 0, 0, 0]},
                      "Normal@1": {"min": 500, "managed": 9000, "protection": [0, 0, 0, 0]}}}
     assert pr.reserve_kib(two) == 1510
+
+
+@pytest.mark.parametrize("asked", ["debian", "Debian 12", "debian 12 kernel 6.1", "6.1", "6.1.0-57-amd64",
+                                   "  Debian   12 "])
+def test_a_guest_is_found_by_the_names_a_reader_knows(asked):
+    recs = RECORDS + [dict(rec(1024, 1024), guest="trixie", guest_kernel="6.12.117+deb13-amd64")]
+    labels = {"debian": "Debian 12 kernel 6.1", "trixie": "Debian 13 kernel 6.12"}
+    assert pr.resolve_guest(recs, labels, asked) == "debian"
+
+
+def test_an_unknown_or_ambiguous_guest_lists_them_by_those_names():
+    recs = RECORDS + [dict(rec(1024, 1024), guest="trixie", guest_kernel="6.12.117+deb13-amd64"),
+                      dict(rec(1024, 1024), guest="system", guest_kind="system")]
+    labels = {"debian": "Debian 12 kernel 6.1", "trixie": "Debian 13 kernel 6.12", "system": "Debian 12, full system"}
+    with pytest.raises(UserError, match=r"guests measured: Debian 12 kernel 6.1 \(debian, kernel 6.1.0-57-amd64\); "
+                                        r"Debian 13 kernel 6.12 \(trixie, kernel 6.12.117\+deb13-amd64\)$"):
+        pr.resolve_guest(recs, labels, "Debian 14")
+    twin = recs + [dict(rec(1024, 1024), guest="twin")]  # another guest with the same kernel
+    with pytest.raises(UserError, match="'6.1' names several guests: Debian 12 kernel 6.1 \\(debian\\); twin"):
+        pr.resolve_guest(twin, labels, "6.1")
