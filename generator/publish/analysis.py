@@ -672,11 +672,18 @@ class Data:
                                         "cores": r.host_cores, "memory_mib": r.host_memory_mib,
                                         "hypervisor": r.hypervisor, "libvirt": r.libvirt_version,
                                         "xen": r.xen, "nested": r.nested,
-                                        "domain_types": set(), "reasons": set()})
+                                        "domain_types": set(), "reasons": set(), "kernels": {}})
+            if r.host_kernel:  # every kernel the host ran, with how many records each (most first)
+                counts = seen[r.host]["kernels"]
+                counts[r.host_kernel] = counts.get(r.host_kernel, 0) + 1
             if r.domain_type:
                 seen[r.host]["domain_types"].add(r.domain_type)
             if r.domain_type_reason:
                 seen[r.host]["reasons"].add(r.domain_type_reason.replace(" (cached canary result)", ""))
+        for h in seen.values():
+            ranked = sorted(h["kernels"].items(), key=lambda kv: (-kv[1], kv[0]))
+            h["kernel"] = ranked[0][0] if ranked else h["kernel"]
+            h["kernel_counts"] = ranked
         return list(seen.values())
 
     def explain(self, s: Series) -> list[dict]:

@@ -89,7 +89,9 @@ def jinja_env(content_dir: Path):
     from jinja2.sandbox import SandboxedEnvironment
 
     env = SandboxedEnvironment(
-        loader=jinja2.FileSystemLoader([str(content_dir), str(templates_dir())]),
+        loader=jinja2.ChoiceLoader(
+            ([] if Path(content_dir).resolve() == templates_dir() else [content_loader(content_dir)])
+            + [jinja2.FileSystemLoader(str(templates_dir()))]),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=True, finalize=_finalize,
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.do"])
     env.filters["mib"] = mib_label
@@ -114,11 +116,53 @@ def _template_error(e: Exception, fallback: str) -> UserError:
     return UserError(f"{where}: template error: {type(e).__name__}: {message}")
 
 
+# A content file may come from someone else: what it writes goes through md_text, and nothing may
+# bypass that. {% raw %} copies text as it is and these filters return markup that md_text leaves alone
+# (escape returns HTML-escaped markup, in which a Hugo shortcode survives): refused, with the line.
+UNSAFE_FILTERS = ("safe", "escape", "e", "forceescape", "tojson", "urlize", "xmlattr")
+_SHORTCODE = re.compile(r"\{\{\s*[<%]")
+
+
+def _unsafe_use(env, source: str, name: str, filename: str | None) -> tuple[int, str] | None:
+    """(line, what) of the first {% raw %} or unsafe filter in a template's source, else None."""
+    tokens = [t for t in env.lex(source, name, filename) if t[1] != "whitespace"]
+    for i, (line, kind, value) in enumerate(tokens):
+        if kind == "raw_begin":
+            return line, "{% raw %}: its text would reach the page unescaped; write the text itself"
+        if kind == "name" and value in UNSAFE_FILTERS and i and tokens[i - 1][1:] == ("operator", "|"):
+            return line, f"the filter '{value}': it would put markup on the page unescaped"
+    return None
+
+
+def content_loader(content_dir: Path):
+    """A loader of content files (someone else's input) that refuses, with the file and line, any that
+    uses {% raw %} or a filter whose output md_text would not escape; included and imported content
+    files too."""
+    import jinja2
+
+    class Checked(jinja2.FileSystemLoader):
+        def get_source(self, environment, template):
+            source, filename, uptodate = super().get_source(environment, template)
+            found = _unsafe_use(environment, source, template, filename)
+            if found:
+                raise jinja2.TemplateSyntaxError(f"a content file may not use {found[1]}", found[0], template,
+                                                 filename)
+            return source, filename, uptodate
+
+    return Checked(str(content_dir))
+
+
 def render_with_summary(env, name: str, fallback: str, **context) -> tuple[str, str]:
     """The page's body, and its `summary` (what a content file sets with {% set summary %}…{% endset %}:
     its answer in a few sentences, shown first and carried into the front matter's description).
-    Rendered as usual first (errors name the file and line), then as a module for the summary."""
+    Rendered as usual first (errors name the file and line), then as a module for the summary. The
+    content file is checked first, and its output once more: no Hugo shortcode may come out of it."""
     body = render(env, name, fallback, **context)
+    found = _SHORTCODE.search(body)
+    if found:
+        line = body.count("\n", 0, found.start()) + 1
+        raise UserError(f"{fallback}: its output puts a Hugo shortcode on the page (line {line} of the rendered "
+                        "body); a content file may not")
     template = env.get_template(name)
     if "summary" not in env.loader.get_source(env, name)[0]:
         return body, ""

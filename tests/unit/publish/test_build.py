@@ -268,3 +268,28 @@ def test_a_post_depends_on_all_the_code_it_is_made_by():
     modules = {n.removeprefix("generator.").replace(".", "/") + ".py" for n in seen}
     assert {m for m in modules if (ROOT / "generator" / m).is_file()} == \
         {f for f in post if not f.endswith("__init__.py")}
+
+
+@pytest.mark.parametrize("planted, what", [
+    ("{% raw %}{{< youtube dQw4w9WgXcQ >}}{% endraw %}", "{% raw %}"),
+    ('{{ "{{< nosuchshortcode >}}" | safe }}', "the filter 'safe'"),
+    ('{{ "{{< youtube x >}}" | e }}', "the filter 'e'"),
+    ('{{ "{{% x %}}" | escape }}', "the filter 'escape'"),
+])
+def test_a_content_file_cannot_put_a_shortcode_on_the_page(sample, tmp_path, planted, what):
+    """Content files are someone else's input: {% raw %} and markup-returning filters are refused with the
+    file and line, also in a file the content includes; nothing is written."""
+    site = new_site(tmp_path)
+    manifest = sample()
+    post = Path(manifest.post.content)
+    post.write_text(post.read_text() + f"\n\nplanted: {planted}\n")
+    with pytest.raises(UserError) as e:
+        build_all([manifest], site=site, quiet=True)
+    line = len(post.read_text().splitlines())
+    assert f"{post}:{line}: template error: a content file may not use {what}" in str(e.value)
+    assert not (site / "content" / "posts" / "sample").exists()
+    # through an included content file too
+    (post.parent / "part.md").write_text(f"x\n{planted}\n")
+    post.write_text(post.read_text().replace(f"planted: {planted}", '{% include "part.md" %}'))
+    with pytest.raises(UserError, match=r"part.md:2: template error: a content file may not use"):
+        build_all([manifest], site=site, quiet=True)
