@@ -30,6 +30,12 @@ help:  ## this list
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## (.*)/  make \1\t\2/' | expand -t 24
 	@echo "  EXP=<name>              with report, sweep, build, status: only experiments/<name>/ (or <name>.yaml)"
 	@echo "  SITE=<folder>           with report, build: the Hugo site to write the posts into (default: site)"
+	@echo "The tool's own commands: .venv/bin/python -m generator <command> (--help for each):"
+	@echo "  validate                check manifests without booting anything"
+	@echo "  sweep, status, build, report   as the make targets above, with more options"
+	@echo "  predict                 what a guest will see at a memory ceiling, and the sizing table (--table)"
+	@echo "  audit                   what each running guest of a libvirt host loses to its ceiling (read-only)"
+	@echo "  compare                 what changed between two sets of records (git revisions)"
 
 deps:  ## the Debian packages (root; prints the apt-get line otherwise)
 	@bash scripts/deps.sh $(DEB_PACKAGES)

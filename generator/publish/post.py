@@ -124,19 +124,43 @@ def front_matter(manifest: Manifest, date: str, updates: list[dict] | None = Non
             del fm[key]
     if draft:
         fm["draft"] = True
-    if updates:  # what changed at each republication, newest first (updates.py)
+    if updates:  # what changed at each republication, newest first (updates.py); Hugo's lastmod follows it
+        fm["lastmod"] = updates[0]["date"]
         fm["updates"] = updates
     return "+++\n" + tomli_w.dumps(fm) + "+++\n"
 
 
-def _post_date(manifest: Manifest, records: list[dict]) -> str:
+def _post_date(manifest: Manifest, records: list[dict], page: Path | None = None) -> str:
+    """The publication date: the manifest's, else the one the published page already carries (a
+    republication moves `lastmod`, not `date`), else the newest record's (the first publication)."""
     records = [as_record(r) for r in records]
     if manifest.post.date:
         return manifest.post.date
+    published = _published_date(page) if page is not None else ""
+    if published:
+        return published
     stamps = sorted(r.started_at for r in records if r.started_at)
     if stamps:
         return stamps[-1]
     return _dt.date.today().isoformat()
+
+
+def _published_date(page: Path) -> str:
+    """The `date` of a page this tool published before ('' if none or unreadable)."""
+    import tomllib
+
+    try:
+        text = page.read_text(errors="replace")[:65536]
+    except OSError:
+        return ""
+    if not text.startswith("+++\n") or "\n+++\n" not in text[4:]:
+        return ""
+    try:
+        date = tomllib.loads(text[4:text.index("\n+++\n", 4)]).get("date")
+    except (tomllib.TOMLDecodeError, ValueError):
+        return ""
+    value = date.isoformat() if hasattr(date, "isoformat") else str(date or "")
+    return value if re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[0-9T:.+-]{0,24}Z?", value) else ""
 
 
 # --- one post ----------------------------------------------------------------------------------------
@@ -245,7 +269,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
         body, summary = render_with_summary(env, content_path.name, str(content_path), **context) \
             if data.has_data else ("", "")
         text = render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
-                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records), changes,
+                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records, page), changes,
                                                         draft=not data.has_data, summary=summary)),
                        body=Markup(body),
                        **context)

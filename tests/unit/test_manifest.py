@@ -30,7 +30,7 @@ def test_default_manifest_is_the_2012_experiment():
     assert m.sweep.current_memory == [1024]
     assert [(h.name, h.kind) for h in m.hosts] == [("local", "libvirt"), ("xen", "nested-xen"), ("kvm", "nested-kvm")]
     assert m.hosts[2].nested_domain_type == "kvm" and m.hosts[2].hypervisor.name == "qemu"
-    assert m.hosts[2].sweep == {"memory_mib": (1024, 2048, 4096, 8192)} and m.hosts[2].repeats == 1  # KVM: slow
+    assert m.hosts[2].sweep == {"memory_mib": (1024, 2048, 4096)} and m.hosts[2].repeats == 1  # KVM: slow
     assert m.hosts[0].is_embedded and not m.hosts[1].is_embedded and m.hosts[1].hypervisor.name == "xen"
     assert m.guests[0].kernel == "host"
     assert len(m.sha256) == 64

@@ -293,3 +293,28 @@ def test_a_content_file_cannot_put_a_shortcode_on_the_page(sample, tmp_path, pla
     post.write_text(post.read_text().replace(f"planted: {planted}", '{% include "part.md" %}'))
     with pytest.raises(UserError, match=r"part.md:2: template error: a content file may not use"):
         build_all([manifest], site=site, quiet=True)
+
+
+def test_a_republished_post_keeps_its_date(tmp_path):
+    """`date` is the first publication's: a re-measure moves `lastmod` (from its update), not the date
+    readers and links know it by. A page that says nothing usable is ignored."""
+    from generator.publish import post as post_mod
+
+    class M:
+        class post:
+            date = ""
+    recs = [{"started_at": "2026-12-05T10:00:00+00:00"}, {"started_at": "2026-12-06T10:00:00+00:00"}]
+    assert post_mod._post_date(M, recs) == "2026-12-06T10:00:00+00:00"  # first publication: the newest record
+    page = tmp_path / "index.md"
+    page.write_text('+++\ndate = "2026-11-30T09:00:00+00:00"\ntitle = "x"\n+++\nbody\n')
+    assert post_mod._post_date(M, recs, page) == "2026-11-30T09:00:00+00:00"
+    page.write_text('+++\ndate = "<script>"\n+++\n')
+    assert post_mod._post_date(M, recs, page) == "2026-12-06T10:00:00+00:00"
+    fm = post_mod.front_matter(load_sample_manifest(tmp_path), "2026-11-30", [{"date": "2026-12-07", "base": "a",
+                                                                                "changes": ["x"]}])
+    assert 'lastmod = "2026-12-07"' in fm and 'date = "2026-11-30"' in fm
+
+
+def load_sample_manifest(tmp_path):
+    from tests.support.sample import sample_without_content
+    return load(sample_without_content(tmp_path))
