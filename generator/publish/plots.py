@@ -16,6 +16,8 @@ _KERNEL_STYLE = {"5.10": ("#c0392b", "s"), "6.1": ("#1f5fa6", "o"), "6.12": ("#2
 # Drawn for the width it is shown at: 5 inches at 200 dpi, a 1000-pixel image (sharp on 2x screens)
 # whose 11-point text is about 12 pixels high on a 390-pixel phone screen.
 FIG_W, FIG_H, DPI = 5.0, 3.6, 200
+# per domain type: (line style, marker), so that hypervisors are told apart in black and white too
+_HV_STYLE = {"qemu": ("-", "o"), "kvm": ("--", "s"), "xen": ("-.", "^")}
 _FAIL_MARKERS = {"oom": "X", "panic": "X", "refused": "s", "timeout": "v", "error": "D"}
 
 
@@ -53,18 +55,29 @@ def _png(fig) -> bytes:
 
 
 def style(s: Series, i: int = 0) -> tuple[str, str]:
-    """(colour, marker) of a series: its guest kernel's, the same in every graph."""
+    """(colour, marker) of a series: the colour its guest kernel's, the marker its hypervisor's (where
+    the domain type has one), the same in every graph: QEMU and Xen series of one kernel differ."""
     import re
     import zlib
 
+    marker = _HV_STYLE.get(s.domain_type, (None, None))[1]
     if s.is_system:
-        return _KERNEL_STYLE["system"]
+        color, own = _KERNEL_STYLE["system"]
+        return color, marker or own
     m = re.match(r"(\d+\.\d+)", (s.kernels or [""])[0])
     key = m.group(1) if m else ""
     if key in _KERNEL_STYLE:
-        return _KERNEL_STYLE[key]
+        color, own = _KERNEL_STYLE[key]
+        return color, marker or own
     n = zlib.crc32(key.encode()) if key else i
-    return _COLORS[n % len(_COLORS)], "ov^sD<>"[n % 7]
+    return _COLORS[n % len(_COLORS)], marker or "ov^sD<>"[n % 7]
+
+
+def linestyle(s: Series) -> str:
+    """A series' line: its hypervisor's (QEMU solid, KVM dashed, Xen dash-dotted); autodeflate dotted."""
+    if s.factors.get("autodeflate"):
+        return ":"
+    return _HV_STYLE.get(s.domain_type, ("-", None))[0]
 
 
 def _gib_axis(ax, memory_values: list[int]) -> None:
@@ -78,11 +91,11 @@ def _gib_axis(ax, memory_values: list[int]) -> None:
 
 
 def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, slot: int = 0,
-                 marker: str = "o") -> None:
+                 marker: str = "o", line: str = "-") -> None:
     """One series; `slot` stacks the failure labels of several series at the same memory."""
     xs = [p.memory_mib for p in s.measured]
     ys = [p.median for p in s.measured]
-    ax.plot(xs, ys, "-", marker=marker, color=color, label=label, linewidth=1.8, markersize=5, zorder=3)
+    ax.plot(xs, ys, linestyle=line, marker=marker, color=color, label=label, linewidth=1.8, markersize=5, zorder=3)
     # repeats: every value as a faint dot and the range as an error bar
     spread_label = f"range of repeats ({label})" if label and slot else "range of repeats"
     for p in s.measured:
@@ -99,6 +112,13 @@ def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, sl
         ax.annotate(FAILURE_LABELS.get(p.status, p.status), (x, bottom), textcoords="offset points",
                     xytext=(0, 8 + 12 * slot), ha="center", fontsize=9, color=color, fontweight="bold",
                     annotation_clip=False)
+
+
+def _wrapped(title: str, width: int = 62) -> str:
+    """A title in lines that fit the figure's width at 10 pt: never clipped at the image's edge."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(title, width)) or title
 
 
 def _y_range(series: list[Series]) -> tuple[float, float]:
@@ -119,10 +139,11 @@ def series_png(s: Series) -> bytes:
         ax.axhline(s.current_memory_mib, linestyle="--", color="#555555", linewidth=1.2,
                    label=f"currentMemory ({s.current_memory_mib} MiB)")
         color, marker = style(s)
-        _draw_series(ax, s, color, "what the guest sees (free -m)", y0 + (y1 - y0) * 0.04, marker=marker)
+        _draw_series(ax, s, color, "what the guest sees (free -m)", y0 + (y1 - y0) * 0.04, marker=marker,
+                     line=linestyle(s))
         _gib_axis(ax, memory_values)
         ax.set_ylabel("MiB seen by the guest")
-        ax.set_title(s.title, fontsize=10)
+        ax.set_title(_wrapped(s.title), fontsize=10)
         ax.legend(loc="lower left", frameon=False)
         fig.tight_layout()
         return _png(fig)
@@ -154,17 +175,16 @@ def all_series_png(series: list[Series], title: str = "") -> bytes:
                 color, marker = style(s, i)
                 if same and several:  # one guest at several targets: tell them apart by colour
                     color, marker = _COLORS[i % len(_COLORS)], "ov^sD<>"[i % 7]
-                linestyle = ":" if s.factors.get("autodeflate") else "-"
+                line = linestyle(s)
                 label = (f"currentMemory {s.current_memory_mib} MiB" if same else s.legend_label) if several \
                     else s.legend_label
-                _draw_series(ax, s, color, label, y0 + (y1 - y0) * 0.04, slot=i, marker=marker)
-                if linestyle != "-":
-                    ax.lines[-1].set_linestyle(linestyle)
+                _draw_series(ax, s, color, label, y0 + (y1 - y0) * 0.04, slot=i, marker=marker, line=line)
             _gib_axis(ax, memory_values)
             ax.set_ylabel("MiB seen by the guest")
             currents = sorted({s.current_memory_mib for s in members})
-            ax.set_title((title + ", " if title and len(panels) == 1 else "") +
-                         "currentMemory " + " and ".join(f"{c} MiB" for c in currents) + " (dashed)", fontsize=10)
+            ax.set_title(_wrapped((title + ", " if title and len(panels) == 1 else "") +
+                                  "currentMemory " + " and ".join(f"{c} MiB" for c in currents) + " (dashed)"),
+                         fontsize=10)
             ax.legend(loc="lower left", fontsize=8, frameon=False)
         fig.tight_layout()
         return _png(fig)
@@ -190,10 +210,10 @@ def lost_png(series: list[Series], fits: list[LawCurve | None]) -> bytes:
                 import numpy as np
 
                 grid = np.geomspace(min(xs), max(xs), 400)
-                ax.plot(grid, [fit(x) for x in grid], color=color, linewidth=1.0, linestyle="-", zorder=2)
+                ax.plot(grid, [fit(x) for x in grid], color=color, linewidth=1.0, linestyle=linestyle(s), zorder=2)
             elif s.measured:  # no rule describes it (Xen PV): the medians, joined
                 ax.plot([p.memory_mib / 1024 for p in s.measured], [s.current_memory_mib - p.median for p in s.measured],
-                        color=color, linewidth=1.2, linestyle="--", zorder=2)
+                        color=color, linewidth=1.2, linestyle=linestyle(s), zorder=2)
             died = [p for p in s.failed if p.died]
             if died:  # the guest lost all of currentMemory: drawn there, as the cross it is elsewhere
                 ax.scatter([p.memory_mib / 1024 for p in died], [s.current_memory_mib] * len(died), color=color,
