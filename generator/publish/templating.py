@@ -32,15 +32,30 @@ _MD_TEXT = re.compile(r"""[\\`\[\]|*~&<>"]|(?<![^\W_])_|_(?![^\W_])|(?:^|(?<=\{)
 _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 
 
+# Text from others must not become structure either: control and bidirectional formatting characters are
+# dropped (they reorder or hide what a reader sees); a value that starts like a block (a heading's '#', a
+# list's '-', '+' or '1.', a setext or thematic line's '=' or '-') has that character escaped, since a value
+# may start a line or a list item; and a '{' that opens a trailing '{…}' is escaped, which goldmark would
+# otherwise read as attributes of a heading the value ends ('{style=… class=…}').
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_BLOCK_START = re.compile(r"^(\s*)(#|-|\+|=)")
+_ATTRIBUTES = re.compile(r"\{(?=[^{}]*\}\s*$)")
+
+
 def md_text(value) -> "Markup":
-    """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities, and
-    no Hugo shortcode opener left (see above)."""
+    """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities, no Hugo
+    shortcode opener left, and no block structure or heading attributes made of it (see above)."""
     from markupsafe import Markup
 
     if isinstance(value, Markup):
         return value
-    text = " ".join(str(value).splitlines())
-    return Markup(_MD_TEXT.sub(lambda m: _ENTITIES.get(m.group(0)) or "\\" + m.group(0), text))
+    text = _INVISIBLE.sub("", " ".join(str(value).splitlines()))
+    text = _MD_TEXT.sub(lambda m: _ENTITIES.get(m.group(0)) or "\\" + m.group(0), text)
+    text = _ATTRIBUTES.sub(lambda m: "\\{", text)
+    numbered = re.match(r"^(\s*[0-9]{1,9})([.)])(\s|$)", text)
+    if numbered:
+        return Markup(numbered.group(1) + "\\" + text[numbered.end(1):])
+    return Markup(_BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text, count=1))
 
 
 # In a code span nothing can be escaped (a backslash or an entity would show as typed): a shortcode

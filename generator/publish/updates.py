@@ -46,7 +46,7 @@ def previous(page: Path) -> tuple[list[dict], str | None]:
         except tomllib.TOMLDecodeError:
             raw = []
         for e in raw if isinstance(raw, list) else []:  # the page may have been edited: keep only what is well-formed
-            if isinstance(e, dict) and isinstance(e.get("date"), str) and re.fullmatch(r"\d{4}-\d\d-\d\d", e["date"]) \
+            if isinstance(e, dict) and isinstance(e.get("date"), str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", e["date"]) \
                     and isinstance(e.get("base"), str) and re.fullmatch(r"[0-9a-f]{12}", e["base"]) \
                     and isinstance(e.get("changes"), list) and all(isinstance(c, str) for c in e["changes"]):
                 entries.append({"date": e["date"], "base": e["base"], "changes": e["changes"][:MAX_LINES]})

@@ -390,3 +390,37 @@ def test_the_readme_minimal_post_builds(tmp_path):
     assert body.startswith("At memory 32 GiB the guest saw") or body.startswith("At memory 8 GiB the guest saw")
     assert 'Description = "At memory' in text and "](mine-memory-lost.png " in text
     hugo(site)
+
+
+def test_others_text_does_not_become_markdown_structure_in_hugo(sample, tmp_path):
+    """A guest label and a published 'What changed' entry that start like a heading with goldmark's
+    attributes, a numbered list or a thematic break, with bidi and control characters: Hugo's HTML
+    shows them as text, with no heading attributes, no list, no rule and no invisible reordering."""
+    m = sample()
+    manifest = Path(m.path)
+    label = "# Pwned {style=position:fixed}"
+    manifest.write_text(manifest.read_text().replace("label: RHEL6", f"label: {json.dumps(label)}"))
+    m = load(manifest)
+    for path in Path(m.results).rglob("*.json"):
+        rec = results.read_record(path)
+        rec["guest_kernel"] = "6.1.0-\u202eevil\x1b[31m"
+        results.write_record(path, rec)
+    site = new_site(tmp_path)
+    build_all([m], site=site, quiet=True)
+    page = site / "content/posts/sample/index.md"
+    text = page.read_text()
+    # an entry edited into the published page, read back at the next build
+    entry = ('[[updates]]\ndate = "2026-12-01"\nbase = "0123456789ab"\nchanges = ["1. Pwned {.x}", '
+             '"# Pwned {style=position:fixed}", "---"]\n\n')
+    head, body = text[4:].split("\n+++\n", 1)
+    page.write_text("+++\n" + head + "\n\n" + entry + "+++\n" + body)
+    build_all([m], site=site, quiet=True)
+    rebuilt = page.read_text()
+    assert "1\\. Pwned" in rebuilt and "\\# Pwned" in rebuilt  # the entries were read back and shown
+    html = (hugo(site) / "posts/sample/index.html").read_text()
+    assert "position:fixed" not in html.split("Pwned", 1)[0]  # no attribute put on an element
+    assert 'style="position:fixed"' not in html and "style=position" not in html.replace("{style=position", "")
+    article = html[html.index("<article>"):html.index("</article>")]
+    assert "<ol" not in article and "<hr" not in article
+    assert "\u202e" not in html and "\x1b" not in html
+    assert "Pwned" in article
