@@ -13,6 +13,7 @@ import json
 import os
 import re
 import statistics
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Side:
     points: dict[str, list[dict]] = field(default_factory=dict)
     missing: str = ""                            # why there are no records ('' when there are)
     count: int = 0
+    stray: int = 0                               # files that are not where their record belongs (ignored)
 
 
 @dataclass
@@ -116,8 +118,11 @@ def worktree_side(folder: Path) -> Side:
         for name in sorted(names):
             path = Path(dirpath) / name
             if name.endswith(".json") and not name.startswith(".") and not path.is_symlink():
-                _add(side, results.parse_record(read_regular(path, results.MAX_RECORD_BYTES, "result file"), path,
-                                                KEEP))
+                record = results.parse_record(read_regular(path, results.MAX_RECORD_BYTES, "result file"), path, KEEP)
+                if _where_it_belongs(record) != os.path.relpath(path, folder):
+                    side.stray += 1  # not where the sweep files it: a copy, not another repeat
+                    continue
+                _add(side, record)
     return side
 
 
@@ -134,42 +139,108 @@ def resolve_revision(top: Path, rev: str) -> str:
     return out.stdout.strip()
 
 
+MAX_TREE_ENTRIES = 200_000          # paths listed under a results folder at one revision
+MAX_SIDE_BYTES = 512 * 1024 * 1024  # distinct record blobs read from one revision, in all
+
+
 def revision_side(top: Path, commit: str, rel: str, label: str) -> Side:
-    """The records under `rel` (a folder relative to the repository) at `commit`, from git's objects."""
+    """The records under `rel` (a folder relative to the repository) at `commit`, from git's objects.
+
+    A history is someone else's input: its trees can name one large blob thousands of times (a few KB
+    of trees, gigabytes to read). So the listing is bounded, each blob is read once however many paths
+    name it, sizes are asked first (`--batch-check`) and bounded one by one and in all, and every git
+    failure or time-out is one line."""
     side = Side(label)
-    listing = git(top, "ls-tree", "-r", "-z", "--full-tree", commit, "--", rel, text=False, timeout=120)
+    try:
+        listing = git(top, "ls-tree", "-r", "-z", "--full-tree", commit, "--", rel, text=False, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"git ls-tree {label} did not finish within 120 s") from None
     if listing.returncode != 0:
         raise UserError(f"git ls-tree {label} failed: {plain(listing.stderr.decode(errors='replace'))[:200]}")
-    blobs = []
-    for entry in listing.stdout.split(b"\0"):
+    paths: list[tuple[str, str]] = []
+    for n, entry in enumerate(listing.stdout.split(b"\0")):
+        if n > MAX_TREE_ENTRIES:
+            raise UserError(f"{label}: more than {MAX_TREE_ENTRIES} files under {rel}; not a results folder")
         if not entry:
             continue
         meta, _, path = entry.partition(b"\t")
-        mode, kind, sha = meta.split(b" ")
+        parts = meta.split(b" ")
+        if len(parts) != 3:
+            continue
+        mode, kind, sha = parts
         name = path.decode("utf-8", errors="replace")
         if kind == b"blob" and mode in (b"100644", b"100755") and name.endswith(".json") and \
-                not os.path.basename(name).startswith("."):
-            blobs.append((sha.decode(), name))
-    if not blobs:
+                not os.path.basename(name).startswith(".") and re.fullmatch(rb"[0-9a-f]{40,64}", sha):
+            paths.append((sha.decode(), name))
+    if not paths:
         side.missing = f"no records in {rel} at {label} (the results folder moved, or none were committed then)"
         return side
-    out = git(top, "cat-file", "--batch", input=b"".join(s.encode() + b"\n" for s, _ in blobs), timeout=300)
+    shas = sorted({sha for sha, _ in paths})
+    sizes = _blob_sizes(top, shas, label)
+    total = 0
+    for sha, name in paths:
+        if sizes[sha] > results.MAX_RECORD_BYTES:
+            raise UserError(f"{label}:{name}: the result file is {sizes[sha]} bytes, more than the "
+                            f"{results.MAX_RECORD_BYTES} allowed")
+    for sha in shas:
+        total += sizes[sha]
+        if total > MAX_SIDE_BYTES:
+            raise UserError(f"{label}: the records under {rel} are more than {MAX_SIDE_BYTES // 2 ** 20} MiB; "
+                            "compare fewer experiments at once")
+    data = _blobs(top, shas, label)
+    for sha, name in paths:
+        record = results.parse_record(data[sha], Path(f"{label}:{name}"), KEEP)
+        if _where_it_belongs(record) != os.path.relpath(name, rel):
+            side.stray += 1  # a copy, or a record filed under another point's name: not another repeat
+            continue
+        _add(side, record)
+    return side
+
+
+def _where_it_belongs(record) -> str:
+    """The path, relative to its results folder, at which the sweep files a record (host/guest/file)."""
+    r = as_record(record)
+    try:
+        point = Point.make(r.host, r.guest, r.repeat or 1, **{f.name: r.get(f.name, f.default) for f in FACTORS})
+    except (TypeError, ValueError):
+        return ""
+    return str(point.record_path(Path("")))
+
+
+def _blob_sizes(top: Path, shas: list[str], label: str) -> dict[str, int]:
+    try:
+        out = git(top, "cat-file", "--batch-check", input="".join(s + "\n" for s in shas).encode(), timeout=120)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"git cat-file did not list the records at {label} within 120 s") from None
+    sizes = {}
+    for line in out.stdout.decode(errors="replace").splitlines():
+        parts = line.split(" ")
+        if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit():
+            sizes[parts[0]] = int(parts[2])
+    missing = [s for s in shas if s not in sizes]
+    if out.returncode != 0 or missing:
+        raise UserError(f"git cat-file could not find the records at {label} (a partial clone?)")
+    return sizes
+
+
+def _blobs(top: Path, shas: list[str], label: str) -> dict[str, bytes]:
+    try:
+        out = git(top, "cat-file", "--batch", input=b"".join(s.encode() + b"\n" for s in shas), timeout=300)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"git cat-file did not read the records at {label} within 300 s") from None
     if out.returncode != 0:
         raise UserError(f"git cat-file could not read the records at {label} (a partial clone?): "
                         f"{plain(out.stderr.decode(errors='replace'))[:200]}")
-    data, pos = out.stdout, 0
-    for sha, name in blobs:
+    data, pos, found = out.stdout, 0, {}
+    for sha in shas:
         end = data.find(b"\n", pos)
         header = data[pos:end].split(b" ") if end >= 0 else []
         if len(header) != 3 or header[1] != b"blob" or not header[2].isdigit():
-            raise UserError(f"git cat-file gave no blob for {name} at {label}")
+            raise UserError(f"git cat-file gave no blob {sha[:12]} at {label}")
         size = int(header[2])
-        if size > results.MAX_RECORD_BYTES:
-            raise UserError(f"{label}:{name}: the result file is {size} bytes, more than the "
-                            f"{results.MAX_RECORD_BYTES} allowed")
-        _add(side, results.parse_record(data[end + 1:end + 1 + size], Path(f"{label}:{name}"), KEEP))
+        found[sha] = data[end + 1:end + 1 + size]
         pos = end + 1 + size + 1
-    return side
+    return found
 
 
 def published_commit(manifest: Manifest, site: Path) -> str | None:

@@ -165,3 +165,58 @@ def test_the_default_old_side_is_the_published_commit(repo):
     page.unlink()
     out = compare(repo)
     assert out.returncode == 1 and "names no results commit" in out.stderr
+
+
+def _fanout_commit(repo: Path, levels: int = 11) -> str:
+    """A commit whose results folder holds one ~4 MiB record blob under 2^(levels+1) paths: a few KB of
+    trees that name the one below twice (85 objects for 11 levels), gigabytes if every path were read."""
+    def run(*args, input=None):
+        return subprocess.run(["git", "-C", str(repo), *args], input=input, capture_output=True, check=True).stdout
+
+    rec = record("precise", 1024, 1)
+    rec["console_excerpt"] = ["x" * 1000] * (4 * 1024 - 8)  # just under the 4 MiB a record may have
+    blob = run("hash-object", "-w", "--stdin", input=json.dumps(rec).encode()).decode().strip()
+    tree = run("mktree", input=f"100644 blob {blob}\ta.json\n100644 blob {blob}\tb.json\n".encode()).decode().strip()
+    for _ in range(levels):
+        tree = run("mktree", input=f"040000 tree {tree}\ta\n040000 tree {tree}\tb\n".encode()).decode().strip()
+    for name in ("results", "sample", "experiments"):  # experiments/sample/results/<the fan-out>
+        tree = run("mktree", input=f"040000 tree {tree}\t{name}\n".encode()).decode().strip()
+    return run("commit-tree", tree, "-m", "fan-out").decode().strip()
+
+
+def test_a_fanned_out_history_is_bounded(repo):
+    """compare of a history whose trees name one large record thousands of times reads it once: one
+    line or a comparison, within time and memory (the limit is what the process may map)."""
+    import resource
+    import time
+
+    commit = _fanout_commit(repo)
+    t0 = time.monotonic()
+    out = subprocess.run(["bash", "-c", 'ulimit -v 1500000; exec "$@"', "x", "python3", "-m", "generator",
+                          "compare", commit, "second"], cwd=repo, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert time.monotonic() - t0 < 120
+    assert "Traceback" not in out.stderr and "MemoryError" not in out.stderr, out.stderr[-2000:]
+    assert out.returncode in (0, 1), out.stderr
+    if out.returncode == 1:
+        assert out.stderr.strip().count("\n") == 0, out.stderr
+    del resource
+
+
+def test_copies_and_misfiled_records_are_not_more_repeats(repo):
+    """A record copied beside itself, or filed under another point's name, is not counted."""
+    folder = repo / "experiments" / "sample" / "results"
+    one = next(folder.rglob("*-r1.json"))
+    rec = json.loads(one.read_text())  # counted as repeats, these would move the point's median by 100 MiB
+    rec["free_m"] = dict(rec["free_m"], total=rec["free_m"]["total"] - 100)
+    for name in ("copy.json", one.name.replace("-r1.json", "-r9.json"), one.name.replace("-r1.json", "-r3.json")):
+        (one.parent / name).write_text(json.dumps(rec))
+    from generator.publish.compare import worktree_side
+
+    side = worktree_side(folder)
+    assert side.stray == 3 and side.count == len(list(folder.rglob("*.json"))) - 3
+    assert all(len(recs) <= 2 for recs in side.points.values())  # two repeats per point, as measured
+    out = compare(repo, "second", "--json")
+    assert out.returncode == 0, out.stderr
+    [exp] = json.loads(out.stdout)["experiments"]
+    assert not [p for p in exp["points"] if p["class"] != "unchanged"], exp["points"]
