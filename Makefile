@@ -65,12 +65,14 @@ fuzz: install  ## generated bad manifests and records through the CLI
 
 report: install  ## measure missing points, rebuild the posts
 	$(PY) -m generator report --site $(SITE) $(MANIFESTS)
+	$(PY) -m generator model
 
 sweep: install  ## measure missing points
 	$(PY) -m generator sweep $(MANIFESTS)
 
 build: install  ## rebuild the posts from the records
 	$(PY) -m generator build --site $(SITE) $(MANIFESTS)
+	$(PY) -m generator model
 
 status: install  ## every point: done, failed or missing
 	$(PY) -m generator status $(MANIFESTS)

@@ -227,10 +227,13 @@ def cmd_predict(args) -> int:
     from . import predict as pr
     from .model import committed_records, guest_labels
 
-    records = committed_records(Path(args.experiments))
+    need = _size_mib("--need", args.need) if args.need else None
+    folder = Path(args.experiments)
+    if not args.table and not (folder.is_dir() and any(find_manifests(folder))):
+        return _predict_shipped(pr, args, need, folder)
+    records = committed_records(folder)
     if not records:
         raise UserError(f"{args.experiments}: no records to predict from; run make report first")
-    need = _size_mib("--need", args.need) if args.need else None
     if args.table:
         return _predict_table(pr, records, args, need if need is not None else 300.0)
     if not args.guest or not args.memory or not args.current_memory:
@@ -244,6 +247,48 @@ def cmd_predict(args) -> int:
     else:
         for line in p.lines():
             say(line)
+    return 0
+
+
+def _predict_shipped(pr, args, need, folder: Path) -> int:
+    """Outside a checkout (no manifests under --experiments): the rules shipped inside the package."""
+    from .laws import shipped
+
+    doc = shipped()
+    if doc is None:
+        raise UserError(f"{folder}: no experiments here, and this installation carries no fitted rules; run "
+                        "predict from a checkout of the project, or give --experiments")
+    if not args.guest or not args.memory or not args.current_memory:
+        raise UserError("predict needs --guest, --memory and --current-memory")
+    p = pr.predict_shipped(doc, args.guest, _size_mib("--memory", args.memory),
+                           _size_mib("--current-memory", args.current_memory), need, args.hypervisor)
+    p.records_read = f"the rules shipped with memballoon {__version__} (no experiments in {folder})"
+    if args.json:
+        sys.stdout.write(pr.as_json(p))
+    else:
+        for line in p.lines():
+            say(line)
+    return 0
+
+
+def cmd_model(args) -> int:
+    """Write the fitted rules the package ships (generator/data/laws.json) from the records."""
+    from .laws import SHIPPED, export
+    from .model import committed_records, guest_labels
+    from .results import write_atomic
+
+    folder = Path(args.experiments)
+    doc = export(committed_records(folder), guest_labels(folder))
+    if not doc["laws"]:
+        raise UserError(f"{folder}: no itemized records to fit the kernel's rules to")
+    target = Path(args.output) if args.output else Path(__file__).resolve().parent / SHIPPED
+    text = json.dumps(doc, indent=1, sort_keys=True) + "\n"
+    if target.exists() and target.read_text() == text:
+        say(f"{target}: unchanged ({len(doc['laws'])} kernel(s) and domain type(s))")
+        return 0
+    target.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(target, text)
+    say(f"{target}: written ({len(doc['laws'])} kernel(s) and domain type(s))")
     return 0
 
 
@@ -388,6 +433,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="machine-readable output (format memballoon-predict, version 1)")
     pr.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
     pr.set_defaults(func=cmd_predict)
+    mo = sub.add_parser("model", help="write the kernel's rules fitted to the records into the package "
+                                      "(generator/data/laws.json), for predict outside a checkout")
+    mo.add_argument("--experiments", default="experiments", help="folder of manifests (default: %(default)s)")
+    mo.add_argument("--output", help="write here instead")
+    mo.add_argument("-v", "--verbose", action="store_true", help="debug logging and tracebacks")
+    mo.set_defaults(func=cmd_model)
     return p
 
 

@@ -307,3 +307,63 @@ def marginal_per_gib(laws: Laws, low_mib: int = 4096, high_mib: int = 32768) -> 
     lo = laws.set_aside_kib(Guest(low_mib, low_mib, low_mib > PC_BELOW_4G_MIB and laws.bounce_kib > 0))
     hi = laws.set_aside_kib(Guest(high_mib, high_mib, high_mib > PC_BELOW_4G_MIB and laws.bounce_kib > 0))
     return (hi - lo) / 1024 / ((high_mib - low_mib) / 1024)
+
+
+# --- the rules as data: shipped inside the package, so that predict answers outside a checkout ---------
+SHIPPED = "data/laws.json"
+SHIPPED_FORMAT, SHIPPED_VERSION = "memballoon-laws", 1
+
+
+def export(records: list, labels: dict[str, str]) -> dict:
+    """Every fitted law with what a reader asks it by: the guests (name, label) that ran its kernels, its
+    kernels and the sizes measured. Sorted, so equal records give equal bytes."""
+    records = [as_record(r) for r in records]
+    out = []
+    for (dtype, series), laws in sorted(all_laws(records).items()):
+        mine = [r for r in records if r.domain_type == dtype and series_of(r.guest_kernel) == series
+                and isinstance(r.memtotal_boot_kib, int) and r.guest_kind != "system"]
+        if not mine or not hypervisors.for_domain_type(dtype).inflates_after_boot:
+            continue
+        guests = sorted({r.guest for r in mine})
+        out.append({"domain_type": dtype, "series": series,
+                    "kernels": sorted({r.guest_kernel for r in mine}),
+                    "guests": [{"name": g, "label": labels.get(g, g)} for g in guests],
+                    "measured_sizes": sorted({r.memory_mib for r in mine}),
+                    "laws": _laws_dict(laws)})
+    return {"format": SHIPPED_FORMAT, "version": SHIPPED_VERSION, "laws": out}
+
+
+def _laws_dict(laws: Laws) -> dict:
+    return {"domain_type": laws.domain_type, "kernel": laws.kernel, "records": laws.records,
+            "page_descriptors": [round(v, 6) for v in laws.page_descriptors],
+            "page_tables": [round(v, 6) for v in laws.page_tables], "bounce_kib": laws.bounce_kib,
+            "constants": dict(sorted(laws.constants.items())), "dma_managed_kib": laws.dma_managed_kib,
+            "dma32_managed_kib": laws.dma32_managed_kib,
+            "used": {str(k): list(v) for k, v in sorted(laws.used.items())}}
+
+
+def laws_of(d: dict) -> Laws:
+    """A Laws from its exported form (checked: numbers where numbers are due)."""
+    def num(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"not a number: {v!r}")
+        return float(v)
+    return Laws(str(d["domain_type"]), str(d["kernel"]), int(d["records"]),
+                tuple(num(v) for v in d["page_descriptors"]), tuple(num(v) for v in d["page_tables"]),
+                num(d["bounce_kib"]), {str(k): num(v) for k, v in d["constants"].items()},
+                None if d["dma_managed_kib"] is None else num(d["dma_managed_kib"]),
+                None if d["dma32_managed_kib"] is None else num(d["dma32_managed_kib"]),
+                {int(k): (int(v[0]), num(v[1])) for k, v in d["used"].items()})
+
+
+def shipped() -> dict | None:
+    """The rules the package was built with (generator/data/laws.json), or None."""
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / SHIPPED
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if doc.get("format") == SHIPPED_FORMAT and doc.get("version") == SHIPPED_VERSION else None

@@ -434,3 +434,56 @@ def check_outcomes(records: list[dict]) -> dict:
 
 def as_json(p: Prediction) -> str:
     return json.dumps({"format": FORMAT, "version": VERSION, **asdict(p)}, indent=1) + "\n"
+
+
+def predict_shipped(doc: dict, asked: str, memory_mib: int, current_mib: int, need_mib: float | None = None,
+                    hypervisor: str | None = None) -> Prediction:
+    """predict without records: from the rules shipped inside the package (laws.export of the project's
+    records when it was built). For a guest a reader names as the posts do, or by kernel."""
+    if current_mib > memory_mib or memory_mib <= 0 or current_mib <= 0:
+        raise UserError(f"--current-memory {mib_label(current_mib)} must be above 0 and at most --memory "
+                        f"{mib_label(memory_mib)}")
+    want = " ".join(asked.split()).lower()
+    entries = [e for e in doc.get("laws", []) if not hypervisor or hypervisor in
+               (e["domain_type"], family(e["domain_type"]))]
+
+    def names(e: dict) -> list[str]:
+        return ([g["name"].lower() for g in e["guests"]] + [g["label"].lower() for g in e["guests"]]
+                + [k.lower() for k in e["kernels"]] + [e["series"]])
+    found = [e for e in entries if want in names(e)] or \
+        [e for e in entries if any(g["label"].lower().startswith(want + " ") for g in e["guests"])]
+    if not found:
+        listing = "; ".join(sorted({f"{g['label']} ({g['name']}, kernel {', '.join(e['kernels'])})"
+                                    for e in entries for g in e["guests"]}))
+        raise UserError(f"--guest {asked!r}: no rules shipped for such a guest; guests measured: {listing}")
+    entry = max(found, key=lambda e: (e["laws"]["records"], e["domain_type"]))
+    laws = L.laws_of(entry["laws"])
+    dtype = entry["domain_type"]
+    g = L.guest_of(memory_mib, current_mib, "balloon", dtype)
+    set_aside = laws.set_aside_kib(g) / 1024
+    measured = memory_mib in entry["measured_sizes"]
+    p = Prediction(entry["guests"][0]["name"], "the rules shipped with this package", hypervisors.label(dtype),
+                   ", ".join(entry["kernels"]), memory_mib, current_mib, round(current_mib - set_aside, 1),
+                   round(set_aside, 1), "from the kernel's rules" + (" (a size that was measured)" if measured else
+                                                                     " (not measured at this size)"),
+                   measured_sizes=list(entry["measured_sizes"]), need_mib=need_mib, domain_type=dtype,
+                   basis=f"the kernel's sizing rules, fitted to {laws.records} itemized boots",
+                   used_by="the probe's busybox init")
+    for name, kib in laws.items(g).items():
+        if kib:
+            p.items[name] = {"mib": round(kib / 1024, 1), "per_gib": None, "rule": _rule(name, laws)}
+    if p.sees_mib <= 0:
+        p.survives = False
+        p.condition = (f"nothing is left: the set-aside ({p.set_aside_mib:,.0f} MiB) is more than currentMemory "
+                       f"({current_mib:,} MiB)")
+        return p
+    margin = _margin_function([], laws, [], [], dtype, current_mib)
+    if margin is None:
+        p.condition = "unknown: the shipped rules have no zone reserves for this kernel"
+        return p
+    p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(memory_mib))
+    p.survives = p.margin_mib >= 0
+    if need_mib is not None:
+        p.spare_mib = round(p.margin_mib - need_mib, 1)
+    p.largest_memory_mib, p.largest_is_bound = largest_memory(margin, current_mib, need_mib or 0.0)
+    return p

@@ -98,3 +98,27 @@ def test_the_sizing_table_from_the_laws(records):
     outcome = {r.memory_mib: r.status for r in records if r.experiment == "memory-ballooning" and r.guest == "debian"
                and r.domain_type == "qemu" and r.repeat == 1}
     assert outcome[32768] == "ok" and outcome[65536] == "oom"
+
+
+def test_the_shipped_rules_are_the_records_rules():
+    """generator/data/laws.json (what predict uses outside a checkout) is what the committed records give:
+    `python -m generator model` (make build, make report) rewrites it."""
+    import json
+
+    from generator.model import guest_labels
+
+    doc = L.export(committed_records(ROOT / "experiments"), guest_labels(ROOT / "experiments"))
+    shipped = json.loads((ROOT / "generator" / L.SHIPPED).read_text())
+    assert shipped == json.loads(json.dumps(doc)), "generator/data/laws.json is stale: run make build"
+
+
+def test_predict_from_the_shipped_rules_answers_as_from_the_records(records):
+    doc = L.shipped()
+    assert doc is not None
+    for memory, current in ((6144, 2048), (24576, 1024), (4096, 512)):
+        a = pr.predict(records, "debian", memory, current, 300, experiment="memory-ballooning")
+        b = pr.predict_shipped(doc, "Debian 12", memory, current, 300)
+        assert abs(a.set_aside_mib - b.set_aside_mib) <= 1 and a.survives == b.survives
+        assert abs(a.margin_mib - b.margin_mib) <= 1 and a.largest_memory_mib == b.largest_memory_mib
+    with pytest.raises(pr.UserError, match="guests measured: Debian 11 kernel 5.10"):
+        pr.predict_shipped(doc, "Windows", 4096, 1024)

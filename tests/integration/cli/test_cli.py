@@ -319,3 +319,30 @@ def test_publishing_needs_none_of_the_files_a_sweep_boots(tmp_path):
     assert cli("status", str(path)).returncode == 0
     out = cli("build", str(path), "--site", str(site))
     assert out.returncode == 0, out.stderr
+
+
+def test_an_installed_package_predicts_from_any_folder(tmp_path):
+    """`pip install .` (here into a folder of its own, the dependencies from the test's environment) gives
+    every subpackage and the shipped rules: predict answers where there is no checkout."""
+    target, source = tmp_path / "site-packages", tmp_path / "source"  # built from a copy: the checkout stays as it is
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(ROOT / "generator", source / "generator", ignore=shutil.ignore_patterns("__pycache__"))
+    out = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps",
+                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (target / "generator" / "data" / "laws.json").is_file() and (target / "generator" / "hosts").is_dir()
+    elsewhere = tmp_path / "somewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    run = subprocess.run([sys.executable, "-c", "import generator, sys; from generator.cli import main; "
+                          "print(generator.__file__, file=sys.stderr); sys.exit(main())", "predict", "--guest",
+                          "Debian 12", "--memory", "24GiB", "--current-memory", "1GiB", "--json"],
+                         cwd=elsewhere, capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    assert str(target) in run.stderr  # the installed copy answered, not the checkout
+    doc = json.loads(run.stdout)
+    assert doc["records_read"].startswith("the rules shipped with memballoon")
+    assert 470 < doc["sees_mib"] < 500 and doc["how"] == "from the kernel's rules (not measured at this size)"
