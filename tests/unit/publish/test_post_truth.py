@@ -69,3 +69,47 @@ def test_the_loss_per_gib_in_the_summary_is_the_fit(tmp_path):
          free_m=dict(rec["free_m"], total=rec["free_m"]["total"] - 100))
     after = page(manifest, tmp_path, "b")
     assert f"the ballooned one {lost} MiB" in before and f"the ballooned one {lost + 100} MiB" in after
+
+
+def _committed(slug: str) -> str:
+    return " ".join((ROOT / "site" / "content" / "posts" / slug / "index.md").read_text().split())
+
+
+def _records(experiment: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (ROOT / "experiments" / experiment / "results").rglob("*.json")]
+
+
+def test_memory_balloonings_figures_recomputed_from_the_records():
+    """The per-GiB cost, the bounce buffer's step, the currentMemory advice and the judged outcomes of the
+    committed page, recomputed from the JSON records without the template or the laws."""
+    import re
+    import statistics
+
+    from generator.predict import reserve_kib
+
+    text = _committed("memory-ballooning")
+    recs = [r for r in _records("memory-ballooning") if r["domain_type"] == "qemu" and r["guest"] == "debian"]
+
+    def boot_set_aside(memory: int) -> float:
+        return statistics.median(memory - r["memtotal_boot_kib"] / 1024 for r in recs
+                                 if r["memory_mib"] == memory and r.get("memtotal_boot_kib"))
+    per_gib = (boot_set_aside(32768) - boot_set_aside(4096)) / 28  # two powers of two, above the step
+    assert f"cost it **{per_gib:.1f} MiB** of what it could use on QEMU (TCG)" in text
+    step = statistics.median(r["set_aside_kib"]["bounce buffer"] for r in recs
+                             if isinstance(r.get("set_aside_kib"), dict) and r["set_aside_kib"].get("bounce buffer"))
+    assert f"passing 3.5 GiB cost a one-off **{step / 1024:.1f} MiB** more" in text
+    # to leave 1024 MiB beyond set-aside, reserve and use at boot at 32 GiB
+    at32 = [r for r in recs if r["memory_mib"] == 32768 and r.get("zone_reserves")]
+    need = statistics.median(1024 + (32768 - r["memtotal_boot_kib"] / 1024) + reserve_kib(r["zone_reserves"]) / 1024
+                             + (r["memtotal_boot_kib"] - sum(z["free"] for z in r["zone_reserves"]["zones"].values()))
+                             / 1024 for r in at32)
+    said = re.search(r"give it about \*\*([0-9,]+) MiB\*\*", text)
+    assert said and abs(int(said.group(1).replace(",", "")) - need) <= 2, (said, need)
+    # the sizing table's 1024 MiB row lies between the measured survival at 32 GiB and death at 64 GiB
+    row = re.search(r"\| 1024 MiB \| ([0-9.]+) \(([0-9.]+)\) \|", text)
+    assert row and 32 <= float(row.group(1)) < 64 and float(row.group(2)) < float(row.group(1))
+    # outcomes judged: every boot with zone reserves that inflated a balloon at boot
+    judged = [r for r in _records("memory-ballooning") if r["status"] in ("ok", "oom", "panic") and r.get("zone_reserves")
+              and r["domain_type"] != "xen" and r.get("memory_model", "balloon") == "balloon"
+              and r.get("memtotal_boot_kib") and r["zone_reserves"].get("zones")]
+    assert re.search(rf"predicted \*\*[0-9]+ of {len(judged)}\*\*", text), len(judged)
