@@ -325,26 +325,30 @@ def test_autodeflate_keeps_a_squeezed_guest_alive(write_manifest, tmp_path, embe
 
 
 def test_predict_for_sizes_never_measured_then_measured_live(write_manifest, tmp_path, embed_env):
-    """predict answers from the committed records for 6 and 12 GiB at currentMemory 2048 MiB, which no
-    experiment measured (not powers of two: the hash tables round up); then the points are booted: what the
-    guest sees is within 1 MiB of the kernel's rules, item by item, and survival is as predicted."""
+    """predict answers from the committed records for 6 and 12 GiB at currentMemory 2048 MiB and 24 GiB at
+    1024 MiB, which no experiment measured (not powers of two: the hash tables round up); then the points
+    are booted: what the guest sees is within 1 MiB of the kernel's rules, item by item, and survival is
+    as predicted."""
     root = Path(__file__).resolve().parents[2]
     asked = {}
-    for gib in (6, 12):
+    for gib, current in ((6, 2048), (12, 2048), (24, 1024)):
         out = cli(embed_env, "predict", "--guest", "debian", "--experiment", "memory-ballooning", "--memory",
-                  f"{gib}GiB", "--current-memory", "2048MiB", "--json", "--experiments", str(root / "experiments"))
+                  f"{gib}GiB", "--current-memory", f"{current}MiB", "--json", "--experiments", str(root / "experiments"))
         assert out.returncode == 0, out.stderr
         p = json.loads(out.stdout)
         assert p["how"] == "from the kernel's rules (not measured at this size)" and p["survives"] is True
         assert gib * 1024 not in p["measured_sizes"] and p["hypervisor"] == "QEMU (TCG)"
         asked[gib * 1024] = p
-    manifest = write_manifest("predicted", memory="[6 GiB, 12 GiB]")
-    manifest.write_text(manifest.read_text().replace("current_memory: [1024 MiB]", "current_memory: [2048 MiB]"))
-    out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
-    assert out.returncode == 0, out.stderr
-    recs = {json.loads(f.read_text())["memory_mib"]: json.loads(f.read_text())
-            for f in (tmp_path / "res" / "predicted").rglob("*.json")}
-    assert sorted(recs) == [6144, 12288]
+    recs = {}
+    for name, memory, current in (("predicted", "[6 GiB, 12 GiB]", 2048), ("predicted24", "[24 GiB]", 1024)):
+        manifest = write_manifest(name, memory=memory)
+        manifest.write_text(manifest.read_text().replace("current_memory: [1024 MiB]",
+                                                         f"current_memory: [{current} MiB]"))
+        out = cli(embed_env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
+        assert out.returncode == 0, out.stderr
+        recs.update({json.loads(f.read_text())["memory_mib"]: json.loads(f.read_text())
+                     for f in (tmp_path / "res" / name).rglob("*.json")})
+    assert sorted(recs) == [6144, 12288, 24576]
     for memory, rec in recs.items():
         p = asked[memory]
         assert rec["status"] == "ok"
