@@ -602,8 +602,23 @@ class Data:
                 b = [r.memtotal_settled_kib for r in (q.ok if q else []) if isinstance(r.memtotal_settled_kib, int)]
                 if a and b:
                     ka, kb = statistics.median(a), statistics.median(b)
+                    items = {}
+                    ia = [r.set_aside_kib for r in p.ok if isinstance(r.set_aside_kib, dict)]
+                    ib = [r.set_aside_kib for r in (q.ok if q else []) if isinstance(r.set_aside_kib, dict)]
+                    if ia and ib:
+                        for name in sorted(set().union(*ia, *ib)):
+                            items[name] = (statistics.median(d.get(name, 0) for d in ia)
+                                           - statistics.median(d.get(name, 0) for d in ib))
                     out.append({"guest": kvm.guest_label, "memory_mib": p.memory_mib, "kvm_kib": ka, "tcg_kib": kb,
-                                "diff_kib": ka - kb})
+                                "diff_kib": ka - kb, "items": items})
+        return out
+
+    def accelerator_items(self) -> dict[str, float]:
+        """Per item of the set-aside, the largest difference between KVM and TCG at the same point (KiB)."""
+        out: dict[str, float] = {}
+        for pair in self.accelerators():
+            for name, diff in pair["items"].items():
+                out[name] = max(out.get(name, 0.0), abs(diff))
         return out
 
     def predict(self, guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None):
