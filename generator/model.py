@@ -87,7 +87,11 @@ class Curve:
         return along(self.points, memory_mib, floor=0.0)
 
     def per_gib(self) -> float:
-        """The least-squares slope, MiB lost per GiB of ceiling, over the measured points."""
+        """MiB lost per GiB of ceiling: the kernel's rules' marginal cost where its boots were itemized
+        (laws.marginal_per_gib: between powers of two, the bounce buffer's step aside); else the
+        least-squares slope over the measured points (Xen PV, whose loss the rules do not cover)."""
+        if self.laws is not None:
+            return L.marginal_per_gib(self.laws)
         xs = [m / 1024 for m, _ in self.points]
         ys = [v for _, v in self.points]
         if len(set(xs)) < 2:
