@@ -980,7 +980,8 @@ class Manifest:
             if extra:
                 problems.add(f"{path}.sweep.{f.sweep}",
                              f"{', '.join(f.label(v) for v in extra)} not in sweep.{f.sweep} "
-                             f"({', '.join(f.label(v) for v in getattr(self.sweep, f.sweep))}); its values "
+                             f"({', '.join(f.label(v) for v in getattr(self.sweep, f.sweep))}); "
+                             f"{'a host' if path.startswith('hosts') else 'a guest'}'s values "
                              f"narrow the manifest's sweep: add them there too")
 
     def _check(self, path, problems):
