@@ -69,7 +69,7 @@ def test_xen_guest_sees_less_the_larger_memory_is(tmp_path, xen_env):
     manifest = write(tmp_path, "xen", "[1024 MiB, 4096 MiB]")
     out = cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"), timeout=1500)
     assert out.returncode == 0, out.stderr
-    assert "domain type xen (the host runs Xen); Xen 4.17" in out.stderr
+    assert "domain type xen (a Xen host nested in QEMU (TCG) on this machine); Xen 4.17" in out.stderr
     recs = {(r["memory_mib"], r["current_memory_mib"]): r
             for r in (json.loads(p.read_text()) for p in (tmp_path / "res").rglob("*.json"))}
     assert sorted(recs) == [(1024, 1024), (4096 * 2, 1024), (4096 * 2, 4096)]  # (1 GiB, 4 GiB) is no point
