@@ -242,7 +242,11 @@ def cmd_predict(args) -> int:
     p = pr.predict(records, guest, _size_mib("--memory", args.memory),
                    _size_mib("--current-memory", args.current_memory), need, args.experiment, args.hypervisor)
     p.records_read = _records_read(Path(args.experiments), len(records))
-    if args.json:
+    return _print_prediction(pr, p, args.json)
+
+
+def _print_prediction(pr, p, as_json: bool) -> int:
+    if as_json:
         sys.stdout.write(pr.as_json(p))
     else:
         for line in p.lines():
@@ -263,12 +267,7 @@ def _predict_shipped(pr, args, need, folder: Path) -> int:
     p = pr.predict_shipped(doc, args.guest, _size_mib("--memory", args.memory),
                            _size_mib("--current-memory", args.current_memory), need, args.hypervisor)
     p.records_read = f"the rules shipped with memballoon {__version__} (no experiments in {folder})"
-    if args.json:
-        sys.stdout.write(pr.as_json(p))
-    else:
-        for line in p.lines():
-            say(line)
-    return 0
+    return _print_prediction(pr, p, args.json)
 
 
 def cmd_model(args) -> int:

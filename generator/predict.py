@@ -328,11 +328,16 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
         p.condition = ("unknown: the records of this guest were measured before the zone reserves were recorded "
                        "(re-measure them: make report)")
         return p
-    p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(memory_mib))
+    return _judged(p, margin)
+
+
+def _judged(p: Prediction, margin) -> Prediction:
+    """A prediction completed by its margin function: what is left, survival, spare and the largest memory."""
+    p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(p.memory_mib))
     p.survives = p.margin_mib >= 0
-    if need_mib is not None:
-        p.spare_mib = round(p.margin_mib - need_mib, 1)
-    p.largest_memory_mib, p.largest_is_bound = largest_memory(margin, current_mib, need_mib or 0.0)
+    if p.need_mib is not None:
+        p.spare_mib = round(p.margin_mib - p.need_mib, 1)
+    p.largest_memory_mib, p.largest_is_bound = largest_memory(margin, p.current_memory_mib, p.need_mib or 0.0)
     return p
 
 
@@ -481,9 +486,4 @@ def predict_shipped(doc: dict, asked: str, memory_mib: int, current_mib: int, ne
     if margin is None:
         p.condition = "unknown: the shipped rules have no zone reserves for this kernel"
         return p
-    p.margin_mib, _, p.used_mib, p.reserve_mib = (round(v, 1) for v in margin(memory_mib))
-    p.survives = p.margin_mib >= 0
-    if need_mib is not None:
-        p.spare_mib = round(p.margin_mib - need_mib, 1)
-    p.largest_memory_mib, p.largest_is_bound = largest_memory(margin, current_mib, need_mib or 0.0)
-    return p
+    return _judged(p, margin)
