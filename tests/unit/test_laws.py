@@ -122,3 +122,12 @@ def test_predict_from_the_shipped_rules_answers_as_from_the_records(records):
         assert abs(a.margin_mib - b.margin_mib) <= 1 and a.largest_memory_mib == b.largest_memory_mib
     with pytest.raises(pr.UserError, match="guests measured: Debian 11 kernel 5.10"):
         pr.predict_shipped(doc, "Windows", 4096, 1024)
+
+
+def test_shipped_rules_that_are_not_numbers_are_refused():
+    doc = L.shipped()
+    entry = dict(doc["laws"][0]["laws"])
+    for key, bad in (("bounce_kib", "64 MiB"), ("page_descriptors", [True, 0]), ("used", {"x": [1, 2]})):
+        with pytest.raises((ValueError, TypeError)):
+            L.laws_of(dict(entry, **{key: bad}))
+    assert L.laws_of(entry).bounce_kib == entry["bounce_kib"]
