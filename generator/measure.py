@@ -468,8 +468,11 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     balloon_model = manifest.balloon_model(host.spec)
     extra = " ".join(x for x in ("memhp_default_state=online_movable" if point.memory_model != "balloon" else "",
                                  guest.cmdline) if x)
-    cmdline = " ".join(x for x in ("root=/dev/vda rw console=ttyS0 panic=-1", extra) if x)
-    xml = hypervisors.for_domain_type(domain_type).render(
+    hv = hypervisors.for_domain_type(domain_type)
+    # memblock=debug: the kernel logs each boot reservation, read back once the system has settled
+    debug = "memblock=debug" if hv.memblock_debug else ""
+    cmdline = " ".join(x for x in ("root=/dev/vda rw console=ttyS0 panic=-1", debug, extra) if x)
+    xml = hv.render(
         _spec(point, manifest, name=name, domain_type=domain_type, kernel=boot["kernel"], initrd=boot["initrd"],
               cmdline=cmdline, console=console_path, balloon_model=balloon_model, memory_backing=backing,
               disk=overlay, disk_format="qcow2", agent=guest.reading == "agent", forward_port=forward_port))
@@ -523,6 +526,8 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         record["console_excerpt"] = excerpt(raw)
         record["dmesg"] = [" ".join(m.group(0).split())[:300] for m in _MEMORY_LINE_RE.finditer(console)]
         record["oom_kills"] = system.oom_kills(console)
+        if record.get("set_aside_kib") is None and record["status"] in ("oom", "panic"):
+            _set_aside_from_console(record, console)
         if record["status"] == "ok" and record["oom_kills"]:
             lost = [n for n in record["oom_kills"] if n in system.ESSENTIAL]
             if lost:
@@ -531,6 +536,48 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
             else:
                 note = f"the OOM killer killed {', '.join(record['oom_kills'])} (the system lived on)"
                 record["reason"] = "; ".join(x for x in (record["reason"], note) if x)
+
+
+def _read_set_aside(record: dict, reader, system) -> None:
+    """A settled full system's set-aside, itemized from its kernel log as the probe's is, with its
+    MemTotal at boot from the kernel's totals and the zones' reserves (guests/setaside.py)."""
+    from .guests.setaside import SYMBOLS_PATTERN, SYSCTLS, system_set_aside
+
+    try:
+        log = reader.run("/bin/dmesg", [])
+        zoneinfo = reader.run("/bin/cat", ["/proc/zoneinfo"])
+        sysctls = reader.run("/bin/cat", [f"/proc/sys/vm/{name}" for name in SYSCTLS])
+    except system.ReadError as e:
+        record["set_aside_notes"] = [f"the kernel's log and zones could not be read: {e}"]
+        return
+    try:  # no match (kallsyms hidden) is an answer: the sections' sizes stand in for the extent
+        symbols = reader.run("/bin/grep", ["-E", SYMBOLS_PATTERN, "/proc/kallsyms"])
+    except system.ReadError:
+        symbols = ""
+    read = system_set_aside(log, symbols, zoneinfo, sysctls, record["memory_mib"] * 1024)
+    if read["found"]:
+        record["set_aside_kib"] = read["found"]["items"]
+        record["memtotal_boot_kib"] = read["memtotal_boot_kib"]
+    record["set_aside_notes"] = read["notes"] + (read["found"] or {}).get("notes", []) + (
+        ["MemTotal at boot is the kernel's own total (its balloon inflates before the system can be read)"]
+        if read["found"] else [])
+    if read["zone_reserves"]:
+        record["zone_reserves"] = read["zone_reserves"]
+
+
+def _set_aside_from_console(record: dict, console: str) -> None:
+    """A full system that died before it could be read: its kernel's log as its console printed it
+    (the same lines dmesg gives), itemized; no zones (nothing read them), so its margin is not stated."""
+    from .guests.setaside import system_set_aside
+
+    read = system_set_aside(console, "", "", "", record["memory_mib"] * 1024)
+    if read["found"]:
+        record["set_aside_kib"] = read["found"]["items"]
+        if record.get("memtotal_boot_kib") is None:
+            record["memtotal_boot_kib"] = read["memtotal_boot_kib"]
+        record["set_aside_notes"] = read["notes"] + read["found"]["notes"] + [
+            "read from the console (the system died before it could be read); MemTotal at boot is the kernel's "
+            "own total"]
 
 
 def _cross_check(record: dict, source: str) -> tuple:
@@ -691,6 +738,7 @@ def _follow_system(dom, record: dict, *, host: HostRuntime, console_path: str, m
     record["free_m"] = parse_free(free)
     record["meminfo"] = parse_meminfo(meminfo)
     record["memtotal_settled_kib"] = record["meminfo"].get("MemTotal")
+    _read_set_aside(record, reader, system)
     if system.kernel_release(release):
         record["guest_kernel"] = release
     record["durations"]["settle_s"] = round(settled_at - agent_at, 2)

@@ -70,10 +70,12 @@ def reserve_kib(zone_reserves: dict | None) -> float | None:
 
 
 def used_kib(record: dict) -> float | None:
-    """MemTotal at boot minus the zones' free pages: what the guest had in use before the balloon."""
+    """MemTotal minus the zones' free pages when the zones were read: what the guest had in use at
+    boot, before the balloon (the probe), or once settled (a full system, read when it can log in)."""
     record = as_record(record)
-    zones = ((record.zone_reserves or {}).get("zones") or {})
-    boot = record.memtotal_boot_kib
+    reserves = record.zone_reserves or {}
+    zones = reserves.get("zones") or {}
+    boot = record.memtotal_settled_kib if reserves.get("read") == "settled" else record.memtotal_boot_kib
     free = [z.get("free") for z in zones.values()]
     if not boot or not free or any(f is None for f in free):
         return None
@@ -86,8 +88,18 @@ def margin_mib(record: dict) -> float | None:
     boot, reserve, used = record.memtotal_boot_kib, reserve_kib(record.zone_reserves), used_kib(record)
     if not boot or reserve is None or used is None:
         return None
-    set_aside = record.memory_mib * 1024 - boot
-    return (record.current_memory_mib * 1024 - set_aside - used - reserve) / 1024
+    if inflates(record):  # it boots with all of memory, then the balloon takes it down to currentMemory
+        left = record.current_memory_mib * 1024 - (record.memory_mib * 1024 - boot)
+    else:  # built with currentMemory (Xen PV) or nothing plugged yet (hotplug): MemTotal at boot is it
+        left = boot
+    return (left - used - reserve) / 1024
+
+
+def inflates(record: dict) -> bool:
+    """Whether the guest boots with all of memory and a balloon takes it down to currentMemory."""
+    record = as_record(record)
+    return (hypervisors.for_domain_type(record.domain_type or "").inflates_after_boot
+            and (record.memory_model or "balloon") == "balloon")
 
 
 # --- one guest's measured sizes -------------------------------------------------------------------
@@ -409,23 +421,27 @@ def sizing_table(records: list[dict], need_mib: float = 300.0, currents=SIZING_C
 
 def check_outcomes(records: list[dict]) -> dict:
     """The condition against every committed outcome that can be judged: each record's own margin
-    (its set-aside, use and reserves at boot) against whether it lived. Autodeflate guests are
-    judged to survive; guests that inflate no balloon at boot (Xen PV, virtio-mem and DIMM hotplug)
-    and records without zone reserves are counted as not judged."""
+    (its set-aside, use and reserves) against whether it lived. Autodeflate guests are judged to
+    survive; guests built with currentMemory (Xen PV, virtio-mem and DIMM hotplug) are judged on what
+    they boot with; records without zone reserves are counted as not judged."""
     records = [as_record(r) for r in records]
     judged, hits, misses, borderline, not_judged = 0, 0, [], [], 0
+    not_judged_why: dict[str, int] = {}
+    built_with_current = 0
     for r in records:
         if r.status not in ("ok", "oom", "panic"):
             continue
-        hv = hypervisors.for_domain_type(r.domain_type or "")
         m = margin_mib(r)
-        # hotplug guests boot with currentMemory (nothing to inflate), like a Xen PV guest
-        if not hv.inflates_after_boot or m is None or (r.memory_model or "balloon") != "balloon":
+        if m is None:  # no zone reserves (measured before they were read, or dead before they could be)
             not_judged += 1
+            why = ("full systems that died before they could be read" if r.guest_kind == "system" and r.status != "ok"
+                   else "boots measured before the reserves were recorded")
+            not_judged_why[why] = not_judged_why.get(why, 0) + 1
             continue
         predicted = True if r.autodeflate else m >= 0
         lived = r.status == "ok"
         judged += 1
+        built_with_current += not inflates(r)
         where = (f"{r.get('experiment')}/{r.host}/{r.guest} memory {mib_label(r.memory_mib)}, currentMemory "
                  f"{mib_label(r.current_memory_mib)}, repeat {r.repeat}")
         if predicted == lived:
@@ -434,7 +450,8 @@ def check_outcomes(records: list[dict]) -> dict:
             borderline.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
         else:
             misses.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
-    return {"judged": judged, "predicted": hits, "borderline": borderline, "missed": misses, "not_judged": not_judged}
+    return {"judged": judged, "predicted": hits, "borderline": borderline, "missed": misses, "not_judged": not_judged,
+            "not_judged_why": dict(sorted(not_judged_why.items())), "built_with_current": built_with_current}
 
 
 def as_json(p: Prediction) -> str:

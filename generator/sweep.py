@@ -248,6 +248,17 @@ class Sweep:
         nested = [h for h in nested if h.is_nested]
         return sum(h.nested.cpus for h in nested), sum(h.nested.memory + QEMU_OVERHEAD_MIB for h in nested)
 
+    def _kept_outcome(self, point: Point, record: dict) -> str | None:
+        """The status of the point's recorded outcome, if the new record is not one (a timeout or an
+        error of the run) and the recorded one is (ok, oom, panic, refused): that one stays."""
+        if record["status"] in results.FINAL:
+            return None
+        try:
+            old = results.existing(point, self.results)
+        except UserError:
+            return None  # an unreadable record is not an outcome worth keeping
+        return old["status"] if old and old["status"] in results.FINAL else None
+
     def _one(self, host: HostRuntime, facts: dict, staged: Staged, dtype: str, why: str,
              point: Point, budget: MemoryBudget, reaper: ThreadPoolExecutor) -> None:
         if self.stop.is_set():
@@ -280,7 +291,13 @@ class Sweep:
                 record = point_identity(point, self.manifest, "error", f"{type(e).__name__}: {e}")
             with self._write_lock:
                 record = results.checked(dict(record, schema_version=results.SCHEMA_VERSION))
-                results.write_record(point.record_path(self.results), record, root=self.results)
+                kept = self._kept_outcome(point, record)
+                if kept:  # a re-measure that ended in a timeout or error never replaces an outcome
+                    self.progress.note(f"  {point.key}: this run ended in {record['status']} "
+                                       f"({record.get('reason') or 'no reason given'}); its recorded outcome "
+                                       f"({kept}) is kept")
+                else:
+                    results.write_record(point.record_path(self.results), record, root=self.results)
                 self.summary.measured += 1
                 self._finished[point.host] = self._finished.get(point.host, 0) + 1
                 if record["status"] != "ok":

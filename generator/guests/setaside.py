@@ -298,3 +298,42 @@ def zone_reserves(text: str) -> dict | None:
     if not zones:
         return None
     return {"zones": zones, "sysctl": sysctl}
+
+
+# --- a full system, read once it has settled --------------------------------------------------------
+# The kernel log's lines that itemize() reads. The probe greps its own dmesg for exactly these
+# (guests/probe.py's INIT_SCRIPT; a test holds the two together); a full system's log is filtered here.
+LOG_PATTERN = (r"memblock_(alloc|reserve|phys_alloc|phys_free|free|remove)|Memory: [0-9]+K/|Freeing|BIOS-e820|"
+               r"e820: (update|remove)|Xen: \[mem|xen_memory_setup|Released [0-9]+ page|Remapped [0-9]+ page|p2m")
+SYMBOLS_PATTERN = r" (_text|__end_of_kernel_reserve|__bss_stop)$"
+SYSCTLS = ("min_free_kbytes", "watermark_scale_factor", "watermark_boost_factor", "lowmem_reserve_ratio")
+MAX_LOG_LINES = 100_000
+
+
+def system_set_aside(log: str, symbols: str, zoneinfo: str, sysctls: str, memory_kib: int) -> dict:
+    """A full system's set-aside and reserves from what it gives once it has settled: its kernel log
+    (`dmesg`, booted with memblock=debug), the kernel's extent from /proc/kallsyms, /proc/zoneinfo and
+    the watermark sysctls (one value per line, in SYSCTLS' order).
+
+    {'found': itemize()'s answer or None, 'memtotal_boot_kib': N or None, 'zone_reserves': ... or None,
+    'notes': [...]}. A system's balloon starts inflating before anything can log in, so its MemTotal
+    at boot is the kernel's own total (memory minus what the Memory: line reserved, plus what the
+    kernel handed back); the zones are read settled, their watermarks and protection are the boot's
+    (the balloon moves neither), their free pages are the settled system's."""
+    wanted = re.compile(LOG_PATTERN)
+    lines = [line for line in log.splitlines()[:MAX_LOG_LINES] if wanted.search(line[:400])][:MAX_LINES]
+    symbol_re = re.compile(r"^[0-9a-f]{16} [A-Za-z]" + SYMBOLS_PATTERN)
+    lines += ["kallsyms " + s.strip() for s in symbols.splitlines()[:40] if symbol_re.match(s.strip())]
+    notes = []
+    found = itemize("\n".join(lines), memory_kib)
+    if found is None:
+        notes.append("the kernel's Memory: line was no longer in its log: the set-aside is not itemized")
+    elif not any(_E820.search(line) or _XEN_MAP.search(line) for line in lines):
+        notes.append("the start of the kernel's log (its memory map) had been overwritten before it was read")
+    values = [v.strip() for v in sysctls.splitlines()]
+    sysctl_lines = [f"sysctl {name} {value}" for name, value in zip(SYSCTLS, values)]
+    reserves = zone_reserves("\n".join(zoneinfo.splitlines()[:2000] + sysctl_lines))
+    if reserves is not None:
+        reserves["read"] = "settled"
+    memtotal = memory_kib - found["set_aside_kib"] if found else None
+    return {"found": found, "memtotal_boot_kib": memtotal, "zone_reserves": reserves, "notes": notes}

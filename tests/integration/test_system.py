@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from generator import predict
 from generator.guests import images, system
 
 from .conftest import ROOT, cli, qemu_pids, start_cli, wait_for
@@ -81,6 +82,13 @@ def test_full_debian_read_through_the_agent(tmp_path, system_env):
         assert r["free_m"]["total"] < 1024 and r["balloon"]["actual"] == 1024 * 1024
         assert r["host_view"] == {"max_memory_kib": memory * 1024, "used_memory_kib": 1024 * 1024}
         assert any(line.startswith("Memory:") for line in r["dmesg"]) and r["oom_kills"] == []
+        # itemized as the probe is, from its kernel's log read once settled (booted with memblock=debug)
+        items = r["set_aside_kib"]
+        assert sum(items.values()) == memory * 1024 - r["memtotal_boot_kib"]
+        assert abs(items["page descriptors"] - memory * 16) < 200 and abs(items.get("unexplained", 0)) < 1024, items
+        assert ("bounce buffer" in items) == (memory > 3584), items
+        assert r["zone_reserves"]["read"] == "settled" and r["zone_reserves"]["sysctl"]["min_free_kbytes"] > 0
+        assert 0 < predict.used_kib(r) < r["memtotal_settled_kib"] and predict.margin_mib(r) > 0
     assert got[4096]["free_m"]["total"] < got[1024]["free_m"]["total"] - 50
     assert overlays(env) == [] and qemu_pids(env["MEMBALLOON_EMBED_ROOT"]) == []
     status = cli(env, "status", str(manifest), "--results", str(tmp_path / "res"))

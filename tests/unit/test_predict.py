@@ -54,10 +54,19 @@ def test_the_condition_predicts_these_deaths_and_survivals():
     assert got["judged"] == 6 and got["predicted"] == 6 and not got["missed"], got
 
 
-def test_autodeflate_survives_and_xen_is_not_judged():
-    recs = [rec(16384, 512, "ok", autodeflate=True), dict(rec(16384, 1024), domain_type="xen")]
+def test_autodeflate_survives_and_xen_is_judged_on_what_it_boots_with():
+    # a Xen PV guest is built with currentMemory: MemTotal at boot is what it has, whatever memory is
+    xen = dict(rec(16384, 1024), domain_type="xen", memtotal_boot_kib=980_000,
+               zone_reserves={"zones": {"DMA32": {"free": 900_000, "min": 4_000, "managed": 980_000,
+                                                  "protection": [0, 0, 0, 0]}}})
+    assert pr.margin_mib(xen) == pytest.approx((980_000 - 80_000 - 4_000) / 1024)
+    recs = [rec(16384, 512, "ok", autodeflate=True), xen]
     got = pr.check_outcomes(recs)
-    assert got["predicted"] == 1 and got["not_judged"] == 1
+    assert got["judged"] == 2 and got["predicted"] == 2 and got["not_judged"] == 0
+    # the same guest with no room left is predicted to die: recorded alive, it is a miss
+    starved = dict(xen, zone_reserves={"zones": {"DMA32": {"free": 1_000, "min": 100_000, "managed": 980_000,
+                                                           "protection": [0, 0, 0, 0]}}})
+    assert pr.check_outcomes([starved])["missed"][0]["margin_mib"] < 0
 
 
 def test_a_size_not_measured_follows_the_kernels_rules_per_item():
@@ -101,10 +110,21 @@ def test_bad_questions_are_one_clear_line(kwargs, message):
                    experiment=args.get("experiment"), hypervisor=args.get("hypervisor"))
 
 
-def test_hotplug_guests_are_not_judged():
-    recs = [rec(16384, 256, "ok", memory_model="virtio-mem"), rec(16384, 256, "ok", memory_model="dimm")]
+def test_hotplug_guests_are_judged_on_what_they_boot_with():
+    boot = {"memtotal_boot_kib": 200_000, "zone_reserves": {"zones": {"DMA32": {
+        "free": 150_000, "min": 1_000, "managed": 200_000, "protection": [0, 0, 0, 0]}}}}
+    recs = [rec(16384, 256, "ok", memory_model="virtio-mem", **boot), rec(16384, 256, "ok", memory_model="dimm", **boot)]
+    assert pr.margin_mib(recs[0]) == pytest.approx((200_000 - 50_000 - 1_000) / 1024)
     got = pr.check_outcomes(recs)
-    assert got["judged"] == 0 and got["not_judged"] == 2
+    assert got["judged"] == 2 and got["predicted"] == 2 and got["not_judged"] == 0
+    assert pr.check_outcomes([rec(16384, 256, "ok", memory_model="dimm", zone_reserves=None)])["not_judged"] == 1
+
+
+def test_a_system_read_settled_counts_what_it_uses_settled():
+    settled = {"memtotal_settled_kib": 900_000, "zone_reserves": {"read": "settled", "zones": {"DMA32": {
+        "free": 700_000, "min": 4_000, "managed": 900_000, "protection": [0, 0, 0, 0]}}}}
+    r = rec(16384, 1024, "ok", guest="system", **settled)
+    assert pr.used_kib(r) == 200_000  # MemTotal settled minus free settled, not MemTotal at boot minus it
 
 
 def test_the_reserve_of_every_numa_node_counts():

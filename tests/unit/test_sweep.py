@@ -177,6 +177,20 @@ def test_a_timeout_is_measured_again_a_death_only_with_retry(fake):
     assert fake.created() == [1024, 16384]
 
 
+def test_a_forced_remeasure_that_times_out_keeps_the_recorded_outcome(fake):
+    def make(xml):
+        return probe_domain(xml, dies=int(sweep_memory(xml)) == 16384 * 1024)
+    fake.hosts["local"] = SweepHost("local", make)
+    m = fake.manifest()
+    fake.run(m)
+    assert recorded(m) == {1024: "ok", 4096: "ok", 16384: "oom"}
+    fake.hosts["local"] = SweepHost("local", lambda xml: probe_domain(xml, never=True))
+    again = fake.run(m, force=True)
+    assert again.measured == 3 and sorted(again.failed.values()) == ["timeout"] * 3
+    assert recorded(m) == {1024: "ok", 4096: "ok", 16384: "oom"}  # nothing measured is lost
+    assert "its recorded outcome (oom) is kept" in fake.stream.getvalue()
+
+
 def sweep_memory(xml: str) -> str:
     return xml.split("<memory unit=\"KiB\">")[1].split("<")[0]
 

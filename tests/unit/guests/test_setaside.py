@@ -143,3 +143,43 @@ def test_a_xen_pv_guest_without_memblock_debug_is_itemized_from_the_kernels_tota
     assert 10 * 1024 * 1024 - 1024 < items[XEN_UNPOPULATED] < 10 * 1024 * 1024 + 1024  # about 10 GiB
     assert 0 < items[NOT_ITEMIZED] < 400 * 1024 and "unexplained" not in items
     assert any("without memblock=debug" in n for n in found["notes"])
+
+
+def test_the_probe_greps_its_log_for_the_lines_a_full_system_is_filtered_by():
+    from generator.guests.probe import INIT_SCRIPT
+    from generator.guests.setaside import LOG_PATTERN
+
+    assert f"grep -E '{LOG_PATTERN}'" in INIT_SCRIPT
+
+
+def test_a_full_system_is_itemized_from_its_log_as_the_probe_is():
+    """A settled system's dmesg (the probe's lines among everything else it logged), its kallsyms
+    lines, /proc/zoneinfo and the sysctls give the probe's items, MemTotal at boot from the
+    kernel's totals, and the zones marked as read settled."""
+    from generator.guests.setaside import system_set_aside
+
+    console, memory, boot = capture(DATA / "qemu-6.1.0-57-amd64-4096.txt")
+    section = console.sections["memblock"].splitlines()
+    symbols = "\n".join(line.removeprefix("kallsyms ") for line in section if line.startswith("kallsyms "))
+    log = "\n".join(["[    0.000000] Linux version 6.1.0-57-amd64", "[    3.1] systemd[1]: Started Journal.",
+                     "\x1b[31m[    4.0] Memory: 1K/2K available (forged, not the kernel's format)"]
+                    + [line for line in section if not line.startswith("kallsyms ")]
+                    + ["[   12.0] virtio_balloon virtio3: inflating"] * 500)
+    zone_lines = console.sections["zoneinfo"].splitlines()
+    zoneinfo = "\n".join(line for line in zone_lines if not line.startswith("sysctl "))
+    sysctls = "\n".join(line.split(" ", 2)[2] for line in zone_lines if line.startswith("sysctl "))
+    got = system_set_aside(log, symbols, zoneinfo, sysctls, memory * 1024)
+    probe = itemize(console.sections["memblock"], memory * 1024)
+    assert got["found"]["items"] == probe["items"] and got["notes"] == []
+    assert abs(got["memtotal_boot_kib"] - boot) < 64  # the kernel's totals against the probe's own reading
+    assert got["zone_reserves"]["read"] == "settled"
+    assert got["zone_reserves"]["zones"] == zone_reserves(console.sections["zoneinfo"])["zones"]
+    assert got["zone_reserves"]["sysctl"]["min_free_kbytes"] == zone_reserves(console.sections["zoneinfo"])[
+        "sysctl"]["min_free_kbytes"]
+    # the start of the log overwritten (a log buffer too small for it): said, not hidden
+    late = "\n".join(line for line in log.splitlines() if "e820" not in line)
+    assert any("overwritten" in n for n in system_set_aside(late, symbols, zoneinfo, sysctls, memory * 1024)["notes"])
+    # no Memory: line at all: nothing itemized, and said
+    bare = system_set_aside("[ 1.0] systemd[1]: hello", "", "", "", memory * 1024)
+    assert bare["found"] is None and bare["memtotal_boot_kib"] is None and bare["zone_reserves"] is None
+    assert any("not itemized" in n for n in bare["notes"])
