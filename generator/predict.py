@@ -434,7 +434,7 @@ def check_outcomes(records: list[dict]) -> dict:
         m = margin_mib(r)
         if m is None:  # no zone reserves (measured before they were read, or dead before they could be)
             not_judged += 1
-            why = ("full systems that died before they could be read" if r.guest_kind == "system" and r.status != "ok"
+            why = ("boots that died before their zones could be read" if isinstance(r.set_aside_kib, dict)
                    else "boots measured before the reserves were recorded")
             not_judged_why[why] = not_judged_why.get(why, 0) + 1
             continue

@@ -40,6 +40,10 @@ _ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}
 _INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _BLOCK_START = re.compile(r"^(\s*)(#|-|\+|=)")
 _ATTRIBUTES = re.compile(r"\{(?=[^{}]*\}\s*$)")
+# Nor a link: goldmark's linkify (on by default in Hugo) turns 'https://…', 'www.…' and 'a@b.org' in text
+# into links. A ':' before '//' and every '@' become character references, and the '.' after 'www' is
+# escaped: each renders as the character it was, and linkify, which reads the source, sees no link.
+_LINKISH = re.compile(r"(?i):(?=//)|@|(?<![^\W_])www\.")
 
 
 def md_text(value) -> "Markup":
@@ -52,6 +56,7 @@ def md_text(value) -> "Markup":
     text = _INVISIBLE.sub("", " ".join(str(value).splitlines()))
     text = _MD_TEXT.sub(lambda m: _ENTITIES.get(m.group(0)) or "\\" + m.group(0), text)
     text = _ATTRIBUTES.sub(lambda m: "\\{", text)
+    text = _LINKISH.sub(lambda m: {":": "&#58;", "@": "&#64;"}.get(m.group(0)) or m.group(0)[:3] + "\\.", text)
     numbered = re.match(r"^(\s*[0-9]{1,9})([.)])(\s|$)", text)
     if numbered:
         return Markup(numbered.group(1) + "\\" + text[numbered.end(1):])

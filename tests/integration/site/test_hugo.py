@@ -412,7 +412,8 @@ def test_others_text_does_not_become_markdown_structure_in_hugo(sample, tmp_path
     text = page.read_text()
     # an entry edited into the published page, read back at the next build
     entry = ('[[updates]]\ndate = "2026-12-01"\nbase = "0123456789ab"\nchanges = ["1. Pwned {.x}", '
-             '"# Pwned {style=position:fixed}", "---"]\n\n')
+             '"# Pwned {style=position:fixed}", "---", "see https://evil.example/x, www.evil.example and '
+             'me@evil.example"]\n\n')
     head, body = text[4:].split("\n+++\n", 1)
     page.write_text("+++\n" + head + "\n\n" + entry + "+++\n" + body)
     build_all([m], site=site, quiet=True)
@@ -425,3 +426,6 @@ def test_others_text_does_not_become_markdown_structure_in_hugo(sample, tmp_path
     assert "<ol" not in article and "<hr" not in article
     assert "\u202e" not in html and "\x1b" not in html
     assert "Pwned" in article
+    # bare addresses stay text: goldmark's linkify (on in Hugo by default) made links of them
+    assert "evil.example/x" in article and "<a" not in article.split("evil.example/x")[0].rsplit("see", 1)[-1]
+    assert 'href="https://evil' not in html and 'href="http://www.evil' not in html and "mailto:" not in html

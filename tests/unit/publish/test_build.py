@@ -318,3 +318,15 @@ def test_a_republished_post_keeps_its_date(tmp_path):
 def load_sample_manifest(tmp_path):
     from tests.support.sample import sample_without_content
     return load(sample_without_content(tmp_path))
+
+
+def test_addresses_in_others_text_are_not_linkified():
+    """goldmark's linkify reads 'https://', 'www.' and 'a@b' in the source: none is left there, and each
+    still renders as the character it was (a character reference, an escaped '.')."""
+    assert md_text("see https://x.example/p") == "see https&#58;//x.example/p"
+    assert md_text("www.x.example and me@x.example") == "www\\.x.example and me&#64;x.example"
+    assert md_text("awww.x 6.1.0 a:b") == "awww.x 6.1.0 a:b"  # not a link, untouched
+    html = markdown_to_safe_html(str(md_text("https://x.example www.x.example me@x.example")))
+    import html as html_lib
+
+    assert "https://x.example www.x.example me@x.example" in html_lib.unescape(html) and "<a" not in html
