@@ -318,6 +318,17 @@ CMDLINE_REFUSED = ("init", "rdinit", "initrd", "initramfs_async", "root", "conso
                    "crash_kexec_post_notifiers", "trace_buf_size", "memtest", "transparent_hugepage")
 
 
+# What a manifest may set is an allow-list (README, "Threat model"): parameters that change neither what
+# runs nor the memory the kernel sets aside at boot. Anything else may size what is measured (a hash
+# table's entries, the low memory kept, a bounce buffer) without the posts saying so, and is refused.
+CMDLINE_ALLOWED = ("init_on_alloc", "init_on_free", "nokaslr", "mitigations", "pti", "nopti", "spectre_v2",
+                   "spec_store_bypass_disable", "tsx", "tsc", "clocksource", "no_timer_check", "nowatchdog",
+                   "nmi_watchdog", "random.trust_cpu", "random.trust_bootloader", "printk.time", "audit", "apparmor",
+                   "selinux", "security", "lsm", "ipv6.disable", "net.ifnames", "biosdevname", "fsck.mode",
+                   "rcupdate.rcu_expedited", "workqueue.power_efficient")
+CMDLINE_ALLOWED_PREFIXES = ("systemd.",)  # a full system's own services (not rd.*: that is the initramfs)
+
+
 def _cmdline(value, path, problems, ctx):
     """Extra kernel parameters, one line; none that change what runs or what is measured."""
     value = _line(value, path, problems, ctx)
@@ -339,6 +350,11 @@ def _cmdline(value, path, problems, ctx):
             return _BAD
         if '"' in word or "'" in word:
             problems.add(path, f"{word!r}: quotes in kernel parameters are not supported; remove them")
+            return _BAD
+        if name not in CMDLINE_ALLOWED and not name.startswith(CMDLINE_ALLOWED_PREFIXES):
+            problems.add(path, f"{word!r}: not a kernel parameter a manifest may set (it may change what the kernel "
+                               f"sets aside, which is what is measured); allowed: {', '.join(CMDLINE_ALLOWED)}, "
+                               "systemd.*")
             return _BAD
     return value
 

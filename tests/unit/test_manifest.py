@@ -275,6 +275,8 @@ def test_symlinks_out_of_the_project_are_followed_and_refused(tmp_path):
 
 
 @pytest.mark.parametrize("cmdline", ["x\u00e0mem=256M x\u00e0rdinit=/bin/sh", "a\tb", "swiotlb=force", "hugepages=64",
+                                     "reservelow=640K", "dhash_entries=67108864", "nokaslr ihash_entries=1",
+                                     "rd.systemd.unit=emergency.target",
                                      "cma=64M", "initcall_blacklist=virtio_balloon_driver_init",
                                      "rdinit=/bin/sh", "init=/bin/sh", "quiet -- sh -c x", "console=tty0",
                                      "mem=512M", "memmap=1G$4G", "memballoon.mode=canary", "panic=0",
@@ -286,6 +288,13 @@ def test_cmdline_that_changes_init_or_the_measurement_is_refused(tmp_path, cmdli
 
 def test_harmless_cmdline_passes(tmp_path):
     assert main("validate", str(with_guest(tmp_path, "{name: g, cmdline: 'init_on_alloc=0 nokaslr'}"))).returncode == 0
+    assert main("validate", str(with_guest(tmp_path, "{name: g, cmdline: 'systemd.unit=multi-user.target "
+                                                     "mitigations=off'}"))).returncode == 0
+
+
+def test_a_parameter_that_sizes_the_set_aside_is_refused_naming_what_is_allowed(tmp_path):
+    line = one_line_error(main("validate", str(with_guest(tmp_path, "{name: g, cmdline: 'dhash_entries=67108864'}"))))
+    assert "guests[0].cmdline" in line and "'dhash_entries=67108864'" in line and "allowed: init_on_alloc" in line
 
 
 @pytest.mark.parametrize("text, expect", [
