@@ -26,7 +26,6 @@ import re
 import threading
 import time
 import xml.etree.ElementTree as ET
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -171,6 +170,13 @@ def _agent_meminfo(dom) -> tuple[float | None, str]:
     return (int(m.group(1)) / 1024 if m else None), release
 
 
+class Stopped(Exception):
+    """The domain stopped between the host's list and its reading."""
+
+
+MAX_KIB = 1 << 42  # 4 PiB: libvirt's figures beyond this are not a guest's
+
+
 def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = False) -> GuestRow:
     """One running domain's row. Reads only (see the module's docstring for the two opt-ins)."""
     import libvirt
@@ -180,6 +186,10 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
     row.domain_type = _text(live.get("type") or "", 16)
     row.title = _text((live.findtext("title") or "").strip())
     state, max_kib, now_kib, *_ = dom.info()
+    if state in (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_CRASHED):
+        raise Stopped()  # it stopped after the host listed it: not running, not a row
+    if not 0 < (max_kib or 0) <= MAX_KIB or not 0 <= (now_kib or 0) <= max_kib:
+        raise ValueError(f"libvirt reports memory {max_kib} KiB, balloon {now_kib} KiB: not figures of a guest")
     row.memory_mib = (max_kib or _kib_of(live, "memory") or 0) / 1024 or None
     row.balloon_mib = now_kib / 1024 if now_kib else None
     configured = None
@@ -203,6 +213,10 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
         except libvirt.libvirtError as e:
             stats, row.unknown_why = {}, f"balloon statistics unreadable: {_text(libvirt_message(e), 120)}"
     available = stats.get("available") if isinstance(stats.get("available"), int) else None
+    if available is not None and not 0 < available <= max_kib:
+        row.unknown_why = (f"the guest reports {available} KiB available, not between 0 and its memory "
+                           f"({max_kib} KiB): not read")
+        available = None
     updated = stats.get("last_update") if isinstance(stats.get("last_update"), int) else None
     # Without a period the guest reported once, when its driver loaded (before the balloon took
     # anything): a figure that old is not what it sees now.
@@ -218,8 +232,10 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
     if opts.agent and _has_agent(live) and (row.sees_mib is None or not row.kernel):
         try:
             total, release = _agent_meminfo(dom)
-            if row.sees_mib is None and total:
+            if row.sees_mib is None and total and 0 < total <= max_kib / 1024:
                 row.sees_mib, row.sees_from = total, "guest agent"
+            elif row.sees_mib is None and total:
+                row.unknown_why = f"the guest agent reports MemTotal {total:.0f} MiB, more than its memory: not read"
             if release:
                 row.kernel, row.kernel_from = release, "the guest agent"
         except Exception as e:  # noqa: BLE001 - the agent is optional: say why it did not answer
@@ -300,6 +316,8 @@ def audit_host(target: Target, model: Model | None, opts: Options) -> HostAudit:
         for dom in domains:
             try:
                 out.guests.append(audit_domain(dom, model, opts))
+            except Stopped:
+                continue
             except libvirt.libvirtError as e:
                 if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
                     continue  # it stopped while the host was being audited: not running, not a row
@@ -364,16 +382,24 @@ def audit(targets: list[Target], model: Model | None, opts: Options, progress: C
     """Every host, several at once; the results in the order given."""
     results: list[HostAudit | None] = [None] * len(targets)
     lock = threading.Lock()
+    slots = threading.Semaphore(max(1, min(MAX_HOSTS_AT_ONCE, len(targets))))
 
     def one(i: int) -> None:
-        results[i] = audit_host(targets[i], model, opts)
+        with slots:
+            results[i] = audit_host(targets[i], model, opts)
         if progress:
             with lock:
                 r = results[i]
                 progress(f"  {r.name}: " + (f"failed: {r.error}" if r.error else
                                             f"{len(r.guests)} running guest(s) in {r.seconds:.1f} s"))
-    with ThreadPoolExecutor(max_workers=max(1, min(MAX_HOSTS_AT_ONCE, len(targets)))) as pool:
-        list(pool.map(one, range(len(targets))))
+    # Daemon threads, waited for in short joins: Ctrl-C ends the audit at once, and a host that
+    # stalls (an SSH connection that will only time out) does not hold the exit back.
+    threads = [threading.Thread(target=one, args=(i,), daemon=True, name=f"audit-{i}") for i in range(len(targets))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.2)
     return [r for r in results if r is not None]
 
 

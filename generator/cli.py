@@ -449,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--workers must be from 1 to 256")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if not args.verbose:  # a connection's failure is said once, in the tool's words; paramiko's own
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)  # lines (at Ctrl-C too) only with -v
     try:
         return args.func(args)
     except UserError as e:

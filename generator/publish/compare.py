@@ -132,6 +132,11 @@ def resolve_revision(top: Path, rev: str) -> str:
         raise UserError(f"{plain(rev)!r} is not a git revision (a commit, tag or branch name)")
     out = git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
     if out.returncode != 0 or not out.stdout.strip():
+        exists = git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", rev)
+        if exists.returncode == 0 and exists.stdout.strip():
+            kind = git(top, "cat-file", "-t", exists.stdout.strip()).stdout.strip() or "object"
+            raise UserError(f"revision {plain(rev)!r} is a {plain(kind)}, not a commit: compare reads a commit's "
+                            "records (and its date); name a commit, tag or branch")
         shallow = git(top, "rev-parse", "--is-shallow-repository").stdout.strip() == "true"
         raise UserError(f"revision {plain(rev)!r} does not exist in {top}"
                         + ("; this clone is shallow: fetch its history with 'git fetch --unshallow'" if shallow

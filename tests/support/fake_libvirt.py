@@ -26,11 +26,11 @@ def domain_xml(name: str, memory_kib: int, current_kib: int, *, period: int | No
 class FakeDomain:
     def __init__(self, name: str, memory_kib: int, current_kib: int, sees_kib: int | None, *, period: int | None = 5,
                  balloon: bool = True, title: str = "", kernel: str = "", agent: bool = False, dtype: str = "kvm",
-                 vanish: bool = False, persistent: bool = True):
+                 vanish: bool = False, persistent: bool = True, state: int = 1):
         self._name, self.memory_kib, self.current_kib, self.sees_kib = name, memory_kib, current_kib, sees_kib
         self.period, self.balloon, self.title, self.kernel, self.agent, self.dtype = (period, balloon, title, kernel,
                                                                                       agent, dtype)
-        self.vanish, self.persistent = vanish, persistent
+        self.vanish, self.persistent, self.state = vanish, persistent, state
         self.changes: list[tuple] = []
 
     def _gone(self):
@@ -49,7 +49,7 @@ class FakeDomain:
 
     def info(self):
         self._gone()
-        return [1, self.memory_kib, self.current_kib, 1, 0]
+        return [self.state, self.memory_kib, self.current_kib, 1, 0]
 
     def isPersistent(self):
         return self.persistent

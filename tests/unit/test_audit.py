@@ -146,3 +146,43 @@ def test_a_domain_that_answers_nonsense_is_its_own_row(model):
 def test_lower_to_below_current_memory_is_current_memory(model):
     g = row(model, FakeDomain("db", 8 * GIB, 2 * GIB, 1800 * 1024), lower_to_mib=512)
     assert g.lower_to_mib == 2048  # libvirt refuses a ceiling below the target
+
+
+def test_a_guest_stopped_after_the_list_is_not_a_row_and_not_counted(model):
+    import libvirt
+
+    doms = [FakeDomain("stopped", 64 * GIB, 1 * GIB, 300 * 1024, state=libvirt.VIR_DOMAIN_SHUTOFF),
+            FakeDomain("ok", 2 * GIB, 1 * GIB, 940 * 1024)]
+    [h] = au.audit([host(doms)[0]], model, au.Options())
+    assert [g.name for g in h.guests] == ["ok"] and h.totals["guests"] == 1
+
+
+def test_figures_no_guest_can_have_are_not_read(model):
+    """A guest reporting 2**64-1 KiB available, and libvirt answering a balloon above memory: no
+    figure from them reaches the table, the JSON or the totals."""
+    huge = FakeDomain("huge", 4 * GIB, 1 * GIB, 2**64 - 1)
+    odd = FakeDomain("odd", 4 * GIB, 1 * GIB, 843 * 1024)
+    odd.info = lambda: [1, 4 * GIB, 2**63, 1, 0]
+    [h] = au.audit([host([huge, odd, FakeDomain("ok", 2 * GIB, 1 * GIB, 940 * 1024)])[0]], model, au.Options())
+    rows = {g.name: g for g in h.guests}
+    assert rows["huge"].sees_mib is None and "not between 0 and its memory" in rows["huge"].unknown_why
+    assert rows["odd"].sees_mib is None and "not figures of a guest" in rows["odd"].unknown_why
+    text = "\n".join(au.table([h]))
+    assert "18,014,398" not in text and "-" + "1" not in text.replace(" -", "")
+    totals = h.totals
+    assert all(v is None or v >= 0 for v in totals.values() if isinstance(v, (int, float))), totals
+
+
+def test_ctrl_c_ends_an_audit_at_once_while_a_host_stalls(model):
+    """A host stuck in its connection (an SSH timeout away) does not hold back an interrupted audit."""
+    import _thread
+    import threading
+    import time
+
+    def stalls(read_only):
+        time.sleep(30)
+    started = time.monotonic()
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        au.audit([au.Target("stuck", "qemu+ssh://root@stuck/system", stalls)], model, au.Options())
+    assert time.monotonic() - started < 3

@@ -111,7 +111,8 @@ def test_provenance_changes_are_listed(repo):
 
 @pytest.mark.parametrize("rev, says", [("nosuch", "revision 'nosuch' does not exist"),
                                        ("--upload-pack=x", "is not a git revision"),
-                                       ("HEAD;id", "is not a git revision")])
+                                       ("HEAD;id", "is not a git revision"),
+                                       ("HEAD^{tree}", "revision 'HEAD^{tree}' is a tree, not a commit")])
 def test_revisions_that_cannot_be_read_are_one_line(repo, rev, says):
     out = compare(repo, "--", rev)
     assert out.returncode == 1 and out.stderr.count("\n") == 1 and says in out.stderr, out.stderr
