@@ -457,6 +457,50 @@ def as_json(hosts: list[HostAudit], model: Model | None) -> str:
     return json.dumps(doc, indent=1, ensure_ascii=True) + "\n"
 
 
+# Per domain, in bytes (Prometheus' base unit); a figure audit could not state is left out, never 0.
+PROMETHEUS_GAUGES = (
+    ("memory_bytes", "memory_mib", "libvirt's memory: the guest's ceiling"),
+    ("current_memory_bytes", "current_memory_mib", "libvirt's currentMemory: what the balloon is told to leave"),
+    ("balloon_bytes", "balloon_mib", "what the balloon gives the guest now"),
+    ("sees_bytes", "sees_mib", "the guest's own MemTotal"),
+    ("lost_bytes", "lost_mib", "currentMemory minus what the guest sees"),
+    ("lost_to_ceiling_bytes", "ceiling_mib", "the part of the loss the ceiling costs, from the kernel's rules"),
+    ("give_back_bytes", "give_back_mib", "what lowering memory would give back to the guest"),
+)
+
+
+def as_prometheus(hosts: list[HostAudit]) -> str:
+    """The figures in Prometheus' text format (node_exporter's textfile collector reads it), written by
+    prometheus_client, which escapes the label values (host and domain names are anyone's text)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import GaugeMetricFamily
+
+    class Audit:
+        def collect(self):
+            up = GaugeMetricFamily("memballoon_audit_host_up", "1 if the host was read, 0 if it failed",
+                                   labels=["host"])
+            seconds = GaugeMetricFamily("memballoon_audit_host_seconds", "how long reading the host took",
+                                        labels=["host"])
+            families = [(GaugeMetricFamily(f"memballoon_guest_{name}", what, labels=["host", "domain"]), field_)
+                        for name, field_, what in PROMETHEUS_GAUGES]
+            for h in hosts:
+                up.add_metric([h.name], 0 if h.error else 1)
+                seconds.add_metric([h.name], round(h.seconds, 3))
+                for g in h.guests:
+                    for family, field_ in families:
+                        value = getattr(g, field_)
+                        if value is not None:
+                            family.add_metric([h.name, g.name], round(value * 1024 * 1024))
+            yield up
+            yield seconds
+            for family, _ in families:
+                yield family
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Audit())
+    return generate_latest(registry).decode("utf-8")
+
+
 def failed(hosts: list[HostAudit]) -> bool:
     return any(h.error for h in hosts)
 

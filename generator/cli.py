@@ -198,8 +198,10 @@ def cmd_audit(args) -> int:
                                                 f"live statistics periods of {args.enable_stats} s"
                                                 if args.enable_stats else "") if x)), file=sys.stderr)
     hosts = au.audit(targets, model, opts, progress=lambda line: say(line, file=sys.stderr))
-    if args.json:
+    if args.json or args.format == "json":
         sys.stdout.write(au.as_json(hosts, model))
+    elif args.format == "prometheus":
+        sys.stdout.write(au.as_prometheus(hosts))
     else:
         for line in au.table(hosts):
             say(line)
@@ -399,7 +401,10 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("uris", nargs="*", metavar="URI", help="libvirt URIs: qemu:///system, qemu+ssh://root@kvm1/system, "
                                                           "xen+ssh://…")
     a.add_argument("--hosts", metavar="MANIFEST", help="the hosts of a manifest, reached as its sweep reaches them")
-    a.add_argument("--json", action="store_true", help="machine-readable output (format memballoon-audit, version 1)")
+    a.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
+                   help="table (default); json: format memballoon-audit, version 1; prometheus: the text format "
+                        "of node_exporter's textfile collector (README, 'Audit')")
+    a.add_argument("--json", action="store_true", help="the same as --format json")
     a.add_argument("--agent", action="store_true",
                    help="read /proc/meminfo and the kernel release through the QEMU guest agent where there is one")
     a.add_argument("--enable-stats", type=int, metavar="SECONDS",

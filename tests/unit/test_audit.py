@@ -186,3 +186,28 @@ def test_ctrl_c_ends_an_audit_at_once_while_a_host_stalls(model):
     with pytest.raises(KeyboardInterrupt):
         au.audit([au.Target("stuck", "qemu+ssh://root@stuck/system", stalls)], model, au.Options())
     assert time.monotonic() - started < 3
+
+
+def test_prometheus_output_parses_and_escapes_hostile_names(model):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    evil = 'we"b\\x\nnext{a="b"} 1'
+    doms = [FakeDomain(evil, 16 * GIB, 1 * GIB, 800 * 1024), FakeDomain("quiet", 2 * GIB, 1 * GIB, None)]
+    def broken(read_only):
+        import libvirt
+        raise libvirt.libvirtError("Failed to connect socket")
+    hosts = au.audit([host(doms, "kvm1")[0], au.Target("down", "qemu+ssh://root@down/system", broken)], model,
+                     au.Options())
+    text = au.as_prometheus(hosts)
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    up = {s.labels["host"]: s.value for s in families["memballoon_audit_host_up"].samples}
+    assert up == {"kvm1": 1, "down": 0}
+    sees = {s.labels["domain"]: s.value for s in families["memballoon_guest_sees_bytes"].samples}
+    assert list(sees.values()) == [800 * 1024 * 1024]
+    name = next(iter(sees))
+    assert name == next(g.name for g in hosts[0].guests if g.sees_mib)  # the name, exactly, after escaping
+    ceiling = {s.labels["domain"]: s.value for s in families["memballoon_guest_memory_bytes"].samples}
+    assert ceiling[name] == 16 * GIB * 1024 and ceiling["quiet"] == 2 * GIB * 1024
+    assert "quiet" not in sees  # unknown is left out, not written as 0
+    lost = families["memballoon_guest_lost_to_ceiling_bytes"].samples
+    assert lost and all(s.value > 0 for s in lost)
