@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import hypervisors
-from .errors import UserError, libvirt_message
+from .errors import UserError, daemon_hint, libvirt_message
 from .model import Model, family
 from .text import bounded_int, plain
 
@@ -524,7 +524,9 @@ def _opener(spec, cache_dir: Path) -> Callable[[bool], object]:
         try:
             return libvirt.openReadOnly(uri) if read_only else libvirt.open(uri)
         except libvirt.libvirtError as e:
-            raise UserError(f"cannot open libvirt at {_redact(spec.uri)}: {libvirt_message(e)}") from None
+            message = libvirt_message(e)
+            raise UserError(f"cannot open libvirt at {_redact(spec.uri)}: {message}{daemon_hint(uri, message)}") \
+                from None
     return open_
 
 

@@ -37,3 +37,17 @@ def libvirt_message(e: Exception) -> str:
     without a libvirt error behind it has no message of libvirt's)."""
     message = getattr(e, "get_error_message", lambda: None)()
     return message or str(e)
+
+
+def daemon_hint(uri: str, message: str, measuring: bool = False) -> str:
+    """What to do when a local libvirt URI finds no daemon socket: start the daemon (how depends on the
+    machine), or use the embedded driver. Empty where the message is about something else."""
+    if "Failed to connect socket" not in message or "No such file or directory" not in message:
+        return ""
+    from urllib.parse import urlsplit
+
+    if urlsplit(uri).hostname:
+        return "; libvirt's daemon is not running on that host: start it there"
+    return ("; libvirt's daemon is not running here: start it (systemctl start libvirtd, or virtqemud for the "
+            "modular daemons; without systemd: libvirtd -d)"
+            + (", or measure with uri: embedded, which needs no daemon" if measuring else ""))

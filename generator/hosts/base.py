@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 
 from .. import hypervisors
 from ..domain import PREFIX
-from ..errors import HostError, UserError, libvirt_message
+from ..errors import HostError, UserError, daemon_hint, libvirt_message
 from ..manifest import Host as HostSpec
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,9 @@ class HostRuntime:
         try:
             self._conn = libvirt.open(self.uri)
         except libvirt.libvirtError as e:
-            raise HostError(f"host {self.name}: cannot open libvirt at {self.uri}: {libvirt_message(e)}") from None
+            message = libvirt_message(e)
+            raise HostError(f"host {self.name}: cannot open libvirt at {self.uri}: {message}"
+                            f"{daemon_hint(self.uri, message, measuring=True)}") from None
         return self._conn
 
     def close(self) -> None:

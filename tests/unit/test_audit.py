@@ -211,3 +211,14 @@ def test_prometheus_output_parses_and_escapes_hostile_names(model):
     assert "quiet" not in sees  # unknown is left out, not written as 0
     lost = families["memballoon_guest_lost_to_ceiling_bytes"].samples
     assert lost and all(s.value > 0 for s in lost)
+
+
+def test_no_daemon_says_how_to_start_one():
+    from generator.errors import daemon_hint
+
+    gone = "Failed to connect socket to '/var/run/libvirt/libvirt-sock-ro': No such file or directory"
+    assert "systemctl start libvirtd" in daemon_hint("qemu:///system", gone)
+    assert "uri: embedded" in daemon_hint("qemu:///session", gone, measuring=True)
+    assert "embedded" not in daemon_hint("qemu:///session", gone)
+    assert "on that host" in daemon_hint("qemu+ssh://root@kvm1/system", gone)
+    assert daemon_hint("qemu:///system", "authentication failed") == ""
