@@ -410,9 +410,15 @@ def destroy(dom, libvirt) -> None:
         pass
 
 
+CANARY_SILENT_S = 4.0
+
+
 def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, timeout: float, run_id: str,
            stop: threading.Event | None = None) -> tuple[bool, str]:
-    """Boot the probe briefly with a domain type; (True, why) if its init answered in time."""
+    """Boot the probe briefly with a domain type; (True, why) if its init answered in time. A guest that
+    has printed nothing at all after CANARY_SILENT_S is not running: where KVM works the kernel's first
+    lines reach the console well within a second, so the answer 'unusable' takes seconds, not the
+    whole timeout."""
     libvirt = libvirt_module()
     conn = host.connect()
     name = domain_name(run_id, f"canary-{domain_type}")
@@ -429,8 +435,11 @@ def canary(host: HostRuntime, *, kernel: str, initrd: str, domain_type: str, tim
         while time.monotonic() - t0 < timeout:
             if stop is not None and stop.is_set():
                 raise StopRequested()
-            if Console.parse(host.read_text(console_path)).has("canary-ok"):
+            text = host.read_text(console_path)
+            if Console.parse(text).has("canary-ok"):
                 return True, f"canary boot answered in {time.monotonic() - t0:.1f} s"
+            if not text.strip() and time.monotonic() - t0 > min(CANARY_SILENT_S, timeout):
+                return False, f"the canary guest printed nothing in {CANARY_SILENT_S:g} s"
             if not _alive(dom, libvirt):
                 tail = excerpt(host.read_text(console_path), 3)
                 return False, "canary guest stopped without answering" + (f": {tail[-1]}" if tail else "")

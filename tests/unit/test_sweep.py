@@ -279,6 +279,24 @@ def test_auto_picks_tcg_without_kvm_and_kvm_when_its_canary_answers(fake, tmp_pa
     assert dtype == "kvm" and why.endswith("(cached canary result)") and len(kvm.conn.domains) == 1  # no new boot
 
 
+def test_a_kvm_that_runs_nothing_is_found_out_in_seconds_not_at_the_timeout(fake, tmp_path, monkeypatch):
+    """Like /dev/kvm here (a PVM module): the domain starts, its guest never prints a line."""
+    import time
+
+    from generator import measure
+    from tests.support.fake_host import ScriptedDomain
+
+    monkeypatch.setattr(measure, "CANARY_SILENT_S", 0.5)
+    spec = fake.manifest(domain_type="auto").host("local")
+    silent = SweepHost("local", lambda xml: ScriptedDomain(xml, [(99.0, "never")], 256 * 1024, 256 * 1024,
+                                                           ends=False), kvm=True)
+    silent.spec = spec
+    started = time.monotonic()
+    dtype, why = choose_domain_type(silent, silent.facts(), "/k", "/i", "6.1.0-57-amd64-pvh", 30, "t", tmp_path / "c")
+    assert dtype == "qemu" and "printed nothing in 0.5 s" in why and time.monotonic() - started < 5
+    assert not any(d.isActive() for d in silent.conn.domains)  # the canary is gone
+
+
 # --- slots and memory -------------------------------------------------------------------------------
 def test_local_slots_leave_the_nested_hosts_cores():
     spec = type("S", (), {"slots": 0})()
