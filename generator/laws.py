@@ -27,6 +27,13 @@ follows (Linux 6.1 unless said):
   of the kernel and the machine, fitted; memory a hotplug guest can plug later is not RAM at
   boot and counts as a hole.
 
+A Xen PV guest is built with currentMemory populated, and its kernel sizes its memory map for at most
+ten times that much more (arch/x86/xen/setup.c `xen_memory_setup`, EXTRA_MEM_RATIO), never beyond
+memory. What lies beyond the map is set aside whole; the map's unpopulated part is reserved at boot;
+the kernel's own reservations follow the map: 64 B of page descriptor per page, the hash tables (of
+the map on 5.10 and 6.1, of the populated memory on 6.12: the fit picks whichever the records show),
+and a fitted line (its page lists, page tables and the rest: about 4.1 MiB per GiB of map on all three).
+
 The page allocator's reserve against an ordinary allocation (what predict's survival condition
 takes off) follows the watermark rules of mm/page_alloc.c: `min_free_kbytes` is
 sqrt(16 x lowmem KiB) (`init_per_zone_wmark_min`), raised to khugepaged's recommendation of
@@ -92,6 +99,9 @@ def size_class(present_mib: float) -> int:
     return roundup_pow2(kernel_pages(present_mib) >> 1)
 
 
+XEN_EXTRA_MEM_RATIO = 10                  # arch/x86/xen/setup.c: the map grows to 10 x the starting memory
+
+
 @dataclass(frozen=True)
 class Guest:
     """What the kernel sizes its bookkeeping for."""
@@ -99,6 +109,13 @@ class Guest:
     memory_mib: int                 # the ceiling (libvirt's memory)
     present_mib: int                # RAM present at boot: memory, or currentMemory for a hotplug guest
     above_4g: bool                  # may have RAM above 4 GiB: the bounce buffer
+    xen_pv_current_mib: int = 0     # a Xen PV guest: the memory it is built with (0: not one)
+
+    @property
+    def xen_map_mib(self) -> int:
+        """A Xen PV guest's memory map: what it starts with plus at most ten times that more
+        (`xen_memory_setup`, EXTRA_MEM_RATIO), never beyond memory. The rest no map describes."""
+        return min(self.memory_mib, (1 + XEN_EXTRA_MEM_RATIO) * self.xen_pv_current_mib)
 
 
 def guest_of(memory_mib: int, current_mib: int, memory_model: str, domain_type: str) -> Guest:
@@ -106,10 +123,8 @@ def guest_of(memory_mib: int, current_mib: int, memory_model: str, domain_type: 
     hotplug = memory_model in ("virtio-mem", "dimm") and memory_mib > current_mib
     present = current_mib if hotplug else memory_mib
     if not hv.inflates_after_boot:          # Xen PV: no swiotlb in an unprivileged guest
-        above = False
-    else:
-        above = hotplug or present > PC_BELOW_4G_MIB
-    return Guest(memory_mib, present, above)
+        return Guest(memory_mib, present, False, current_mib)
+    return Guest(memory_mib, present, hotplug or present > PC_BELOW_4G_MIB)
 
 
 def _fit_line(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -136,10 +151,17 @@ class Laws:
     dma_managed_kib: float | None = None
     dma32_managed_kib: float | None = None  # once there is RAM above 4 GiB
     used: dict = field(default_factory=dict)        # size class -> (memory MiB, KiB in use at boot)
+    xen_unpopulated_kib: float = 0.0       # Xen PV: the map's unpopulated part beyond (map - start)
+    xen_reservations: tuple = (0.0, 0.0)   # Xen PV: its other boot reservations beyond 64 B per page and
+                                           # the hash tables: (constant, per GiB of map)
+    xen_hash_by_map: bool = True           # Xen PV: hash tables sized by the map (5.10, 6.1) or by the
+                                           # memory populated at boot (6.12): whichever the records show
 
     # -- the set-aside ------------------------------------------------------------------------------
     def items(self, g: Guest) -> dict[str, float]:
         """KiB per item of what the kernel sets aside at boot for this guest."""
+        if g.xen_pv_current_mib:
+            return self._xen_pv_items(g)
         gib = g.present_mib / 1024
         c0, c1 = self.page_descriptors
         out = {sa.PAGE_DESCRIPTORS: g.present_mib * 1024 * STRUCT_PAGE_BYTES / 4096 + c0 + c1 * gib,
@@ -150,6 +172,24 @@ class Laws:
             out[name] = kib
         out[sa.FIRMWARE] = self.constants.get(sa.FIRMWARE, 0.0) + (g.memory_mib - g.present_mib) * 1024
         return out
+
+    def _xen_pv_items(self, g: Guest) -> dict[str, float]:
+        """A Xen PV guest, itemized as its records are (from the kernel's totals and Xen's map): what
+        lies beyond the map, the map's unpopulated part, and the kernel's own reservations as one item,
+        which follow the map: 64 B of page descriptor per page and the hash tables' power-of-two rule,
+        plus a fitted line (its page lists, page tables and the rest)."""
+        map_mib = g.xen_map_mib
+        c0, c1 = self.xen_reservations
+        out = {sa.XEN_BEYOND: (g.memory_mib - map_mib) * 1024.0,
+               sa.XEN_UNPOPULATED: (map_mib - g.xen_pv_current_mib) * 1024.0 + self.xen_unpopulated_kib,
+               sa.NOT_ITEMIZED: (map_mib * 1024 * STRUCT_PAGE_BYTES / 4096 + self._xen_hash_kib(g)
+                                 + c0 + c1 * map_mib / 1024)}
+        for name, kib in self.constants.items():
+            out[name] = kib
+        return out
+
+    def _xen_hash_kib(self, g: Guest) -> float:
+        return hash_tables_kib(g.xen_map_mib if self.xen_hash_by_map else g.xen_pv_current_mib)
 
     def set_aside_kib(self, g: Guest) -> float:
         return sum(self.items(g).values())
@@ -219,6 +259,8 @@ def fit(records: list, domain_type: str, kernel: str | tuple) -> Laws | None:
     if not itemized:
         return None
     laws = Laws(domain_type, kernel, len(itemized))
+    if not hypervisors.for_domain_type(domain_type).inflates_after_boot:
+        return _fit_xen_pv(laws, itemized, domain_type)
     balloon = [r for r in itemized if (r.memory_model or "balloon") == "balloon"]
     base = balloon or itemized
     pd, pt = [], []
@@ -253,6 +295,33 @@ def fit(records: list, domain_type: str, kernel: str | tuple) -> Laws | None:
     laws.dma_managed_kib = statistics.median(dma) if dma else None
     laws.dma32_managed_kib = statistics.median(dma32) if dma32 else None
     laws.used = {c: (min(m for m, _ in v), statistics.median(u for _, u in v)) for c, v in used.items()}
+    return laws
+
+
+def _fit_xen_pv(laws: Laws, itemized: list, domain_type: str) -> Laws:
+    """A Xen PV kernel's constants: the image and holes, the unpopulated part's offset, and the line of
+    its other reservations against the size of its map."""
+    offsets, fits = [], []
+    for by_map in (True, False):
+        laws.xen_hash_by_map = by_map
+        rest = []
+        for r in itemized:
+            g = guest_of(r.memory_mib, r.current_memory_mib, "balloon", domain_type)
+            rest.append((g.xen_map_mib / 1024, r.set_aside_kib.get(sa.NOT_ITEMIZED, 0)
+                         - g.xen_map_mib * 1024 * STRUCT_PAGE_BYTES / 4096 - laws._xen_hash_kib(g)))
+        line = _fit_line(rest)
+        worst = max(abs(y - line[0] - line[1] * x) for x, y in rest)
+        fits.append((worst, not by_map, line))
+    _worst, by_populated, laws.xen_reservations = min(fits)
+    laws.xen_hash_by_map = not by_populated
+    for r in itemized:
+        g = guest_of(r.memory_mib, r.current_memory_mib, "balloon", domain_type)
+        offsets.append(r.set_aside_kib.get(sa.XEN_UNPOPULATED, 0) - (g.xen_map_mib - g.xen_pv_current_mib) * 1024)
+    laws.xen_unpopulated_kib = statistics.median(offsets)
+    for name in (sa.KERNEL, sa.FIRMWARE):
+        values = [r.set_aside_kib.get(name, 0) for r in itemized]
+        if any(values):
+            laws.constants[name] = statistics.median(values)
     return laws
 
 

@@ -131,3 +131,30 @@ def test_shipped_rules_that_are_not_numbers_are_refused():
         with pytest.raises((ValueError, TypeError)):
             L.laws_of(dict(entry, **{key: bad}))
     assert L.laws_of(entry).bounce_kib == entry["bounce_kib"]
+
+
+def test_xen_pv_follows_its_map_rule_on_every_boot():
+    """A Xen PV guest's map is its starting memory plus at most ten times that (`xen_memory_setup`):
+    at currentMemory 1 GiB the map stops at 11 GiB, and what lies beyond it is set aside whole. Every
+    Xen boot, itemized from its kernel's totals (the dmesg lines each record keeps), agrees with its
+    kernel's laws within 1 MiB per item and in total."""
+    from generator.guests.setaside import XEN_BEYOND, itemize
+
+    g = L.guest_of(131072, 1024, "balloon", "xen")
+    assert g.xen_map_mib == 11264 and not g.above_4g
+    assert L.guest_of(4096, 1024, "balloon", "xen").xen_map_mib == 4096
+    xen = []
+    for r in committed_records(ROOT / "experiments"):
+        if r.get("domain_type") != "xen" or r.get("status") != "ok":
+            continue
+        found = itemize("\n".join(r["dmesg"]), r["memory_mib"] * 1024, r["memtotal_boot_kib"],
+                        current_kib=r["current_memory_mib"] * 1024)
+        xen.append(dict(r, set_aside_kib=found["items"]))
+    assert len(xen) >= 72
+    laws = L.all_laws(xen)
+    assert {k for k in laws if k[0] == "xen"} == {("xen", "5.10"), ("xen", "6.1"), ("xen", "6.12")}
+    assert L.disagreements(xen, laws) == []
+    # the kernel's other reservations grow alike in all three: about 4.2 MiB per GiB of map beyond 64 B/page
+    assert all(4000 < law.xen_reservations[1] < 4300 for law in laws.values())
+    big = next(r for r in xen if r["memory_mib"] == 131072)
+    assert big["set_aside_kib"][XEN_BEYOND] == laws[("xen", L.series_of(big["guest_kernel"]))].items(g)[XEN_BEYOND]
