@@ -32,7 +32,7 @@ from typing import Callable
 
 from . import hypervisors
 from .errors import UserError, daemon_hint, libvirt_message
-from .model import Model, family
+from .model import Model
 from .text import bounded_int, plain
 
 FORMAT, VERSION = "memballoon-audit", 1
@@ -205,7 +205,8 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
     row.kernel, row.kernel_from = _kernel_from_xml(live), "the domain's kernel file"
     if not row.kernel:
         row.kernel_from = ""
-    fam = family(row.domain_type)
+    hv = hypervisors.known(row.domain_type)
+    fam = hv.name if hv else ""
     stats = {}
     if has_balloon:
         try:
@@ -245,8 +246,11 @@ def audit_domain(dom, model: Model | None, opts: Options, read_again: bool = Fal
         if not has_balloon:
             row.unknown_why = "no balloon device" + (" (the guest agent is read with --agent)" if _has_agent(live)
                                                      and not opts.agent else "")
-        elif hypervisors.for_domain_type(row.domain_type).no_guest_stats:
-            row.unknown_why = (hypervisors.for_domain_type(row.domain_type).no_guest_stats
+        elif hv is None:
+            row.unknown_why = (f"a {row.domain_type or 'typeless'} domain: not a hypervisor this tool knows, so its "
+                               "balloon statistics are not read as a guest's MemTotal")
+        elif hv.no_guest_stats:
+            row.unknown_why = (hv.no_guest_stats
                                + ("; --agent reads the guest's own" if _has_agent(live) and not opts.agent else ""))
         elif not period:
             row.unknown_why = ("no balloon statistics period (its figures date from its boot): --enable-stats "
@@ -269,6 +273,9 @@ def _join(a: str, b: str) -> str:
 def _apply_model(row: GuestRow, fam: str, model: Model | None, opts: Options) -> None:
     """The ceiling's share of the loss, what lowering it gives back, and the survival check."""
     if model is None or not row.memory_mib or not row.current_memory_mib:
+        return
+    if not fam:
+        row.basis = f"no measurements for {row.domain_type or 'typeless'} domains: no estimate"
         return
     curve, basis = model.curve(fam, row.kernel)
     if curve is None:

@@ -13,8 +13,15 @@ DEFAULT = HYPERVISORS[0]  # a URI or domain type no other one claims is QEMU's
 
 
 def for_domain_type(domain_type: str) -> Hypervisor:
-    """The hypervisor that runs `<domain type=…>` ('qemu', 'kvm', 'xen')."""
+    """The hypervisor that runs `<domain type=…>` ('qemu', 'kvm', 'xen'); QEMU for a record that names
+    none (records before domain types were kept). Where a domain type may be one nobody registered
+    (a domain found by audit: 'lxc', 'vbox'), ask `known` instead."""
     return next((h for h in HYPERVISORS if domain_type in h.domain_types), DEFAULT)
+
+
+def known(domain_type: str) -> Hypervisor | None:
+    """The hypervisor that runs `<domain type=…>`, or None where no registered one does."""
+    return next((h for h in HYPERVISORS if domain_type in h.domain_types), None)
 
 
 def for_host(uri: str, kind: str = "libvirt", domain_type: str = "auto") -> Hypervisor:
@@ -48,5 +55,5 @@ def domain_xml(**fields) -> str:
     return render(DomainSpec(**fields))
 
 
-__all__ = ["HYPERVISORS", "Hypervisor", "DomainSpec", "for_domain_type", "for_host", "for_facts", "label", "render",
+__all__ = ["HYPERVISORS", "Hypervisor", "DomainSpec", "for_domain_type", "known", "for_host", "for_facts", "label", "render",
            "domain_xml"]

@@ -222,3 +222,12 @@ def test_no_daemon_says_how_to_start_one():
     assert "embedded" not in daemon_hint("qemu:///session", gone)
     assert "on that host" in daemon_hint("qemu+ssh://root@kvm1/system", gone)
     assert daemon_hint("qemu:///system", "authentication failed") == ""
+
+
+def test_a_domain_type_no_hypervisor_claims_gets_no_qemu_curve_or_hint(model):
+    lxc = FakeDomain("ct1", 8 * GIB, 1 * GIB, None, dtype="lxc")
+    g = row(model, lxc)
+    assert g.ceiling_mib is None and g.give_back_mib is None and "no measurements for lxc domains" in g.basis
+    assert "virtio_balloon" not in g.unknown_why and "lxc" in g.unknown_why
+    kvm = row(model, FakeDomain("vm", 8 * GIB, 1 * GIB, 900 * 1024))
+    assert kvm.ceiling_mib and kvm.ceiling_mib > 0  # the same guest under KVM has its curve
