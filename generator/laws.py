@@ -283,8 +283,8 @@ def fit(records: list, domain_type: str, kernel: str | tuple) -> Laws | None:
     used: dict[int, list] = {}
     for r in mine:
         zones = (r.zone_reserves or {}).get("zones") or {}
-        if (r.memory_model or "balloon") != "balloon" or not zones:
-            continue
+        if (r.memory_model or "balloon") != "balloon" or not zones or r.guest_kind == "system":
+            continue  # a full system's zones are read once it has settled: not what a boot has in use
         if zones.get("DMA", {}).get("managed"):
             dma.append(zones["DMA"]["managed"])
         if zones.get("Normal", {}).get("managed") and zones.get("DMA32", {}).get("managed"):
