@@ -237,9 +237,15 @@ def choose(records: list[dict], guest: str, experiment: str | None, hypervisor: 
     return [r for r in mine if (r.experiment or "") == exp], dtype, exp
 
 
+# Debian's suites by the name a reader may know them by: their release's number
+DEBIAN_SUITES = {"buster": "debian 10", "bullseye": "debian 11", "bookworm": "debian 12", "trixie": "debian 13",
+                 "forky": "debian 14"}
+
+
 def resolve_guest(records: list[dict], labels: dict[str, str], asked: str) -> str:
     """The guest a reader means: a manifest's short name ('debian'), how the posts name it ('Debian 12',
-    'Debian 12 kernel 6.1'), or its kernel's release or series ('6.1.0-57-amd64', '6.1'). One clear line,
+    'Debian 12 kernel 6.1'), a Debian suite ('bookworm'), or its kernel's release or series
+    ('6.1.0-57-amd64', '6.1'). One clear line,
     listing the guests by those names, when nothing or more than one matches."""
     records = [as_record(r) for r in records]
     usable = {}  # name -> its kernels, for guests predict can answer for (booted, plain balloon)
@@ -247,6 +253,7 @@ def resolve_guest(records: list[dict], labels: dict[str, str], asked: str) -> st
         if _plain(r) and isinstance(r.memtotal_boot_kib, int) and r.guest_kind != "system":
             usable.setdefault(r.guest, set()).add(r.guest_kernel or "")
     want = " ".join(asked.split()).lower()
+    want = DEBIAN_SUITES.get(want.removeprefix("debian:"), want)  # 'bookworm' is 'debian 12'
 
     def names(g: str) -> list[str]:
         label = labels.get(g, g)

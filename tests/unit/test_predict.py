@@ -136,7 +136,7 @@ def test_the_reserve_of_every_numa_node_counts():
 
 
 @pytest.mark.parametrize("asked", ["debian", "Debian 12", "debian 12 kernel 6.1", "6.1", "6.1.0-57-amd64",
-                                   "  Debian   12 "])
+                                   "  Debian   12 ", "bookworm", "debian:bookworm"])
 def test_a_guest_is_found_by_the_names_a_reader_knows(asked):
     recs = RECORDS + [dict(rec(1024, 1024), guest="trixie", guest_kernel="6.12.117+deb13-amd64")]
     labels = {"debian": "Debian 12 kernel 6.1", "trixie": "Debian 13 kernel 6.12"}
