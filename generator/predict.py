@@ -182,8 +182,8 @@ class Prediction:
         if self.survives is None or self.reserve_mib is None:
             out.append(f"  survives its balloon: {'no: ' if self.survives is False else ''}{self.condition}")
         else:
-            out.append(f"  left for your work: {self.margin_mib:,.0f} MiB (sees {self.sees_mib:,.0f} - in use at boot "
-                       f"{self.used_mib:,.0f}, {self.used_by or 'the probe'} - allocator reserve "
+            out.append(f"  left for your work: {self.margin_mib:,.0f} MiB (sees {self.sees_mib:,.0f} - in use "
+                       f"{self.used_mib:,.0f} {self.used_by or 'at boot, by the probe'} - allocator reserve "
                        f"{self.reserve_mib:,.0f})")
             verdict = ("yes (what is left is not negative)" if self.survives else
                        "NO: it runs out of memory while the balloon inflates")
@@ -250,7 +250,8 @@ def resolve_guest(records: list[dict], labels: dict[str, str], asked: str) -> st
     records = [as_record(r) for r in records]
     usable = {}  # name -> its kernels, for guests predict can answer for (booted, plain balloon)
     for r in records:
-        if _plain(r) and isinstance(r.memtotal_boot_kib, int) and r.guest_kind != "system":
+        if _plain(r) and isinstance(r.memtotal_boot_kib, int) and (r.guest_kind != "system"
+                                                                    or isinstance(r.set_aside_kib, dict)):
             usable.setdefault(r.guest, set()).add(r.guest_kernel or "")
     want = " ".join(asked.split()).lower()
     want = DEBIAN_SUITES.get(want.removeprefix("debian:"), want)  # 'bookworm' is 'debian 12'
@@ -322,7 +323,8 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
     p = Prediction(guest, exp, hypervisors.label(dtype), ", ".join(k for k in kernels if k), memory_mib, current_mib,
                    round(current_mib - set_aside, 1), round(set_aside, 1), how,
                    measured_sizes=[s.memory_mib for s in sizes], need_mib=need_mib, domain_type=dtype, basis=basis,
-                   used_by="the probe's busybox init")
+                   used_by=("by the full system once settled (systemd, its services, the guest agent)"
+                            if any(r.guest_kind == "system" for r in mine) else "at boot, by the probe's busybox init"))
     if laws is not None:
         for name, kib in laws.items(guest_of).items():
             if kib:
@@ -497,7 +499,7 @@ def predict_shipped(doc: dict, asked: str, memory_mib: int, current_mib: int, ne
                                                                      " (not measured at this size)"),
                    measured_sizes=list(entry["measured_sizes"]), need_mib=need_mib, domain_type=dtype,
                    basis=f"the kernel's sizing rules, fitted to {laws.records} itemized boots",
-                   used_by="the probe's busybox init")
+                   used_by="at boot, by the probe's busybox init")
     for name, kib in laws.items(g).items():
         if kib:
             p.items[name] = {"mib": round(kib / 1024, 1), "per_gib": None, "rule": _rule(name, laws)}

@@ -145,7 +145,7 @@ def test_a_guest_is_found_by_the_names_a_reader_knows(asked):
 
 def test_an_unknown_or_ambiguous_guest_lists_them_by_those_names():
     recs = RECORDS + [dict(rec(1024, 1024), guest="trixie", guest_kernel="6.12.117+deb13-amd64"),
-                      dict(rec(1024, 1024), guest="system", guest_kind="system")]
+                      dict(rec(1024, 1024), guest="system", guest_kind="system", set_aside_kib=None)]  # not itemized
     labels = {"debian": "Debian 12 kernel 6.1", "trixie": "Debian 13 kernel 6.12", "system": "Debian 12, full system"}
     with pytest.raises(UserError, match=r"guests measured: Debian 12 kernel 6.1 \(debian, kernel 6.1.0-57-amd64\); "
                                         r"Debian 13 kernel 6.12 \(trixie, kernel 6.12.117\+deb13-amd64\)$"):
@@ -153,3 +153,20 @@ def test_an_unknown_or_ambiguous_guest_lists_them_by_those_names():
     twin = recs + [dict(rec(1024, 1024), guest="twin")]  # another guest with the same kernel
     with pytest.raises(UserError, match="'6.1' names several guests: Debian 12 kernel 6.1 \\(debian\\); twin"):
         pr.resolve_guest(twin, labels, "6.1")
+
+
+def test_a_full_system_is_predicted_from_its_own_records_not_the_probes():
+    """The full Debian 12 system's records are itemized (read once settled): predict answers for it
+    by its own names, with what the system uses, and says so; the probe of the same series says its own."""
+    from generator.model import committed_records
+    from tests.support import ROOT
+
+    records = committed_records(ROOT / "experiments")
+    labels = {"system": "Debian 12, full system", "debian": "Debian 12 kernel 6.1"}
+    assert pr.resolve_guest(records, labels, "Debian 12, full system") == "system"
+    system = pr.predict(records, "system", 16384, 1024)
+    probe = pr.predict(records, "debian", 16384, 1024)
+    assert system.used_by.startswith("by the full system") and probe.used_by.startswith("at boot, by the probe")
+    assert system.used_mib > probe.used_mib + 40  # systemd and its services use more than busybox
+    assert abs(system.set_aside_mib - probe.set_aside_mib) < 1  # the same kernel series sets aside the same
+    assert "in use " + f"{system.used_mib:,.0f} by the full system" in "\n".join(system.lines())
