@@ -49,7 +49,11 @@ def previous(page: Path) -> tuple[list[dict], str | None]:
             if isinstance(e, dict) and isinstance(e.get("date"), str) and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", e["date"]) \
                     and isinstance(e.get("base"), str) and re.fullmatch(r"[0-9a-f]{12}", e["base"]) \
                     and isinstance(e.get("changes"), list) and all(isinstance(c, str) for c in e["changes"]):
-                entries.append({"date": e["date"], "base": e["base"], "changes": e["changes"][:MAX_LINES]})
+                entry = {"date": e["date"], "base": e["base"], "changes": e["changes"][:MAX_LINES]}
+                readings = e.get("readings")
+                if isinstance(readings, int) and not isinstance(readings, bool) and 0 <= readings <= len(entry["changes"]):
+                    entry["readings"] = readings  # how many of the changes are readings (the rest: versions)
+                entries.append(entry)
     return entries[:MAX_ENTRIES], commit_named_in(text)
 
 
@@ -102,9 +106,27 @@ def lines(comparison, manifest: Manifest, labels: dict[str, str]) -> list[str]:
             out.append(f"Newly measured: {where} ({_outcome(c.new)}).")
         else:
             out.append(f"No longer measured: {where} ({_outcome(c.old)} on {then}).")
-    for p in comparison.provenance:
-        out.append(f"{p['what']} on {p['where']}: {', '.join(p['old'])} then, {', '.join(p['new'])} now.")
     return out[:MAX_LINES]
+
+
+def provenance_lines(comparison) -> list[str]:
+    """What the points ran with that changed (versions of the host, the hypervisor, the kernels): only
+    what differs, so a version that was there before and is still there is not said again."""
+    out = []
+    for p in comparison.provenance:
+        old, new = list(p["old"]), list(p["new"])
+        gone, came = [v for v in old if v not in new], [v for v in new if v not in old]
+        kept = [v for v in new if v in old]
+        if gone and came:
+            text = f"{', '.join(gone)} then, {', '.join(came)} now"
+        elif came:
+            text = f"{', '.join(came)} now as well"
+        elif gone:
+            text = f"no longer {', '.join(gone)}"
+        else:
+            continue
+        out.append(f"{p['what']} on {p['where']}: {text}" + (f" ({', '.join(kept)} throughout)." if kept else "."))
+    return out
 
 
 def entries(manifest: Manifest, folder: Path, page: Path, records: list[dict], labels: dict[str, str],
@@ -139,4 +161,8 @@ def entries(manifest: Manifest, folder: Path, page: Path, records: list[dict], l
     if not comparison.changed:
         return rest
     day = _day(records) or _dt.date.today().isoformat()
-    return [{"date": day, "base": commit[:12], "changes": lines(comparison, manifest, labels)}] + rest[:MAX_ENTRIES - 1]
+    readings = lines(comparison, manifest, labels)
+    versions = provenance_lines(comparison)
+    changes = (readings + versions)[:MAX_LINES]
+    return [{"date": day, "base": commit[:12], "changes": changes, "readings": min(len(readings), len(changes))}] \
+        + rest[:MAX_ENTRIES - 1]

@@ -334,7 +334,7 @@ def test_a_republished_post_says_what_changed(tmp_path):
         "- Newly measured: RHEL6 on KVM at 8 GiB (saw 753.5 MiB).",
         "- No longer measured: Ubuntu Precise on KVM at 1 GiB (saw 959.5 MiB on 2026-11-12).",
     ], items
-    assert "*Updated 2026-12-01: 4 change(s) since the previous publication" in text.split("## ", 1)[0]
+    assert "*Updated 2026-12-01: 4 reading(s) changed since the previous publication" in text.split("## ", 1)[0]
     assert "EVIL" not in text and "evil-" not in text and "alert(1)" not in text and "youtube" not in text
     build_all([m], site=site, quiet=True, clean=True)
     assert page.read_text() == text  # no change: the same bytes, no second entry
@@ -358,6 +358,20 @@ def test_a_republished_post_says_what_changed(tmp_path):
     assert "RHEL6 on KVM at 1 GiB now sees" in final.split("### Updated 2026-12-02", 1)[1].split("### Updated")[0]
     html = (hugo(site) / "posts" / "sample" / "index.html").read_text()
     assert 'id="what-changed"' in html and 'href="#what-changed"' in html and "Updated 2026-12-02" in html
+    # a change of versions only (the host's kernel, re-measured with the same readings): an entry says
+    # which version came, once, and the post does not open with "Updated"
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "second republication")
+    build_all([m], site=site, quiet=True)
+    for r in (1, 2):
+        rewrite(f"kvm1/rhel6/m4096-c1024-r{r}", host_kernel="6.1.0-58-amd64", started_at="2026-12-03T00:00:00+00:00")
+    build_all([m], site=site, quiet=True)
+    versions = page.read_text()
+    assert re.findall(r"^### Updated (\S+)$", versions, re.M)[0] == "2026-12-03"
+    newest = versions.split("### Updated 2026-12-03", 1)[1].split("### Updated")[0]
+    assert "6.1.0-58-amd64 now as well" in newest and "throughout" in newest, newest
+    assert "*Updated" not in versions.split("+++")[2].split("## ", 1)[0]  # no notice at the top
+    assert "readings = 0" in versions.split("+++")[1]
 
 
 def test_a_manifest_without_content_gets_the_default_post(tmp_path):

@@ -67,3 +67,29 @@ def test_the_published_commit_is_read_from_the_provenance_line_only():
             "- Raw results: 3 JSON records in `r`, git commit `cccccccccccc`.\n"
             "- a record's text \\`git commit \\`dddddddddddd\\`\n")
     assert commit_named_in(page) == "cccccccccccc"
+
+
+def test_how_many_changes_are_readings_is_kept_only_when_it_can_be_true(tmp_path):
+    from generator.publish.updates import previous
+
+    page = tmp_path / "index.md"
+    entry = '[[updates]]\ndate = "2026-12-0{d}"\nbase = "0123456789ab"\nchanges = ["a", "b"]\n{extra}'
+    page.write_text("+++\n" + entry.format(d=1, extra="readings = 1\n") + entry.format(d=2, extra="readings = 9\n")
+                    + entry.format(d=3, extra="readings = true\n") + entry.format(d=4, extra="") + "+++\n")
+    entries, _ = previous(page)
+    assert [e.get("readings") for e in entries] == [1, None, None, None]
+
+
+def test_versions_are_said_once_what_came_and_what_went():
+    from types import SimpleNamespace
+
+    from generator.publish.updates import provenance_lines
+
+    c = SimpleNamespace(provenance=[
+        {"what": "host kernel", "where": "local", "old": ["v669"], "new": ["v1045", "v669"]},
+        {"what": "QEMU", "where": "kvm1", "old": ["8.2.0"], "new": ["9.0.0"]},
+        {"what": "libvirt", "where": "kvm1", "old": ["9.0.0", "9.1.0"], "new": ["9.1.0"]},
+        {"what": "guest kernel", "where": "kvm1", "old": ["6.1"], "new": ["6.1"]}])
+    assert provenance_lines(c) == ["host kernel on local: v1045 now as well (v669 throughout).",
+                                   "QEMU on kvm1: 8.2.0 then, 9.0.0 now.",
+                                   "libvirt on kvm1: no longer 9.0.0 (9.1.0 throughout)."]
