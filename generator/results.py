@@ -117,7 +117,7 @@ RECORD: dict[str, Field] = {
     "memtotal_boot_kib": Field(_OPT_INT, False, True, "the guest's MemTotal before ballooning"),
     "memtotal_settled_kib": Field(_OPT_INT, False, True, "the guest's MemTotal once the balloon holds its target"),
     "free_m": Field(_OPT_DICT, False, True, "free -m's Mem: line (total, used, free, shared, buff/cache, available)"),
-    "meminfo": Field(_OPT_DICT, False, False, "/proc/meminfo after ballooning, KiB"),
+    "meminfo": Field(_OPT_DICT, False, True, "/proc/meminfo after ballooning, KiB"),
     "balloon": Field(_OPT_DICT, False, False, "libvirt's balloon statistics after ballooning, KiB"),
     "host_view": Field(_OPT_DICT, False, False, "what the host says of the domain (virsh dominfo), KiB"),
     "durations": Field(_OPT_DICT, False, True, "boot, settle and total seconds"),

@@ -182,6 +182,13 @@ class SeriesPoint:
     def pv_map_end(self) -> int | None:
         return max((v for v in (pv_map_end_mib(r) for r in self.ok) if v is not None), default=None)
 
+    def meminfo_median_mib(self, key: str) -> float | None:
+        """The median over repeats of one /proc/meminfo field, MiB ('MemAvailable': the kernel's own
+        estimate; `free -m` shows MemFree in its place when the kernel says 0)."""
+        values = [(r.meminfo or {}).get(key) for r in self.ok]
+        values = [v / 1024 for v in values if isinstance(v, (int, float))]
+        return statistics.median(values) if values else None
+
     def free_median(self, column: str) -> float | None:
         """The median over repeats of one `free -m` column ('used', 'available', …)."""
         values = [(r.free_m or {}).get(column) for r in self.ok]
