@@ -443,7 +443,9 @@ def check_outcomes(records: list[dict]) -> dict:
         m = margin_mib(r)
         if m is None:  # no zone reserves (measured before they were read, or dead before they could be)
             not_judged += 1
-            why = ("boots that died before their zones could be read" if isinstance(r.set_aside_kib, dict)
+            died_unread = r.status != "ok" and isinstance(r.set_aside_kib, dict) and not any(
+                "itemized when read" in n for n in r.set_aside_notes or [])
+            why = ("boots that died before their zones could be read" if died_unread
                    else "boots measured before the reserves were recorded")
             not_judged_why[why] = not_judged_why.get(why, 0) + 1
             continue

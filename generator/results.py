@@ -350,7 +350,23 @@ def _update_to_2(record: dict) -> dict:
 
 def _update_to_3(record: dict) -> dict:
     """Version 3 added the itemized set-aside and the zone reserves, read at boot with memblock=debug.
-    An older record was not booted with it: the fields stay absent (read as None, 'not itemized')."""
+    An older record was not booted with it: the fields stay absent (read as None, 'not itemized'),
+    except for a Xen PV guest, which is itemized from the kernel's totals and Xen's map even now
+    (it boots without memblock=debug): its kept dmesg lines hold both, so it is itemized as it is read,
+    by the same function a new record is itemized by, and says so."""
+    dmesg = record.get("dmesg")
+    if (record.get("set_aside_kib") is None and record.get("status") == "ok" and isinstance(dmesg, list)
+            and all(isinstance(line, str) for line in dmesg) and any("Xen: [mem" in line for line in dmesg)
+            and isinstance(record.get("memtotal_boot_kib"), int) and isinstance(record.get("memory_mib"), int)
+            and isinstance(record.get("current_memory_mib"), int)):
+        from .guests.setaside import itemize
+
+        found = itemize("\n".join(dmesg[:200]), record["memory_mib"] * 1024, record["memtotal_boot_kib"],
+                        current_kib=record["current_memory_mib"] * 1024)
+        if found:
+            record = {**record, "set_aside_kib": found["items"],
+                      "set_aside_notes": found["notes"] + ["itemized when read, from the kernel's totals and Xen's map "
+                                                           "in the dmesg lines the record kept"]}
     return record
 
 

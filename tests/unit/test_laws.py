@@ -71,6 +71,9 @@ def test_the_reserve_follows_the_watermark_rules(records, laws):
         if law is None or measured is None or (r.memory_model or "balloon") != "balloon":
             continue
         g = L.guest_of(r.memory_mib, r.current_memory_mib, "balloon", r.domain_type)
+        if law.reserve_kib(g) is None:  # Xen PV: its zones are not ruled here (its reserve is read, not predicted)
+            assert r.domain_type == "xen"
+            continue
         assert abs(law.reserve_kib(g) - measured) <= L.TOLERANCE_KIB, (r.key, law.reserve_kib(g), measured)
         checked += 1
     assert checked >= 30
