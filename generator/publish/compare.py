@@ -133,8 +133,10 @@ def resolve_revision(top: Path, rev: str) -> str:
     out = git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", f"{rev}^{{commit}}")
     if out.returncode != 0 or not out.stdout.strip():
         exists = git(top, "rev-parse", "--verify", "--quiet", "--end-of-options", rev)
-        if exists.returncode == 0 and exists.stdout.strip():
-            kind = git(top, "cat-file", "-t", exists.stdout.strip()).stdout.strip() or "object"
+        found = git(top, "cat-file", "-t", exists.stdout.strip()) if exists.returncode == 0 and exists.stdout.strip() \
+            else None
+        kind = found.stdout.strip() if found is not None and found.returncode == 0 else ""
+        if kind in ("tree", "blob"):  # there, but not a commit (a 40-digit id names no object if absent)
             raise UserError(f"revision {plain(rev)!r} is a {plain(kind)}, not a commit: compare reads a commit's "
                             "records (and its date); name a commit, tag or branch")
         shallow = git(top, "rev-parse", "--is-shallow-repository").stdout.strip() == "true"
