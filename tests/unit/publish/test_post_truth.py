@@ -118,3 +118,15 @@ def test_memory_balloonings_figures_recomputed_from_the_records():
     xen = [r for r in judged if r["domain_type"] == "xen"]
     assert re.search(rf"{len(xen)} of them are guests built with `currentMemory` populated", text), len(xen)
     assert len(judged) + len(judged_in("how-low")) + len(judged_in("the-fix")) >= 150
+
+
+def test_the_fixs_judged_outcomes_recomputed_from_the_records():
+    """The-fix's count of judged outcomes, and of hotplug guests among them, from the JSON records."""
+    import re
+
+    text = _committed("the-fix")
+    judged = [r for r in _records("the-fix") if r["status"] in ("ok", "oom", "panic") and r.get("zone_reserves")
+              and r.get("memtotal_boot_kib") and r["zone_reserves"].get("zones")]
+    hotplug = [r for r in judged if r.get("memory_model", "balloon") != "balloon"]
+    assert re.search(rf"predicted \*\*{len(judged)} of {len(judged)}\*\* outcomes of this sweep \({len(hotplug)} of them "
+                     r"hotplug guests", text), (len(judged), len(hotplug))
