@@ -183,3 +183,26 @@ def test_a_full_system_is_itemized_from_its_log_as_the_probe_is():
     bare = system_set_aside("[ 1.0] systemd[1]: hello", "", "", "", memory * 1024)
     assert bare["found"] is None and bare["memtotal_boot_kib"] is None and bare["zone_reserves"] is None
     assert any("not itemized" in n for n in bare["notes"])
+
+
+def test_a_full_systems_hostile_log_zones_and_sysctls_stay_bounded():
+    """What a full system gives back is the guest's text: markup, numbers past any machine, a flood of
+    lines and sysctls that are not numbers give no item, no zone and no sysctl that is not sane."""
+    import time
+
+    from generator.guests.setaside import system_set_aside
+
+    flood = "\n".join(["[ 0.1] memblock_reserve: [0x0-0xfff] <script>x()</script>+0x1/0x2"] * 200_000)
+    forged = ("[ 0.2] Memory: 99999999999999999999K/1K available (1K kernel code, 1K rwdata, 1K rodata, 1K init, "
+              "1K bss, 1K reserved, 0K cma-reserved)")
+    zones = "Node 0, zone   Normal\n  pages free 999999999999999999999\n  managed 12\n  protection: (../../etc)\n"
+    started = time.monotonic()
+    got = system_set_aside(flood + "\n" + forged, "ffffffff81000000 T _text\n{{< x >}}", zones,
+                           "nan\n-1\n$(id)\n256 256 32", 1024 * 1024)
+    assert time.monotonic() - started < 10
+    assert got["found"] is None and got["memtotal_boot_kib"] is None  # a number past the bound is no Memory: line
+    reserves = got["zone_reserves"]
+    assert reserves is None or all(isinstance(v, int) and v < 1 << 60 for z in reserves["zones"].values()
+                                   for v in z.values() if not isinstance(v, list))
+    if reserves:
+        assert reserves["sysctl"].get("min_free_kbytes") is None  # 'nan' is not a number
