@@ -665,6 +665,10 @@ class Host:
                       "host; each a subset of the manifest's sweep (default: every value)")
     repeats: int = opt(_int_in(0, 100), 0, "measure each point this many times on this host, at most the "
                                            "manifest's sweep.repeats (0: as many); for a slow host")
+    guest_cmdline: str = opt(_cmdline, "", "extra kernel parameters for every guest on this host, after the "
+                                           "guest's own (the same allow-list as a guest's cmdline), e.g. "
+                                           "init_on_alloc=0 where zeroing pages the balloon takes is slow; "
+                                           "records name them")
 
     @property
     def is_nested(self) -> bool:

@@ -68,6 +68,13 @@ def memory_backing(setting: str, memory_mib: int, host_facts: dict) -> str:
 HOST_DETAILS = ("xen", "nested")
 
 
+def _extra_cmdline(point: Point, guest, host: HostRuntime) -> str:
+    """Kernel parameters beyond the tool's own: hotplugged memory online as movable, then the guest's
+    and the host's (manifest keys guests[].cmdline, hosts[].guest_cmdline)."""
+    return " ".join(x for x in ("memhp_default_state=online_movable" if point.memory_model != "balloon" else "",
+                                guest.cmdline, host.spec.guest_cmdline) if x)
+
+
 def _spec(point: Point, manifest: Manifest, **rest) -> DomainSpec:
     """The domain of a point: every factor's value from the point, the guest's and the balloon's
     settings from the manifest, the rest (name, files, console, backing) as the caller decided."""
@@ -102,8 +109,7 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
     # to report its target instead).
     balloon_sized = point.memory_model == "balloon" and balloon_model == "virtio"
     target_kib = (point.memory_mib - point.current_memory_mib) * 1024 if balloon_sized else 0
-    extra = " ".join(x for x in (
-        "memhp_default_state=online_movable" if point.memory_model != "balloon" else "", guest.cmdline) if x)
+    extra = _extra_cmdline(point, guest, host)
     hv = hypervisors.for_domain_type(domain_type)
     cmdline = kernel_cmdline(mode="measure", stable=manifest.timeouts.stable, settle=manifest.timeouts.settle,
                              balloon_kib=target_kib, extra=extra, console=hv.console_device,
@@ -122,6 +128,8 @@ def measure(point: Point, *, manifest: Manifest, host: HostRuntime, host_facts: 
         "balloon": None, "balloon_timeline": [], "host_view": None, "dmesg": [],
         "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {}, "console_excerpt": [],
     }
+    if host.spec.guest_cmdline:
+        record["kernel_parameters"] = host.spec.guest_cmdline
     _share_progress(live, record, point, balloon_sized)
     for extra_facts in HOST_DETAILS:
         if host_facts.get(extra_facts):
@@ -475,8 +483,7 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
     overlay = host.create_overlay(name, boot["disk"], boot["format"])
     backing = memory_backing(host.spec.memory_backing, point.memory_mib, host_facts)
     balloon_model = manifest.balloon_model(host.spec)
-    extra = " ".join(x for x in ("memhp_default_state=online_movable" if point.memory_model != "balloon" else "",
-                                 guest.cmdline) if x)
+    extra = _extra_cmdline(point, guest, host)
     hv = hypervisors.for_domain_type(domain_type)
     # memblock=debug: the kernel logs each boot reservation, read back once the system has settled
     debug = "memblock=debug" if hv.memblock_debug else ""
@@ -498,6 +505,8 @@ def measure_system(point: Point, *, manifest: Manifest, host: HostRuntime, host_
         "cross_check": None, "durations": {"boot_s": None, "settle_s": None, "total_s": None}, "phases": {},
         "console_excerpt": [],
     }
+    if host.spec.guest_cmdline:
+        record["kernel_parameters"] = host.spec.guest_cmdline
     inflates = point.memory_model == "balloon" and balloon_model == "virtio"
     _share_progress(live, record, point, inflates)
     t0 = time.monotonic()

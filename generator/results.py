@@ -152,6 +152,8 @@ RECORD: dict[str, Field] = {
     "set_aside_kib": Field(_OPT_DICT, False, True, "memory minus MemTotal at boot, by what it is for (page "
                                                    "descriptors, bounce buffer, ..., unexplained), KiB"),
     "set_aside_notes": Field((list,), False, True, "why part of the set-aside is unexplained, if it is"),
+    "kernel_parameters": Field(_OPT_STR, False, True, "extra kernel parameters the host gave every guest "
+                                                      "(hosts[].guest_cmdline), when it gave any"),
     "zone_reserves": Field(_OPT_DICT, False, True, "the page allocator's zones at boot (managed, min/low/high "
                                                    "watermarks, protection; KiB) and the sysctls that size them"),
 }

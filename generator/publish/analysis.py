@@ -4,6 +4,7 @@ Pure Python (no matplotlib, no numpy) so that a no-op build never pays for impor
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from .. import hypervisors, laws
 from ..manifest import FACTORS
 from ..results import Record, as_record
 from ..units import mib_label
+from .claims import claimed, fact, leaf, size
 
 FAILURE_LABELS = {"oom": "OOM", "panic": "panic", "refused": "refused", "timeout": "timeout", "error": "error"}
 PAGE_SIZE = 4096
@@ -90,6 +92,37 @@ def pv_map_end_mib(record: dict) -> int | None:
     return max(ends) // (1024 * 1024) if ends else None
 
 
+class Items(dict):
+    """A point's set-aside by item, MiB: an item its boots did not have is 0, and says which boots say so."""
+
+    def __init__(self, point: "SeriesPoint", values: dict):
+        super().__init__(values)
+        self._point = point
+
+    def get(self, key, default=None):
+        if key in self:
+            return self[key]
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and default == 0:
+            return self._point._claim(0.0, f"item:{key}")
+        return default
+
+
+# The record fields that say which point a record belongs to.
+IDENTITY = ("experiment", "host", "guest") + tuple(f.name for f in FACTORS)
+
+
+def point_where(records: list, memory_mib: int | None = None) -> dict:
+    """The identity fields every one of `records` shares (memory_mib at least)."""
+    where = {}
+    for name in IDENTITY:
+        values = {repr(r.get(name)) for r in records}
+        if len(values) == 1 and records and records[0].get(name) is not None:
+            where[name] = records[0].get(name)
+    if memory_mib is not None:
+        where["memory_mib"] = memory_mib
+    return where
+
+
 @dataclass
 class SeriesPoint:
     memory_mib: int
@@ -97,6 +130,15 @@ class SeriesPoint:
 
     def __post_init__(self):
         self.records = [as_record(r) for r in self.records]
+        self.memory_mib = size(self.memory_mib)   # a size the sweep measured, printed as a claim
+
+    @property
+    def where(self) -> dict:
+        """The point's identity, as record fields (what a claim selects its records by)."""
+        return point_where(self.records, self.memory_mib)
+
+    def _claim(self, value, of: str, agg: str = "median", ok: bool = False):
+        return claimed(value, leaf(of, {**self.where, **({"status": "ok"} if ok else {})}, agg))
 
     @property
     def ok(self) -> list[dict]:
@@ -108,11 +150,12 @@ class SeriesPoint:
 
     @property
     def median(self) -> float | None:
-        return statistics.median(self.seen) if self.seen else None
+        return self._claim(statistics.median(self.seen), "seen_mib", ok=True) if self.seen else None
 
     @property
     def spread(self) -> tuple[int, int] | None:
-        return (min(self.seen), max(self.seen)) if self.seen else None
+        return (self._claim(min(self.seen), "seen_mib", "min", ok=True),
+                self._claim(max(self.seen), "seen_mib", "max", ok=True)) if self.seen else None
 
     @property
     def failures(self) -> list[dict]:
@@ -137,6 +180,14 @@ class SeriesPoint:
         return [r for r in self.records if r.status in ("oom", "panic")]
 
     @property
+    def n_died(self) -> int:
+        return claimed(len(self.died), leaf("record", {**self.where, "status": ["oom", "panic"]}, "count"))
+
+    @property
+    def n_records(self) -> int:
+        return claimed(len(self.records), leaf("record", self.where, "count"))
+
+    @property
     def set_aside_at_boot(self) -> float | None:
         """MiB of `memory` the guest's kernel did not count as usable at boot (memory minus MemTotal at
         boot), the median over every repeat that reported it, those that later died included."""
@@ -147,7 +198,7 @@ class SeriesPoint:
                 values.append(r.memory_mib - boot / 1024)
             elif reserved_mib(r) is not None:   # a full system: its kernel's own 'Memory: … reserved'
                 values.append(reserved_mib(r))
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "set_aside_mib") if values else None
 
     @property
     def balloon_floor(self) -> float | None:
@@ -158,7 +209,7 @@ class SeriesPoint:
             low = _timeline_fact(r, "balloon_low_kib")
             if isinstance(low, int) and low > 0:
                 floors.append(low / 1024)
-        return statistics.median(floors) if floors else None
+        return self._claim(statistics.median(floors), "balloon_floor_mib") if floors else None
 
     @property
     def inflating_s(self) -> float | None:
@@ -167,39 +218,42 @@ class SeriesPoint:
         values = [(r.phases or {}).get("inflation_host_s") or _timeline_fact(r, "balloon_moving_s")
                   for r in self.died]
         values = [v for v in values if isinstance(v, (int, float))]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "inflating_s") if values else None
 
     @property
     def reserved(self) -> float | None:
         values = [v for v in (reserved_mib(r) for r in self.ok) if v is not None]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "reserved_mib", ok=True) if values else None
 
     @property
     def swiotlb(self) -> int:
-        return max((swiotlb_mib(r) for r in self.ok), default=0)
+        return self._claim(max((swiotlb_mib(r) for r in self.ok), default=0), "swiotlb_mib", "max", ok=True)
 
     @property
     def pv_map_end(self) -> int | None:
-        return max((v for v in (pv_map_end_mib(r) for r in self.ok) if v is not None), default=None)
+        return self._claim(max((v for v in (pv_map_end_mib(r) for r in self.ok) if v is not None), default=None),
+                           "pv_map_end_mib", "max", ok=True)
 
     def meminfo_median_mib(self, key: str) -> float | None:
         """The median over repeats of one /proc/meminfo field, MiB ('MemAvailable': the kernel's own
         estimate; `free -m` shows MemFree in its place when the kernel says 0)."""
         values = [(r.meminfo or {}).get(key) for r in self.ok]
         values = [v / 1024 for v in values if isinstance(v, (int, float))]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), f"meminfo:{key}", ok=True) if values else None
 
     def free_median(self, column: str) -> float | None:
         """The median over repeats of one `free -m` column ('used', 'available', …)."""
         values = [(r.free_m or {}).get(column) for r in self.ok]
         values = [v for v in values if isinstance(v, (int, float))]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), f"free:{column}", ok=True) if values else None
 
     @property
     def agreeing(self) -> tuple[int, int]:
         """(readings whose agent MemTotal matched the balloon's available, readings cross-checked)."""
         checks = [r.cross_check for r in self.ok if r.cross_check]
-        return sum(1 for c in checks if c.get("agree")), len(checks)
+        where = {**self.where, "status": "ok"}
+        return (claimed(sum(1 for c in checks if c.get("agree")), leaf("cross_check_agrees", where, "count")),
+                claimed(len(checks), leaf("cross_check", where, "count")))
 
     @property
     def pv_capped(self) -> bool:
@@ -216,7 +270,7 @@ class SeriesPoint:
         names = {k for d in itemized for k in d}
         out = {k: statistics.median(d.get(k, 0) for d in itemized) / 1024 for k in names}
         order = sorted((k for k in out if k != "unexplained"), key=lambda k: -out[k])
-        return {k: out[k] for k in order + ["unexplained"] if k in out}
+        return Items(self, {k: self._claim(out[k], f"item:{k}") for k in order + ["unexplained"] if k in out})
 
     @property
     def reserve_mib(self) -> float | None:
@@ -224,14 +278,14 @@ class SeriesPoint:
         from ..predict import reserve_kib
 
         values = [v / 1024 for r in self.records if (v := reserve_kib(r.zone_reserves)) is not None]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "reserve_mib") if values else None
 
     @property
     def used_at_boot_mib(self) -> float | None:
         from ..predict import used_kib
 
         values = [v / 1024 for r in self.records if (v := used_kib(r)) is not None]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "used_at_boot_mib") if values else None
 
     @property
     def margin_mib(self) -> float | None:
@@ -239,14 +293,14 @@ class SeriesPoint:
         from ..predict import margin_mib
 
         values = [m for r in self.records if (m := margin_mib(r)) is not None]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "margin_mib") if values else None
 
     @property
     def xen_ballooned_out(self) -> float | None:
         """MiB Xen's balloon held when the probe read it (low + high), the median over repeats."""
         values = [((r.xen_balloon or {}).get("low_kb", 0) + (r.xen_balloon or {}).get("high_kb", 0))
                   / 1024 for r in self.ok if r.xen_balloon]
-        return statistics.median(values) if values else None
+        return self._claim(statistics.median(values), "xen_ballooned_out_mib", ok=True) if values else None
 
 
 @dataclass
@@ -264,7 +318,7 @@ class Series:
 
     @property
     def current_memory_mib(self) -> int:
-        return self.factors["current_memory_mib"]
+        return size(self.factors["current_memory_mib"])
 
     @property
     def variant(self) -> str:
@@ -338,7 +392,8 @@ class Series:
         fitted = laws.fit(records, dtype, kernels)
         if fitted is None or not fitted.constants:
             return None
-        return LawCurve(fitted, self.current_memory_mib, dtype, self.factors.get("memory_model") or "balloon")
+        return LawCurve(fitted, self.current_memory_mib, dtype, self.factors.get("memory_model") or "balloon",
+                        {"where": point_where(records), "domain_type": dtype, "kernels": list(kernels)})
 
     def alt_text(self) -> str:
         """Under ~300 characters, unique per series: what this graph shows."""
@@ -364,6 +419,10 @@ class LawCurve:
     current_memory_mib: int
     domain_type: str
     memory_model: str = "balloon"
+    source: dict = field(default_factory=dict)  # the records it was fitted to (a claim's query)
+
+    def _claim(self, value, figure: str, **args):
+        return claimed(value, {"law": figure, **self.source, **args}) if self.source else value
 
     def guest(self, memory_mib: int) -> "laws.Guest":
         return laws.guest_of(memory_mib, min(self.current_memory_mib, memory_mib), self.memory_model, self.domain_type)
@@ -374,31 +433,32 @@ class LawCurve:
     @property
     def slope(self) -> float:
         """MiB per GiB of memory between two powers of two, above the step."""
-        return laws.marginal_per_gib(self.laws)
+        return self._claim(laws.marginal_per_gib(self.laws), "slope")
 
     @property
     def step(self) -> float:
-        return self.laws.bounce_kib / 1024
+        return self._claim(self.laws.bounce_kib / 1024, "step")
 
     @property
     def page_descriptors_per_gib(self) -> float:
-        return 16 + self.laws.page_descriptors[1] / 1024
+        return self._claim(16 + self.laws.page_descriptors[1] / 1024, "page_descriptors_per_gib")
 
     def nothing_left_gib(self) -> float:
         """The smallest memory at which the set-aside alone is all of currentMemory, GiB."""
         lo, hi = self.current_memory_mib, 1 << 24
         if self(hi / 1024) < self.current_memory_mib:
-            return hi / 1024
+            return self._claim(hi / 1024, "nothing_left_gib")
         while hi - lo > 1:
             mid = (lo + hi) // 2
             lo, hi = (mid, hi) if self(mid / 1024) < self.current_memory_mib else (lo, mid)
-        return hi / 1024
+        return self._claim(hi / 1024, "nothing_left_gib")
 
     def worst_kib(self, series: "Series") -> float:
         """The largest difference between the rules and a boot of the series (KiB of set-aside)."""
         diffs = [abs(self.laws.set_aside_kib(self.guest(r.memory_mib)) - (r.memory_mib * 1024 - r.memtotal_boot_kib))
                  for p in series.points for r in p.records if isinstance(r.memtotal_boot_kib, int)]
-        return max(diffs, default=0.0)
+        return self._claim(max(diffs, default=0.0), "worst_kib", over=point_where([r for p in series.points
+                                                                             for r in p.records]))
 
 
 @dataclass
@@ -560,22 +620,37 @@ class Data:
         return list(groups.values())
 
     @property
+    def where(self) -> dict:
+        return point_where(self.records)
+
+    @property
     def max_repeats(self) -> int:
-        return max((len(p.seen) for s in self.series for p in s.points), default=0)
+        return claimed(max((len(p.seen) for s in self.series for p in s.points), default=0),
+                       leaf("seen_mib", {**self.where, "status": "ok"}, "most_per_point"))
 
     @property
     def max_spread(self) -> int:
         """The largest difference between repeats of one point (MiB)."""
-        return max((p.spread[1] - p.spread[0] for s in self.series for p in s.measured), default=0)
+        return claimed(max((p.spread[1] - p.spread[0] for s in self.series for p in s.measured), default=0),
+                       leaf("seen_mib", {**self.where, "status": "ok"}, "widest_per_point"))
+
+    @property
+    def n_records(self) -> int:
+        return claimed(len(self.records), leaf("record", self.where, "count"))
+
+    def distinct(self, key: str) -> int:
+        """How many different values of a record field the records hold."""
+        return claimed(len(self.versions(key)), leaf(f"field:{key}", self.where, "distinct"))
 
     @property
     def memory_values(self) -> list[int]:
-        return sorted({r.memory_mib for r in self.records})
+        return [size(m) for m in sorted({r.memory_mib for r in self.records})]
 
     @property
     def memfd_from(self) -> int | None:
         """The smallest memory whose guest RAM was a memfd (larger than the host could commit)."""
-        return min((r.memory_mib for r in self.records if r.memory_backing == "memfd"), default=None)
+        found = min((r.memory_mib for r in self.records if r.memory_backing == "memfd"), default=None)
+        return None if found is None else size(found)
 
     def sizing(self, need_mib: float = 300.0, domain_type: str | None = None) -> list[dict]:
         """predict's sizing table from this post's records: per kernel and domain type with itemized boots,
@@ -584,6 +659,13 @@ class Data:
         from ..predict import sizing_table
 
         rows = [r for r in sizing_table(self.records, need_mib) if domain_type in (None, r["domain_type"])]
+        for row in rows:
+            asked = {"need_mib": need_mib, "domain_type": row["domain_type"], "kernel": row["kernel"]}
+            for z in row["sizes"]:
+                c = z["current_memory_mib"]
+                for key in ("survives_to_mib", "leaves_need_to_mib"):
+                    z[key] = claimed(z[key], {"sizing": asked, "current": c, "field": key, "where": self.where})
+                z["current_memory_mib"] = fact(c, "predict.SIZING_CURRENT: the currentMemory sizes the table asks about")
         several = len({r["domain_type"] for r in rows}) > 1
         order = {g: i for i, g in enumerate(self.guest_order)}
         for row in rows:
@@ -608,14 +690,18 @@ class Data:
                 a = [r.memtotal_settled_kib for r in p.ok if isinstance(r.memtotal_settled_kib, int)]
                 b = [r.memtotal_settled_kib for r in (q.ok if q else []) if isinstance(r.memtotal_settled_kib, int)]
                 if a and b:
-                    ka, kb = statistics.median(a), statistics.median(b)
+                    wa, wb = {**p.where, "status": "ok"}, {**q.where, "status": "ok"}
+                    ka = claimed(statistics.median(a), leaf("field:memtotal_settled_kib", wa))
+                    kb = claimed(statistics.median(b), leaf("field:memtotal_settled_kib", wb))
                     items = {}
                     ia = [r.set_aside_kib for r in p.ok if isinstance(r.set_aside_kib, dict)]
                     ib = [r.set_aside_kib for r in (q.ok if q else []) if isinstance(r.set_aside_kib, dict)]
                     if ia and ib:
                         for name in sorted(set().union(*ia, *ib)):
-                            items[name] = (statistics.median(d.get(name, 0) for d in ia)
-                                           - statistics.median(d.get(name, 0) for d in ib))
+                            items[name] = (claimed(statistics.median(d.get(name, 0) for d in ia),
+                                                   leaf(f"item_kib:{name}", wa))
+                                           - claimed(statistics.median(d.get(name, 0) for d in ib),
+                                                     leaf(f"item_kib:{name}", wb)))
                     out.append({"guest": kvm.guest_label, "memory_mib": p.memory_mib, "kvm_kib": ka, "tcg_kib": kb,
                                 "diff_kib": ka - kb, "items": items})
         return out
@@ -625,8 +711,13 @@ class Data:
         out: dict[str, float] = {}
         for pair in self.accelerators():
             for name, diff in pair["items"].items():
-                out[name] = max(out.get(name, 0.0), abs(diff))
+                out[name] = max(out.get(name, 0.0), abs(diff))   # the largest, with its own query
         return out
+
+    def n_accelerators(self) -> int:
+        """How many points were measured on KVM and on TCG alike (a claim: each point's pair listed)."""
+        pairs = self.accelerators()
+        return claimed(len(pairs), {"op": "count", "args": [p["diff_kib"].query for p in pairs]})
 
     def predict(self, guest: str, memory_mib: int, current_mib: int, need_mib: float | None = None):
         """predict.py's answer from this post's own records, or None if they cannot give one."""
@@ -634,9 +725,15 @@ class Data:
         from ..predict import predict
 
         try:
-            return predict(self.records, guest, memory_mib, current_mib, need_mib)
+            answer = predict(self.records, guest, memory_mib, current_mib, need_mib)
         except UserError:
             return None
+        asked = {"guest": guest, "memory_mib": memory_mib, "current_mib": current_mib, "need_mib": need_mib}
+        where = point_where(self.records)
+        return dataclasses.replace(answer, **{
+            name: claimed(getattr(answer, name), {"predict": asked, "field": name, "where": where})
+            for name in ("sees_mib", "set_aside_mib", "used_mib", "reserve_mib", "margin_mib", "spare_mib",
+                         "largest_memory_mib")})
 
     @property
     def killed(self) -> list[tuple[str, int]]:
@@ -650,7 +747,9 @@ class Data:
                 re.findall(r"Killed process \d{1,9} \(([^)]{1,32})\)", r.reason or "")
             for n in dict.fromkeys(names):
                 counts[n] = counts.get(n, 0) + 1
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        where = {**self.where, "status": ["oom", "panic"]}
+        return [(n, claimed(c, leaf(f"killed:{n}", where, "count")))
+                for n, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
     @property
     def panics(self) -> list[tuple[str, int]]:
@@ -661,7 +760,9 @@ class Data:
                 m = re.search(r"Kernel panic - not syncing: ([^;]{1,80})", r.reason or "")
                 if m:
                     counts[m.group(1).strip()] = counts.get(m.group(1).strip(), 0) + 1
-        return sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        where = {**self.where, "status": ["oom", "panic"]}
+        return [(n, claimed(c, leaf(f"panic:{n}", where, "count")))
+                for n, c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
 
     @property
     def kernels_by_guest(self) -> list[tuple[str, list[str]]]:
@@ -676,7 +777,17 @@ class Data:
         """The survival condition checked against every outcome of these records (predict.py)."""
         from ..predict import check_outcomes
 
-        return check_outcomes(self.records)
+        out = dict(check_outcomes(self.records))
+        where = self.where
+        for key in ("judged", "predicted", "built_with_current", "not_judged"):
+            if isinstance(out.get(key), int):
+                out[key] = claimed(out[key], {"outcomes": key, "where": where})
+        out["n_missed"] = claimed(len(out.get("missed") or []), {"outcomes": "n_missed", "where": where})
+        out["n_borderline"] = claimed(len(out.get("borderline") or []), {"outcomes": "n_borderline", "where": where})
+        if isinstance(out.get("not_judged_why"), dict):
+            out["not_judged_why"] = {why: claimed(n, {"outcomes": "not_judged_why", "why": why, "where": where})
+                                     for why, n in out["not_judged_why"].items()}
+        return out
 
     def versions(self, key: str) -> list[str]:
         return sorted({str(r[key]) for r in self.records if r.get(key)})
@@ -705,7 +816,16 @@ class Data:
         for h in seen.values():
             ranked = sorted(h["kernels"].items(), key=lambda kv: (-kv[1], kv[0]))
             h["kernel"] = ranked[0][0] if ranked else h["kernel"]
-            h["kernel_counts"] = ranked
+            on = {**self.where, "host": h["name"]}
+            h["kernel_counts"] = [(k, claimed(n, leaf("record", {**on, "host_kernel": k}, "count"))) for k, n in ranked]
+            h["cores"] = claimed(h["cores"], leaf("field:host_cores", on, "one"))
+            h["memory_mib"] = claimed(h["memory_mib"], leaf("field:host_memory_mib", on, "one"))
+            if isinstance(h["nested"], dict):
+                h["nested"] = {k: claimed(v, leaf(f"nested:{k}", on, "one"))
+                               if isinstance(v, int) and not isinstance(v, bool) else v for k, v in h["nested"].items()}
+            if isinstance(h["xen"], dict):
+                h["xen"] = {k: claimed(v, leaf(f"xen:{k}", on, "one"))
+                            if isinstance(v, int) and not isinstance(v, bool) else v for k, v in h["xen"].items()}
         return list(seen.values())
 
     def explain(self, s: Series) -> list[dict]:

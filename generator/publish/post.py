@@ -23,7 +23,7 @@ from ..plan import points, results_dir
 from ..results import as_record
 from ..safe import inside, is_inside, read_regular
 from ..units import mib_label
-from . import updates
+from . import claims, updates
 from .analysis import Data, build_series, timeline_facts
 from .engine import PROJECT_DIR, STATE_VERSION, Output, code_hash, code_of, hash_of
 from .templating import jinja_env, render, render_with_summary, templates_dir
@@ -266,18 +266,19 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
                    "tool_version": __version__, "updates": changes}
         from markupsafe import Markup
 
-        body, summary = render_with_summary(env, content_path.name, str(content_path), **context) \
-            if data.has_data else ("", "")
-        text = render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
-                       front_matter=Markup(front_matter(manifest, _post_date(manifest, records, page), changes,
-                                                        draft=not data.has_data, summary=summary)),
-                       body=Markup(body),
-                       **context)
-        return text.encode()
+        with claims.recording() as ledger:
+            body, summary = render_with_summary(env, content_path.name, str(content_path), **context) \
+                if data.has_data else ("", "")
+            text = render(env, "post.md.j2", str(templates_dir() / "post.md.j2"),
+                          front_matter=Markup(front_matter(manifest, _post_date(manifest, records, page), changes,
+                                                           draft=not data.has_data, summary=summary)),
+                          body=Markup(body),
+                          **context)
+        return text.encode(), ledger.to_json(slug).encode()
 
     # The page first (cheap): only the graphs it shows are drawn and written, so a bundle holds
     # nothing that no page shows.
-    page_bytes = page_text()
+    page_bytes, claims_bytes = page_text()
     figures_used = {}
     for key, fig in figures.items():
         if f"]({fig['url']} ".encode() in page_bytes:
@@ -291,6 +292,9 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
 
 
     add(page, plan.inputs, render_page)
+    if data.has_data:
+        # every number the page states, with the query of the records it answers (claims.py)
+        add(site / "claims" / f"{slug}.json", plan.inputs, lambda _markdown: claims_bytes)
     if not previews:
         return data.has_data
     preview = site / "previews" / f"{slug}.html"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..units import mib_label
+from . import claims
 
 
 def templates_dir() -> Path:
@@ -46,7 +47,7 @@ _ATTRIBUTES = re.compile(r"\{(?=[^{}]*\}\s*$)")
 _LINKISH = re.compile(r"(?i):(?=//)|@|(?<![^\W_])www\.")
 
 
-def md_text(value) -> "Markup":
+def md_text(value, name: bool = True) -> "Markup":
     """A value as literal Markdown text: Markdown's specials backslash-escaped, HTML's as entities, no Hugo
     shortcode opener left, and no block structure or heading attributes made of it (see above)."""
     from markupsafe import Markup
@@ -59,8 +60,12 @@ def md_text(value) -> "Markup":
     text = _LINKISH.sub(lambda m: {":": "&#58;", "@": "&#64;"}.get(m.group(0)) or m.group(0)[:3] + "\\.", text)
     numbered = re.match(r"^(\s*[0-9]{1,9})([.)])(\s|$)", text)
     if numbered:
-        return Markup(numbered.group(1) + "\\" + text[numbered.end(1):])
-    return Markup(_BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text, count=1))
+        out = Markup(numbered.group(1) + "\\" + text[numbered.end(1):])
+    else:
+        out = Markup(_BLOCK_START.sub(lambda m: m.group(1) + "\\" + m.group(2), text, count=1))
+    if name:
+        claims.note_name(out)  # a label or a version from a manifest or a record: its digits are no claim
+    return out
 
 
 # In a code span nothing can be escaped (a backslash or an entity would show as typed): a shortcode
@@ -98,9 +103,28 @@ def _truncate(env, value, *args, **kwargs):
 def _finalize(value):
     from markupsafe import Markup
 
-    if value is None or isinstance(value, (Markup, int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # printed bare: a measured number with its query, else a size the sweep measured (tests check it is)
+        claims.note(str(value), value if isinstance(value, claims.Claimed) or isinstance(value, float)
+                    else claims.size(value))
+        return value
+    if value is None or isinstance(value, Markup):
         return value
     return md_text(value)
+
+
+def _num(value, digits=0):
+    """A number as the post prints it (thousands separated), noted with its query."""
+    if value is None:
+        return "n/a"
+    return md_text(claims.note(f"{value:,.{digits}f}", value), name=False)
+
+
+def _mib(value):
+    """A size as a label (1 GiB, 1,024 MiB): a measured one with its query, a swept one as a size."""
+    text = mib_label(value)
+    claims.note(text, value if isinstance(value, claims.Claimed) else claims.size(value))
+    return md_text(text, name=False)
 
 
 def jinja_env(content_dir: Path):
@@ -114,8 +138,10 @@ def jinja_env(content_dir: Path):
             + [jinja2.FileSystemLoader(str(templates_dir()))]),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, autoescape=True, finalize=_finalize,
         trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.do"])
-    env.filters["mib"] = mib_label
-    env.filters["num"] = lambda v, digits=0: "n/a" if v is None else f"{v:,.{digits}f}"
+    env.filters["mib"] = _mib
+    env.filters["num"] = _num
+    env.globals["fact"] = claims.fact
+    env.globals["setting"] = claims.setting
     env.filters["md_escape"] = md_text
     env.filters["code"] = md_code
     env.filters["truncate"] = jinja2.pass_environment(_truncate)
@@ -187,7 +213,8 @@ def render_with_summary(env, name: str, fallback: str, **context) -> tuple[str, 
     if "summary" not in env.loader.get_source(env, name)[0]:
         return body, ""
     try:
-        summary = getattr(template.make_module(context), "summary", "")
+        with claims.paused():  # the second rendering, for the summary alone: its numbers are already noted
+            summary = getattr(template.make_module(context), "summary", "")
     except Exception as e:  # noqa: BLE001 - it rendered once already; say where if not
         raise _template_error(e, fallback) from None
     return body, plain_summary(str(summary)) if summary else ""

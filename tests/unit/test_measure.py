@@ -55,6 +55,22 @@ def test_a_point_that_settles_gives_a_record_with_its_set_aside_itemized(manifes
     assert kept["status"] == "ok", kept["reason"]
 
 
+def test_a_hosts_guest_parameters_reach_the_kernel_and_the_record(manifest):
+    """hosts[].guest_cmdline (the nested KVM host's init_on_alloc=0): on the guest's command line after its own,
+    and named by the record, so a reader knows those guests booted differently."""
+    import dataclasses
+
+    host = FakeHost(lambda xml: ScriptedDomain(xml, probe_console(4096, 1024), 4096 * 1024, 1024 * 1024, ends=False))
+    host.spec = dataclasses.replace(host.spec, guest_cmdline="init_on_alloc=0")
+    rec = measure(point(manifest, 4096), manifest=manifest, host=host, host_facts={}, kernel="/k", initrd="/i",
+                  guest_release="6.1.0-57-amd64", domain_type="qemu", domain_type_reason="test", run_id="t",
+                  stop=threading.Event(), boot_method="pvh")
+    assert rec["status"] == "ok" and rec["kernel_parameters"] == "init_on_alloc=0"
+    assert "init_on_alloc=0" in host.conn.domains[0].xml
+    assert "kernel_parameters" not in run(manifest, 4096, lambda xml: ScriptedDomain(
+        xml, probe_console(4096, 1024), 4096 * 1024, 1024 * 1024, ends=False))[0]
+
+
 class LaggingStats(ScriptedDomain):
     """A guest whose balloon statistics arrive late, as a busy TCG guest's can: for a second after it
     settled, the host still holds statistics sent before the balloon's last step (an older `available`,

@@ -39,7 +39,8 @@ def test_a_changed_result_rerenders_only_what_uses_it(sample, tmp_path):
     results.write_record(path, rec)
     report = build_all([m], site=site, quiet=True)
     written = sorted(p.name for p in report.written)
-    assert written == ["index.md", "kvm-rhel6-1024.png", "sample-memory-lost.png", "sample.html"]
+    # the page, its two graphs that show the point, its preview, and its claims (site/claims/sample.json)
+    assert written == ["index.md", "kvm-rhel6-1024.png", "sample-memory-lost.png", "sample.html", "sample.json"]
     assert [p.name for p in report.skipped] == ["kvm-precise-1024.png"]
 
 
@@ -48,7 +49,7 @@ def test_clean_rebuild_renders_everything_but_rewrites_nothing(sample, tmp_path)
     site = new_site(tmp_path)
     build_all([m], site=site, quiet=True)
     report = build_all([m], site=site, quiet=True, clean=True)
-    assert report.written == [] and len(report.unchanged) == 5
+    assert report.written == [] and len(report.unchanged) == 6  # page, 3 graphs, preview, claims
 
 
 def test_pngs_carry_no_timestamp_or_version(sample, tmp_path):

@@ -11,7 +11,7 @@ from tests.support import ROOT  # noqa: F401
 def test_committed_posts_rebuild_byte_for_byte(tmp_path):
     site = tmp_path / "site"
     shutil.copytree(ROOT / "site", site, ignore=shutil.ignore_patterns(
-        "content", "static", "previews", "public", ".memballoon-build.json", "resources"))
+        "content", "static", "previews", "claims", "public", ".memballoon-build.json", "resources"))
     # the published pages are where a rebuild finds their "What changed" entries: copy them in first
     for page in (ROOT / "site" / "content" / "posts").glob("*/index.md"):
         target = site / page.relative_to(ROOT / "site")
@@ -20,9 +20,9 @@ def test_committed_posts_rebuild_byte_for_byte(tmp_path):
     manifests = [load(p) for p in find_manifests(ROOT / "experiments")]
     assert len(manifests) >= 3
     build_all(manifests, site=site, clean=True, quiet=True, previews=True)
-    golden = sorted(p.relative_to(ROOT / "site") for folder in ("content/posts", "previews")
+    golden = sorted(p.relative_to(ROOT / "site") for folder in ("content/posts", "previews", "claims")
                     for p in (ROOT / "site" / folder).rglob("*") if p.is_file())
-    built = sorted(p.relative_to(site) for folder in ("content/posts", "previews")
+    built = sorted(p.relative_to(site) for folder in ("content/posts", "previews", "claims")
                    for p in (site / folder).rglob("*") if p.is_file())
     assert built == golden, "the build writes other files than the committed ones"
     differ = [str(rel) for rel in golden if (site / rel).read_bytes() != (ROOT / "site" / rel).read_bytes()]

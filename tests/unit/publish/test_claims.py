@@ -1,0 +1,377 @@
+"""Every number a committed post states is in its claims list (site/claims/<slug>.json), and every claim
+is answered again here from the records alone: the records are read and selected by this file, the
+arithmetic is redone from the claim's query, and the figures of the kernel's rules and of predict are
+recomputed from the records they name. Nothing here renders a template."""
+from __future__ import annotations
+
+import json
+import math
+import operator
+import re
+import statistics
+from pathlib import Path
+
+import pytest
+
+from generator import laws, results
+from generator.manifest import load as load_manifest
+from generator.plan import points, results_dir
+from generator.predict import margin_mib, predict, reserve_kib, used_kib
+from generator.publish import analysis
+from generator.units import mib_label
+
+ROOT = Path(__file__).resolve().parents[3]
+EXPERIMENTS = sorted((ROOT / "experiments").glob("*/experiment.yaml"))
+
+
+MANIFEST_OF: dict = {}   # id(records list) -> its manifest (a claim may state a manifest setting)
+
+
+def _records(manifest) -> list:
+    """Every record of the manifest's planned points, read as a reader would (migrations applied)."""
+    out = []
+    MANIFEST_OF[id(out)] = manifest
+    folder = results_dir(manifest)
+    for p in points(manifest):
+        found = results.read_point(p, folder)
+        if found:
+            out.append(results.as_record(found[0]))
+    return out
+
+
+def _died(r):
+    return r.status in ("oom", "panic")
+
+
+def _set_aside(r):
+    boot = r.memtotal_boot_kib
+    if isinstance(boot, int) and 0 < boot <= r.memory_mib * 1024:
+        return r.memory_mib - boot / 1024
+    return analysis.reserved_mib(r)
+
+
+def _timeline_low(r):
+    samples = [s[1] for s in r.balloon_timeline or [] if isinstance(s, list) and len(s) >= 2
+               and isinstance(s[1], int) and s[1] > 0]
+    return min(samples) / 1024 if samples and _died(r) else None
+
+
+def _inflating(r):
+    if not _died(r):
+        return None
+    v = (r.phases or {}).get("inflation_host_s")
+    return v if v else analysis.timeline_facts(r)["balloon_moving_s"]
+
+
+def _metric(of: str):
+    """A function of one record (None: the record says nothing of it)."""
+    fixed = {
+        "seen_mib": analysis.seen_mib,
+        "set_aside_mib": _set_aside,
+        "balloon_floor_mib": _timeline_low,
+        "inflating_s": _inflating,
+        "reserved_mib": analysis.reserved_mib,
+        "swiotlb_mib": analysis.swiotlb_mib,
+        "pv_map_end_mib": analysis.pv_map_end_mib,
+        "reserve_mib": lambda r: None if (v := reserve_kib(r.zone_reserves)) is None else v / 1024,
+        "used_at_boot_mib": lambda r: None if (v := used_kib(r)) is None else v / 1024,
+        "margin_mib": margin_mib,
+        "xen_ballooned_out_mib": lambda r: ((r.xen_balloon.get("low_kb", 0) + r.xen_balloon.get("high_kb", 0)) / 1024
+                                            if r.xen_balloon else None),
+    }
+    if of in fixed:
+        return fixed[of]
+    if of == "record":
+        return lambda r: 1
+    if of in ("cross_check", "cross_check_agrees"):
+        return lambda r: (1 if r.cross_check and (of == "cross_check" or r.cross_check.get("agree")) else None)
+    kind, _, key = of.partition(":")
+    if kind == "field":
+        return lambda r: r.get(key)
+    if kind in ("nested", "xen"):
+        return lambda r: (r.get(kind) or {}).get(key)
+    if kind == "item_kib":
+        return lambda r: r.set_aside_kib.get(key, 0) if isinstance(r.set_aside_kib, dict) else None
+    if kind == "killed":
+        return lambda r: 1 if key in (list(r.oom_kills or []) or
+                                      re.findall(r"Killed process \d+ \(([^)]+)\)", r.reason or "")) else None
+    if kind == "panic":
+        return lambda r: 1 if f"Kernel panic - not syncing: {key}" in (r.reason or "") else None
+    if kind == "item":
+        return lambda r: r.set_aside_kib.get(key, 0) / 1024 if isinstance(r.set_aside_kib, dict) else None
+    if kind == "meminfo":
+        return lambda r: v / 1024 if isinstance(v := (r.meminfo or {}).get(key), (int, float)) else None
+    if kind == "free":
+        return lambda r: v if isinstance(v := (r.free_m or {}).get(key), (int, float)) else None
+    raise AssertionError(f"a claim asks for {of!r}, which this test does not know")
+
+
+def _select(records, where: dict) -> list:
+    """The records whose fields equal `where`'s values (a list: any of them)."""
+    return [r for r in records
+            if all(r.get(k) in v if isinstance(v, list) else r.get(k) == v for k, v in where.items())]
+
+
+def _per_point(records, fn) -> dict:
+    groups: dict = {}
+    for r in records:
+        key = tuple(repr(r.get(k)) for k in analysis.IDENTITY)
+        if (v := fn(r)) is not None:
+            groups.setdefault(key, []).append(v)
+    return groups
+
+
+def answer(query, records):
+    """The value of a claim's query, from the records alone."""
+    if not isinstance(query, dict):
+        return query
+    if "op" in query:
+        args = [answer(a, records) for a in query["args"]]
+        op = query["op"]
+        if op == "round":
+            return round(args[0], args[1])
+        if op in ("neg", "abs"):
+            return -args[0] if op == "neg" else abs(args[0])
+        if op == "count":   # how many of the listed queries the records answer
+            return sum(1 for a in args if a is not None)
+        a, b = args
+        return {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+                "//": operator.floordiv}[op](a, b)
+    if "law" in query:
+        chosen = _select(records, query["where"])
+        fitted = laws.fit(chosen, query["domain_type"], tuple(query["kernels"]))
+        figure = query["law"]
+        if figure == "slope":
+            return laws.marginal_per_gib(fitted)
+        if figure == "step":
+            return fitted.bounce_kib / 1024
+        if figure == "page_descriptors_per_gib":
+            return 16 + fitted.page_descriptors[1] / 1024
+        if figure == "worst_kib":
+            current = chosen[0].current_memory_mib
+            model = chosen[0].get("memory_model") or "balloon"
+            return max((abs(fitted.set_aside_kib(laws.guest_of(r.memory_mib, min(current, r.memory_mib), model,
+                                                                query["domain_type"]))
+                            - (r.memory_mib * 1024 - r.memtotal_boot_kib))
+                        for r in _select(records, query["over"]) if isinstance(r.memtotal_boot_kib, int)), default=0.0)
+        if figure == "nothing_left_gib":
+            current = chosen[0].current_memory_mib
+            model = chosen[0].get("memory_model") or "balloon"
+            lost = lambda mib: fitted.set_aside_kib(laws.guest_of(mib, min(current, mib), model,  # noqa: E731
+                                                                  query["domain_type"])) / 1024
+            mib = current
+            while lost(mib) < current and mib < 1 << 24:   # the first MiB (of 1 MiB steps, coarse to fine)
+                mib *= 2
+            lo, hi = mib // 2, mib
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if lost(mid) < current else (lo, mid)
+            return hi / 1024
+        raise AssertionError(f"unknown law figure {figure!r}")
+    if "of" in query:
+        chosen = _select(records, query["where"])
+        fn = _metric(query["of"])
+        values = [v for r in chosen if (v := fn(r)) is not None]
+        agg = query["agg"]
+        if agg == "one":
+            assert len(set(map(repr, values))) == 1, f"the records disagree on {query}: {sorted(set(map(repr, values)))}"
+            return values[0]
+        if agg == "distinct":
+            return len(set(map(repr, values)))
+        if agg == "most_per_point":
+            return max((len(v) for v in _per_point(chosen, fn).values()), default=0)
+        if agg == "widest_per_point":
+            return max((max(v) - min(v) for v in _per_point(chosen, fn).values()), default=0)
+        if agg == "min":
+            return min(values)
+        if agg == "max":
+            return max(values, default=0 if query["of"] == "swiotlb_mib" else None)
+        if agg == "count":
+            return len(values)
+        assert values, f"no record answers {query}"
+        return statistics.median(values)
+    if "predict" in query:
+        asked = query["predict"]
+        got = predict(_select(records, query["where"]), asked["guest"], asked["memory_mib"], asked["current_mib"],
+                      asked["need_mib"])
+        return getattr(got, query["field"])
+    if "sizing" in query:
+        from generator.predict import sizing_table
+
+        asked = query["sizing"]
+        rows = [row for row in sizing_table(_select(records, query["where"]), asked["need_mib"])
+                if row["domain_type"] == asked["domain_type"] and row["kernel"] == asked["kernel"]]
+        assert len(rows) == 1, f"no one sizing row for {asked}"
+        cell = next(z for z in rows[0]["sizes"] if z["current_memory_mib"] == query["current"])
+        return cell[query["field"]]
+    if "outcomes" in query:
+        from generator.predict import check_outcomes
+
+        checked = check_outcomes(_select(records, query["where"]))
+        if query["outcomes"] in ("n_missed", "n_borderline"):
+            return len(checked[query["outcomes"][2:]])
+        got = checked[query["outcomes"]]
+        return got[query["why"]] if "why" in query else got
+    if "manifest" in query:
+        value = MANIFEST_OF[id(records)]
+        for part in query["manifest"].split("."):
+            value = getattr(value, part)
+        return value
+    if "size" in query:
+        sizes = {r.memory_mib for r in records} | {r.current_memory_mib for r in records}
+        assert query["size"] in sizes, f"{query['size']} MiB is no size the records measured"
+        return query["size"]
+    if "fact" in query:
+        raise AssertionError("a fact is not recomputed")
+    raise AssertionError(f"a claim's query of no known kind: {query}")
+
+
+def texts_of(value) -> set[str]:
+    """How a post may print a number."""
+    out = {str(value), mib_label(value) if isinstance(value, int) or float(value).is_integer() else ""}
+    out |= {f"{value:,.{d}f}" for d in range(4)}
+    if isinstance(value, (int, float)) and float(value).is_integer():
+        out.add(mib_label(int(value)))
+    return out
+
+
+def check_claims(manifest, claims_doc: dict, records) -> list[str]:
+    """What is wrong with a post's claims against its records (empty: nothing)."""
+    problems = []
+    for c in claims_doc["claims"]:
+        if c["text"] not in texts_of(c["value"]):
+            problems.append(f"{c['text']!r} is not how {c['value']!r} prints")
+        if "fact" in c["query"]:
+            if not c["query"]["fact"].strip():
+                problems.append(f"{c['text']!r}: a fact with no source")
+            continue
+        try:
+            got = answer(c["query"], records)
+        except (AssertionError, TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+            problems.append(f"{c['text']!r}: {e}")
+            continue
+        if got is None or not math.isclose(float(got), float(c["value"]), rel_tol=1e-9, abs_tol=1e-9):
+            problems.append(f"{c['text']!r} ({c['value']!r}) but the records give {got!r} for {c['query']}")
+    return problems
+
+
+# A number in prose: digits with thousands separators and decimals, not part of a word, a version or a path
+_NUMBER = re.compile(r"(?<![\w.\-/+])\d{1,3}(?:,\d{3})+(?:\.\d+)?(?![\w\-/])|(?<![\w.\-/+,])\d+(?:\.\d+)?(?![\w\-/.]\d)")
+
+
+def prose(page: str) -> str:
+    """The page's text a reader reads as sentences and tables: no front matter, code, links' targets or images."""
+    text = re.sub(r"\A\+\+\+\n.*?\n\+\+\+\n", "", page, flags=re.S)
+    # the update log is history: each line compares the records with those of a named commit (updates.py,
+    # recomputed by `compare` and tests/unit/publish/test_updates.py), not a claim about today's records
+    text = re.sub(r"^## What changed\n.*?(?=^## |\Z)", "", text, flags=re.S | re.M)
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
+    text = re.sub(r"(`+).*?\1", " ", text)
+    # an image: its alt text and title describe the graph (analysis.alt_text), they are not sentences
+    text = re.sub(r'!\[(?:[^\]\\]|\\.)*\]\([^\s)]+(?: "[^"]*")?\)', " ", text)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    text = re.sub(r"<[^>]+>", " ", text)
+    return text
+
+
+def unlisted_numbers(page: str, claims_doc: dict) -> list[str]:
+    """Numbers in the page's prose that no claim (and no printed name: a label, a version) accounts for."""
+    text = prose(page)
+    # a name (a label, a version, a reason) is masked, unless it states amounts: those must be claims
+    names = sorted((n for n in claims_doc["names"] if not re.search(r"\d[\d,.]* ?(?:[KMG]iB|MB)\b", n)),
+                   key=len, reverse=True)
+    for n in names:
+        text = text.replace(n, " ")
+    allowed: dict[str, int] = {}
+    for printed, n in claims_doc["printed"].items():
+        key = re.sub(r" [KMG]iB$", "", printed)
+        allowed[key] = allowed.get(key, 0) + n
+    found, used = [], {}
+    for m in _NUMBER.finditer(text):
+        token = m.group(0)
+        used[token] = used.get(token, 0) + 1
+        if used[token] <= allowed.get(token, 0):
+            continue
+        line = text[text.rfind("\n", 0, m.start()) + 1: text.find("\n", m.end())]
+        found.append(f"{token!r} (printed as a claim {allowed.get(token, 0)} time(s)) in: {line.strip()[:160]}")
+    return found
+
+
+def _posts():
+    for path in EXPERIMENTS:
+        m = load_manifest(path)
+        slug = m.post.slug
+        page = ROOT / "site" / "content" / "posts" / slug / "index.md"
+        claims_file = ROOT / "site" / "claims" / f"{slug}.json"
+        if page.exists():
+            yield pytest.param(m, page, claims_file, id=slug)
+
+
+@pytest.mark.parametrize("manifest,page,claims_file", list(_posts()))
+def test_every_claim_is_answered_again_from_the_records(manifest, page, claims_file):
+    doc = json.loads(claims_file.read_text())
+    assert doc["claims"], "a post with data states numbers"
+    assert check_claims(manifest, doc, _records(manifest)) == []
+
+
+@pytest.mark.parametrize("manifest,page,claims_file", list(_posts()))
+def test_every_number_in_the_prose_is_a_claim(manifest, page, claims_file):
+    doc = json.loads(claims_file.read_text())
+    assert unlisted_numbers(page.read_text(), doc) == []
+
+
+def _ballooning():
+    m = load_manifest(ROOT / "experiments" / "memory-ballooning" / "experiment.yaml")
+    page = ROOT / "site" / "content" / "posts" / m.post.slug / "index.md"
+    doc = json.loads((ROOT / "site" / "claims" / f"{m.post.slug}.json").read_text())
+    return m, page.read_text(), doc
+
+
+def test_a_planted_wrong_reading_is_caught():
+    """A point's free -m totals moved by 7 MiB: the claim that rests on them no longer recomputes."""
+    m, _, doc = _ballooning()
+    records = _records(m)
+    claim = next(c for c in doc["claims"] if c["query"].get("of") == "seen_mib" and c["query"]["agg"] == "median")
+    for target in _select(records, claim["query"]["where"]):   # every repeat, so the median moves too
+        target["free_m"] = {**target["free_m"], "total": target["free_m"]["total"] + 7}
+    problems = check_claims(m, doc, records)
+    assert any(p.startswith(repr(claim["text"])) and "the records give" in p for p in problems), problems
+
+
+def test_a_planted_number_in_the_prose_is_caught():
+    """A number changed in the page, and a sentence added with one: neither is in the claims list."""
+    _, page, doc = _ballooning()
+    assert unlisted_numbers(page, doc) == []
+    body = prose(page)
+    once = next(t for t, n in doc["printed"].items() if n == 1 and re.fullmatch(r"\d{3}", t)
+                and len(re.findall(rf"(?<![\d,.]){t}(?![\d,.])", body)) == 1)
+    wrong = next(str(v) for v in range(int(once) + 1, int(once) + 100) if str(v) not in doc["printed"])
+    planted = re.sub(rf"(?<![\d,.]){once}(?![\d,.])", wrong, page, count=1)
+    assert planted != page
+    assert any(repr(wrong) in p for p in unlisted_numbers(planted, doc))
+    added = page.replace("## Where it goes", "The guest saw 12,345 MiB.\n\n## Where it goes", 1)
+    assert any("'12,345'" in p for p in unlisted_numbers(added, doc))
+
+
+def test_arithmetic_keeps_the_question():
+    from generator.publish.claims import claimed, query_of
+
+    a = claimed(961.0, {"of": "seen_mib", "agg": "median", "where": {"memory_mib": 1024}})
+    b = claimed(353, {"of": "seen_mib", "agg": "median", "where": {"memory_mib": 32768}})
+    lost = 1024 - b
+    assert lost == 671 and query_of(lost) == {"op": "-", "args": [1024, b.query]}
+    assert query_of(a - b) == {"op": "-", "args": [a.query, b.query]}
+    assert query_of(sum([a, b])) == {"op": "+", "args": [{"op": "+", "args": [0, a.query]}, b.query]}
+    assert query_of(abs(-a)) == {"op": "abs", "args": [{"op": "neg", "args": [a.query]}]}
+    assert answer({"op": "-", "args": [1024, 353]}, []) == 671
+
+
+def test_a_content_file_gets_only_the_manifests_own_numbers():
+    """setting() walks declared manifest fields only: a content file from someone else reaches no Python."""
+    from generator.publish.claims import setting
+
+    m, _, _ = _ballooning()
+    assert setting(m, "sweep.repeats") == m.sweep.repeats
+    for path in ("__class__", "sweep.__class__.__init__", "path", "sweep.memory", "hosts", "experiment"):
+        with pytest.raises(ValueError):
+            setting(m, path)
