@@ -7,6 +7,7 @@ record is written the moment its point is done, so an interrupted sweep loses no
 from __future__ import annotations
 
 import json
+import os
 import logging
 import signal
 import sys
@@ -84,8 +85,19 @@ class MemoryBudget:
             self.cond.notify_all()
 
 
+def machine_cache_dir() -> Path:
+    """Where answers about this machine are kept for every clone of the project (whether KVM works):
+    MEMBALLOON_MACHINE_CACHE, else $XDG_CACHE_HOME/memballoon, else ~/.cache/memballoon."""
+    explicit = os.environ.get("MEMBALLOON_MACHINE_CACHE")
+    if explicit:
+        return Path(explicit).resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).resolve() / "memballoon"
+
+
 def _canary_cache(cache_dir: Path, facts: dict, release: str) -> Path:
-    key = f"{facts['name']}-{facts['hostname']}-{facts['hypervisor']}-{facts['kernel']}-{release}"
+    """The canary's answer for one machine (its hostname), hypervisor version, kernel and guest kernel."""
+    key = f"{facts['hostname']}-{facts['hypervisor']}-{facts['kernel']}-{release}"
     safe = "".join(ch if ch.isalnum() or ch in "-._" else "_" for ch in key)
     return cache_dir / "canary" / f"{safe}.json"
 
@@ -122,6 +134,7 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
     ok, why = canary(host, kernel=kernel, initrd=initrd, domain_type="kvm", timeout=canary_timeout, run_id=run_id,
                      stop=stop)
     chosen = ("kvm", f"KVM {why}") if ok else ("qemu", f"KVM unusable ({why}); using TCG")
+    cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     results.write_atomic(cache, json.dumps({"domain_type": chosen[0], "reason": chosen[1]}) + "\n")
     return chosen
 
@@ -216,7 +229,7 @@ class Sweep:
             if first is None:  # only full systems: the canary that picks KVM or TCG is still the probe
                 first = stage_probe(host, "host", "", "auto", "virtio", self.cache_dir)
             dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2] + "-" + first[3],
-                                            self.manifest.timeouts.canary, self.run_id, self.cache_dir, self.stop,
+                                            self.manifest.timeouts.canary, self.run_id, machine_cache_dir(), self.stop,
                                             note=self.progress.note)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "

@@ -152,7 +152,8 @@ def test_second_sweep_on_the_same_root_is_refused(write_manifest, tmp_path, embe
 
 def test_auto_domain_type_falls_back_to_tcg_and_says_why(write_manifest, tmp_path, embed_env):
     manifest = write_manifest("auto", memory="[1 GiB]", domain_type="auto", canary="15s")
-    env = dict(embed_env, MEMBALLOON_CACHE=str(tmp_path / "cache"))  # no cached canary result
+    env = dict(embed_env, MEMBALLOON_CACHE=str(tmp_path / "cache"),  # no cached canary result
+               MEMBALLOON_MACHINE_CACHE=str(tmp_path / "machine"))
     out = cli(env, "sweep", str(manifest), "--results", str(tmp_path / "res"))
     assert out.returncode == 0, out.stderr
     # the wait is said before it starts, with how to check again

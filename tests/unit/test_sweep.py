@@ -303,3 +303,18 @@ def test_local_slots_leave_the_nested_hosts_cores():
     assert slots_for(spec, {"cores": 2}, 1, None) == 2
     assert slots_for(spec, {"cores": 2}, 1, None, cores_taken=1) == 1
     assert slots_for(spec, {"cores": 2}, 1, None, cores_taken=4) == 1  # always one
+
+
+def test_the_kvm_answer_is_kept_per_machine_not_per_clone(monkeypatch, tmp_path):
+    """Two clones of the project on one machine share the canary's answer (MEMBALLOON_MACHINE_CACHE, else
+    $XDG_CACHE_HOME/memballoon, else ~/.cache/memballoon), keyed without the manifest's host name."""
+    from generator.sweep import _canary_cache, machine_cache_dir
+
+    monkeypatch.delenv("MEMBALLOON_MACHINE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert machine_cache_dir() == (tmp_path / "xdg" / "memballoon").resolve()
+    monkeypatch.setenv("MEMBALLOON_MACHINE_CACHE", str(tmp_path / "m"))
+    assert machine_cache_dir() == (tmp_path / "m").resolve()
+    facts = {"name": "local", "hostname": "h1", "hypervisor": "QEMU 7.2.22", "kernel": "6.1.0-57-amd64"}
+    assert _canary_cache(tmp_path, facts, "r") == _canary_cache(tmp_path, dict(facts, name="here"), "r")
+    assert _canary_cache(tmp_path, facts, "r") != _canary_cache(tmp_path, dict(facts, hostname="h2"), "r")
