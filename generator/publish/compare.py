@@ -59,8 +59,14 @@ class Change:
     old: dict | None = None                      # {'median_mib', 'spread_mib', 'status', 'n'}
     new: dict | None = None
 
+    @property
+    def remeasured(self) -> bool:
+        """Both sides have the point, from different boots (other start times)."""
+        return bool(self.old and self.new and self.old.get("measured_at") != self.new.get("measured_at"))
+
     def as_json(self) -> dict:
-        return {"point": self.point, "class": self.kind, "old": self.old, "new": self.new}
+        return {"point": self.point, "class": self.kind, "old": self.old, "new": self.new,
+                "remeasured": self.remeasured}
 
 
 @dataclass
@@ -81,7 +87,7 @@ class Comparison:
 
     def as_json(self) -> dict:
         return {"experiment": self.experiment, "old": self.old.label, "new": self.new.label, "counts": self.counts,
-                "points": [c.as_json() for c in self.changes if c.kind != "unchanged"],
+                "points": [c.as_json() for c in self.changes if c.kind != "unchanged" or c.remeasured],
                 "provenance": self.provenance}
 
 
@@ -269,7 +275,8 @@ def _summary(records: list[dict]) -> dict:
     statuses = sorted({r.status for r in records})
     return {"median_mib": statistics.median(seen) if seen else None,
             "spread_mib": (max(seen) - min(seen)) if seen else None,
-            "status": "/".join(statuses), "n": len(records)}
+            "status": "/".join(statuses), "n": len(records),
+            "measured_at": sorted(str(r.started_at) for r in records if r.started_at)}
 
 
 def classify(old: list[dict] | None, new: list[dict] | None) -> tuple[str, dict | None, dict | None]:
@@ -330,8 +337,15 @@ def compare(manifest: Manifest, old_rev: str | None, new_rev: str | None, *, sit
     if old_rev is None:
         old_rev = published_commit(manifest, site)
         if old_rev is None:
-            raise UserError(f"{manifest.experiment}: its post in {site} names no results commit (not built yet?); "
-                            "give the revision to compare with: compare OLD [NEW]")
+            # a first publication (records and post committed together): the records as last committed
+            last = git(top, "log", "-1", "--format=%H", "--", rel).stdout.strip()
+            if not last:
+                raise UserError(f"{manifest.experiment}: its post in {site} names no results commit and no commit "
+                                f"holds {rel} yet; commit the records, or give the revision to compare with: "
+                                "compare OLD [NEW]")
+            note(f"note: {manifest.experiment}: its post names no results commit (its first publication); "
+                 f"comparing with the records as last committed ({last[:12]})")
+            old_rev = last
     old_commit = resolve_revision(top, old_rev)
     old = revision_side(top, old_commit, rel, old_commit[:12])
     if new_rev is None:
@@ -363,6 +377,8 @@ def table(c: Comparison) -> list[str]:
     order = {k: i for i, k in enumerate(CLASSES)}
     for ch in sorted(c.changes, key=lambda ch: (order[ch.kind], ch.point)):
         if ch.kind == "unchanged":
+            if ch.remeasured:  # measured again, with the same reading: say which point, so nothing is hidden
+                lines.append(f"  {'re-measured':<15} {ch.point:<44} {_value(ch.old)} -> {_value(ch.new)} (unchanged)")
             continue
         lines.append(f"  {ch.kind:<15} {ch.point:<44} {_value(ch.old)} -> {_value(ch.new)}")
     for p in c.provenance:

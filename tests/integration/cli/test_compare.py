@@ -163,9 +163,27 @@ def test_the_default_old_side_is_the_published_commit(repo):
     out = compare(repo)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"sample: {first[:12]} -> working tree") and "1 moved" in out.stdout
-    page.unlink()
+    page.unlink()  # a first publication: the post names no commit; the records as last committed are the old side
+    second = git(repo, "rev-parse", "second").strip()
     out = compare(repo)
-    assert out.returncode == 1 and "names no results commit" in out.stderr
+    assert out.returncode == 0, out.stderr
+    assert "names no results commit (its first publication)" in out.stderr and second[:12] in out.stderr
+    assert out.stdout.startswith(f"sample: {second[:12]} -> working tree") and "0 moved" in out.stdout
+
+
+def test_a_point_measured_again_with_the_same_reading_is_named(repo):
+    """'unchanged' hides nothing: a point whose boots are new (other start times) is listed as re-measured."""
+    folder = repo / "experiments" / "sample" / "results"
+    path = next(folder.rglob("memory-4096MiB-current-1024MiB-r1.json"))
+    rec = json.loads(path.read_text())
+    rec["started_at"] = "2020-01-01T00:00:00+00:00"
+    path.write_text(json.dumps(rec))
+    out = compare(repo, "second")
+    assert out.returncode == 0, out.stderr
+    [line] = [x for x in out.stdout.splitlines() if "re-measured" in x]
+    assert "/m4096-c1024" in line and line.endswith("(unchanged)")
+    doc = json.loads(compare(repo, "second", "--json").stdout)
+    assert [p["remeasured"] for p in doc["experiments"][0]["points"]] == [True]
 
 
 def _fanout_commit(repo: Path, levels: int = 11) -> str:
