@@ -35,6 +35,7 @@ class DomainSpec:
     memory_model: str = "balloon"
     autodeflate: bool = False
     free_page_reporting: bool = False
+    cpu_model: str = "default"  # 'maximum': <cpu mode='maximum'/>
     disk: str = ""              # a full system's overlay
     disk_format: str = "qcow2"
     agent: bool = False         # the QEMU guest agent's channel

@@ -252,9 +252,15 @@ def fit(records: list, domain_type: str, kernel: str | tuple) -> Laws | None:
     its itemized records (None if it has none)."""
     kernels = (kernel,) if isinstance(kernel, str) else tuple(kernel)
     kernel = kernels[-1] if kernels else ""
+    from .manifest import at_defaults
+
+    # the rules are a guest's with libvirt's default CPU model: a CPU that offers more (5-level paging)
+    # sizes some bookkeeping differently, and is its own experiment
     mine = [r for r in (as_record(x) for x in records)
             if r.domain_type == domain_type and r.guest_kernel in kernels and r.status in ("ok", "oom", "panic")
-            and isinstance(r.memory_mib, int) and isinstance(r.current_memory_mib, int)]
+            and isinstance(r.memory_mib, int) and isinstance(r.current_memory_mib, int)
+            and at_defaults(r, but=("memory_mib", "current_memory_mib", "memory_model", "autodeflate",
+                                    "free_page_reporting"))]
     itemized = [r for r in mine if isinstance(r.set_aside_kib, dict) and r.set_aside_kib]
     if not itemized:
         return None

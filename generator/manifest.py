@@ -910,7 +910,24 @@ FACTORS: list[Factor] = [
     Factor("free_page_reporting", "free_page_reporting", _list_of(_flag, 1, unique=lambda v: v), bool, False,
            _on_off("fpr"), _on_off("fpr"), lambda v: "free page reporting" if v else "no free page reporting",
            "the guest reports free pages to the host (virtio free page reporting)"),
+    Factor("cpu_model", "cpu_model", _list_of(_choice("default", "maximum"), 1, unique=lambda v: v), str, "default",
+           lambda v: f"cpu-{v}", lambda v: f"cpu-{v}", lambda v: "CPU model maximum" if v == "maximum" else
+           "libvirt's default CPU model",
+           "the guest's CPU model: default (libvirt's, no <cpu> element) or maximum (<cpu mode='maximum'/>: "
+           "everything the accelerator offers, host-passthrough on KVM, QEMU's max on TCG)"),
 ]
+
+
+def at_defaults(record, *, but=("memory_mib", "current_memory_mib")) -> bool:
+    """Whether a record's factors other than `but` are all at their defaults (a plain configuration):
+    the one definition every curve, law and prediction selects its records by."""
+    for f in FACTORS:
+        if f.name in but or f.default is None:
+            continue
+        value = record.get(f.name)
+        if (f.default if value is None else value) != f.default:
+            return False
+    return True
 
 
 def factor(name: str) -> Factor:

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import hypervisors
 from . import laws as L
 from .errors import UserError
-from .manifest import find_manifests, load
+from .manifest import at_defaults, find_manifests, load
 from .plan import points, results_dir
 from .results import as_record, existing
 from .units import mib_label
@@ -150,8 +150,7 @@ def build_model(records: list[dict]) -> Model:
     for r in records:
         fam = family(r.domain_type or "")
         memory, current = r.memory_mib, r.current_memory_mib
-        plain = ((r.memory_model or "balloon") == "balloon" and not r.autodeflate
-                 and not r.free_page_reporting)
+        plain = at_defaults(r)
         if not plain or not isinstance(memory, int) or not isinstance(current, int):
             continue
         if r.status == "ok" and current == 1024 and isinstance(r.memtotal_settled_kib, int):

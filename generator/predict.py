@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import hypervisors
 from . import laws as L
+from .manifest import at_defaults
 from .guests import setaside
 from .errors import UserError
 from .model import along, family
@@ -41,7 +42,7 @@ BORDERLINE_MIB = 8.0  # a margin this close to 0 is within what repeats of one p
 
 def _plain(r: dict) -> bool:
     r = as_record(r)
-    return (r.memory_model or "balloon") == "balloon" and not r.autodeflate and not r.free_page_reporting
+    return at_defaults(r)
 
 
 def reserve_kib(zone_reserves: dict | None) -> float | None:

@@ -55,8 +55,11 @@ class QEMU(Hypervisor):
             ET.SubElement(backing, "source", type="memfd")
             ET.SubElement(backing, "access", mode="shared")
         ET.SubElement(dom, "vcpu").text = str(s.vcpus)
+        cpu = None
+        if s.cpu_model == "maximum":  # all the accelerator offers (KVM: host-passthrough; TCG: QEMU's max)
+            cpu = ET.SubElement(dom, "cpu", mode="maximum", check="none")
         if hotplug:  # memory devices need a NUMA topology
-            numa = ET.SubElement(ET.SubElement(dom, "cpu"), "numa")
+            numa = ET.SubElement(cpu if cpu is not None else ET.SubElement(dom, "cpu"), "numa")
             ET.SubElement(numa, "cell", id="0", cpus=f"0-{s.vcpus - 1}" if s.vcpus > 1 else "0",
                           memory=str(s.current_memory_mib * 1024), unit="KiB")
         os_el = ET.SubElement(dom, "os")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from generator import results
-from generator.manifest import load
+from generator.manifest import FACTORS, load
 
 from . import ROOT
 
@@ -41,9 +41,9 @@ SEEN = {"precise": {1024: 961, 2048: 943, 4096: 843, 8192: 773}, "rhel6": {1024:
 
 
 def record(guest: str, memory: int, repeat: int) -> dict:
-    base = {"experiment": "sample", "host": "kvm1", "guest": guest, "memory_mib": memory, "current_memory_mib": 1024,
-            "memory_model": "balloon", "autodeflate": False, "free_page_reporting": False,
-            "repeat": repeat, "domain_type": "kvm", "domain_type_reason": "set in the manifest",
+    base = {"experiment": "sample", "host": "kvm1", "guest": guest,
+            **{f.name: f.default for f in FACTORS if f.default is not None},  # every factor but the sizes: its default
+            "memory_mib": memory, "current_memory_mib": 1024, "repeat": repeat, "domain_type": "kvm", "domain_type_reason": "set in the manifest",
             "hypervisor": "QEMU 8.2.0", "qemu_version": "8.2.0", "libvirt_version": "10.0.0",
             "host_kernel": "6.8.0-40-generic", "host_cores": 16, "host_memory_mib": 65536,
             "guest_kernel": "3.2.0-126-generic" if guest == "precise" else "2.6.32-754.el6.x86_64",
