@@ -259,8 +259,7 @@ def fit(records: list, domain_type: str, kernel: str | tuple) -> Laws | None:
     mine = [r for r in (as_record(x) for x in records)
             if r.domain_type == domain_type and r.guest_kernel in kernels and r.status in ("ok", "oom", "panic")
             and isinstance(r.memory_mib, int) and isinstance(r.current_memory_mib, int)
-            and at_defaults(r, but=("memory_mib", "current_memory_mib", "memory_model", "autodeflate",
-                                    "free_page_reporting"))]
+            and at_defaults(r, but=LAW_FACTORS)]
     itemized = [r for r in mine if isinstance(r.set_aside_kib, dict) and r.set_aside_kib]
     if not itemized:
         return None
@@ -340,10 +339,14 @@ def series_of(release: str) -> str:
 def disagreements(records: list, laws_by: dict) -> list[dict]:
     """Every itemized record whose item differs from its law by more than TOLERANCE_KIB, and every
     booted record whose whole set-aside does (records of 64 and 128 GiB are checked in total)."""
+    from .manifest import at_defaults
+
     out = []
     for r in (as_record(x) for x in records):
         laws = laws_by.get((r.domain_type, series_of(r.guest_kernel)))
         if laws is None or not isinstance(r.memtotal_boot_kib, int) or not isinstance(r.memory_mib, int):
+            continue
+        if not at_defaults(r, but=LAW_FACTORS):  # the rules are those of libvirt's default CPU model
             continue
         g = guest_of(r.memory_mib, r.current_memory_mib, r.memory_model or "balloon", r.domain_type)
         want = laws.items(g)
@@ -381,6 +384,11 @@ def all_laws(records: list) -> dict[tuple[str, str], Laws]:
         if laws is not None:
             out[key] = laws
     return out
+
+
+# The factors the rules cover (every other one at its default): the sizes and how memory is given. The CPU
+# model is not among them: `maximum` lets a kernel started through its decompressor use 5-level paging.
+LAW_FACTORS = ("memory_mib", "current_memory_mib", "memory_model", "autodeflate", "free_page_reporting")
 
 
 def marginal_per_gib(laws: Laws, low_mib: int = 4096, high_mib: int = 32768) -> float:

@@ -187,6 +187,18 @@ class SeriesPoint:
     def n_records(self) -> int:
         return claimed(len(self.records), leaf("record", self.where, "count"))
 
+    def smallest_surviving(self, memory_mib: int) -> int | None:
+        """The smallest currentMemory whose guest lived at this memory (a claim), or None."""
+        values = [r.current_memory_mib for r in self.records if r.memory_mib == memory_mib and r.status == "ok"]
+        where = {**self.where, "memory_mib": memory_mib, "status": "ok"}
+        return claimed(min(values), leaf("field:current_memory_mib", where, "min")) if values else None
+
+    def first_death(self, domain_type: str) -> int | None:
+        """The smallest memory at which a guest on this domain type died (a claim), or None."""
+        values = [r.memory_mib for r in self.records if r.domain_type == domain_type and r.status in ("oom", "panic")]
+        where = {**self.where, "domain_type": domain_type, "status": ["oom", "panic"]}
+        return claimed(min(values), leaf("field:memory_mib", where, "min")) if values else None
+
     @property
     def set_aside_at_boot(self) -> float | None:
         """MiB of `memory` the guest's kernel did not count as usable at boot (memory minus MemTotal at
@@ -610,7 +622,7 @@ class Data:
         groups: dict[tuple, dict] = {}
         for r in sorted(self.failures, key=lambda r: (r.memory_mib, r.current_memory_mib, r.host, r.guest)):
             key = (r.memory_mib, r.current_memory_mib, r.status, _generic(r.reason or ""))
-            g = groups.setdefault(key, {"memory_mib": key[0], "current_memory_mib": key[1], "status": key[2],
+            g = groups.setdefault(key, {"memory_mib": size(key[0]), "current_memory_mib": size(key[1]), "status": key[2],
                                         "reason": key[3], "count": 0, "where": {}})
             g["count"] += 1
             where = f"{r['host']}/{r['guest']}"
@@ -637,6 +649,18 @@ class Data:
     @property
     def n_records(self) -> int:
         return claimed(len(self.records), leaf("record", self.where, "count"))
+
+    def smallest_surviving(self, memory_mib: int) -> int | None:
+        """The smallest currentMemory whose guest lived at this memory (a claim), or None."""
+        values = [r.current_memory_mib for r in self.records if r.memory_mib == memory_mib and r.status == "ok"]
+        where = {**self.where, "memory_mib": memory_mib, "status": "ok"}
+        return claimed(min(values), leaf("field:current_memory_mib", where, "min")) if values else None
+
+    def first_death(self, domain_type: str) -> int | None:
+        """The smallest memory at which a guest on this domain type died (a claim), or None."""
+        values = [r.memory_mib for r in self.records if r.domain_type == domain_type and r.status in ("oom", "panic")]
+        where = {**self.where, "domain_type": domain_type, "status": ["oom", "panic"]}
+        return claimed(min(values), leaf("field:memory_mib", where, "min")) if values else None
 
     def distinct(self, key: str) -> int:
         """How many different values of a record field the records hold."""
@@ -703,7 +727,7 @@ class Data:
                                            - claimed(statistics.median(d.get(name, 0) for d in ib),
                                                      leaf(f"item_kib:{name}", wb)))
                     out.append({"guest": kvm.guest_label, "memory_mib": p.memory_mib, "kvm_kib": ka, "tcg_kib": kb,
-                                "diff_kib": ka - kb, "items": items})
+                                "diff_kib": ka - kb, "items": items, "variant": kvm.variant})
         return out
 
     def accelerator_items(self) -> dict[str, float]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import json
 import operator
+import re
 
 _LEDGER: contextvars.ContextVar[list | None] = contextvars.ContextVar("claims_ledger", default=None)
 
@@ -80,8 +81,9 @@ def claimed(value, query: dict):
 
 
 def query_of(value):
-    """A number's query, or the number itself where it is a constant of the template."""
-    return value.query if isinstance(value, Claimed) else _plain(value)
+    """A number's query, or {"const": n} where it is a constant of the template (a test allows only unit
+    conversions and rounding digits as constants: any other number must be a fact() with its source)."""
+    return value.query if isinstance(value, Claimed) else {"const": _plain(value)}
 
 
 def leaf(of: str, where: dict, agg: str = "median") -> dict:
@@ -89,7 +91,15 @@ def leaf(of: str, where: dict, agg: str = "median") -> dict:
 
 
 def fact(value, source: str):
-    """A number from outside the records, with where it comes from (a template function)."""
+    """A number from outside the records, with where it comes from (a template function): a number the
+    content file writes itself, never one computed from the records (that one has its own query)."""
+    if isinstance(value, Claimed):
+        raise ValueError(f"fact({_plain(value)!r}, ...): the value comes from the records and has its own "
+                         "question; print it as it is")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"fact({value!r}, ...): a fact is a number")
+    if not str(source).strip():
+        raise ValueError(f"fact({value!r}, ...): say where the number comes from")
     return claimed(value, {"fact": str(source)})
 
 
@@ -125,16 +135,17 @@ class Ledger:
     def note(self, text: str, value) -> None:
         if isinstance(value, Claimed):
             self.printed[text] = self.printed.get(text, 0) + 1
-            key = (text, json.dumps(value.query, sort_keys=True))
+            frozen = json.dumps(value.query, sort_keys=True)  # a copy: nothing later can change what is listed
+            key = (text, frozen)
             if key not in self._seen:
                 self._seen.add(key)
-                self.entries.append({"text": text, "value": _plain(value), "query": value.query})
+                self.entries.append({"text": text, "value": _plain(value), "query": json.loads(frozen)})
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
             self.unclaimed.append(text)
 
     def to_json(self, slug: str) -> str:
         return json.dumps({"post": slug, "claims": self.entries, "names": sorted(self.names),
-                           "printed": self.printed}, indent=1, sort_keys=True) + "\n"
+                           "printed": self.printed, "unclaimed": self.unclaimed}, indent=1, sort_keys=True) + "\n"
 
 
 def note(text: str, value) -> str:
@@ -147,7 +158,10 @@ def note(text: str, value) -> str:
 def note_name(text: str) -> None:
     """Text printed from a value (a label, a version, a date): its digits are a name's, not a claim."""
     ledger = _LEDGER.get()
-    if ledger is not None and any(c.isdigit() for c in text):
+    # a name has letters: digits alone (or with separators and units) printed from a string are a number
+    # that escaped its query, and stay on the page to be found
+    if ledger is not None and any(c.isdigit() for c in text) \
+            and not re.fullmatch(r"\s*\\?[-+]?\d[\d,]*(?:\.\d+)?\s*(?:[KMG]i?B|MB|GB|s)?\s*", str(text)):
         ledger.names.add(str(text))
 
 

@@ -104,9 +104,8 @@ def _finalize(value):
     from markupsafe import Markup
 
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        # printed bare: a measured number with its query, else a size the sweep measured (tests check it is)
-        claims.note(str(value), value if isinstance(value, claims.Claimed) or isinstance(value, float)
-                    else claims.size(value))
+        # printed bare: a claim with its query; a number without one is listed as unclaimed (tests fail on it)
+        claims.note(str(value), value)
         return value
     if value is None or isinstance(value, Markup):
         return value
@@ -132,7 +131,15 @@ def jinja_env(content_dir: Path):
     import jinja2
     from jinja2.sandbox import SandboxedEnvironment
 
-    env = SandboxedEnvironment(
+    class ClaimsSandbox(SandboxedEnvironment):
+        """The sandbox, and a claim's question is not the content's to read or rewrite."""
+
+        def is_safe_attribute(self, obj, attr, value):
+            if attr == "query" and isinstance(obj, claims.Claimed):
+                return False
+            return super().is_safe_attribute(obj, attr, value)
+
+    env = ClaimsSandbox(
         loader=jinja2.ChoiceLoader(
             ([] if Path(content_dir).resolve() == templates_dir() else [content_loader(content_dir)])
             + [jinja2.FileSystemLoader(str(templates_dir()))]),
