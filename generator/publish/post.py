@@ -292,11 +292,11 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
 
 
     add(page, plan.inputs, render_page)
+    if not previews:  # someone's own blog: the page and its graphs only, nothing at the blog's root
+        return data.has_data
     if data.has_data:
         # every number the page states, with the query of the records it answers (claims.py)
         add(site / "claims" / f"{slug}.json", plan.inputs, lambda _markdown: claims_bytes)
-    if not previews:
-        return data.has_data
     preview = site / "previews" / f"{slug}.html"
 
     def render_preview(markdown) -> bytes:

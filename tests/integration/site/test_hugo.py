@@ -82,7 +82,7 @@ def test_sample_site_builds_with_hugo(sample, tmp_path):
     # only the graphs the page shows are drawn: the all-guests graph is not shown by this post
     assert sorted(p.name for p in bundle.iterdir()) == [
         "index.md", "kvm-precise-1024.png", "kvm-rhel6-1024.png", "sample-memory-lost.png"]
-    assert len(report.written) == 5  # + the preview
+    assert len(report.written) == 6  # + the preview and the claims (site/claims/sample.json)
     text = (bundle / "index.md").read_text()
     fm = tomllib.loads(re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S).group(1))
     # the description is the post's summary, from the records
