@@ -308,6 +308,12 @@ class SeriesPoint:
         return self._claim(statistics.median(values), "margin_mib") if values else None
 
     @property
+    def balloon_left_mib(self) -> float | None:
+        """What the host said the guest had once its balloon stopped (libvirt's `actual`), MiB, the median."""
+        values = [r.balloon["actual"] / 1024 for r in self.ok if isinstance((r.balloon or {}).get("actual"), int)]
+        return self._claim(statistics.median(values), "balloon_actual_mib", ok=True) if values else None
+
+    @property
     def xen_ballooned_out(self) -> float | None:
         """MiB Xen's balloon held when the probe read it (low + high), the median over repeats."""
         values = [((r.xen_balloon or {}).get("low_kb", 0) + (r.xen_balloon or {}).get("high_kb", 0))

@@ -76,6 +76,8 @@ def _metric(of: str):
         "reserve_mib": lambda r: None if (v := reserve_kib(r.zone_reserves)) is None else v / 1024,
         "used_at_boot_mib": lambda r: None if (v := used_kib(r)) is None else v / 1024,
         "margin_mib": margin_mib,
+        "balloon_actual_mib": lambda r: r.balloon["actual"] / 1024 if isinstance((r.balloon or {}).get("actual"), int)
+        else None,
         "xen_ballooned_out_mib": lambda r: ((r.xen_balloon.get("low_kb", 0) + r.xen_balloon.get("high_kb", 0)) / 1024
                                             if r.xen_balloon else None),
     }
