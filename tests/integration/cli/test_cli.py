@@ -88,7 +88,7 @@ def test_noop_rebuild_writes_nothing_and_skips_matplotlib(sample, tmp_path):
               "print(len(r.written), len(r.skipped), 'matplotlib' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["0", "5", "False"]
+    assert out.stdout.split() == ["0", "6", "False"]  # page, 3 graphs, preview, claims: all skipped
     assert {p: p.stat().st_mtime_ns for p in site.rglob("*") if p.is_file()} == stamps
 
 

@@ -13,6 +13,7 @@ import shutil
 import pytest
 
 from generator.cli import main
+from generator.manifest import FACTORS
 from tests.support import ROOT  # noqa: F401
 
 pytestmark = pytest.mark.fuzz
@@ -138,9 +139,9 @@ def bad_manifests() -> list[tuple[str, bytes]]:
 
 
 def good_record(memory: int) -> dict:
-    return {"experiment": "fuzz", "host": "local", "guest": "g", "memory_mib": memory, "current_memory_mib": 1024,
-            "memory_model": "balloon", "autodeflate": False, "free_page_reporting": False,
-            "repeat": 1, "status": "ok", "reason": "", "schema_version": 2, "free_m": {"total": 900},
+    return {"experiment": "fuzz", "host": "local", "guest": "g",
+            **{f.name: f.default for f in FACTORS if f.default is not None},  # every factor but the sizes
+            "memory_mib": memory, "current_memory_mib": 1024, "repeat": 1, "status": "ok", "reason": "", "schema_version": 2, "free_m": {"total": 900},
             "memtotal_settled_kib": 921600, "dmesg": [], "started_at": "2026-11-26T00:00:00+00:00"}
 
 
