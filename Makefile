@@ -49,7 +49,7 @@ install: deps  ## the virtualenv .venv with the project and its dependencies
 	$(PY) -m pip install -q --upgrade pip && \
 	$(PY) -m pip install -q -e '.[test,site]' && echo "$$want" > $(STAMP)
 
-test: install  ## every test: test-unit, then test-integration (about 55 min on 2 cores from a fresh clone)
+test: install  ## every test: test-unit, then test-integration (about 60 min on 2 cores from a fresh clone)
 	$(PY) -m pytest -q -ra -n auto --dist worksteal tests/unit
 	$(PY) -m pytest -q -ra tests/integration
 
