@@ -76,14 +76,15 @@ def cmd_validate(args) -> int:
 
 def cmd_sweep(args) -> int:
     from .progress import Progress
-    from .sweep import Sweep
+    from .sweep import Sweep, SweepOptions
 
     manifests = _manifests(args)
     code = 0
     for m in manifests:
         print(f"== {m.experiment} ({m.path})", file=sys.stderr)
-        sweep = Sweep(m, cache_dir=_cache_dir(), results_override=args.results, only=args.only, force=args.force,
-                      retry=args.retry_failed, jobs=args.jobs, progress=Progress(stream=sys.stderr))
+        options = SweepOptions(results_override=args.results, only=args.only, force=args.force,
+                               retry=args.retry_failed, jobs=args.jobs)
+        sweep = Sweep(m, cache_dir=_cache_dir(), options=options, progress=Progress(stream=sys.stderr))
         summary = sweep.run()
         if summary.interrupted:
             print("interrupted: finished points are saved; run the same command again to resume", file=sys.stderr)

@@ -43,12 +43,13 @@ class DomainSpec:
 
     @classmethod
     def for_point(cls, factors: dict, **rest) -> "DomainSpec":
-        """A spec with every factor's value from a point (`point.factors`) and the rest as given."""
+        """A spec with every factor's value from a point (`point.factors`) and the rest as given; a
+        factor's value wins over the same field in `rest` (a guest's vcpus, when vcpus is swept)."""
         names = {f.name for f in fields(cls)}
         unknown = [k for k in factors if k not in names]
         if unknown:
             raise TypeError(f"DomainSpec has no field for factor(s) {', '.join(unknown)}: add one")
-        return cls(**factors, **rest)
+        return cls(**{**rest, **factors})
 
 
 def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "",

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from .errors import UserError
 from .guests import probe, sources
 from .measure import measure, measure_system
+from .pointrun import PointRun
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,8 @@ class Staged:
     boot: dict
     canary: tuple | None = None   # (kernel, initrd, release, boot method) or None
 
-    def measure(self, point, **common: Any) -> dict:
-        return self.kind.measure(self, point, **common)
+    def measure(self, run: PointRun) -> dict:
+        return self.kind.measure(self, run)
 
 
 class GuestKind:
@@ -39,8 +40,8 @@ class GuestKind:
         """Build what the guest needs (cached) and put it on the host."""
         raise NotImplementedError
 
-    def measure(self, staged: Staged, point, *, manifest, host, host_facts, domain_type: str, domain_type_reason: str,
-                run_id: str, stop, live, teardown) -> dict:
+    def measure(self, staged: Staged, run: PointRun) -> dict:
+        """Measure one point of the guest (its record; never leaves the domain running)."""
         raise NotImplementedError
 
 
@@ -65,13 +66,8 @@ class ProbeKind(GuestKind):
         return Staged(self, {"kernel": files[0], "initrd": files[1], "release": files[2], "boot_method": files[3]},
                       canary=files)
 
-    def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
-                live, teardown) -> dict:
-        b = staged.boot
-        return measure(point, manifest=manifest, host=host, host_facts=host_facts, kernel=b["kernel"],
-                       initrd=b["initrd"], guest_release=b["release"], domain_type=domain_type,
-                       domain_type_reason=domain_type_reason, run_id=run_id, stop=stop,
-                       boot_method=b["boot_method"], teardown=teardown, live=live)
+    def measure(self, staged, run) -> dict:
+        return measure(run, staged.boot)
 
 
 class SystemKind(GuestKind):
@@ -112,11 +108,8 @@ class SystemKind(GuestKind):
                              "release": probe.kernel_release(kernel) if kernel else None,
                              "label": g.image if named else disk.name})
 
-    def measure(self, staged, point, *, manifest, host, host_facts, domain_type, domain_type_reason, run_id, stop,
-                live, teardown) -> dict:
-        return measure_system(point, manifest=manifest, host=host, host_facts=host_facts, boot=staged.boot,
-                              domain_type=domain_type, domain_type_reason=domain_type_reason, run_id=run_id,
-                              stop=stop, live=live)
+    def measure(self, staged, run) -> dict:
+        return measure_system(run, staged.boot)
 
 
 KINDS: tuple[GuestKind, ...] = (SystemKind(), ProbeKind())

@@ -25,7 +25,7 @@ class Point:
 
     @classmethod
     def make(cls, host: str, guest: str, repeat: int = 1, experiment: str = "", **values) -> "Point":
-        missing = [f.name for f in FACTORS if f.name not in values and f.default is None]
+        missing = [f.name for f in FACTORS if f.name not in values and f.required]
         if missing:
             raise TypeError(f"Point.make needs {', '.join(missing)}")
         return cls(host, guest, tuple(values.get(f.name, f.default) for f in FACTORS), repeat, experiment)

@@ -93,6 +93,9 @@ _INT, _NUM, _STR = (int,), (int, float), (str,)
 _OPT_INT, _OPT_STR, _OPT_DICT = (int, type(None)), (str, type(None)), (dict, type(None))
 
 
+NOT_STARTED = object()  # a field a measured record has only once its value is known
+
+
 @dataclass(frozen=True)
 class Field:
     """One field of a record: the JSON types it may hold, whether every record has it, whether posts
@@ -102,6 +105,7 @@ class Field:
     required: bool = False
     summary: bool = False
     doc: str = ""
+    starts: object = NOT_STARTED   # what a measured record holds until it is read (a copy), if present from the start
 
 
 # The record, declared once. Adding a field is one line here (summary=True if a post reads it); its
@@ -114,16 +118,20 @@ RECORD: dict[str, Field] = {
     "status": Field(_STR, True, True, "ok, oom, panic, refused, timeout or error"),
     "reason": Field(_STR, True, True, "why it is not ok, in one line ('' when ok)"),
     "schema_version": Field(_INT, True, False, "the record schema it was written with"),
-    "memtotal_boot_kib": Field(_OPT_INT, False, True, "the guest's MemTotal before ballooning"),
-    "memtotal_settled_kib": Field(_OPT_INT, False, True, "the guest's MemTotal once the balloon holds its target"),
-    "free_m": Field(_OPT_DICT, False, True, "free -m's Mem: line (total, used, free, shared, buff/cache, available)"),
-    "meminfo": Field(_OPT_DICT, False, True, "/proc/meminfo after ballooning, KiB"),
-    "balloon": Field(_OPT_DICT, False, False, "libvirt's balloon statistics after ballooning, KiB"),
-    "host_view": Field(_OPT_DICT, False, False, "what the host says of the domain (virsh dominfo), KiB"),
-    "durations": Field(_OPT_DICT, False, True, "boot, settle and total seconds"),
-    "balloon_timeline": Field((list,), False, False, "[seconds, actual KiB, available KiB] samples while inflating"),
-    "dmesg": Field((list,), False, False, "the guest's kernel lines about memory (the build keeps a few)"),
-    "console_excerpt": Field((list,), False, False, "the console's last lines of a guest that failed"),
+    "memtotal_boot_kib": Field(_OPT_INT, False, True, "the guest's MemTotal before ballooning", starts=None),
+    "memtotal_settled_kib": Field(_OPT_INT, False, True, "the guest's MemTotal once the balloon holds its target",
+                                  starts=None),
+    "free_m": Field(_OPT_DICT, False, True, "free -m's Mem: line (total, used, free, shared, buff/cache, "
+                    "available)", starts=None),
+    "meminfo": Field(_OPT_DICT, False, True, "/proc/meminfo after ballooning, KiB", starts=None),
+    "balloon": Field(_OPT_DICT, False, False, "libvirt's balloon statistics after ballooning, KiB", starts=None),
+    "host_view": Field(_OPT_DICT, False, False, "what the host says of the domain (virsh dominfo), KiB", starts=None),
+    "durations": Field(_OPT_DICT, False, True, "boot, settle and total seconds",
+                       starts={"boot_s": None, "settle_s": None, "total_s": None}),
+    "balloon_timeline": Field((list,), False, False, "[seconds, actual KiB, available KiB] samples while inflating",
+                               starts=[]),
+    "dmesg": Field((list,), False, False, "the guest's kernel lines about memory (the build keeps a few)", starts=[]),
+    "console_excerpt": Field((list,), False, False, "the console's last lines of a guest that failed", starts=[]),
     "domain_type": Field(_OPT_STR, False, True, "kvm, qemu (TCG) or xen"),
     "domain_type_reason": Field(_OPT_STR, False, True, "why that domain type"),
     "hypervisor": Field(_OPT_STR, False, True, "libvirt's name and version of it, e.g. 'QEMU 7.2.0'"),
@@ -139,7 +147,7 @@ RECORD: dict[str, Field] = {
     "host_memory_mib": Field(_OPT_INT, False, True, "the host's memory"),
     "guest_vcpus": Field(_OPT_INT, False, True, "the guest's virtual CPUs"),
     "boot_method": Field(_OPT_STR, False, True, "pvh, bzimage, kernel or firmware"),
-    "phases": Field(_OPT_DICT, False, True, "where the point's time went, seconds per phase"),
+    "phases": Field(_OPT_DICT, False, True, "where the point's time went, seconds per phase", starts={}),
     "memory_backing": Field(_OPT_STR, False, True, "default or memfd guest RAM (QEMU)"),
     "xen_balloon": Field(_OPT_DICT, False, True, "Xen's balloon sysfs values in the guest, KiB"),
     "xen": Field(_OPT_DICT, False, True, "Xen's version, memory and command line (xl info)"),
@@ -157,6 +165,15 @@ RECORD: dict[str, Field] = {
     "zone_reserves": Field(_OPT_DICT, False, True, "the page allocator's zones at boot (managed, min/low/high "
                                                    "watermarks, protection; KiB) and the sysctls that size them"),
 }
+
+
+def starting_fields() -> dict:
+    """What a measured record holds before anything is read: every field declared with `starts`."""
+    import copy
+
+    return {name: copy.deepcopy(f.starts) for name, f in RECORD.items() if f.starts is not NOT_STARTED}
+
+
 FIELDS: dict[str, tuple[tuple, bool]] = {name: (f.types, f.required) for name, f in RECORD.items()}
 # What a post sees of each record (besides its factors): its summary. The bulky parts (meminfo, the
 # balloon timeline, the console) stay in the JSON files.
@@ -340,7 +357,7 @@ def _with_factor_defaults(record: dict) -> dict:
     """A factor declared after a record was written was at its default when it was measured: every
     record, of every schema version, gets each missing factor's default. So declaring a factor never
     makes the archive unreadable, and needs no schema bump."""
-    missing = {f.name: f.default for f in FACTORS if f.default is not None and f.name not in record}
+    missing = {f.name: f.default for f in FACTORS if not f.required and f.name not in record}
     return {**missing, **record} if missing else record
 
 

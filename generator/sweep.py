@@ -24,7 +24,9 @@ from .hosts import HostRuntime, libvirt_module, runtime_for
 from .manifest import Manifest
 from . import hypervisors
 from .kinds import Staged, kind_of, stage_probe
-from .measure import destroy, canary, point_identity
+from .canary import canary
+from .pointrun import PointRun, point_identity
+from .readings import destroy
 from .plan import Point, points, results_dir, select
 from .progress import Progress
 
@@ -102,9 +104,21 @@ def _canary_cache(cache_dir: Path, facts: dict, release: str) -> Path:
     return cache_dir / "canary" / f"{safe}.json"
 
 
-def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str, release: str,
-                       canary_timeout: float, run_id: str, cache_dir: Path,
-                       stop: threading.Event | None = None, note=None) -> tuple[str, str]:
+@dataclass(frozen=True)
+class CanaryBoot:
+    """The probe that boots as the KVM canary: its files on the host, its release (with the boot method:
+    part of the cached answer's key), how long it may take, and the run it belongs to."""
+
+    kernel: str
+    initrd: str
+    release: str
+    timeout: float
+    run_id: str
+    stop: threading.Event | None = None
+
+
+def choose_domain_type(host: HostRuntime, facts: dict, probe: CanaryBoot, cache_dir: Path,
+                       note=None) -> tuple[str, str]:
     """(domain type, why): as configured, or for 'auto' KVM if a short canary boot works, else TCG.
     `note` hears, before the canary boots, what the wait is for and how to check again later."""
     wanted = host.spec.domain_type
@@ -121,7 +135,7 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
         host.connect().getDomainCapabilities(None, "x86_64", None, "kvm", 0)
     except libvirt.libvirtError as e:
         return "qemu", f"KVM not offered by the host ({libvirt_message(e)}); using TCG"
-    cache = _canary_cache(cache_dir, facts, release)
+    cache = _canary_cache(cache_dir, facts, probe.release)
     if cache.exists():
         try:
             saved = json.loads(cache.read_text())
@@ -129,27 +143,39 @@ def choose_domain_type(host: HostRuntime, facts: dict, kernel: str, initrd: str,
         except (ValueError, KeyError):
             pass
     if note is not None:
-        note(f"host {host.name}: checking whether KVM works: booting a canary guest, up to {canary_timeout:g} s "
+        note(f"host {host.name}: checking whether KVM works: booting a canary guest, up to {probe.timeout:g} s "
              f"(the answer is kept in {cache}; delete that file to check again)")
-    ok, why = canary(host, kernel=kernel, initrd=initrd, domain_type="kvm", timeout=canary_timeout, run_id=run_id,
-                     stop=stop)
+    ok, why = canary(host, kernel=probe.kernel, initrd=probe.initrd, domain_type="kvm", timeout=probe.timeout,
+                     run_id=probe.run_id, stop=probe.stop)
     chosen = ("kvm", f"KVM {why}") if ok else ("qemu", f"KVM unusable ({why}); using TCG")
     cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     results.write_atomic(cache, json.dumps({"domain_type": chosen[0], "reason": chosen[1]}) + "\n")
     return chosen
 
 
+@dataclass(frozen=True)
+class SweepOptions:
+    """What `sweep`'s options ask: where records go (--results), which points (--only), whether recorded
+    points are measured again (--force: all; --retry: those that did not end in an outcome), how many
+    at once (--jobs)."""
+
+    results_override: str | None = None
+    only: list[str] | None = None
+    force: bool = False
+    retry: bool = False
+    jobs: int | None = None
+
+
 class Sweep:
-    def __init__(self, manifest: Manifest, *, cache_dir: Path, results_override: str | None = None,
-                 only: list[str] | None = None, force: bool = False, retry: bool = False,
-                 jobs: int | None = None, progress: Progress | None = None):
+    def __init__(self, manifest: Manifest, *, cache_dir: Path, options: SweepOptions = SweepOptions(),
+                 progress: Progress | None = None):
         self.manifest = manifest
         self.cache_dir = cache_dir
-        self.results = results_dir(manifest, results_override)
-        self.points = select(points(manifest), only)
-        self.force = force
-        self.retry = retry
-        self.jobs = jobs
+        self.results = results_dir(manifest, options.results_override)
+        self.points = select(points(manifest), options.only)
+        self.force = options.force
+        self.retry = options.retry
+        self.jobs = options.jobs
         self.stop = threading.Event()
         self.run_id = uuid.uuid4().hex[:6]
         self.progress = progress or Progress(0, stream=sys.stderr)
@@ -228,9 +254,9 @@ class Sweep:
             first = next((s.canary for s in staged.values() if s.canary), None)
             if first is None:  # only full systems: the canary that picks KVM or TCG is still the probe
                 first = stage_probe(host, "host", "", "auto", "virtio", self.cache_dir)
-            dtype, why = choose_domain_type(host, facts, first[0], first[1], first[2] + "-" + first[3],
-                                            self.manifest.timeouts.canary, self.run_id, machine_cache_dir(), self.stop,
-                                            note=self.progress.note)
+            probe = CanaryBoot(first[0], first[1], first[2] + "-" + first[3], self.manifest.timeouts.canary,
+                               self.run_id, self.stop)
+            dtype, why = choose_domain_type(host, facts, probe, machine_cache_dir(), note=self.progress.note)
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
                                f"{facts['memory_mib']} MiB")
@@ -245,8 +271,8 @@ class Sweep:
             # waits for the reaper before it returns, so no guest outlives it.
             with ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-reaper") as reaper, \
                     ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"{name}-slot") as pool:
-                futures = [pool.submit(self._one, host, facts, staged[p.guest], dtype, why, p, budget, reaper)
-                           for p in pts]
+                on_host = _OnHost(host, facts, staged, dtype, why, budget, reaper)
+                futures = [pool.submit(self._one, on_host, p) for p in pts]
                 for f in as_completed(futures):
                     f.result()
         finally:
@@ -272,10 +298,10 @@ class Sweep:
             return None  # an unreadable record is not an outcome worth keeping
         return old["status"] if old and old["status"] in results.FINAL else None
 
-    def _one(self, host: HostRuntime, facts: dict, staged: Staged, dtype: str, why: str,
-             point: Point, budget: MemoryBudget, reaper: ThreadPoolExecutor) -> None:
+    def _one(self, on: "_OnHost", point: Point) -> None:
         if self.stop.is_set():
             return
+        budget, reaper = on.budget, on.reaper
         need = estimated_footprint_mib(point)
         budget.acquire(need, self.stop)
         handed_off = []
@@ -293,9 +319,9 @@ class Sweep:
                 return
             live = self.progress.begin(point.key)
             try:
-                record = staged.measure(point, manifest=self.manifest, host=host, host_facts=facts,
-                                        domain_type=dtype, domain_type_reason=why, run_id=self.run_id,
-                                        stop=self.stop, live=live, teardown=teardown)
+                run = PointRun(point, self.manifest, on.host, on.facts, on.domain_type, on.domain_type_reason,
+                               self.run_id, self.stop, live=live, teardown=teardown)
+                record = on.staged[point.guest].measure(run)
             except StopRequested:
                 self.progress.end(point.key, None)
                 return
@@ -319,6 +345,20 @@ class Sweep:
         finally:
             if not handed_off:
                 budget.release(need)
+
+
+@dataclass(frozen=True)
+class _OnHost:
+    """What every point of one host shares in a sweep: the host, its facts, the staged guests, the
+    domain type chosen and why, its memory budget and the reaper that destroys finished guests."""
+
+    host: HostRuntime
+    facts: dict
+    staged: dict[str, Staged]
+    domain_type: str
+    domain_type_reason: str
+    budget: MemoryBudget
+    reaper: ThreadPoolExecutor
 
 
 def _install_stop_handlers(stop: threading.Event):

@@ -27,6 +27,7 @@ class Hypervisor:
     host_kinds: tuple[str, ...] = ()     # manifest host kinds that are this hypervisor
     balloon: str = ""                    # the balloon model its guests get with balloon.model: auto
     balloons: tuple[str, ...] = ()       # balloon models it accepts
+    inflating: tuple[str, ...] = ()      # those that inflate after boot, from memory down to currentMemory
     console_device: str = "ttyS0"        # the guest's console, for the kernel command line
     system_guests: bool = False          # can boot full-system guests (disk images)
     memory_backing: bool = False         # honours hosts[].memory_backing

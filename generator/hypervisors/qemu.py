@@ -21,6 +21,7 @@ class QEMU(Hypervisor):
     host_kinds = ("nested-kvm",)
     balloon = "virtio"
     balloons = ("virtio", "none")
+    inflating = ("virtio",)
     system_guests = True
     memory_backing = True
 

@@ -71,7 +71,7 @@ def _where(records: list[dict], manifest: Manifest, labels: dict[str, str]) -> s
         if f.axis or f.name == "memory_mib":
             continue
         values = getattr(manifest.sweep, f.sweep)
-        if len(values) > 1 or (f.default is not None and r[f.name] != f.default):
+        if len(values) > 1 or (not f.required and not f.is_default(r[f.name])):
             parts.append(f.label(r[f.name]))
     return " ".join(parts)
 

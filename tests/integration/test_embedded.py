@@ -263,7 +263,7 @@ def test_memory_plugged_live_reaches_the_guest(tmp_path, embed_env, monkeypatch)
     from generator.hypervisors import domain_xml
     from generator.hosts import LocalHost
     from generator.manifest import Host
-    from generator.measure import destroy
+    from generator.readings import destroy
     from generator.guests.console import Console
 
     # its own root: the embedded driver this test opens in the pytest process keeps the root's lock

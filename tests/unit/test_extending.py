@@ -143,9 +143,9 @@ def test_each_hypervisor_answers_for_itself(hv):
 def test_a_new_factor_is_refused_where_its_hypervisor_lacks_it(write_manifest):
     """A hypervisor that lists the values it supports refuses the others through the manifest, by name."""
     before = list(manifest_mod.FACTORS)
-    add_factor(Factor("hugepages", "hugepages", manifest_mod._list_of(manifest_mod._flag, 1), bool, False,
-                      lambda v: "hp" if v else "", lambda v: "hugepages" if v else "", lambda v: "huge pages" if v
-                      else "no huge pages", "back guest RAM with huge pages"))
+    add_factor(Factor(name="hugepages", convert=manifest_mod._values(manifest_mod._flag), kind=bool, default=False,
+                      words={True: "hp", False: ""}, labels={True: "huge pages", False: "no huge pages"},
+                      doc="back guest RAM with huge pages"))
     xen = hypervisors.for_domain_type("xen")
     try:
         xen.factors = {**type(xen).factors, "hugepages": (False,)}

@@ -23,9 +23,9 @@ def hugepages():
     """One more factor, declared the way the built-in ones are; removed again after the test."""
     before = list(manifest_mod.FACTORS)
     manifest_mod.add_factor(Factor(
-        "hugepages", "hugepages", manifest_mod._list_of(manifest_mod._flag, 1, unique=lambda v: v), bool, False,
-        lambda v: "hp" if v else "no-hp", lambda v: "hugepages" if v else "no-hugepages",
-        lambda v: "hugepages" if v else "no hugepages", "back guest RAM with huge pages"))
+        name="hugepages", convert=manifest_mod._values(manifest_mod._flag), kind=bool, default=False,
+        words={True: "hugepages", False: "no-hugepages"}, labels={True: "hugepages", False: "no hugepages"},
+        doc="back guest RAM with huge pages"))
     yield
     manifest_mod.FACTORS[:] = before
     manifest_mod.Sweep = manifest_mod.sweep_schema(before)
@@ -67,7 +67,7 @@ def test_a_new_factor_reaches_keys_paths_records_and_the_post(hugepages, tmp_pat
     assert len(pts) == 2 * 5 * 2  # guests x memory x hugepages
     on = next(p for p in pts if p.hugepages and p.memory_mib == 4096 and p.guest == "rhel6")
     off = next(p for p in pts if not p.hugepages and p.memory_mib == 4096 and p.guest == "rhel6")
-    assert on.key == "kvm1/rhel6/m4096-c1024-hp-r1" and off.key == "kvm1/rhel6/m4096-c1024-r1"
+    assert on.key == "kvm1/rhel6/m4096-c1024-hugepages-r1" and off.key == "kvm1/rhel6/m4096-c1024-r1"
     assert on.record_path("R") == Path("R/kvm1/rhel6/memory-4096MiB-current-1024MiB-hugepages-r1.json")
     assert off.record_path("R") == Path("R/kvm1/rhel6/memory-4096MiB-current-1024MiB-r1.json")  # unchanged
     for p in pts:
@@ -85,7 +85,7 @@ def test_a_new_factor_reaches_keys_paths_records_and_the_post(hugepages, tmp_pat
     page = (site / "content/posts/sample/index.md").read_text()
     assert "| kvm1 | KVM | Ubuntu Precise, hugepages | 4 GiB | 1024 MiB | 850 |" in page  # its own rows
     assert "| kvm1 | KVM | Ubuntu Precise | 4 GiB | 1024 MiB | 843 |" in page
-    assert (site / "content/posts/sample/kvm-precise-1024-hp.png").exists()
+    assert (site / "content/posts/sample/kvm-precise-1024-hugepages.png").exists()
     assert (site / "content/posts/sample/kvm-precise-1024.png").exists()
 
 

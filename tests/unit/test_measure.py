@@ -14,7 +14,9 @@ from generator.errors import StopRequested
 from generator.guests.console import Console
 from generator.guests.probe import MARK
 from generator.manifest import load
-from generator.measure import _classify_death, measure
+from generator.measure import measure
+from generator.pointrun import PointRun
+from generator.readings import classify_death as _classify_death
 from generator.plan import points
 from tests.support.fake_host import FakeHost, ScriptedDomain, probe_console
 from tests.support.records import rec  # noqa: F401
@@ -28,15 +30,17 @@ def manifest(write_manifest):
     return load(path)
 
 
+PROBE = {"kernel": "/k", "initrd": "/i", "release": "6.1.0-57-amd64", "boot_method": "pvh"}
+
+
 def point(manifest, memory):
     return next(p for p in points(manifest) if p.memory_mib == memory)
 
 
 def run(manifest, memory, make, stop=None):
     host = FakeHost(make)
-    rec = measure(point(manifest, memory), manifest=manifest, host=host, host_facts={}, kernel="/k", initrd="/i",
-                  guest_release="6.1.0-57-amd64", domain_type="qemu", domain_type_reason="test", run_id="t",
-                  stop=stop or threading.Event(), boot_method="pvh")
+    rec = measure(PointRun(point(manifest, memory), manifest, host, {}, "qemu", "test", "t", stop or threading.Event()),
+                  PROBE)
     return rec, host
 
 
@@ -62,9 +66,7 @@ def test_a_hosts_guest_parameters_reach_the_kernel_and_the_record(manifest):
 
     host = FakeHost(lambda xml: ScriptedDomain(xml, probe_console(4096, 1024), 4096 * 1024, 1024 * 1024, ends=False))
     host.spec = dataclasses.replace(host.spec, guest_cmdline="init_on_alloc=0")
-    rec = measure(point(manifest, 4096), manifest=manifest, host=host, host_facts={}, kernel="/k", initrd="/i",
-                  guest_release="6.1.0-57-amd64", domain_type="qemu", domain_type_reason="test", run_id="t",
-                  stop=threading.Event(), boot_method="pvh")
+    rec = measure(PointRun(point(manifest, 4096), manifest, host, {}, "qemu", "test", "t", threading.Event()), PROBE)
     assert rec["status"] == "ok" and rec["kernel_parameters"] == "init_on_alloc=0"
     assert "init_on_alloc=0" in host.conn.domains[0].xml
     assert "kernel_parameters" not in run(manifest, 4096, lambda xml: ScriptedDomain(
@@ -155,7 +157,7 @@ def test_stored_console_text_has_no_control_characters():
     control characters, and numbers a guest prints are read only when they are readings."""
     from generator.guests import system
     from generator.guests.console import Console, excerpt, one_line
-    from generator.measure import _classify_death, _fill_guest_view
+    from generator.readings import classify_death as _classify_death, fill_guest_view as _fill_guest_view
 
     console = ("@@MEMBALLOON init 1.0\n@@MEMBALLOON kernel 6.1.0-amd64 {{< youtube x >}} $5\n"
                "[ 2.0] Out of memory: Killed process 7 (ev\x1b[2Jil)\n"
@@ -179,7 +181,7 @@ def test_stored_console_text_has_no_control_characters():
 def test_guest_numbers_are_bounded_before_they_are_parsed():
     from generator.guests import system
     from generator.guests.console import Console, parse_free, parse_meminfo
-    from generator.measure import _fill_guest_view
+    from generator.readings import fill_guest_view as _fill_guest_view
 
     huge = "9" * 4000
     assert parse_free(f"  total used\nMem: {huge} 5\n") is None

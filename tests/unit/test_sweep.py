@@ -16,7 +16,7 @@ from generator.errors import StopRequested, UserError
 from generator.kinds import ProbeKind, Staged
 from generator.manifest import load
 from generator.progress import Progress
-from generator.sweep import MemoryBudget, Sweep, choose_domain_type, slots_for
+from generator.sweep import CanaryBoot, MemoryBudget, Sweep, SweepOptions, choose_domain_type, slots_for
 from tests.support.fake_host import SweepHost, probe_domain
 
 TWO_HOSTS = """
@@ -71,7 +71,8 @@ def fake(write_manifest, monkeypatch, tmp_path):
 
         def sweep(self, m=None, **options) -> Sweep:
             self.progress = CountingProgress(self.stream)
-            return Sweep(m or self.manifest(), cache_dir=tmp_path / "cache", progress=self.progress, **options)
+            return Sweep(m or self.manifest(), cache_dir=tmp_path / "cache", progress=self.progress,
+                         options=SweepOptions(**options))
 
         def run(self, m=None, **options):
             return self.sweep(m, **options).run()
@@ -265,17 +266,17 @@ def test_auto_picks_tcg_without_kvm_and_kvm_when_its_canary_answers(fake, tmp_pa
     no_kvm = SweepHost("local", probe_domain)
     no_kvm.spec = spec
     facts = no_kvm.facts()
-    dtype, why = choose_domain_type(no_kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c")
+    dtype, why = choose_domain_type(no_kvm, facts, CanaryBoot("/k", "/i", "6.1.0-57-amd64-pvh", 5, "t"), tmp_path / "c")
     assert dtype == "qemu" and "KVM not offered by the host (KVM is not available)" in why
     kvm = SweepHost("local", probe_domain, kvm=True)
     kvm.spec = spec
     notes = []
-    dtype, why = choose_domain_type(kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c", note=notes.append)
+    dtype, why = choose_domain_type(kvm, facts, CanaryBoot("/k", "/i", "6.1.0-57-amd64-pvh", 5, "t"), tmp_path / "c", note=notes.append)
     assert dtype == "kvm" and why.startswith("KVM canary boot answered in") and len(kvm.conn.domains) == 1
     canary = kvm.conn.domains[0]
     assert '<domain type="kvm">' in canary.xml and canary.memory_kib == 256 * 1024  # a small KVM guest
     assert "checking whether KVM works" in notes[0]
-    dtype, why = choose_domain_type(kvm, facts, "/k", "/i", "6.1.0-57-amd64-pvh", 5, "t", tmp_path / "c")
+    dtype, why = choose_domain_type(kvm, facts, CanaryBoot("/k", "/i", "6.1.0-57-amd64-pvh", 5, "t"), tmp_path / "c")
     assert dtype == "kvm" and why.endswith("(cached canary result)") and len(kvm.conn.domains) == 1  # no new boot
 
 
@@ -283,16 +284,16 @@ def test_a_kvm_that_runs_nothing_is_found_out_in_seconds_not_at_the_timeout(fake
     """Like /dev/kvm here (a PVM module): the domain starts, its guest never prints a line."""
     import time
 
-    from generator import measure
+    from generator import canary
     from tests.support.fake_host import ScriptedDomain
 
-    monkeypatch.setattr(measure, "CANARY_SILENT_S", 0.5)
+    monkeypatch.setattr(canary, "CANARY_SILENT_S", 0.5)
     spec = fake.manifest(domain_type="auto").host("local")
     silent = SweepHost("local", lambda xml: ScriptedDomain(xml, [(99.0, "never")], 256 * 1024, 256 * 1024,
                                                            ends=False), kvm=True)
     silent.spec = spec
     started = time.monotonic()
-    dtype, why = choose_domain_type(silent, silent.facts(), "/k", "/i", "6.1.0-57-amd64-pvh", 30, "t", tmp_path / "c")
+    dtype, why = choose_domain_type(silent, silent.facts(), CanaryBoot("/k", "/i", "6.1.0-57-amd64-pvh", 30, "t"), tmp_path / "c")
     assert dtype == "qemu" and "printed nothing in 0.5 s" in why and time.monotonic() - started < 5
     assert not any(d.isActive() for d in silent.conn.domains)  # the canary is gone
 

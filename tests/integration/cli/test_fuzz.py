@@ -329,7 +329,7 @@ def test_hostile_guest_consoles_give_bounded_clean_readings():
     from generator import results
     from generator.guests import system
     from generator.guests.console import Console, excerpt
-    from generator.measure import _classify_death, _fill_guest_view
+    from generator.readings import classify_death as _classify_death, fill_guest_view as _fill_guest_view
 
     def clean(text: str) -> bool:
         return not any(ord(ch) < 32 or 0x7f <= ord(ch) <= 0x9f or ch == "\u202e" for ch in text)

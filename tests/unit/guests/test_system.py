@@ -96,7 +96,7 @@ def test_console_variant_of_the_debian_image_has_the_report_and_no_agent():
 def test_the_report_script_speaks_the_probes_markers():
     """What guest/memballoon-report prints is read by the same parser as the probe's console."""
     from generator.guests.console import Console
-    from generator.measure import _fill_guest_view
+    from generator.readings import fill_guest_view as _fill_guest_view
 
     script = (system.GUEST_FILES / "memballoon-report").read_text()
     for marker in ("report-start", "kernel", "settled-memtotal-kib", "begin free", "end free", "begin meminfo",

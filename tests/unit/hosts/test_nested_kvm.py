@@ -12,7 +12,7 @@ from generator.errors import ManifestError
 from generator.guests import images
 from generator.hosts import nested_kvm, nested_xen
 from generator.manifest import load
-from generator.sweep import choose_domain_type
+from generator.sweep import CanaryBoot, choose_domain_type
 from tests.support.manifests import manifest_with  # noqa: F401
 
 KVM_HOST = """
@@ -48,7 +48,7 @@ def test_bad_nested_kvm_hosts_are_refused_with_the_key(write_manifest, extra, me
 def test_the_sweep_gives_a_nested_kvm_host_kvm_without_a_canary(write_manifest, tmp_path):
     m = load(manifest_with(write_manifest, KVM_HOST.format(nested="{}")))
     host = types.SimpleNamespace(spec=m.host("kvm"), name="kvm", uri="qemu+ssh://root@127.0.0.1/system")
-    dtype, why = choose_domain_type(host, {}, "", "", "", 30, "run", tmp_path)
+    dtype, why = choose_domain_type(host, {}, CanaryBoot("", "", "", 30, "run"), tmp_path)
     assert dtype == "kvm" and "nested" in why
 
 

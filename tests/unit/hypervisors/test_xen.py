@@ -11,7 +11,7 @@ from generator.errors import ManifestError
 from generator.guests.console import Console
 from generator.hypervisors import domain_xml
 from generator.manifest import load
-from generator.measure import _fill_guest_view
+from generator.readings import fill_guest_view as _fill_guest_view
 from tests.support.manifests import XEN_HOST, manifest_with  # noqa: F401
 
 
