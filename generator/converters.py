@@ -95,6 +95,13 @@ def _int_in(low: int, high: int) -> Callable:
     return convert
 
 
+def _parsed(parse: Callable, value, path, problems):
+    """parse(value) (a size, a duration), or _BAD with the parser's own words under the key's path."""
+    try:
+        return parse(value)
+    except ValueError as e:
+        problems.add(path, str(e))
+        return _BAD
 
 
 def _flag(value, path, problems, ctx):
@@ -111,10 +118,8 @@ def _slots(value, path, problems, ctx):
 
 
 def _mib(value, path, problems, ctx):
-    try:
-        size = parse_size(value)
-    except ValueError as e:
-        problems.add(path, str(e))
+    size = _parsed(parse_size, value, path, problems)
+    if size is _BAD:
         return _BAD
     if size % (1024 * 1024) or size <= 0:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT])B\s*", str(value), re.I)
@@ -135,10 +140,8 @@ def _mib(value, path, problems, ctx):
 
 def _seconds_in(low: float, high: float) -> Callable:
     def convert(value, path, problems, ctx):
-        try:
-            seconds = parse_duration(value)
-        except ValueError as e:
-            problems.add(path, str(e))
+        seconds = _parsed(parse_duration, value, path, problems)
+        if seconds is _BAD:
             return _BAD
         if not low <= seconds <= high:  # also false for nan; inf is above high
             problems.add(path, f"{value!r} is outside {low:g} s .. {high:g} s")
@@ -214,28 +217,32 @@ def _host_file(*keywords: str) -> Callable:
     return convert
 
 
-def _kernel(value, path, problems, ctx):
-    """'host', '<source>:<release>' (fetched, e.g. debian:trixie from Debian's archive), or a path to a
-    vmlinuz."""
+def _named_source(value, path, problems):
+    """A value that names a source's release ('debian:trixie'): the value; one that looks like it but is
+    wrong: _BAD with why; anything else (a file): None."""
     if sources.names_a_source(value):
         return value
     why = sources.problem(value)
     if why:
         problems.add(path, why)
         return _BAD
-    return _host_file("host")(value, path, problems, ctx)
+    return None
+
+
+def _kernel(value, path, problems, ctx):
+    """'host', '<source>:<release>' (fetched, e.g. debian:trixie from Debian's archive), or a path to a
+    vmlinuz."""
+    named = _named_source(value, path, problems)
+    return _host_file("host")(value, path, problems, ctx) if named is None else named
 
 
 def _image(value, path, problems, ctx):
     """'', '<source>:<release>' (built here, e.g. debian:bookworm), or a path to a disk image file."""
     if value == "":
         return value
-    if sources.names_a_source(value):
-        return value
-    why = sources.problem(value)
-    if why:
-        problems.add(path, why)
-        return _BAD
+    named = _named_source(value, path, problems)
+    if named is not None:
+        return named
     converted = _host_file()(value, path, problems, ctx)
     if converted is not _BAD and not os.path.isfile(converted):
         problems.add(path, f"{value!r}: no such disk image file")

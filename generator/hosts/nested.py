@@ -43,17 +43,31 @@ log = logging.getLogger(__name__)
 READY = "@@MEMBALLOON-NESTED"
 
 
+@dataclasses.dataclass(frozen=True)
 class Flavor:
     """What one kind of nested host is made of (see nested_xen.py, nested_kvm.py)."""
 
-    kind: str = ""          # the manifest's hosts[].kind
-    title: str = ""         # 'Xen', 'KVM'
-    uri_scheme: str = ""    # 'xen+ssh', 'qemu+ssh'
-    cpu_model: str = ""     # QEMU's -cpu for the outer machine
-    console: str = ""       # the nested host's console device that READY lines are written to
+    kind: str               # the manifest's hosts[].kind
+    title: str              # 'Xen', 'KVM'
+    uri_scheme: str         # 'xen+ssh', 'qemu+ssh'
+    cpu_model: str          # QEMU's -cpu for the outer machine
+    console: str            # the nested host's console device that READY lines are written to
+    image_name: str         # its image's name in the cache
+    packages: tuple         # Debian packages the image holds
+    start: str              # the part of its init that starts the hypervisor (init_script's body)
+    commands: str           # what is run in the image once its packages are in
+    size_mib: int           # the image's disk
 
-    def recipe(self, spec: HostSpec) -> images.Recipe:
-        raise NotImplementedError
+    def recipe(self, spec: HostSpec | None = None) -> images.Recipe:
+        """The image of the host a manifest asks for (its Debian suite), or of the default one."""
+        return images.Recipe(
+            name=self.image_name, suite=spec.nested.suite if spec else "bookworm", packages=self.packages,
+            files=(("/usr/local/sbin/memballoon-nested-init", 0o755, init_script(self, self.start)),
+                   images.SSHD_CONFIG),
+            commands=self.commands, size_mib=self.size_mib)
+
+    def qemu_command(self, spec: HostSpec, image: images.Image, state, port: int) -> list[str]:
+        return qemu_command(self, spec, image, state, port)
 
     def boot_args(self, spec: HostSpec, image: images.Image) -> list[str]:
         """QEMU's arguments that boot the image (machine, kernel, command line, initrd)."""

@@ -40,15 +40,6 @@ cp /boot/initrd.img-* /memballoon-export/initrd.img
 
 
 class KVMFlavor(nested.Flavor):
-    kind = "nested-kvm"
-    title = "KVM"
-    uri_scheme = "qemu+ssh"
-    cpu_model = CPU_MODEL
-    console = "ttyS0"
-
-    def recipe(self, spec: HostSpec | None = None) -> images.Recipe:
-        return host_recipe(spec.nested.suite if spec else "bookworm")
-
     def boot_args(self, spec: HostSpec, image: images.Image) -> list[str]:
         args = "root=/dev/vda rw console=ttyS0 init=/usr/local/sbin/memballoon-nested-init"
         return ["-M", "q35", "-kernel", str(image.file("vmlinuz")), "-initrd", str(image.file("initrd.img")),
@@ -62,22 +53,12 @@ class KVMFlavor(nested.Flavor):
         return {"suite": spec.nested.suite, "accelerator": "kvm_amd (SVM with nested paging emulated by TCG)"}
 
 
-KVM = KVMFlavor()
-
-
-def host_recipe(suite: str = "bookworm") -> images.Recipe:
-    return images.Recipe(
-        name="kvm-host", suite=suite,
-        packages=("qemu-system-x86", "libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients",
-                  "linux-image-amd64", "initramfs-tools", "kmod", "procps", "iproute2", "util-linux", "udev",
-                  "openssh-server", "netcat-openbsd"),
-        files=(("/usr/local/sbin/memballoon-nested-init", 0o755, nested.init_script(KVM, KVM_START)),
-               images.SSHD_CONFIG),
-        commands=KVM_COMMANDS, size_mib=3072)
-
-
-def qemu_command(spec: HostSpec, image: images.Image, state, port: int) -> list[str]:
-    return nested.qemu_command(KVM, spec, image, state, port)
+KVM = KVMFlavor(
+    kind="nested-kvm", title="KVM", uri_scheme="qemu+ssh", cpu_model=CPU_MODEL, console="ttyS0",
+    image_name="kvm-host", start=KVM_START, commands=KVM_COMMANDS, size_mib=3072,
+    packages=("qemu-system-x86", "libvirt-daemon", "libvirt-daemon-driver-qemu", "libvirt-clients",
+              "linux-image-amd64", "initramfs-tools", "kmod", "procps", "iproute2", "util-linux", "udev",
+              "openssh-server", "netcat-openbsd"))
 
 
 class NestedKVMHost(nested.NestedHost):

@@ -41,15 +41,6 @@ cp /boot/initrd.img-* /memballoon-export/initrd.img
 
 
 class XenFlavor(nested.Flavor):
-    kind = "nested-xen"
-    title = "Xen"
-    uri_scheme = "xen+ssh"
-    cpu_model = CPU_MODEL
-    console = "hvc0"
-
-    def recipe(self, spec: HostSpec | None = None) -> images.Recipe:
-        return dom0_recipe(spec.nested.suite if spec else "bookworm")
-
     def boot_args(self, spec: HostSpec, image: images.Image) -> list[str]:
         n = spec.nested
         xen, kernel, initrd = image.file("xen"), image.file("vmlinuz"), image.file("initrd.img")
@@ -70,23 +61,13 @@ class XenFlavor(nested.Flavor):
         return {"dom0_memory_mib": spec.nested.dom0_memory, "dom0_suite": spec.nested.suite}
 
 
-XEN = XenFlavor()
-
-
-def dom0_recipe(suite: str = "bookworm") -> images.Recipe:
-    return images.Recipe(
-        name="xen-dom0", suite=suite,
-        packages=("xen-hypervisor-4.17-amd64", "xen-utils-4.17", "xen-utils-common", "xenstore-utils",
-                  "libvirt-daemon", "libvirt-daemon-driver-xen", "libvirt-clients", "linux-image-amd64",
-                  "initramfs-tools", "kmod", "procps", "iproute2", "util-linux", "udev", "openssh-server",
-                  "netcat-openbsd"),
-        files=(("/usr/local/sbin/memballoon-nested-init", 0o755, nested.init_script(XEN, DOM0_START)),
-               images.SSHD_CONFIG),
-        commands=DOM0_COMMANDS, size_mib=2048)
-
-
-def qemu_command(spec: HostSpec, image: images.Image, state, port: int) -> list[str]:
-    return nested.qemu_command(XEN, spec, image, state, port)
+XEN = XenFlavor(
+    kind="nested-xen", title="Xen", uri_scheme="xen+ssh", cpu_model=CPU_MODEL, console="hvc0",
+    image_name="xen-dom0", start=DOM0_START, commands=DOM0_COMMANDS, size_mib=2048,
+    packages=("xen-hypervisor-4.17-amd64", "xen-utils-4.17", "xen-utils-common", "xenstore-utils",
+              "libvirt-daemon", "libvirt-daemon-driver-xen", "libvirt-clients", "linux-image-amd64",
+              "initramfs-tools", "kmod", "procps", "iproute2", "util-linux", "udev", "openssh-server",
+              "netcat-openbsd"))
 
 
 class NestedXenHost(nested.NestedHost):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from .analysis import FAILURE_LABELS, LawCurve, Series
+from .series import FAILURE_LABELS, LawCurve, Series
 from ..units import mib_label
 
 MAX_LEGEND = 16  # series named in a combined graph's legend

@@ -24,7 +24,8 @@ from ..results import as_record
 from ..safe import inside, is_inside, read_regular
 from ..units import mib_label
 from . import claims, updates
-from .analysis import Data, build_series, timeline_facts
+from .analysis import Data
+from .series import build_series, timeline_facts
 from .engine import PROJECT_DIR, STATE_VERSION, Output, code_hash, code_of, hash_of
 from .templating import jinja_env, render, render_with_summary, templates_dir
 

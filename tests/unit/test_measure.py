@@ -140,7 +140,7 @@ def test_guest_deaths_are_classified(console, status, fragment):
 
 def test_timeline_facts_from_a_record_and_from_nonsense():
     """How far a balloon got and how long it moved, from the timeline a record (or a guest) wrote."""
-    from generator.publish.analysis import SeriesPoint, timeline_facts
+    from generator.publish.series import SeriesPoint, timeline_facts
     rec = {"balloon_timeline": [[0.5, 4194304, None], [1.5, 4194304, None], [2.5, 3000000, 5], [3.5, 1048576, 5],
                                 [4.5, 1048576, 5]]}
     assert timeline_facts(rec) == {"balloon_low_kib": 1048576, "balloon_moving_s": 1.0}

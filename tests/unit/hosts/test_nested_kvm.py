@@ -53,15 +53,15 @@ def test_the_sweep_gives_a_nested_kvm_host_kvm_without_a_canary(write_manifest, 
 
 
 def test_recipe_and_init_bring_up_kvm_and_say_why_not():
-    a = nested_kvm.host_recipe()
-    assert a.digest() == nested_kvm.host_recipe().digest()
+    a = nested_kvm.KVM.recipe()
+    assert a.digest() == nested_kvm.KVM.recipe().digest()
     assert dataclasses.replace(a, packages=a.packages + ("htop",)).digest() != a.digest()
     assert {"qemu-system-x86", "libvirt-daemon-driver-qemu", "openssh-server"} <= set(a.packages)
     init = dict((path, text) for path, _mode, text in a.files)["/usr/local/sbin/memballoon-nested-init"]
     assert "modprobe \"$m\"" in init and "kvm_amd" in init and "kvm-failed" in init and "/dev/kvm" in init
     assert "/dev/ttyS0" in init  # where the READY lines go on this host
     # the two nested kinds share the init's frame and differ in what they start
-    xen_init = dict((p, t) for p, _m, t in nested_xen.dom0_recipe().files)["/usr/local/sbin/memballoon-nested-init"]
+    xen_init = dict((p, t) for p, _m, t in nested_xen.XEN.recipe().files)["/usr/local/sbin/memballoon-nested-init"]
     assert "/etc/init.d/xen start" in xen_init and "kvm_amd" not in xen_init and "/dev/hvc0" in xen_init
 
 
@@ -71,7 +71,7 @@ def test_qemu_command_for_the_nested_kvm_host(tmp_path, write_manifest):
     (folder / "export").mkdir(parents=True)
     for name in ("vmlinuz", "initrd.img"):
         (folder / "export" / name).write_bytes(b"x")
-    cmd = nested_kvm.qemu_command(m.host("kvm"), images.Image(folder, {}), tmp_path / "state", 2222)
+    cmd = nested_kvm.KVM.qemu_command(m.host("kvm"), images.Image(folder, {}), tmp_path / "state", 2222)
     joined = " ".join(cmd)
     assert "-accel tcg" in joined and "-cpu max" in joined and "-m 6144" in joined and "-smp 2" in joined
     assert f"-kernel {folder / 'export' / 'vmlinuz'}" in joined and "console=ttyS0" in joined

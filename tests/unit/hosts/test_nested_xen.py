@@ -54,7 +54,7 @@ def test_bad_nested_hosts_are_refused_with_the_key(write_manifest, nested, hosts
 
 
 def test_dom0_recipe_hash_follows_its_content():
-    a, b = nested_xen.dom0_recipe(), nested_xen.dom0_recipe()
+    a, b = nested_xen.XEN.recipe(), nested_xen.XEN.recipe()
     assert a.digest() == b.digest()
     changed = dataclasses.replace(a, packages=a.packages + ("htop",))
     assert changed.digest() != a.digest()
@@ -69,7 +69,7 @@ def test_qemu_command_for_the_nested_host(tmp_path, write_manifest):
     for name in ("xen", "vmlinuz", "initrd.img"):
         (folder / "export" / name).write_bytes(b"x")
     image = images.Image(folder, {})
-    cmd = nested_xen.qemu_command(m.host("xen"), image, tmp_path / "state", 2222)
+    cmd = nested_xen.XEN.qemu_command(m.host("xen"), image, tmp_path / "state", 2222)
     joined = " ".join(cmd)
     assert "-m 6144" in joined and "-smp 2" in joined and f"-cpu {nested_xen.CPU_MODEL}" in joined
     assert "dom0_mem=2048M,max:2048M" in joined
@@ -81,7 +81,7 @@ def test_qemu_command_for_the_nested_host(tmp_path, write_manifest):
     for name in ("xen", "vmlinuz", "initrd.img"):
         (comma / "export" / name).write_bytes(b"x")
     with pytest.raises(UserError, match="multiboot module list"):
-        nested_xen.qemu_command(m.host("xen"), images.Image(comma, {}), tmp_path / "state", 2222)
+        nested_xen.XEN.qemu_command(m.host("xen"), images.Image(comma, {}), tmp_path / "state", 2222)
 
 
 def test_a_missing_export_names_the_image(tmp_path):

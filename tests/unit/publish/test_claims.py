@@ -17,7 +17,7 @@ from generator import laws, results
 from generator.manifest import load as load_manifest
 from generator.plan import points, results_dir
 from generator.predict import margin_mib, predict, reserve_kib, used_kib
-from generator.publish import analysis
+from generator.publish import series
 from generator.units import mib_label
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -47,7 +47,7 @@ def _set_aside(r):
     boot = r.memtotal_boot_kib
     if isinstance(boot, int) and 0 < boot <= r.memory_mib * 1024:
         return r.memory_mib - boot / 1024
-    return analysis.reserved_mib(r)
+    return series.reserved_mib(r)
 
 
 def _timeline_low(r):
@@ -60,19 +60,19 @@ def _inflating(r):
     if not _died(r):
         return None
     v = (r.phases or {}).get("inflation_host_s")
-    return v if v else analysis.timeline_facts(r)["balloon_moving_s"]
+    return v if v else series.timeline_facts(r)["balloon_moving_s"]
 
 
 def _metric(of: str):
     """A function of one record (None: the record says nothing of it)."""
     fixed = {
-        "seen_mib": analysis.seen_mib,
+        "seen_mib": series.seen_mib,
         "set_aside_mib": _set_aside,
         "balloon_floor_mib": _timeline_low,
         "inflating_s": _inflating,
-        "reserved_mib": analysis.reserved_mib,
-        "swiotlb_mib": analysis.swiotlb_mib,
-        "pv_map_end_mib": analysis.pv_map_end_mib,
+        "reserved_mib": series.reserved_mib,
+        "swiotlb_mib": series.swiotlb_mib,
+        "pv_map_end_mib": series.pv_map_end_mib,
         "reserve_mib": lambda r: None if (v := reserve_kib(r.zone_reserves)) is None else v / 1024,
         "used_at_boot_mib": lambda r: None if (v := used_kib(r)) is None else v / 1024,
         "margin_mib": margin_mib,
@@ -117,7 +117,7 @@ def _select(records, where: dict) -> list:
 def _per_point(records, fn) -> dict:
     groups: dict = {}
     for r in records:
-        key = tuple(repr(r.get(k)) for k in analysis.IDENTITY)
+        key = tuple(repr(r.get(k)) for k in series.IDENTITY)
         if (v := fn(r)) is not None:
             groups.setdefault(key, []).append(v)
     return groups

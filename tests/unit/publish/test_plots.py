@@ -16,7 +16,7 @@ def test_graph_text_is_plain_text_never_mathtext():
     import matplotlib.text
 
     from generator.publish import plots
-    from generator.publish.analysis import build_series
+    from generator.publish.series import build_series
 
     recs = []
     for i, kernel in enumerate(MATH):
