@@ -1,9 +1,10 @@
-"""Guest kinds: what a manifest's guest is, how it is made ready on a host, and how a point of it
-is measured. The probe (a kernel and a tiny initramfs that reports on its console) and the full
+"""Guest kinds: what a manifest's guest is, how it is made ready on a host, and what its records are.
+The probe (a kernel and a tiny initramfs that reports on its console) and the full
 system (a disk image read through its agent, console or SSH) are the two kinds today; another kind
 (a cloud image, another distribution's installer) is one more `GuestKind` here and its line in KINDS.
-The sweep only asks `kind_of(guest)`; it never checks which kind it has. Kinds sit above measure.py
-and guests/ (how a guest is built and read), which know nothing of them.
+The sweep only asks `kind_of(guest)`; it never checks which kind it has. How a kind's point is measured
+is its line in measure.MEASURERS (so that what publishes records, which asks `kind_of_record`, never
+depends on what measures them); guests/ (how a guest is built and read) knows nothing of kinds.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from typing import Callable
 
 from .errors import UserError
 from .guests import probe, sources
-from .measure import measure, measure_system
-from .pointrun import PointRun
 
 
 @dataclass(frozen=True)
@@ -26,22 +25,18 @@ class Staged:
     boot: dict
     canary: tuple | None = None   # (kernel, initrd, release, boot method) or None
 
-    def measure(self, run: PointRun) -> dict:
-        return self.kind.measure(self, run)
-
 
 class GuestKind:
     name = ""
+    # Nothing but the tool's own init runs in the guest: its MemTotal at boot is read before the balloon
+    # inflates, and what it has in use at boot is the probe's (a busybox), not a distribution's.
+    bare = False
 
     def claims(self, guest) -> bool:
         raise NotImplementedError
 
     def stage(self, host, guest, *, manifest, cache_dir: Path, note: Callable[[str], None]) -> Staged:
         """Build what the guest needs (cached) and put it on the host."""
-        raise NotImplementedError
-
-    def measure(self, staged: Staged, run: PointRun) -> dict:
-        """Measure one point of the guest (its record; never leaves the domain running)."""
         raise NotImplementedError
 
 
@@ -57,6 +52,7 @@ class ProbeKind(GuestKind):
     """A kernel booted straight into a ~1 MB initramfs that loads the balloon and reports."""
 
     name = "probe"
+    bare = True
 
     def claims(self, guest) -> bool:
         return not guest.image
@@ -65,9 +61,6 @@ class ProbeKind(GuestKind):
         files = stage_probe(host, guest.kernel, guest.modules, guest.boot, manifest.balloon_model(host.spec), cache_dir)
         return Staged(self, {"kernel": files[0], "initrd": files[1], "release": files[2], "boot_method": files[3]},
                       canary=files)
-
-    def measure(self, staged, run) -> dict:
-        return measure(run, staged.boot)
 
 
 class SystemKind(GuestKind):
@@ -108,13 +101,21 @@ class SystemKind(GuestKind):
                              "release": probe.kernel_release(kernel) if kernel else None,
                              "label": g.image if named else disk.name})
 
-    def measure(self, staged, run) -> dict:
-        return measure_system(run, staged.boot)
-
 
 KINDS: tuple[GuestKind, ...] = (SystemKind(), ProbeKind())
+
+
+UNKNOWN = GuestKind()  # a record's kind that no registered kind has (a record from a newer or another tool)
+UNKNOWN.name = "unknown"
 
 
 def kind_of(guest) -> GuestKind:
     """The kind of a manifest's guest: the first in KINDS that claims it."""
     return next(k for k in KINDS if k.claims(guest))
+
+
+def kind_of_record(record) -> GuestKind:
+    """The kind of guest a record measured: its `guest_kind`; a record without one is the probe's
+    (records before full systems were measured)."""
+    name = record.get("guest_kind") or ProbeKind.name
+    return next((k for k in KINDS if k.name == name), UNKNOWN)

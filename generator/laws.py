@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 
 from . import hypervisors
 from .guests import setaside as sa
+from .kinds import kind_of_record
 from .results import as_record
 
 KIB_PER_GIB = 1024 * 1024
@@ -288,7 +289,7 @@ def fit(records: list, domain_type: str, kernel: str | tuple) -> Laws | None:
     used: dict[int, list] = {}
     for r in mine:
         zones = (r.zone_reserves or {}).get("zones") or {}
-        if (r.memory_model or "balloon") != "balloon" or not zones or r.guest_kind == "system":
+        if (r.memory_model or "balloon") != "balloon" or not zones or not kind_of_record(r).bare:
             continue  # a full system's zones are read once it has settled: not what a boot has in use
         if zones.get("DMA", {}).get("managed"):
             dma.append(zones["DMA"]["managed"])
@@ -411,7 +412,7 @@ def export(records: list, labels: dict[str, str]) -> dict:
     out = []
     for (dtype, series), laws in sorted(all_laws(records).items()):
         mine = [r for r in records if r.domain_type == dtype and series_of(r.guest_kernel) == series
-                and isinstance(r.memtotal_boot_kib, int) and r.guest_kind != "system"]
+                and isinstance(r.memtotal_boot_kib, int) and kind_of_record(r).bare]
         if not mine or not hypervisors.for_domain_type(dtype).inflates_after_boot:
             continue
         guests = sorted({r.guest for r in mine})

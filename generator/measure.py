@@ -200,3 +200,15 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
     gateway = getattr(host, "connection", None) if host.spec.is_remote else None
     return system.SSHReader(address, port or guest.ssh.port, guest.ssh.user,
                             guest.ssh.key, known, gateway), 0
+
+
+# How each kind of guest (kinds.py) is measured: its name -> its measuring, (PointRun, staged files) -> record.
+MEASURERS = {"probe": measure, "system": measure_system}
+
+
+def measurer(kind):
+    """The measuring of a guest kind; a kind without one is named."""
+    try:
+        return MEASURERS[kind.name]
+    except KeyError:
+        raise ValueError(f"guest kind {kind.name!r} has no measuring: add it to measure.MEASURERS") from None

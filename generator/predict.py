@@ -31,6 +31,7 @@ from . import hypervisors
 from . import laws as L
 from .manifest import at_defaults
 from .guests import setaside
+from .kinds import kind_of_record
 from .errors import UserError
 from .model import along, family
 from .results import as_record
@@ -251,8 +252,8 @@ def resolve_guest(records: list[dict], labels: dict[str, str], asked: str) -> st
     records = [as_record(r) for r in records]
     usable = {}  # name -> its kernels, for guests predict can answer for (booted, plain balloon)
     for r in records:
-        if _plain(r) and isinstance(r.memtotal_boot_kib, int) and (r.guest_kind != "system"
-                                                                    or isinstance(r.set_aside_kib, dict)):
+        if _plain(r) and isinstance(r.memtotal_boot_kib, int) and (kind_of_record(r).bare
+                                                                   or isinstance(r.set_aside_kib, dict)):
             usable.setdefault(r.guest, set()).add(r.guest_kernel or "")
     want = " ".join(asked.split()).lower()
     want = DEBIAN_SUITES.get(want.removeprefix("debian:"), want)  # 'bookworm' is 'debian 12'
@@ -325,7 +326,7 @@ def predict(records: list[dict], guest: str, memory_mib: int, current_mib: int, 
                    round(current_mib - set_aside, 1), round(set_aside, 1), how,
                    measured_sizes=[s.memory_mib for s in sizes], need_mib=need_mib, domain_type=dtype, basis=basis,
                    used_by=("by the full system once settled (systemd, its services, the guest agent)"
-                            if any(r.guest_kind == "system" for r in mine) else "at boot, by the probe's busybox init"))
+                            if not all(kind_of_record(r).bare for r in mine) else "at boot, by the probe's busybox init"))
     if laws is not None:
         for name, kib in laws.items(guest_of).items():
             if kib:

@@ -25,6 +25,7 @@ from .manifest import Manifest
 from . import hypervisors
 from .kinds import Staged, kind_of, stage_probe
 from .canary import canary
+from .measure import measurer
 from .pointrun import PointRun, point_identity
 from .readings import destroy
 from .plan import Point, points, results_dir, select
@@ -321,7 +322,8 @@ class Sweep:
             try:
                 run = PointRun(point, self.manifest, on.host, on.facts, on.domain_type, on.domain_type_reason,
                                self.run_id, self.stop, live=live, teardown=teardown)
-                record = on.staged[point.guest].measure(run)
+                staged = on.staged[point.guest]
+                record = measurer(staged.kind)(run, staged.boot)
             except StopRequested:
                 self.progress.end(point.key, None)
                 return

@@ -9,14 +9,33 @@ from .qemu import QEMU
 from .xen import Xen
 
 HYPERVISORS: tuple[Hypervisor, ...] = (QEMU(), Xen())
-DEFAULT = HYPERVISORS[0]  # a URI or domain type no other one claims is QEMU's
+DEFAULT = HYPERVISORS[0]  # a URI no other one claims is QEMU's, as is a record that names no domain type
 
 
-def for_domain_type(domain_type: str) -> Hypervisor:
+class Unknown(Hypervisor):
+    """A domain type no registered hypervisor runs ('lxc', 'vbox', a record from elsewhere): named as
+    such, with no curves, no balloon and no domain the tool could write for it."""
+
+    name = "unknown"
+    title = "unknown hypervisor"
+    inflates_after_boot = False
+    linear_loss = False
+    memblock_debug = False
+    no_guest_stats = "no hypervisor the tool knows runs this domain type"
+
+    def render(self, spec: DomainSpec) -> str:
+        raise ValueError(f"domain type {spec.domain_type!r}: no registered hypervisor runs it")
+
+
+UNKNOWN = Unknown()
+
+
+def for_domain_type(domain_type: str | None) -> Hypervisor:
     """The hypervisor that runs `<domain type=…>` ('qemu', 'kvm', 'xen'); QEMU for a record that names
-    none (records before domain types were kept). Where a domain type may be one nobody registered
-    (a domain found by audit: 'lxc', 'vbox'), ask `known` instead."""
-    return next((h for h in HYPERVISORS if domain_type in h.domain_types), DEFAULT)
+    none (records before domain types were kept, all QEMU's); UNKNOWN for a type nobody registered."""
+    if not domain_type:
+        return DEFAULT
+    return next((h for h in HYPERVISORS if domain_type in h.domain_types), UNKNOWN)
 
 
 def known(domain_type: str) -> Hypervisor | None:
@@ -55,5 +74,5 @@ def domain_xml(**fields) -> str:
     return render(DomainSpec(**fields))
 
 
-__all__ = ["HYPERVISORS", "Hypervisor", "DomainSpec", "for_domain_type", "known", "for_host", "for_facts", "label", "render",
+__all__ = ["HYPERVISORS", "UNKNOWN", "Hypervisor", "DomainSpec", "for_domain_type", "known", "for_host", "for_facts", "label", "render",
            "domain_xml"]

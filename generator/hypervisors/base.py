@@ -22,6 +22,7 @@ class Hypervisor:
     title: str = ""                      # how messages name the family: 'QEMU/KVM', 'Xen'
     domain_types: tuple[str, ...] = ()   # the libvirt <domain type=…> values it runs
     labels: dict[str, str] = {}          # domain type -> how posts name it
+    emulated_twin: dict[str, str] = {}   # a hardware-accelerated domain type -> the one that emulates the same CPU
     uri_schemes: tuple[str, ...] = ()    # libvirt URI drivers that reach it
     uri_paths: tuple[str, ...] = ()      # the paths those URIs may have ('/system', …)
     host_kinds: tuple[str, ...] = ()     # manifest host kinds that are this hypervisor
@@ -45,6 +46,10 @@ class Hypervisor:
 
     def label(self, domain_type: str) -> str:
         return self.labels.get(domain_type, domain_type)
+
+    def emulates(self, domain_type: str) -> bool:
+        """Whether guests of this domain type run on an emulated CPU (QEMU's TCG)."""
+        return domain_type in self.emulated_twin.values()
 
     def supports(self, factor: str, value: Any) -> bool:
         allowed = self.factors.get(factor)

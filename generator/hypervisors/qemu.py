@@ -16,6 +16,7 @@ class QEMU(Hypervisor):
     title = "QEMU/KVM"
     domain_types = ("kvm", "qemu")
     labels = {"kvm": "KVM", "qemu": "QEMU (TCG)"}
+    emulated_twin = {"kvm": "qemu"}
     uri_schemes = ("qemu",)
     uri_paths = ("/system", "/session")
     host_kinds = ("nested-kvm",)

@@ -8,7 +8,7 @@ import dataclasses
 import re
 import statistics
 
-from .. import laws
+from .. import hypervisors, laws
 from ..results import as_record
 from .claims import claimed, fact, leaf, size
 from .series import PAGE_SIZE, STRUCT_PAGE, RecordQueries, Series, _generic, point_where
@@ -151,8 +151,9 @@ class Data(RecordQueries):
         """Points measured on KVM and on TCG alike (same guest, sizes, factors): what the guest saw on each
         (median MemTotal once settled, KiB) and the difference."""
         out = []
-        for kvm in (s for s in self.series if s.domain_type == "kvm"):
-            tcg = next((s for s in self.series if s.domain_type == "qemu" and s.guest == kvm.guest
+        for kvm in self.series:
+            twin = hypervisors.for_domain_type(kvm.domain_type).emulated_twin.get(kvm.domain_type)
+            tcg = next((s for s in self.series if twin and s.domain_type == twin and s.guest == kvm.guest
                         and s.factors == kvm.factors), None)
             if tcg is None:
                 continue

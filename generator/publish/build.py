@@ -26,12 +26,11 @@ __all__ = ["build_all", "state_path"]
 
 def build_all(manifests: list[Manifest], *, results_override: str | None = None, site: Path = Path("site"),
               clean: bool = False, layout: str | None = None, quiet: bool = False,
-              workers: int | None = None, previews: bool | None = None) -> BuildReport:
+              workers: int | None = None) -> BuildReport:
     """Render the posts of `manifests` into `site`. Previews (one HTML file per post, graphs inlined)
-    go to site/previews/ when that folder exists (the project's site has it) or `previews` is True."""
+    go to site/previews/ when that folder exists (the project's site has it)."""
     t0 = time.monotonic()
-    if previews is None:
-        previews = (site / "previews").is_dir()
+    previews = (site / "previews").is_dir()
     report = BuildReport()
     if not any((site / name).exists() for name in HUGO_CONFIGS):
         raise UserError(f"{site}: not a Hugo site (no hugo.toml or config.toml); run from the project folder, "

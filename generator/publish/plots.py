@@ -90,9 +90,10 @@ def _gib_axis(ax, memory_values: list[int]) -> None:
     ax.set_xlabel("memory (log scale)")
 
 
-def _draw_series(ax, s: Series, color: str, label: str | None, bottom: float, slot: int = 0,
-                 marker: str = "o", line: str = "-") -> None:
-    """One series; `slot` stacks the failure labels of several series at the same memory."""
+def _draw_series(ax, s: Series, look: tuple[str, str, str], label: str | None, bottom: float, slot: int = 0) -> None:
+    """One series drawn with `look` (colour, marker, line style); `slot` stacks the failure labels of
+    several series at the same memory."""
+    color, marker, line = look
     xs = [p.memory_mib for p in s.measured]
     ys = [p.median for p in s.measured]
     ax.plot(xs, ys, linestyle=line, marker=marker, color=color, label=label, linewidth=1.8, markersize=5, zorder=3)
@@ -139,8 +140,7 @@ def series_png(s: Series) -> bytes:
         ax.axhline(s.current_memory_mib, linestyle="--", color="#555555", linewidth=1.2,
                    label=f"currentMemory ({s.current_memory_mib} MiB)")
         color, marker = style(s)
-        _draw_series(ax, s, color, "what the guest sees (free -m)", y0 + (y1 - y0) * 0.04, marker=marker,
-                     line=linestyle(s))
+        _draw_series(ax, s, (color, marker, linestyle(s)), "what the guest sees (free -m)", y0 + (y1 - y0) * 0.04)
         _gib_axis(ax, memory_values)
         ax.set_ylabel("MiB seen by the guest")
         ax.set_title(_wrapped(s.title), fontsize=10)
@@ -178,7 +178,7 @@ def all_series_png(series: list[Series], title: str = "") -> bytes:
                 line = linestyle(s)
                 label = (f"currentMemory {s.current_memory_mib} MiB" if same else s.legend_label) if several \
                     else s.legend_label
-                _draw_series(ax, s, color, label, y0 + (y1 - y0) * 0.04, slot=i, marker=marker, line=line)
+                _draw_series(ax, s, (color, marker, line), label, y0 + (y1 - y0) * 0.04, slot=i)
             _gib_axis(ax, memory_values)
             ax.set_ylabel("MiB seen by the guest")
             currents = sorted({s.current_memory_mib for s in members})

@@ -8,6 +8,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from .. import hypervisors, laws
+from ..kinds import kind_of_record
 from ..manifest import FACTORS
 from ..results import Record, as_record
 from ..units import mib_label
@@ -352,6 +353,20 @@ class Series:
         return hypervisors.label(self.domain_type)
 
     @property
+    def emulated(self) -> bool:
+        """Whether its guests ran on an emulated CPU (QEMU's TCG)."""
+        return hypervisors.for_domain_type(self.domain_type).emulates(self.domain_type)
+
+    def reserved_own(self, p: "SeriesPoint") -> float | None:
+        """What the kernel itself reserved at a point (MiB, the table's 'reserved' column), or None. A
+        guest whose memory map reaches past currentMemory (Xen PV: its ballooned-out pages are mapped,
+        and counted reserved) has that part taken off; where that leaves nothing sensible, None."""
+        if p.reserved is None or not p.pv_map_end:
+            return p.reserved
+        own = p.reserved - (p.pv_map_end - self.current_memory_mib)
+        return own if own >= 0 else None
+
+    @property
     def title(self) -> str:
         return f"{self.hypervisor}, {self.guest_label}, currentMemory {self.current_memory_mib} MiB" + \
             (f", {self.variant}" if self.variant else "")
@@ -378,7 +393,7 @@ class Series:
     @property
     def is_system(self) -> bool:
         """A full system (a distribution on a disk, read through its agent), not the probe."""
-        return any(r.guest_kind == "system" for p in self.points for r in p.records)
+        return any(not kind_of_record(r).bare for p in self.points for r in p.records)
 
     @property
     def failed(self) -> list[SeriesPoint]:
