@@ -36,11 +36,16 @@ from .converters import (  # noqa: F401 - the schema's building blocks, also rea
     _matching, _user, _hostname, _site_path, _url,
 )
 from .uri_policy import (  # noqa: F401 - the schema's building blocks, also read as manifest.X
-    URI_DRIVERS, URI_TRANSPORTS, URI_PARAMS, _libvirt_uri,
+    uri_drivers, URI_TRANSPORTS, URI_PARAMS, _libvirt_uri,
 )
 from .factors import (  # noqa: F401 - the schema's building blocks, also read as manifest.X
     Factor, _on_off, _values, FACTORS, at_defaults, factor,
 )
+
+
+def _domain_type(value, path, problems, ctx):
+    """'auto' or a domain type a registered hypervisor runs (asked when the manifest is read)."""
+    return _choice("auto", *[t for h in hypervisors.HYPERVISORS for t in h.domain_types])(value, path, problems, ctx)
 
 
 # --- the schema ------------------------------------------------------------------------------------
@@ -94,7 +99,7 @@ class Host:
     uri: str = opt(_libvirt_uri, EMBEDDED, "libvirt URI: 'embedded' (libvirt's QEMU driver in this process), "
                                      "qemu:///system, qemu:///session, qemu+ssh://user@host/system, xen+ssh://…")
     address: str = opt(_hostname, "", "SSH address of a remote host (default: the host part of the URI)")
-    domain_type: str = opt(_choice("auto", *[t for h in hypervisors.HYPERVISORS for t in h.domain_types]), "auto",
+    domain_type: str = opt(_domain_type, "auto",
                            "kvm, qemu (TCG), xen, or auto: KVM where a canary boot works, else TCG")
     slots: int = opt(_slots, 0, "points measured at once; 'auto' = bounded by the host's cores and memory")
     memory_backing: str = opt(_choice("auto", "default", "memfd"), "auto",

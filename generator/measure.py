@@ -64,7 +64,7 @@ def _create(run: PointRun, conn, libvirt, xml: str, name: str, record: dict):
         return None
 
 
-def measure(run: PointRun, boot: dict) -> dict:
+def measure(run: PointRun, boot: dict, kind: str = "probe") -> dict:
     """Boot one point of a probe and return its record (a dict ready for JSON). Never leaves the domain
     running.
 
@@ -78,7 +78,7 @@ def measure(run: PointRun, boot: dict) -> dict:
                              extra=_extra_cmdline(run), console=hv.console_device, memblock_debug=hv.memblock_debug)
     xml = hv.render(_spec(run, name=name, kernel=boot["kernel"], initrd=boot["initrd"], cmdline=cmdline,
                           console=console_path))
-    record = new_record(run, "probe", guest_kernel=boot["release"], boot_method=boot.get("boot_method", "bzimage"))
+    record = new_record(run, kind, guest_kernel=boot["release"], boot_method=boot.get("boot_method", "bzimage"))
     run.share_progress(record)
     clock = {"t0": time.monotonic()}
     dom = None
@@ -108,7 +108,7 @@ def measure(run: PointRun, boot: dict) -> dict:
 _MEMORY_LINE_RE = re.compile(r"Memory: \d+K/\d+K available[^\n]*|software IO TLB: mapped[^\n]*")
 
 
-def measure_system(run: PointRun, boot: dict) -> dict:
+def measure_system(run: PointRun, boot: dict, kind: str = "system") -> dict:
     """Boot a full system from a throwaway overlay of its image and read it through its agent, SSH or
     its report on the console.
 
@@ -127,7 +127,7 @@ def measure_system(run: PointRun, boot: dict) -> dict:
     xml = hv.render(_spec(run, name=name, kernel=boot["kernel"], initrd=boot["initrd"], cmdline=cmdline,
                           console=console_path, disk=overlay, disk_format="qcow2", agent=guest.reading == "agent",
                           forward_port=forward_port))
-    record = new_record(run, "system", guest_kernel=boot.get("release"), image=boot["label"], reading=guest.reading,
+    record = new_record(run, kind, guest_kernel=boot.get("release"), image=boot["label"], reading=guest.reading,
                         boot_method="kernel" if boot["kernel"] else "firmware", oom_kills=[], cross_check=None)
     run.share_progress(record)
     t0 = time.monotonic()
@@ -202,13 +202,15 @@ def _ssh_reader(guest, host: HostRuntime, boot: dict, name: str):
                             guest.ssh.key, known, gateway), 0
 
 
-# How each kind of guest (kinds.py) is measured: its name -> its measuring, (PointRun, staged files) -> record.
+# How each kind of guest (kinds.py) is measured: its name -> (PointRun, its staged files, its name) -> record.
+# A kind whose guests are measured as another's (a cloud image as a full system) names that one's here.
 MEASURERS = {"probe": measure, "system": measure_system}
 
 
-def measurer(kind):
-    """The measuring of a guest kind; a kind without one is named."""
-    try:
-        return MEASURERS[kind.name]
-    except KeyError:
-        raise ValueError(f"guest kind {kind.name!r} has no measuring: add it to measure.MEASURERS") from None
+def measure_staged(run: PointRun, staged) -> dict:
+    """Measure one point of a staged guest (kinds.Staged) by its kind's measuring; a kind without one
+    is named."""
+    how = MEASURERS.get(staged.kind.name)
+    if how is None:
+        raise ValueError(f"guest kind {staged.kind.name!r} has no measuring: add it to measure.MEASURERS")
+    return how(run, staged.boot, staged.kind.name)

@@ -48,8 +48,7 @@ class PointRun:
 
     @property
     def vcpus(self) -> int:
-        """The guest's virtual CPUs: the point's, where a factor sweeps them, else the manifest guest's."""
-        return self.point.factors.get("vcpus", self.guest.vcpus)
+        return vcpus_of(self.point, self.guest)
 
     @property
     def hypervisor(self) -> hypervisors.Hypervisor:
@@ -80,6 +79,11 @@ class PointRun:
         if self.live is not None and self.inflates:
             self.live.update(timeline=record["balloon_timeline"], memory_kib=self.point.memory_mib * 1024,
                              target_kib=self.point.current_memory_mib * 1024)
+
+
+def vcpus_of(point: Point, guest) -> int:
+    """A point's virtual CPUs: its own where a factor sweeps them, else its manifest guest's."""
+    return point.factors.get("vcpus", guest.vcpus)
 
 
 def point_identity(point: Point, manifest: Manifest, status: str = "error", reason: str = "") -> dict:

@@ -25,8 +25,8 @@ from .manifest import Manifest
 from . import hypervisors
 from .kinds import Staged, kind_of, stage_probe
 from .canary import canary
-from .measure import measurer
-from .pointrun import PointRun, point_identity
+from .measure import measure_staged
+from .pointrun import PointRun, point_identity, vcpus_of
 from .readings import destroy
 from .plan import Point, points, results_dir, select
 from .progress import Progress
@@ -261,7 +261,7 @@ class Sweep:
             self.progress.note(f"host {name}: domain type {dtype} ({why}); {facts['hypervisor']}, "
                                f"libvirt {facts['libvirt_version']}, {facts['cores']} cores, "
                                f"{facts['memory_mib']} MiB")
-            vcpus = max(self.manifest.guest(p.guest).vcpus for p in pts)
+            vcpus = max(vcpus_of(p, self.manifest.guest(p.guest)) for p in pts)
             cores_taken, memory_taken = self._nested_share(spec, self._hosts_running)
             slots = slots_for(spec, facts, vcpus, self.jobs, cores_taken)
             budget = MemoryBudget(int(facts["memory_available_mib"] * 0.8) - memory_taken)
@@ -322,8 +322,7 @@ class Sweep:
             try:
                 run = PointRun(point, self.manifest, on.host, on.facts, on.domain_type, on.domain_type_reason,
                                self.run_id, self.stop, live=live, teardown=teardown)
-                staged = on.staged[point.guest]
-                record = measurer(staged.kind)(run, staged.boot)
+                record = measure_staged(run, on.staged[point.guest])
             except StopRequested:
                 self.progress.end(point.key, None)
                 return

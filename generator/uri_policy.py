@@ -15,7 +15,13 @@ from .converters import _BAD, EMBEDDED, _line
 
 
 # a manifest may come from someone else, so only these drivers, transports and parameters pass.
-URI_DRIVERS = {scheme: h.uri_paths for h in hypervisors.HYPERVISORS for scheme in h.uri_schemes}
+
+
+def uri_drivers() -> dict[str, tuple]:
+    """libvirt URI driver -> the paths it may have: those of the registered hypervisors (asked when a
+    manifest is read, so a hypervisor added to the registry is accepted without another edit)."""
+    return {scheme: h.uri_paths for h in hypervisors.HYPERVISORS for scheme in h.uri_schemes}
+
 URI_TRANSPORTS = ("", "ssh", "libssh", "libssh2", "tls")
 URI_PARAMS = {  # name -> pattern of its value (fullmatch); paths are checked separately
     "no_tty": r"[01]", "sshauth": r"(agent|privkey|password|keyboard-interactive)"
@@ -40,17 +46,18 @@ def _libvirt_uri(value, path, problems, ctx):
         problems.add(path, f"{value!r} is not a libvirt URI or '{EMBEDDED}'")
         return _BAD
     driver, _, transport = parts.scheme.partition("+")
-    if driver not in URI_DRIVERS:
-        problems.add(path, f"{value!r}: driver {driver!r} is not supported (use {', '.join(URI_DRIVERS)})")
+    drivers = uri_drivers()
+    if driver not in drivers:
+        problems.add(path, f"{value!r}: driver {driver!r} is not supported (use {', '.join(drivers)})")
         return _BAD
     if transport not in URI_TRANSPORTS:
         problems.add(path, f"{value!r}: transport {transport!r} is not supported: it runs a program or talks to "
                            f"an arbitrary socket; use one of {', '.join(t for t in URI_TRANSPORTS if t)} "
                            "(or no transport for this machine)")
         return _BAD
-    if parts.path not in URI_DRIVERS[driver]:
+    if parts.path not in drivers[driver]:
         problems.add(path, f"{value!r}: path {parts.path!r} is not one of "
-                           f"{', '.join(repr(p) for p in URI_DRIVERS[driver] if p)} for {driver}")
+                           f"{', '.join(repr(p) for p in drivers[driver] if p)} for {driver}")
         return _BAD
     if parts.fragment:
         problems.add(path, f"{value!r}: a libvirt URI has no '#' part")

@@ -19,6 +19,7 @@ from ..manifest import Manifest
 from ..safe import inside
 from .engine import (HUGO_CONFIGS, STATE_VERSION, BuildReport, Output, hash_of, intact, page_inputs, read_state,
                      render_all, stage_writes, state_path)
+from .graphs import GRAPHS
 from .post import display_path, plan_post, post_inputs
 
 __all__ = ["build_all", "state_path"]
@@ -110,7 +111,8 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
         if target.is_file() or target.is_symlink():
             target.unlink()
             report.removed.append(target)
-    entries = {rel(o.path): {"inputs": o.inputs, "sha256": hash_of(o.data), "post": o.post} for o in outputs.values()}
+    entries = {rel(o.path): {"inputs": o.inputs, "sha256": hash_of(o.data), "post": o.post,
+                             **({"graph": o.job[0]} if o.job else {})} for o in outputs.values()}
     hashes = {k: v for k, v in post_hashes.items() if k not in built_posts}
     hashes.update(unchanged_posts)
     hashes.update({m.post.slug: outputs_post_inputs for m in manifests
@@ -118,6 +120,9 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
     new_state = {"version": STATE_VERSION, "outputs": dict(sorted({**kept, **entries}.items())),
                  "posts": dict(sorted(hashes.items()))}
     state_text = json.dumps(new_state, indent=1, sort_keys=True) + "\n"
+    # a graph declared in publish/graphs.py that no post of this site shows is named, not silently never drawn
+    shown = {e.get("graph") for e in new_state["outputs"].values()}
+    report.unshown_graphs = [g.name for g in GRAPHS if g.name not in shown]
     where = state_path(site)
     if not where.exists() or where.read_text() != state_text:
         where.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -129,6 +134,9 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
             print(f"  wrote {p}", file=sys.stderr)
         for p in report.removed:
             print(f"  removed {p}", file=sys.stderr)
+        if previews and report.unshown_graphs:  # the project's own site: every graph is meant to be shown
+            print(f"note: no post shows the graph(s) {', '.join(report.unshown_graphs)} (publish/graphs.py); show "
+                  "one with figures[...] in a post's content, or remove its declaration", file=sys.stderr)
         print(f"built {len(manifests)} post(s): {len(report.written)} written, "
               f"{len(report.skipped) + len(report.unchanged)} unchanged, in {report.seconds:.2f} s ("
               + ", ".join(f"{k} {v:.2f} s" for k, v in report.timings.items())

@@ -47,6 +47,7 @@ class BuildReport:
     removed: list = field(default_factory=list)
     seconds: float = 0.0
     timings: dict = field(default_factory=dict)  # where the time went: inputs, parse, render, write
+    unshown_graphs: list = field(default_factory=list)  # declared graphs no post of the site shows
 
 
 def hash_of(*parts: bytes | str) -> str:
@@ -145,13 +146,13 @@ def render_all(stale: list[Output], workers: int) -> None:
     once) while this process renders the pages; a preview's Markdown is converted by a worker too,
     so the large trees of a big post never live in this process. With one stale graph and nothing
     else to overlap, everything runs here."""
-    graphs = [o for o in stale if o.job is not None]
-    others = [o for o in stale if o.job is None]
-    if len(graphs) <= 1 and workers <= 1 or not graphs:
-        for out in graphs:
-            from . import plots
+    from . import graphs
 
-            out.data = plots.render(out.job)
+    graph_outputs = [o for o in stale if o.job is not None]
+    others = [o for o in stale if o.job is None]
+    if len(graph_outputs) <= 1 and workers <= 1 or not graph_outputs:
+        for out in graph_outputs:
+            out.data = graphs.render(out.job)
         for out in others:
             out.data = out.render(markdown_to_safe_html)
         return
@@ -163,8 +164,8 @@ def render_all(stale: list[Output], workers: int) -> None:
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["generator.publish._graph_worker", "generator.publish.plots", "generator.publish.engine", "matplotlib.pyplot", "markdown"])
-    from . import plots
+    ctx.set_forkserver_preload(["generator.publish._graph_worker", "generator.publish.plots",
+                                 "generator.publish.graphs", "generator.publish.engine", "matplotlib.pyplot", "markdown"])
 
     # Ctrl-C while the pool is busy: raised asynchronously inside the executor's machinery (a worker
     # being started, a queue being fed), KeyboardInterrupt can leave it waiting forever at shutdown.
@@ -186,8 +187,8 @@ def render_all(stale: list[Output], workers: int) -> None:
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_quiet_worker) as pool:
             # the graphs of every series first: they take longest, and must not be left to the end
-            futures = [(o, pool.submit(plots.render, o.job))
-                       for o in sorted(graphs, key=lambda o: o.job[0] == "series_png")]
+            futures = [(o, pool.submit(graphs.render, o.job))
+                       for o in sorted(graph_outputs, key=lambda o: o.job[0] == "series")]
             try:
                 for out in others:
                     if out.path.suffix == ".html":  # a preview inlines the graphs: wait for them

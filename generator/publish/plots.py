@@ -21,14 +21,6 @@ _HV_STYLE = {"qemu": ("-", "o"), "kvm": ("--", "s"), "xen": ("-.", "^")}
 _FAIL_MARKERS = {"oom": "X", "panic": "X", "refused": "s", "timeout": "v", "error": "D"}
 
 
-def render(job: tuple) -> bytes:
-    """Run one graph job, (function name, arguments): what worker processes are sent."""
-    name, args = job
-    if name not in ("series_png", "all_series_png", "lost_png"):
-        raise ValueError(f"no graph called {name!r}")
-    return globals()[name](*args)
-
-
 def _pyplot():
     import matplotlib
 

@@ -22,8 +22,7 @@ from ..manifest import FACTORS, Manifest, project_root
 from ..plan import points, results_dir
 from ..results import as_record
 from ..safe import inside, is_inside, read_regular
-from ..units import mib_label
-from . import claims, updates
+from . import claims, graphs, updates
 from .analysis import Data
 from .series import build_series, timeline_facts
 from .engine import PROJECT_DIR, STATE_VERSION, Output, code_hash, code_of, hash_of
@@ -218,7 +217,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
         page = site / "content" / "posts" / f"{slug}.md"
         img_dir, img_url = site / "static" / "img", "/img/"
     by_key = dict(zip([_record_key(r) for r in records], digests))
-    plot_code = code_hash(*code_of("publish/plots.py"), *code_of("publish/analysis.py"))
+    plot_code = code_hash(*code_of("publish/graphs.py"), *code_of("publish/analysis.py"))
 
     def add(path: Path, inputs: str, render: Callable | None, job: tuple | None = None) -> None:
         if path in outputs:
@@ -227,34 +226,13 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
         outputs[path] = Output(path, inputs, render, slug, manifest.path, job=job)
 
     figures: dict[str, dict] = {}
-    graphs: dict[str, tuple] = {}  # file name -> (inputs, job): drawn only if the page shows it
+    graphs_of: dict[str, tuple] = {}  # file name -> (inputs, job): drawn only if the page shows it
     if data.has_data:
-        for s in series:
-            if not s.measured and not s.failed:
-                continue
-            deps = sorted(by_key[_record_key(r)] for p in s.points for r in p.records)
-            name = f"{s.file_stem}.png"
-            figures[s.key] = {"file": name, "url": img_url + name, "alt": s.alt_text(), "title": s.title}
-            graphs[name] = (hash_of(plot_code, "series", s.title, *deps), ("series_png", (s.lean(),)))
-        for c in data.comparisons:  # one guest on several hypervisors, side by side
-            deps = sorted(by_key[_record_key(r)] for x in c["series"] for p in x.points for r in p.records)
-            name = f"{c['stem']}.png"
-            figures[c["key"]] = {"file": name, "url": img_url + name, "title": c["title"],
-                                 "alt": _all_alt(c["series"])}
-            graphs[name] = (hash_of(plot_code, "compare", c["title"], *deps),
-                            ("all_series_png", ([x.lean() for x in c["series"]], c["title"])))
-        everything = sorted(digests)
-        if len(series) > 1:
-            all_name = f"{slug}-all-guests.png"
-            figures["all"] = {"file": all_name, "url": img_url + all_name, "title": "Every series",
-                              "alt": _all_alt(series)}
-            lean = [s.lean() for s in series]
-            graphs[all_name] = (hash_of(plot_code, "all", *everything), ("all_series_png", (lean,)))
-        fits = [s.fit() for s in series]
-        lost_name = f"{slug}-memory-lost.png"
-        figures["lost"] = {"file": lost_name, "url": img_url + lost_name, "title": "Memory lost",
-                           "alt": _lost_alt(series, fits)}
-        graphs[lost_name] = (hash_of(plot_code, "lost", *everything), ("lost_png", ([s.lean() for s in series], fits)))
+        post = graphs.PostData(data, series, slug, lambda rs: sorted(by_key[_record_key(r)] for r in rs),
+                               sorted(digests))
+        for graph, fig in graphs.figures_of(post):
+            figures[fig.key] = {"file": fig.file, "url": img_url + fig.file, "alt": fig.alt, "title": fig.title}
+            graphs_of[fig.file] = (hash_of(plot_code, *fig.inputs), (graph.name, fig.args))
 
     content_path = plan.content_path
 
@@ -284,7 +262,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
     for key, fig in figures.items():
         if f"]({fig['url']} ".encode() in page_bytes:
             figures_used[key] = fig
-            inputs, job = graphs[fig["file"]]
+            inputs, job = graphs_of[fig["file"]]
             add(img_dir / fig["file"], inputs, None, job)
     figures = figures_used
 
@@ -338,44 +316,3 @@ def display_path(folder: Path) -> str:
         return str(folder.resolve().relative_to(PROJECT_DIR))
     except ValueError:
         return folder.name
-
-
-def _all_alt(series) -> str:
-    """Under ~300 characters: what the graph shows, each series once."""
-    parts = []
-    for s in series[:6]:
-        if s.measured:
-            a, b = s.measured[0], s.measured[-1]
-            name = s.legend_label if len({x.current_memory_mib for x in series}) == 1 else \
-                f"currentMemory {s.current_memory_mib} MiB" if len({x.legend_label for x in series}) == 1 else \
-                f"{s.legend_label} at {s.current_memory_mib} MiB"
-            text = f"{name}: {a.median:g} MiB at {mib_label(a.memory_mib)}"
-            if b is not a:
-                text += f", {b.median:g} at {mib_label(b.memory_mib)}"
-            died = [p for p in s.failed if p.died]
-            if died:
-                text += f", dies from {mib_label(died[0].memory_mib)}"
-            parts.append(text)
-    more = f"; and {len(series) - 6} more" if len(series) > 6 else ""
-    return _cap("Memory seen after ballooning against memory: " + "; ".join(parts) + more + ".")
-
-
-def _lost_alt(series, fits) -> str:
-    """Under ~300 characters: the slopes, where the loss stops, where guests die."""
-    slopes = sorted({round(f.slope, 1) for f in fits if f})
-    flat = [s for s, f in zip(series, fits) if not f and s.measured]
-    text = "MiB lost against memory (log scale)"
-    if slopes:
-        text += f": {slopes[0]:g}" + (f" to {slopes[-1]:g}" if len(slopes) > 1 else "") + \
-            f" MiB per GiB for {sum(1 for f in fits if f)} guest(s)"
-    if flat:
-        worst = max(flat, key=lambda s: s.current_memory_mib - s.measured[-1].median)
-        text += f"; {len(flat)} without a rule drawn, up to {worst.current_memory_mib - worst.measured[-1].median:g} MiB"
-    died = sorted({p.memory_mib for s in series for p in s.failed if p.died})
-    if died:
-        text += f"; guests died from {mib_label(died[0])} (crosses at the top)"
-    return _cap(text + ".")
-
-
-def _cap(text: str, limit: int = 300) -> str:
-    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"

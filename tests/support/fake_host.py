@@ -12,6 +12,7 @@ from pathlib import Path
 
 import libvirt
 
+from generator.hosts.base import HostRuntime
 from generator.manifest import Host
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "setaside"
@@ -73,11 +74,12 @@ class FakeConn:
         return 0
 
 
-class FakeHost:
-    """The parts of a HostRuntime that measure() uses."""
+class FakeHost(HostRuntime):
+    """A HostRuntime whose libvirt is FakeConn: commands and files never reach a machine (run, put and get
+    are the base class's NotImplementedError); a console is read by the path its domain's XML names."""
 
-    def __init__(self, make):
-        self.spec = Host(name="local", uri="embedded", domain_type="qemu")
+    def __init__(self, make, spec: Host | None = None):
+        super().__init__(spec or Host(name="local", uri="embedded", domain_type="qemu"), Path("/nonexistent-cache"))
         self.conn = FakeConn(make)
         self.removed: list[str] = []
 
@@ -85,19 +87,23 @@ class FakeHost:
         return self.conn
 
     def console_path(self, name: str) -> str:
-        return f"console-{name}"
+        return f"/fake/consoles/{name}.log"
 
     def prepare_console(self, path: str) -> None:
         pass
 
     def read_text(self, path: str) -> str:
-        return self.conn.domains[-1].console() if self.conn.domains else ""
+        dom = next((d for d in reversed(self.conn.domains) if path in d.xml), None)
+        return dom.console() if dom else ""
 
     def remove(self, path: str) -> None:
         self.removed.append(path)
 
     def creation_failure(self, name: str) -> str:
         return ""
+
+    def close(self) -> None:
+        pass
 
 
 M = "@@MEMBALLOON"
@@ -153,11 +159,8 @@ class SweepHost(FakeHost):
 
     def __init__(self, name: str, make, *, memory_available_mib: int = 16384, cores: int = 2,
                  leftovers: tuple[str, ...] = (), fails: Exception | None = None, kvm: bool = False):
-        self.spec = Host(name=name, uri="embedded", domain_type="qemu")
-        self.name = name
-        self.uri = "qemu:///embed?root=/run/fake"
+        super().__init__(make, Host(name=name, uri="embedded", domain_type="qemu"))
         self.conn = SweepConn(make, kvm=kvm)
-        self.removed = []
         self.closed = False
         self.fails = fails
         self.leftovers = list(leftovers)
@@ -167,10 +170,6 @@ class SweepHost(FakeHost):
         if self.fails:
             raise self.fails
         return self.conn
-
-    def read_text(self, path: str) -> str:
-        dom = next((d for d in reversed(self.conn.domains) if path in d.xml), None)
-        return dom.console() if dom else ""
 
     def check_console_logging(self) -> None:
         pass
