@@ -174,10 +174,10 @@ def starting_fields() -> dict:
     return {name: copy.deepcopy(f.starts) for name, f in RECORD.items() if f.starts is not NOT_STARTED}
 
 
-FIELDS: dict[str, tuple[tuple, bool]] = {name: (f.types, f.required) for name, f in RECORD.items()}
-# What a post sees of each record (besides its factors): its summary. The bulky parts (meminfo, the
-# balloon timeline, the console) stay in the JSON files.
-SUMMARY_FIELDS: tuple[str, ...] = tuple(name for name, f in RECORD.items() if f.summary)
+def summary_fields() -> tuple[str, ...]:
+    """What a post sees of each record (besides its factors): its summary, the fields RECORD marks. The
+    bulky parts (meminfo, the balloon timeline, the console) stay in the JSON files."""
+    return tuple(name for name, f in RECORD.items() if f.summary)
 
 
 class Record(dict):
@@ -206,7 +206,8 @@ _REQUIRED_NAMES = frozenset(name for name, f in RECORD.items() if f.required)
 
 
 def _fields() -> dict[str, tuple[tuple, bool]]:
-    return {**{f.name: ((f.kind,), True) for f in FACTORS}, **FIELDS}
+    return {**{f.name: ((f.kind,), True) for f in FACTORS},
+            **{name: (f.types, f.required) for name, f in RECORD.items()}}
 
 
 def _problem(record: dict) -> str | None:

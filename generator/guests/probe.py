@@ -35,6 +35,7 @@ BUSYBOX_CANDIDATES = ("/bin/busybox", "/usr/bin/busybox")
 
 # Module names as modules.dep writes them; the closure and order come from modules.dep.
 VIRTIO_MODULES = ("virtio_pci", "virtio_balloon")
+BALLOON_MODULES = {"virtio": VIRTIO_MODULES}  # balloon model -> the kernel modules its driver needs in the probe
 OPTIONAL_MODULES = ("virtio_mem",)  # loaded where the kernel has it (Linux 5.8 and later)
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
@@ -469,7 +470,7 @@ def resolve_kernel(kernel: str, modules_dir: str, cache_dir: Path) -> tuple[Path
 def build(kernel: str, modules_dir: str, cache_dir: Path, balloon_model: str = "virtio") -> Probe:
     """Build (or reuse from the cache) the probe for a kernel; returns where its files are."""
     image, mods_dir, release = resolve_kernel(kernel, modules_dir, cache_dir)
-    wanted = VIRTIO_MODULES if balloon_model == "virtio" else ()
+    wanted = BALLOON_MODULES.get(balloon_model, ())
     closure = module_closure(mods_dir, wanted) if wanted else []
     if wanted:
         for optional in OPTIONAL_MODULES:

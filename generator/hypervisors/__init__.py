@@ -59,6 +59,13 @@ def for_facts(hv_type: str, uri: str) -> Hypervisor:
     return by_type or for_host(uri)
 
 
+def rank(domain_type: str) -> tuple:
+    """Where a domain type stands among the registered ones (hypervisors in HYPERVISORS' order, each
+    one's domain types in its own order: KVM, QEMU (TCG), Xen), for tables and graphs; others last."""
+    order = [t for h in HYPERVISORS for t in h.domain_types]
+    return (order.index(domain_type) if domain_type in order else len(order), domain_type)
+
+
 def label(domain_type: str) -> str:
     """How posts name a domain type: 'KVM', 'QEMU (TCG)', 'Xen'."""
     return for_domain_type(domain_type).label(domain_type)
@@ -74,5 +81,6 @@ def domain_xml(**fields) -> str:
     return render(DomainSpec(**fields))
 
 
-__all__ = ["HYPERVISORS", "UNKNOWN", "Hypervisor", "DomainSpec", "for_domain_type", "known", "for_host", "for_facts", "label", "render",
+__all__ = ["HYPERVISORS", "UNKNOWN", "Hypervisor", "DomainSpec", "for_domain_type", "known", "for_host", "for_facts",
+           "rank", "label", "render",
            "domain_xml"]

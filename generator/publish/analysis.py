@@ -66,7 +66,7 @@ class Data(RecordQueries):
         out = []
         for (guest, _), members in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
             if len({s.domain_type for s in members}) > 1:
-                members.sort(key=lambda s: (s.domain_type != "kvm", s.domain_type != "qemu", s.domain_type))
+                members.sort(key=lambda s: hypervisors.rank(s.domain_type))
                 out.append({"guest": guest, "label": members[0].guest_label, "series": members,
                             "key": f"compare/{guest}/" + members[0].key.split("/", 2)[2],
                             "stem": f"compare-{members[0].stem_tail}",

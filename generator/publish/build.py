@@ -19,7 +19,7 @@ from ..manifest import Manifest
 from ..safe import inside
 from .engine import (HUGO_CONFIGS, STATE_VERSION, BuildReport, Output, hash_of, intact, page_inputs, read_state,
                      render_all, stage_writes, state_path)
-from .graphs import GRAPHS
+from . import graphs
 from .post import display_path, plan_post, post_inputs
 
 __all__ = ["build_all", "state_path"]
@@ -122,7 +122,7 @@ def build_all(manifests: list[Manifest], *, results_override: str | None = None,
     state_text = json.dumps(new_state, indent=1, sort_keys=True) + "\n"
     # a graph declared in publish/graphs.py that no post of this site shows is named, not silently never drawn
     shown = {e.get("graph") for e in new_state["outputs"].values()}
-    report.unshown_graphs = [g.name for g in GRAPHS if g.name not in shown]
+    report.unshown_graphs = [g.name for g in graphs.GRAPHS if g.name not in shown]
     where = state_path(site)
     if not where.exists() or where.read_text() != state_text:
         where.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -55,7 +55,6 @@ def results_commit(folder: Path, root: Path) -> str | None:
 # What a post sees of each record: its summary (results.RECORD says which fields). The bulky parts
 # (meminfo, the balloon timeline, the console) stay in the JSON files; keeping them out of memory is
 # what lets 10,000 records build in little memory.
-SUMMARY_FIELDS = results_mod.SUMMARY_FIELDS
 _DMESG_KEEP = re.compile(r"Memory:|software IO TLB|swiotlb|crashkernel|Xen: \[mem")
 
 
@@ -91,7 +90,7 @@ def _read_records(manifest: Manifest, folder: Path) -> list[tuple]:
 def _parse_records(found: list) -> list[dict]:
     """The records' summaries, read again and checked against the digests the build is keyed on."""
     records = []
-    keep = frozenset(SUMMARY_FIELDS) | {f.name for f in FACTORS}  # what a post uses, decided once
+    keep = frozenset(results_mod.summary_fields()) | {f.name for f in FACTORS}  # what a post uses, decided once
     for p, path, digest in found:
         data = read_regular(path, results_mod.MAX_RECORD_BYTES, "result file")
         if hash_of(p.key, data) != digest:

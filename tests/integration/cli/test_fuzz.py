@@ -354,7 +354,7 @@ def test_hostile_guest_consoles_give_bounded_clean_readings():
         counts["consoles"] += 1
         counts["numbers"] += len(numbers)
         counts["texts"] += len(texts)
-        full = dict(good_record(1024), **{k: v for k, v in record.items() if k in results.FIELDS and k != "status"},
+        full = dict(good_record(1024), **{k: v for k, v in record.items() if k in results.RECORD and k != "status"},
                     status="ok", schema_version=results.SCHEMA_VERSION)
         kept = results.checked(full)
         assert results._problem(kept) is None
