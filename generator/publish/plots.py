@@ -13,11 +13,14 @@ _COLORS = ["#1f5fa6", "#c0392b", "#2e8b57", "#8e44ad", "#d35400", "#2c3e50", "#1
 # from graph to graph); kernels not listed get one from their name, the same every time.
 _KERNEL_STYLE = {"5.10": ("#c0392b", "s"), "6.1": ("#1f5fa6", "o"), "6.12": ("#2e8b57", "^"),
                  "system": ("#8e44ad", "D")}
-# Drawn for the width it is shown at: 5 inches at 200 dpi, a 1000-pixel image (sharp on 2x screens)
-# whose 11-point text is about 12 pixels high on a 390-pixel phone screen.
+# Drawn for the width it is shown at: 5 inches at 200 dpi, a 1000-pixel image (sharp on 2x screens). All
+# text is 11 points (about 31 pixels of the image): at least 11 CSS pixels where a 390-pixel phone shows
+# the image 366 pixels wide (LEGIBLE_PT). Legends stand below the axes, where they hide no data.
 FIG_W, FIG_H, DPI = 5.0, 3.6, 200
 # per domain type: (line style, marker), so that hypervisors are told apart in black and white too
 _HV_STYLE = {"qemu": ("-", "o"), "kvm": ("--", "s"), "xen": ("-.", "^")}
+LEGIBLE_PT = 11
+LEGEND_ROW_IN = 0.19  # figure height a legend row takes below the axes, inches
 _FAIL_MARKERS = {"oom": "X", "panic": "X", "refused": "s", "timeout": "v", "error": "D"}
 
 
@@ -29,7 +32,7 @@ def _pyplot():
 
     plt.rcParams.update({
         "font.family": "DejaVu Sans", "font.size": 11, "axes.grid": True, "grid.alpha": 0.3,
-        "axes.titlesize": 11, "legend.fontsize": 9, "xtick.labelsize": 10, "ytick.labelsize": 10,
+        "axes.titlesize": 11, "legend.fontsize": 11, "xtick.labelsize": 11, "ytick.labelsize": 11,
         "figure.dpi": DPI, "savefig.dpi": DPI, "axes.spines.top": False, "axes.spines.right": False,
         "path.simplify": False,
         # labels, titles and legends hold guest kernels, labels and host names: text, never mathtext
@@ -103,15 +106,35 @@ def _draw_series(ax, s: Series, look: tuple[str, str, str], label: str | None, b
         x = p.memory_mib * (1.06 ** slot)
         ax.scatter([x], [bottom], marker=marker, color=color, s=60, zorder=4, clip_on=False)
         ax.annotate(FAILURE_LABELS.get(p.status, p.status), (x, bottom), textcoords="offset points",
-                    xytext=(0, 8 + 12 * slot), ha="center", fontsize=9, color=color, fontweight="bold",
+                    xytext=(0, 8 + 14 * slot), ha="center", fontsize=LEGIBLE_PT, color=color, fontweight="bold",
                     annotation_clip=False)
 
 
-def _wrapped(title: str, width: int = 62) -> str:
-    """A title in lines that fit the figure's width at 10 pt: never clipped at the image's edge."""
+def _wrapped(title: str, width: int = 46) -> str:
+    """A title in lines that fit the figure's width at 11 pt: never clipped at the image's edge."""
     import textwrap
 
     return "\n".join(textwrap.wrap(title, width)) or title
+
+
+LEGEND_CHARS = 46  # a legend line at 11 pt that fits the image's width from its left margin
+
+
+def _legend_below(ax, shown: bool = True) -> float:
+    """The legend under the axes (tight_layout makes room for it), from near the image's left edge and
+    its labels wrapped to fit: it never covers a point and is never cut at the image's edge. Returns the
+    height it needs below the axes (inches), for the figure's size."""
+    handles, labels = ax.get_legend_handles_labels()
+    if not shown or not labels:
+        return 0.0
+    wrapped = [_wrapped(label, LEGEND_CHARS) for label in labels]
+    from matplotlib.transforms import offset_copy
+
+    # from the axes' bottom left corner, below the tick labels and the axis label (about 46 points)
+    below = offset_copy(ax.transAxes, fig=ax.figure, x=0, y=-46, units="points")
+    ax.legend(handles, wrapped, loc="upper left", bbox_to_anchor=(-0.12, 0), bbox_transform=below, frameon=False,
+              ncol=1)
+    return LEGEND_ROW_IN * sum(len(w.splitlines()) for w in wrapped) + 0.25
 
 
 def _y_range(series: list[Series]) -> tuple[float, float]:
@@ -135,8 +158,8 @@ def series_png(s: Series) -> bytes:
         _draw_series(ax, s, (color, marker, linestyle(s)), "what the guest sees (free -m)", y0 + (y1 - y0) * 0.04)
         _gib_axis(ax, memory_values)
         ax.set_ylabel("MiB seen by the guest")
-        ax.set_title(_wrapped(s.title), fontsize=10)
-        ax.legend(loc="lower left", frameon=False)
+        ax.set_title(_wrapped(s.title))
+        fig.set_size_inches(FIG_W, FIG_H + _legend_below(ax))
         fig.tight_layout()
         return _png(fig)
     finally:
@@ -156,6 +179,7 @@ def all_series_png(series: list[Series], title: str = "") -> bytes:
     fig, axes = plt.subplots(len(panels), 1, figsize=(FIG_W, 0.6 + 3.3 * len(panels)), squeeze=False)
     try:
         memory_values = sorted({p.memory_mib for s in series for p in s.points})
+        heights = []
         for ax, members in zip(axes[:, 0], panels):
             y0, y1 = _y_range(members)
             ax.set_ylim(y0, y1)
@@ -163,21 +187,25 @@ def all_series_png(series: list[Series], title: str = "") -> bytes:
                 ax.axhline(level, linestyle="--", color="#555555", linewidth=1.0)
             same = len({s.legend_label for s in members}) == 1
             several = len({s.current_memory_mib for s in members}) > 1
+            looks = [(*style(s, i), linestyle(s)) for i, s in enumerate(members)]
+            # series that would look alike (one guest at several targets, one kernel given memory three
+            # ways): each its own colour and marker, the line still its hypervisor's
+            alike = len(set(looks)) < len(looks) or (same and several)
             for i, s in enumerate(members):
-                color, marker = style(s, i)
-                if same and several:  # one guest at several targets: tell them apart by colour
+                color, marker, line = looks[i]
+                if alike:
                     color, marker = _COLORS[i % len(_COLORS)], "ov^sD<>"[i % 7]
-                line = linestyle(s)
                 label = (f"currentMemory {s.current_memory_mib} MiB" if same else s.legend_label) if several \
                     else s.legend_label
                 _draw_series(ax, s, (color, marker, line), label, y0 + (y1 - y0) * 0.04, slot=i)
             _gib_axis(ax, memory_values)
             ax.set_ylabel("MiB seen by the guest")
             currents = sorted({s.current_memory_mib for s in members})
-            ax.set_title(_wrapped((title + ", " if title and len(panels) == 1 else "") +
-                                  "currentMemory " + " and ".join(f"{c} MiB" for c in currents) + " (dashed)"),
-                         fontsize=10)
-            ax.legend(loc="lower left", fontsize=8, frameon=False)
+            ax.set_title(_wrapped(f"{title} (currentMemory dashed)" if title and len(panels) == 1 else
+                                  "currentMemory " + " and ".join(f"{c} MiB" for c in currents) + " (dashed)"))
+            heights.append(3.3 + _legend_below(ax))
+        axes[0, 0].get_gridspec().set_height_ratios(heights)
+        fig.set_size_inches(FIG_W, 0.6 + sum(heights))
         fig.tight_layout()
         return _png(fig)
     finally:
@@ -188,8 +216,7 @@ def lost_png(series: list[Series], fits: list[LawCurve | None]) -> bytes:
     """currentMemory minus what the guest sees, against memory, with each guest's loss by the kernel's
     sizing rules (steps where the kernel steps)."""
     plt = _pyplot()
-    below = 3 < len(series) <= MAX_LEGEND
-    fig, ax = plt.subplots(figsize=(FIG_W, FIG_H + (0.2 * len(series) if below else 0)))
+    fig, ax = plt.subplots(figsize=(FIG_W, FIG_H))
     try:
         for i, (s, fit) in enumerate(zip(series, fits)):
             color, marker = style(s, i)
@@ -224,13 +251,9 @@ def lost_png(series: list[Series], fits: list[LawCurve | None]) -> bytes:
         ax.set_xlim(values[0] / 1024 / 1.3, values[-1] / 1024 * 1.3)
         ax.set_xlabel("memory (log scale)")
         ax.set_ylabel("MiB lost (currentMemory - seen)")
-        ax.set_title("Memory lost to a large <memory>", fontsize=10)
+        ax.set_title("Memory lost to a large <memory>")
         ax.set_ylim(bottom=0, top=max([s.current_memory_mib for s in series] or [1]) * 1.08)
-        if len(series) <= MAX_LEGEND:
-            if below:  # below the axes, where it hides no point
-                ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=8, frameon=False, ncol=1)
-            else:
-                ax.legend(loc="upper left", fontsize=8, frameon=False)
+        fig.set_size_inches(FIG_W, FIG_H + _legend_below(ax, shown=len(series) <= MAX_LEGEND))
         fig.tight_layout()
         return _png(fig)
     finally:
