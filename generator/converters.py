@@ -138,6 +138,13 @@ def _mib(value, path, problems, ctx):
     return mib
 
 
+def _mib_or_nothing(value, path, problems, ctx):
+    """A size as _mib takes it, or 0 (nothing)."""
+    if value == 0 or value == "0":
+        return 0
+    return _mib(value, path, problems, ctx)
+
+
 def _seconds_in(low: float, high: float) -> Callable:
     def convert(value, path, problems, ctx):
         seconds = _parsed(parse_duration, value, path, problems)

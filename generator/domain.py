@@ -36,6 +36,7 @@ class DomainSpec:
     autodeflate: bool = False
     free_page_reporting: bool = False
     cpu_model: str = "default"  # 'maximum': <cpu mode='maximum'/>
+    plugged_mib: int = 0        # plugged into the running guest (plugging.py): nothing in the XML it boots with
     disk: str = ""              # a full system's overlay
     disk_format: str = "qcow2"
     agent: bool = False         # the QEMU guest agent's channel
@@ -53,17 +54,18 @@ class DomainSpec:
 
 
 def kernel_cmdline(*, mode: str, stable: float, settle: float, balloon_kib: int, extra: str = "",
-                   console: str = "ttyS0", memblock_debug: bool = True) -> str:
+                   console: str = "ttyS0", memblock_debug: bool = True, hold: int = 30) -> str:
     """The probe's kernel command line: console on the serial port (hvc0 on Xen PV), panic =>
     reboot => destroy.
 
     balloon_kib: what the balloon must hold once inflated (memory - currentMemory); the probe ends
     as soon as it does. memblock_debug: the kernel logs each boot-time reservation (the set-aside is
-    itemized from them); it only prints, so what the guest sees is the same either way."""
+    itemized from them); it only prints, so what the guest sees is the same either way. hold: seconds
+    the probe stays up after reporting, telling MemTotal's changes (memory plugged and unplugged)."""
     parts = [f"console={console}", "loglevel=4", "panic=-1", "rdinit=/init",
              f"memballoon.mode={mode}", f"memballoon.stable={max(1, int(round(stable)))}",
              f"memballoon.settle={max(1, int(settle))}", f"memballoon.balloon_kib={max(0, int(balloon_kib))}",
-             "memballoon.hold=30"] + (["memblock=debug"] if memblock_debug else [])
+             f"memballoon.hold={max(1, int(hold))}"] + (["memblock=debug"] if memblock_debug else [])
     if extra:
         parts.append(extra)
     return " ".join(parts)

@@ -12,6 +12,7 @@ import re
 import time
 from pathlib import Path
 
+from . import plugging
 from .domain import DomainSpec, domain_name, kernel_cmdline
 from .follow import ConsoleReportWatch, ProbeWatch, ReaderWatch, follow
 from .guests.console import Console, excerpt, one_line
@@ -75,7 +76,8 @@ def measure(run: PointRun, boot: dict, kind: str = "probe") -> dict:
     hv, point = run.hypervisor, run.point
     cmdline = kernel_cmdline(mode="measure", stable=run.manifest.timeouts.stable, settle=run.manifest.timeouts.settle,
                              balloon_kib=(point.memory_mib - point.current_memory_mib) * 1024 if run.inflates else 0,
-                             extra=_extra_cmdline(run), console=hv.console_device, memblock_debug=hv.memblock_debug)
+                             extra=_extra_cmdline(run), console=hv.console_device, memblock_debug=hv.memblock_debug,
+                             hold=plugging.HOLD_S if point.plugged_mib else 30)
     xml = hv.render(_spec(run, name=name, kernel=boot["kernel"], initrd=boot["initrd"], cmdline=cmdline,
                           console=console_path))
     record = new_record(run, kind, guest_kernel=boot["release"], boot_method=boot.get("boot_method", "bzimage"))
@@ -89,6 +91,8 @@ def measure(run: PointRun, boot: dict, kind: str = "probe") -> dict:
             return record
         clock["started"] = time.monotonic() - clock["t0"]
         follow(ProbeWatch(run, dom, record, console_path, clock["t0"], libvirt, clock=clock))
+        if point.plugged_mib and record["status"] == "ok":
+            plugging.plug_and_unplug(run, dom, libvirt, record, lambda: run.host.read_text(console_path))
         finished = True
         return record
     finally:

@@ -67,7 +67,7 @@ def points(manifest: Manifest) -> list[Point]:
     for repeat in range(1, manifest.sweep.repeats + 1):
         for values in combos:
             factors = dict(zip((f.name for f in FACTORS), values))
-            if factors["current_memory_mib"] > factors["memory_mib"]:
+            if factors["current_memory_mib"] > factors["memory_mib"] or not _pluggable(factors):
                 continue
             for host in manifest.hosts:
                 if host.repeats and repeat > host.repeats:
@@ -80,6 +80,14 @@ def points(manifest: Manifest) -> list[Point]:
                         continue
                     out.append(Point(host.name, guest.name, tuple(values), repeat, manifest.experiment))
     return out
+
+
+def _pluggable(factors: dict) -> bool:
+    """Whether a point's plugged memory exists: nothing plugged, or a hotplug guest (a ballooned one boots
+    with all of memory and has nothing to plug into) with room for it between currentMemory and memory."""
+    plugged = factors.get("plugged_mib", 0)
+    return not plugged or (factors["memory_model"] != "balloon"
+                           and plugged <= factors["memory_mib"] - factors["current_memory_mib"])
 
 
 def skipped_pairs(manifest: Manifest) -> list[tuple[int, int]]:

@@ -162,6 +162,8 @@ RECORD: dict[str, Field] = {
     "set_aside_notes": Field((list,), False, True, "why part of the set-aside is unexplained, if it is"),
     "kernel_parameters": Field(_OPT_STR, False, True, "extra kernel parameters the host gave every guest "
                                                       "(hosts[].guest_cmdline), when it gave any"),
+    "plug": Field(_OPT_DICT, False, True, "memory plugged into the running guest and unplugged again: KiB plugged, "
+                                          "MemTotal and MemFree before, plugged and unplugged, seconds each step took"),
     "zone_reserves": Field(_OPT_DICT, False, True, "the page allocator's zones at boot (managed, min/low/high "
                                                    "watermarks, protection; KiB) and the sysctls that size them"),
 }

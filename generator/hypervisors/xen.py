@@ -31,7 +31,7 @@ class Xen(Hypervisor):
     inflates_after_boot = False  # a PV guest is built with currentMemory populated
     # its guests here use Xen's balloon: the virtio balloon's options and QEMU's hotplug are not there
     factors = {"memory_model": ("balloon",), "autodeflate": (False,), "free_page_reporting": (False,),
-               "cpu_model": ("default",)}
+               "cpu_model": ("default",), "plugged_mib": (0,)}
     boot = "bzimage"             # PV boots the compressed kernel (no PVH entry through libvirt here)
     no_guest_stats = "libvirt's libxl driver gives no guest-side statistics"
     # A PV guest logs thousands of early reservations with memblock=debug (its page lists): the kernel's

@@ -123,6 +123,36 @@ class Data(RecordQueries):
         found = min((r.memory_mib for r in self.records if r.memory_backing == "memfd"), default=None)
         return None if found is None else size(found)
 
+    def plugged(self) -> list[dict]:
+        """Points whose guest had memory plugged once it ran (plugging.py), smallest first per model: KiB
+        plugged; MemTotal before, plugged and after the unplug; MemFree before and plugged; seconds the
+        plug and the unplug took (medians over the repeats that finished both, each a claim)."""
+        out = []
+        for s in self.series:
+            plugged = s.factors.get("plugged_mib")
+            if not plugged:
+                continue
+            for p in s.measured:
+                done = [r for r in p.ok if isinstance(r.plug, dict) and "unplug_s" in r.plug]
+                if not done:
+                    continue
+                where = {**p.where, "status": "ok"}
+
+                def median(key: str):
+                    return claimed(statistics.median(r.plug[key] for r in done), leaf(f"plug:{key}", where))
+                out.append({"model": s.factors.get("memory_model"), "plugged_mib": size(plugged),
+                            "memory_mib": p.memory_mib, "current_mib": size(s.current_memory_mib),
+                            **{key: median(key) for key in ("memtotal_before_kib", "memtotal_plugged_kib",
+                                                            "memtotal_unplugged_kib", "memfree_before_kib",
+                                                            "memfree_plugged_kib", "memfree_unplugged_kib",
+                                                            "plug_s", "unplug_s")}})
+                row = out[-1]
+                row["grew_mib"] = (row["memtotal_plugged_kib"] - row["memtotal_before_kib"]) / 1024
+                row["freed_mib"] = (row["memfree_plugged_kib"] - row["memfree_before_kib"]) / 1024
+                row["cost_mib"] = row["plugged_mib"] - row["freed_mib"]
+                row["exact"] = row["grew_mib"] == plugged and row["memtotal_unplugged_kib"] == row["memtotal_before_kib"]
+        return sorted(out, key=lambda row: (row["model"], row["plugged_mib"]))
+
     def sizing(self, need_mib: float = 300.0, domain_type: str | None = None) -> list[dict]:
         """predict's sizing table from this post's records: per kernel and domain type with itemized boots,
         how far memory can go for each currentMemory (predict.sizing_table), labelled as the post names

@@ -66,19 +66,27 @@ def _compare_figures(post: PostData) -> list[Figure]:
             for c in post.data.comparisons]
 
 
+def _over_memory(post: PostData) -> list:
+    """The series that are curves over memory: not those with memory plugged after boot (one point each,
+    told in a table of their own)."""
+    return [s for s in post.series if not s.factors.get("plugged_mib")]
+
+
 def _all_figures(post: PostData) -> list[Figure]:
     """Every series of the post in one graph (panels where there are many)."""
-    if len(post.series) <= 1:
+    series = _over_memory(post)
+    if len(series) <= 1:
         return []
-    return [Figure("all", f"{post.slug}-all-guests.png", "Every series", all_alt(post.series),
-                   ([s.lean() for s in post.series],), ("all", *post.everything))]
+    return [Figure("all", f"{post.slug}-all-guests.png", "Every series", all_alt(series),
+                   ([s.lean() for s in series],), ("all", *post.everything))]
 
 
 def _lost_figures(post: PostData) -> list[Figure]:
     """currentMemory minus what the guest sees, with each guest's loss by the kernel's rules."""
-    fits = [s.fit() for s in post.series]
-    return [Figure("lost", f"{post.slug}-memory-lost.png", "Memory lost", lost_alt(post.series, fits),
-                   ([s.lean() for s in post.series], fits), ("lost", *post.everything))]
+    series = _over_memory(post)
+    fits = [s.fit() for s in series]
+    return [Figure("lost", f"{post.slug}-memory-lost.png", "Memory lost", lost_alt(series, fits),
+                   ([s.lean() for s in series], fits), ("lost", *post.everything))]
 
 
 GRAPHS: list[Graph] = [

@@ -1,0 +1,135 @@
+"""Memory plugged into a running guest, and taken out again: the fix measured as it is used.
+
+A virtio-mem or DIMM guest boots with currentMemory and room up to memory. Once the probe has reported
+(its 'done'), the host plugs `plugged` MiB (virtio-mem: the device's requested size, as `virsh
+update-memory-device --requested-size` sets it; DIMM: one DIMM attached, as `virsh attach-device`),
+waits until the guest's MemTotal has taken it in and stopped moving, then unplugs it again (requested
+size 0; the DIMM detached) and waits until MemTotal is back. The probe reports MemTotal and MemFree
+whenever MemTotal changes ('memtotal-now'), for as long as the host holds it (memballoon.hold).
+
+What plugging cost the guest shows in MemFree: the page descriptors of plugged memory come out of memory
+the guest already had (they arrive with the memory, not at boot), so MemFree grows by less than MemTotal.
+Recorded as the record's `plug`.
+"""
+from __future__ import annotations
+
+import re
+import time
+import xml.etree.ElementTree as ET
+
+from .guests.probe import MARK
+
+_NOW_RE = re.compile(re.escape(MARK) + r" memtotal-now ([0-9]{1,15}) ([0-9]{1,15}) ([0-9]{1,9}(?:\.[0-9]{1,3})?)")
+HOLD_S = 240             # how long a probe that gets memory plugged stays up after 'done'
+SETTLED_S = 2.0          # MemTotal unchanged this long: the guest has taken in what it was given
+STEP_LIMIT_S = 100.0     # a plug or an unplug that takes longer is recorded as not finished
+
+
+class Plugger:
+    """How memory is plugged into and out of one memory model's guest (libvirt calls, live)."""
+
+    def plug(self, dom, libvirt, kib: int) -> None:
+        raise NotImplementedError
+
+    def unplug(self, dom, libvirt, kib: int) -> None:
+        raise NotImplementedError
+
+
+def _memory_devices(dom, model: str) -> list[ET.Element]:
+    return [d for d in ET.fromstring(dom.XMLDesc(0)).iter("memory") if d.get("model") == model]
+
+
+class VirtioMem(Plugger):
+    """The device's requested size: the guest's driver plugs (or unplugs) blocks until it matches."""
+
+    def _request(self, dom, libvirt, kib: int) -> None:
+        device = _memory_devices(dom, "virtio-mem")[0]
+        device.find("target/requested").text = str(kib)
+        current = device.find("target/current")
+        if current is not None:  # what the guest has now: libvirt reports it, and takes no value for it
+            device.find("target").remove(current)
+        dom.updateDeviceFlags(ET.tostring(device, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def plug(self, dom, libvirt, kib: int) -> None:
+        self._request(dom, libvirt, kib)
+
+    def unplug(self, dom, libvirt, kib: int) -> None:
+        self._request(dom, libvirt, 0)
+
+
+class Dimm(Plugger):
+    """One DIMM of the plugged size, attached; detached again (the guest offlines and ejects it)."""
+
+    def plug(self, dom, libvirt, kib: int) -> None:
+        device = ET.Element("memory", model="dimm")
+        target = ET.SubElement(device, "target")
+        ET.SubElement(target, "size", unit="KiB").text = str(kib)
+        ET.SubElement(target, "node").text = "0"
+        dom.attachDeviceFlags(ET.tostring(device, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def unplug(self, dom, libvirt, kib: int) -> None:
+        device = _memory_devices(dom, "dimm")[-1]
+        dom.detachDeviceFlags(ET.tostring(device, encoding="unicode"), libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+# memory model -> how memory is plugged into its guests (the balloon model has nothing to plug into)
+PLUGGERS: dict[str, Plugger] = {"virtio-mem": VirtioMem(), "dimm": Dimm()}
+
+
+def readings(console: str) -> list[tuple[int, int, float]]:
+    """Every (MemTotal KiB, MemFree KiB, guest uptime) the probe reported after 'done'."""
+    return [(int(a), int(b), float(t)) for a, b, t in _NOW_RE.findall(console)]
+
+
+def _wait(read, start: int, moved, stop) -> tuple[tuple | None, float]:
+    """Until MemTotal has moved (`moved(total)`) and then held still for SETTLED_S: (the last reading,
+    seconds from the call), or (None, seconds) after STEP_LIMIT_S."""
+    t0 = time.monotonic()
+    seen = start
+    last = None
+    still_since = None
+    while time.monotonic() - t0 < STEP_LIMIT_S:
+        if stop.is_set():
+            return None, time.monotonic() - t0
+        now = readings(read())[seen:]
+        if now:
+            seen += len(now)
+            last = now[-1]
+            still_since = time.monotonic()
+        if last is not None and moved(last[0]) and still_since and time.monotonic() - still_since >= SETTLED_S:
+            return last, still_since - t0
+        time.sleep(0.2)
+    return None, time.monotonic() - t0
+
+
+def plug_and_unplug(run, dom, libvirt, record: dict, read) -> None:
+    """Plug the point's `plugged_mib` into the running guest, then unplug it; what the guest saw at each
+    step and how long each took go into record['plug']. `read` returns the guest's console so far."""
+    kib = run.point.plugged_mib * 1024
+    plugger = PLUGGERS[run.point.memory_model]
+    before = record["memtotal_settled_kib"]
+    free_before = (record.get("meminfo") or {}).get("MemFree")
+    plug: dict = {"plugged_kib": kib, "memtotal_before_kib": before, "memfree_before_kib": free_before}
+    record["plug"] = plug
+    start = len(readings(read()))
+    try:
+        plugger.plug(dom, libvirt, kib)
+    except libvirt.libvirtError as e:
+        plug["error"] = f"plugging failed: {(e.get_error_message() or str(e))[:200]}"
+        return
+    got, seconds = _wait(read, start, lambda total: total > before, run.stop)
+    if got is None:
+        plug["error"] = f"MemTotal did not take in the plugged memory within {STEP_LIMIT_S:g} s"
+        return
+    plug.update(memtotal_plugged_kib=got[0], memfree_plugged_kib=got[1], plug_s=round(seconds, 2))
+    start = len(readings(read()))
+    try:
+        plugger.unplug(dom, libvirt, kib)
+    except libvirt.libvirtError as e:
+        plug["error"] = f"unplugging failed: {(e.get_error_message() or str(e))[:200]}"
+        return
+    back, seconds = _wait(read, start, lambda total: total < got[0], run.stop)
+    if back is None:
+        plug["error"] = f"MemTotal did not give the memory back within {STEP_LIMIT_S:g} s"
+        return
+    plug.update(memtotal_unplugged_kib=back[0], memfree_unplugged_kib=back[1], unplug_s=round(seconds, 2))
