@@ -3,8 +3,9 @@
 A virtio-mem or DIMM guest boots with currentMemory and room up to memory. Once the probe has reported
 (its 'done'), the host plugs `plugged` MiB (virtio-mem: the device's requested size, as `virsh
 update-memory-device --requested-size` sets it; DIMM: one DIMM attached, as `virsh attach-device`),
-waits until the guest's MemTotal has taken it in and stopped moving, then unplugs it again (requested
-size 0; the DIMM detached) and waits until MemTotal is back. The probe reports MemTotal and MemFree
+waits until the guest's MemTotal has taken all of it in, then unplugs it again (requested size 0; the
+DIMM detached) and waits until MemTotal is back where it was. A step that does not get there within
+STEP_LIMIT_S is recorded with where it got to and an error. The probe reports MemTotal and MemFree
 whenever MemTotal changes ('memtotal-now'), for as long as the host holds it (memballoon.hold).
 
 What plugging cost the guest shows in MemFree: the page descriptors of plugged memory come out of memory
@@ -21,7 +22,6 @@ from .guests.probe import MARK
 
 _NOW_RE = re.compile(re.escape(MARK) + r" memtotal-now ([0-9]{1,15}) ([0-9]{1,15}) ([0-9]{1,9}(?:\.[0-9]{1,3})?)")
 HOLD_S = 240             # how long a probe that gets memory plugged stays up after 'done'
-SETTLED_S = 2.0          # MemTotal unchanged this long: the guest has taken in what it was given
 STEP_LIMIT_S = 100.0     # a plug or an unplug that takes longer is recorded as not finished
 
 
@@ -81,25 +81,21 @@ def readings(console: str) -> list[tuple[int, int, float]]:
     return [(int(a), int(b), float(t)) for a, b, t in _NOW_RE.findall(console)]
 
 
-def _wait(read, start: int, moved, stop) -> tuple[tuple | None, float]:
-    """Until MemTotal has moved (`moved(total)`) and then held still for SETTLED_S: (the last reading,
-    seconds from the call), or (None, seconds) after STEP_LIMIT_S."""
+def _wait(read, start: int, arrived, stop) -> tuple[tuple | None, float, bool]:
+    """Until the guest's MemTotal has arrived where the step takes it (`arrived(total)`): (the last
+    reading, seconds from the call to it, True); after STEP_LIMIT_S (or a stop): (the last reading, or
+    None, the seconds waited, False)."""
     t0 = time.monotonic()
-    seen = start
-    last = None
-    still_since = None
-    while time.monotonic() - t0 < STEP_LIMIT_S:
-        if stop.is_set():
-            return None, time.monotonic() - t0
+    seen, last = start, None
+    while time.monotonic() - t0 < STEP_LIMIT_S and not stop.is_set():
         now = readings(read())[seen:]
         if now:
             seen += len(now)
             last = now[-1]
-            still_since = time.monotonic()
-        if last is not None and moved(last[0]) and still_since and time.monotonic() - still_since >= SETTLED_S:
-            return last, still_since - t0
+            if arrived(last[0]):
+                return last, time.monotonic() - t0, True
         time.sleep(0.2)
-    return None, time.monotonic() - t0
+    return last, time.monotonic() - t0, False
 
 
 def plug_and_unplug(run, dom, libvirt, record: dict, read) -> None:
@@ -117,19 +113,23 @@ def plug_and_unplug(run, dom, libvirt, record: dict, read) -> None:
     except libvirt.libvirtError as e:
         plug["error"] = f"plugging failed: {(e.get_error_message() or str(e))[:200]}"
         return
-    got, seconds = _wait(read, start, lambda total: total > before, run.stop)
-    if got is None:
-        plug["error"] = f"MemTotal did not take in the plugged memory within {STEP_LIMIT_S:g} s"
+    got, seconds, done = _wait(read, start, lambda total: total >= before + kib, run.stop)
+    if got is not None:
+        plug.update(memtotal_plugged_kib=got[0], memfree_plugged_kib=got[1])
+    if not done:
+        plug["error"] = f"MemTotal did not take in all of the plugged memory within {STEP_LIMIT_S:g} s"
         return
-    plug.update(memtotal_plugged_kib=got[0], memfree_plugged_kib=got[1], plug_s=round(seconds, 2))
+    plug["plug_s"] = round(seconds, 2)
     start = len(readings(read()))
     try:
         plugger.unplug(dom, libvirt, kib)
     except libvirt.libvirtError as e:
         plug["error"] = f"unplugging failed: {(e.get_error_message() or str(e))[:200]}"
         return
-    back, seconds = _wait(read, start, lambda total: total < got[0], run.stop)
-    if back is None:
-        plug["error"] = f"MemTotal did not give the memory back within {STEP_LIMIT_S:g} s"
+    back, seconds, done = _wait(read, start, lambda total: total <= before, run.stop)
+    if back is not None:
+        plug.update(memtotal_unplugged_kib=back[0], memfree_unplugged_kib=back[1])
+    if not done:
+        plug["error"] = f"MemTotal did not give all of the memory back within {STEP_LIMIT_S:g} s"
         return
-    plug.update(memtotal_unplugged_kib=back[0], memfree_unplugged_kib=back[1], unplug_s=round(seconds, 2))
+    plug["unplug_s"] = round(seconds, 2)

@@ -48,6 +48,7 @@ M=@@MEMBALLOON
 say() { echo "$M $*"; }
 param() { sed -n "s/.*memballoon\.$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 memtotal() { sed -n 's/^MemTotal: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
+memfree() { sed -n 's/^MemFree: *\([0-9]*\) kB/\1/p' /proc/meminfo; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
 MODE=$(param mode); STABLE=$(param stable); SETTLE=$(param settle); TARGET=$(param balloon_kib)
 HOLD=$(param hold)
@@ -110,11 +111,11 @@ if [ -d "$XEN" ]; then
 fi
 say "begin dmesg"; dmesg | grep -E 'Memory:|swiotlb|software IO TLB|crashkernel|Out of memory|virtio_balloon|e820: BIOS-e820|Xen: \[mem|xen:balloon|p2m virtual area|Released [0-9]+ page|Remapped [0-9]+ page|Hypervisor detected|Booting paravirtualized kernel'; say "end dmesg"
 say "done $(uptime_s)"
-# Until the host ends the guest: report MemTotal whenever it changes (memory plugged or unplugged).
+# Until the host ends the guest: report MemTotal (and MemFree) whenever it changes (memory plugged or unplugged).
 n=0; last=$(memtotal)
 while [ "$n" -lt $(( ${HOLD:-30} * 5 )) ]; do
   usleep 200000; n=$((n + 1)); now=$(memtotal)
-  if [ "$now" != "$last" ]; then say "memtotal-now $now $(uptime_s)"; last=$now; fi
+  if [ "$now" != "$last" ]; then say "memtotal-now $now $(memfree) $(uptime_s)"; last=$now; fi
 done
 poweroff -f
 """

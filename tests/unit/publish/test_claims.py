@@ -90,7 +90,7 @@ def _metric(of: str):
     kind, _, key = of.partition(":")
     if kind == "field":
         return lambda r: r.get(key)
-    if kind in ("nested", "xen"):
+    if kind in ("nested", "xen", "plug"):
         return lambda r: (r.get(kind) or {}).get(key)
     if kind == "item_kib":
         return lambda r: r.set_aside_kib.get(key, 0) if isinstance(r.set_aside_kib, dict) else None
