@@ -101,7 +101,7 @@ FACTORS: list[Factor] = [
            doc="the guest's CPU model: default (libvirt's, no <cpu> element) or maximum (<cpu mode='maximum'/>: "
                "everything the accelerator offers, host-passthrough on KVM, QEMU's max on TCG)"),
     Factor(name="plugged_mib", sweep="plugged", convert=_values(_mib_or_nothing), kind=int, default=0,
-           key_format="p{}", path_format="plugged-{}MiB", label_format="{} MiB plugged",
+           key_format="p{}", path_format="plugged-{}MiB", label_format="{} MiB plugged", labels={0: "nothing plugged"},
            doc="memory plugged into a running virtio-mem or dimm guest once it has reported, and unplugged again "
                "(plugging.py): [0] (nothing, the default) or sizes, e.g. [1 GiB, 4 GiB]; points where it does not "
                "fit above currentMemory, or whose guest is ballooned, are not planned"),

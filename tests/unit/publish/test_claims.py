@@ -229,7 +229,7 @@ def answer(query, records):
             value = getattr(value, part)
         return value
     if "size" in query:
-        sizes = {r.memory_mib for r in records} | {r.current_memory_mib for r in records}
+        sizes = {r.memory_mib for r in records} | {r.current_memory_mib for r in records} | {r.plugged_mib for r in records}
         assert query["size"] in sizes, f"{query['size']} MiB is no size the records measured"
         return query["size"]
     if "fact" in query:
