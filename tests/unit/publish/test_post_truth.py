@@ -39,7 +39,7 @@ def test_the_fix_autodeflate_sentence_follows_the_records(tmp_path):
     edit(results / "memory-4096MiB-current-256MiB-autodeflate-r1.json", status="oom",
          reason="Out of memory: Killed process 9 (usleep)", memtotal_settled_kib=None, free_m=None, meminfo=None)
     after = page(manifest, tmp_path, "b")
-    assert "squeezed to 256 MiB survived at 16 GiB, where" in after
+    assert "squeezed to 256 MiB survived at 16 GiB" in after
     assert "survived at 4 GiB and 16 GiB" not in after
 
 
