@@ -5,7 +5,9 @@ A virtio-mem or DIMM guest boots with currentMemory and room up to memory. Once 
 update-memory-device --requested-size` sets it; DIMM: one DIMM attached, as `virsh attach-device`),
 waits until the guest's MemTotal has taken all of it in, then unplugs it again (requested size 0; the
 DIMM detached) and waits until MemTotal is back where it was. A step that does not get there within
-STEP_LIMIT_S is recorded with where it got to and an error. The probe reports MemTotal and MemFree
+STEP_LIMIT_S is recorded with where it got to and an error. A step's time runs from just before the
+libvirt call (a DIMM's attach or detach may itself wait for the guest) to when the host read the report
+of MemTotal where the step takes it; the probe and the host each look every 0.2 s. The probe reports MemTotal and MemFree
 whenever MemTotal changes ('memtotal-now'), for as long as the host holds it (memballoon.hold).
 
 What plugging cost the guest shows in MemFree: the page descriptors of plugged memory come out of memory
@@ -81,11 +83,10 @@ def readings(console: str) -> list[tuple[int, int, float]]:
     return [(int(a), int(b), float(t)) for a, b, t in _NOW_RE.findall(console)]
 
 
-def _wait(read, start: int, arrived, stop) -> tuple[tuple | None, float, bool]:
+def _wait(read, start: int, arrived, stop, t0: float) -> tuple[tuple | None, float, bool]:
     """Until the guest's MemTotal has arrived where the step takes it (`arrived(total)`): (the last
-    reading, seconds from the call to it, True); after STEP_LIMIT_S (or a stop): (the last reading, or
-    None, the seconds waited, False)."""
-    t0 = time.monotonic()
+    reading, seconds from t0 (before the libvirt call) to when the host read it, True); after STEP_LIMIT_S
+    (or a stop): (the last reading, or None, the seconds waited, False)."""
     seen, last = start, None
     while time.monotonic() - t0 < STEP_LIMIT_S and not stop.is_set():
         now = readings(read())[seen:]
@@ -103,17 +104,24 @@ def plug_and_unplug(run, dom, libvirt, record: dict, read) -> None:
     step and how long each took go into record['plug']. `read` returns the guest's console so far."""
     kib = run.point.plugged_mib * 1024
     plugger = PLUGGERS[run.point.memory_model]
-    before = record["memtotal_settled_kib"]
-    free_before = (record.get("meminfo") or {}).get("MemFree")
+    # where the changes start from: the probe's first report after 'done' (its MemFree now, not when it
+    # settled); the settled reading if that report has not come
+    deadline = time.monotonic() + 5
+    while not readings(read()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    first = readings(read())
+    before, free_before = (first[-1][0], first[-1][1]) if first else \
+        (record["memtotal_settled_kib"], (record.get("meminfo") or {}).get("MemFree"))
     plug: dict = {"plugged_kib": kib, "memtotal_before_kib": before, "memfree_before_kib": free_before}
     record["plug"] = plug
-    start = len(readings(read()))
+    start = len(first)
+    t0 = time.monotonic()
     try:
         plugger.plug(dom, libvirt, kib)
     except libvirt.libvirtError as e:
         plug["error"] = f"plugging failed: {(e.get_error_message() or str(e))[:200]}"
         return
-    got, seconds, done = _wait(read, start, lambda total: total >= before + kib, run.stop)
+    got, seconds, done = _wait(read, start, lambda total: total >= before + kib, run.stop, t0)
     if got is not None:
         plug.update(memtotal_plugged_kib=got[0], memfree_plugged_kib=got[1])
     if not done:
@@ -121,12 +129,13 @@ def plug_and_unplug(run, dom, libvirt, record: dict, read) -> None:
         return
     plug["plug_s"] = round(seconds, 2)
     start = len(readings(read()))
+    t0 = time.monotonic()
     try:
         plugger.unplug(dom, libvirt, kib)
     except libvirt.libvirtError as e:
         plug["error"] = f"unplugging failed: {(e.get_error_message() or str(e))[:200]}"
         return
-    back, seconds, done = _wait(read, start, lambda total: total <= before, run.stop)
+    back, seconds, done = _wait(read, start, lambda total: total <= before, run.stop, t0)
     if back is not None:
         plug.update(memtotal_unplugged_kib=back[0], memfree_unplugged_kib=back[1])
     if not done:

@@ -113,6 +113,7 @@ say "begin dmesg"; dmesg | grep -E 'Memory:|swiotlb|software IO TLB|crashkernel|
 say "done $(uptime_s)"
 # Until the host ends the guest: report MemTotal (and MemFree) whenever it changes (memory plugged or unplugged).
 n=0; last=$(memtotal)
+say "memtotal-now $last $(memfree) $(uptime_s)"  # where the changes start from
 while [ "$n" -lt $(( ${HOLD:-30} * 5 )) ]; do
   usleep 200000; n=$((n + 1)); now=$(memtotal)
   if [ "$now" != "$last" ]; then say "memtotal-now $now $(memfree) $(uptime_s)"; last=$now; fi

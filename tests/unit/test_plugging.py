@@ -29,6 +29,9 @@ class PluggableDomain(ScriptedDomain):
     def __init__(self, xml: str, deaf: bool = False):
         super().__init__(xml, probe_console(1024, 1024), 1024 * 1024, 1024 * 1024, ends=False)
         self.deaf, self.calls_xml = deaf, []
+        settled = int(re.search(rf"{M} settled-memtotal-kib (\d+)", "".join(t for _, t in self.script)).group(1))
+        last = max(at for at, _ in self.script)
+        self.script.append((last + 0.05, f"{M} memtotal-now {settled} {FREE0} 9.0\n"))  # the probe's baseline
 
     def _report(self, plugged_kib: int) -> None:
         if self.deaf:
