@@ -22,7 +22,8 @@ import xml.etree.ElementTree as ET
 
 from .guests.probe import MARK
 
-_NOW_RE = re.compile(re.escape(MARK) + r" memtotal-now ([0-9]{1,15}) ([0-9]{1,15}) ([0-9]{1,9}(?:\.[0-9]{1,3})?)")
+_NOW_RE = re.compile(r"^" + re.escape(MARK) + r" memtotal-now ([0-9]{1,15}) ([0-9]{1,15}) "
+                     r"([0-9]{1,9}(?:\.[0-9]{1,3})?)\r?$", re.M)  # a whole line of the probe's, nothing else
 HOLD_S = 240             # how long a probe that gets memory plugged stays up after 'done'
 STEP_LIMIT_S = 100.0     # a plug or an unplug that takes longer is recorded as not finished
 
@@ -114,31 +115,22 @@ def plug_and_unplug(run, dom, libvirt, record: dict, read) -> None:
         (record["memtotal_settled_kib"], (record.get("meminfo") or {}).get("MemFree"))
     plug: dict = {"plugged_kib": kib, "memtotal_before_kib": before, "memfree_before_kib": free_before}
     record["plug"] = plug
-    start = len(first)
-    t0 = time.monotonic()
-    try:
-        plugger.plug(dom, libvirt, kib)
-    except libvirt.libvirtError as e:
-        plug["error"] = f"plugging failed: {(e.get_error_message() or str(e))[:200]}"
-        return
-    got, seconds, done = _wait(read, start, lambda total: total >= before + kib, run.stop, t0)
-    if got is not None:
-        plug.update(memtotal_plugged_kib=got[0], memfree_plugged_kib=got[1])
-    if not done:
-        plug["error"] = f"MemTotal did not take in all of the plugged memory within {STEP_LIMIT_S:g} s"
-        return
-    plug["plug_s"] = round(seconds, 2)
-    start = len(readings(read()))
-    t0 = time.monotonic()
-    try:
-        plugger.unplug(dom, libvirt, kib)
-    except libvirt.libvirtError as e:
-        plug["error"] = f"unplugging failed: {(e.get_error_message() or str(e))[:200]}"
-        return
-    back, seconds, done = _wait(read, start, lambda total: total <= before, run.stop, t0)
-    if back is not None:
-        plug.update(memtotal_unplugged_kib=back[0], memfree_unplugged_kib=back[1])
-    if not done:
-        plug["error"] = f"MemTotal did not give all of the memory back within {STEP_LIMIT_S:g} s"
-        return
-    plug["unplug_s"] = round(seconds, 2)
+    steps = (("plug", plugger.plug, lambda total: total >= before + kib, "plugged",
+              "MemTotal did not take in all of the plugged memory"),
+             ("unplug", plugger.unplug, lambda total: total <= before, "unplugged",
+              "MemTotal did not give all of the memory back"))
+    for name, act, arrived, state, short in steps:
+        start = len(readings(read()))
+        t0 = time.monotonic()
+        try:
+            act(dom, libvirt, kib)
+        except libvirt.libvirtError as e:
+            plug["error"] = f"{name}ging failed: {(e.get_error_message() or str(e))[:200]}"
+            return
+        got, seconds, done = _wait(read, start, arrived, run.stop, t0)
+        if got is not None:
+            plug.update({f"memtotal_{state}_kib": got[0], f"memfree_{state}_kib": got[1]})
+        if not done:
+            plug["error"] = f"{short} within {STEP_LIMIT_S:g} s"
+            return
+        plug[f"{name}_s"] = round(seconds, 2)

@@ -112,3 +112,20 @@ def test_only_points_with_room_and_something_to_plug_into_are_planned(manifest):
                     "local/debian/m4096-c1024-virtio-mem-r1"]
     with pytest.raises(ManifestError, match="plugged"):
         manifest(plugged="[1 GiB, 5 MiB]")
+
+
+def test_hostile_guest_lines_are_not_readings():
+    """The probe's reports come from a guest: only whole, bounded numbers in the exact form are read."""
+    text = (f"{M} memtotal-now 1000 2000 3.5\n"
+            f"{M} memtotal-now 1234567890123456 1 1.0\n"       # 16 digits: not a reading
+            f"{M} memtotal-now <b>9</b> 1 1.0\n"
+            f"{M} memtotal-now -5 1 1.0\n"
+            f"{M} memtotal-now ../../etc 1 1.0\n"
+            f"x{M} memtotal-now 7 8 9.0 trailing\n")
+    assert plugging.readings(text) == [(1000, 2000, 3.5)]   # and only whole lines
+
+
+@pytest.mark.parametrize("bad", ["['../x']", "[99999 TiB]", "[-1 GiB]", "['<b>1 GiB</b>']", "[1.5]"])
+def test_bad_plugged_sizes_are_refused_by_key(manifest, bad):
+    with pytest.raises(ManifestError, match=r"sweep\.plugged"):
+        manifest(plugged=bad)
