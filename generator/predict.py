@@ -432,15 +432,21 @@ def sizing_table(records: list[dict], need_mib: float = 300.0, currents=SIZING_C
 
 def check_outcomes(records: list[dict]) -> dict:
     """The condition against every committed outcome that can be judged: each record's own margin
-    (its set-aside, use and reserves) against whether it lived. Autodeflate guests are judged to
-    survive; guests built with currentMemory (Xen PV, virtio-mem and DIMM hotplug) are judged on what
-    they boot with; records without zone reserves are counted as not judged."""
+    (its set-aside, use and reserves) against whether it lived. Guests built with currentMemory (Xen
+    PV, virtio-mem and DIMM hotplug) are judged on what they boot with. Not judged, and counted as
+    such: autodeflate guests (their balloon gives pages back instead of holding its target, so the
+    condition does not apply to them) and records without zone reserves."""
     records = [as_record(r) for r in records]
     judged, hits, misses, borderline, not_judged = 0, 0, [], [], 0
     not_judged_why: dict[str, int] = {}
     built_with_current = 0
     for r in records:
         if r.status not in ("ok", "oom", "panic"):
+            continue
+        if r.autodeflate:
+            not_judged += 1
+            why = "autodeflate boots, whose balloon gives pages back instead of holding its target"
+            not_judged_why[why] = not_judged_why.get(why, 0) + 1
             continue
         m = margin_mib(r)
         if m is None:  # no zone reserves (measured before they were read, or dead before they could be)
@@ -451,7 +457,7 @@ def check_outcomes(records: list[dict]) -> dict:
                    else "boots measured before the reserves were recorded")
             not_judged_why[why] = not_judged_why.get(why, 0) + 1
             continue
-        predicted = True if r.autodeflate else m >= 0
+        predicted = m >= 0
         lived = r.status == "ok"
         judged += 1
         built_with_current += not inflates(r)
@@ -459,7 +465,7 @@ def check_outcomes(records: list[dict]) -> dict:
                  f"{mib_label(r.current_memory_mib)}, repeat {r.repeat}")
         if predicted == lived:
             hits += 1
-        elif abs(m) < BORDERLINE_MIB and not r.autodeflate:
+        elif abs(m) < BORDERLINE_MIB:
             borderline.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
         else:
             misses.append({"point": where, "margin_mib": round(m, 1), "status": r.status})

@@ -11,7 +11,7 @@ import statistics
 from .. import hypervisors, laws
 from ..results import as_record
 from .claims import claimed, fact, leaf, size
-from .series import PAGE_SIZE, STRUCT_PAGE, RecordQueries, Series, _generic, point_where
+from .series import IDENTITY, PAGE_SIZE, STRUCT_PAGE, RecordQueries, Series, _generic, point_where
 
 
 class Data(RecordQueries):
@@ -176,6 +176,80 @@ class Data(RecordQueries):
             row["label"] = f"{name} on {row['hypervisor']}" if several else name
             row["order"] = order.get(owner.guest, len(order)) if owner else len(order)
         return sorted(rows, key=lambda r: (r["order"], r["label"]))
+
+    def sizes_by_hypervisor(self) -> list[dict]:
+        """Per hypervisor, in the posts' order: the `memory` sizes its records hold, smallest first."""
+        types = sorted({r.domain_type for r in self.records if r.domain_type}, key=hypervisors.rank)
+        return [{"hypervisor": hypervisors.label(dt),
+                 "sizes": [size(m) for m in sorted({r.memory_mib for r in self.records if r.domain_type == dt})]}
+                for dt in types]
+
+    def coverage(self) -> list[dict]:
+        """Per hypervisor, in the posts' order: how many boots, the `memory` sizes from and to, and how
+        often each point ran (fewest and most times), each a claim."""
+        out = []
+        for dt in sorted({r.domain_type for r in self.records if r.domain_type}, key=hypervisors.rank):
+            mine = [r for r in self.records if r.domain_type == dt]
+            where = {**self.where, "domain_type": dt}
+            per: dict = {}
+            for r in mine:
+                key = tuple(repr(r.get(k)) for k in IDENTITY)
+                per[key] = per.get(key, 0) + 1
+            sizes = [r.memory_mib for r in mine]
+            out.append({"hypervisor": hypervisors.label(dt), "domain_type": dt,
+                        "n": claimed(len(mine), leaf("record", where, "count")),
+                        "lo": claimed(min(sizes), leaf("field:memory_mib", where, "min")),
+                        "hi": claimed(max(sizes), leaf("field:memory_mib", where, "max")),
+                        "most": claimed(max(per.values()), leaf("record", where, "most_per_point")),
+                        "fewest": claimed(min(per.values()), leaf("record", where, "fewest_per_point"))})
+        return out
+
+    def boot_methods(self, like: Series) -> list[dict]:
+        """How the probes were started on `like`'s hypervisor (its domain types, KVM and TCG alike), as
+        their records say: [{'method': 'pvh', 'guests': ['Debian 11 kernel 5.10', …]}], by method."""
+        hv = hypervisors.for_domain_type(like.domain_type)
+        out: dict[str, list[str]] = {}
+        for s in self.series:
+            if s.is_system or hypervisors.for_domain_type(s.domain_type) is not hv:
+                continue
+            for method in sorted({str(r.boot_method) for p in s.points for r in p.records if r.boot_method}):  # series in guest order
+                if s.guest_label not in out.setdefault(method, []):
+                    out[method].append(s.guest_label)
+        return [{"method": m, "guests": g} for m, g in out.items()]
+
+    def larger_than_host(self) -> list[dict]:
+        """Per host whose guests' RAM was a memfd (larger than it could commit): the host's memory as its
+        records say, and the smallest `memory` that ran so (claims)."""
+        out = []
+        for host in sorted({r.host for r in self.records if r.memory_backing == "memfd"},
+                           key=lambda h: (self.host_order.index(h) if h in self.host_order else len(self.host_order), h)):
+            mine = [r for r in self.records if r.host == host]
+            where = {**self.where, "host": host}
+            memfd = {**where, "memory_backing": "memfd"}
+            host_mib = {r.host_memory_mib for r in mine if isinstance(r.host_memory_mib, int)}
+            dt = next(r.domain_type for r in mine)
+            out.append({"host": host, "hypervisor": hypervisors.label(dt),
+                        "host_memory_mib": claimed(min(host_mib), leaf("field:host_memory_mib", where, "min"))
+                        if host_mib else None,
+                        "from_mib": claimed(min(r.memory_mib for r in mine if r.memory_backing == "memfd"),
+                                            leaf("field:memory_mib", memfd, "min"))})
+        return out
+
+    def kernel_parameters(self) -> list[dict]:
+        """Boots whose guest kernel had parameters of the manifest's (a host's `guest_cmdline` or a guest's
+        `cmdline`), per hypervisor and parameters: from which `memory` on and to which (claims)."""
+        groups: dict[tuple, list] = {}
+        for r in self.records:
+            if r.kernel_parameters:
+                groups.setdefault((r.domain_type, r.kernel_parameters), []).append(r)
+        out = []
+        for (dt, params), mine in sorted(groups.items(), key=lambda kv: (hypervisors.rank(kv[0][0]), kv[0][1])):
+            where = {**self.where, "domain_type": dt, "kernel_parameters": params}
+            out.append({"hypervisor": hypervisors.label(dt), "parameters": params,
+                        "n": claimed(len(mine), leaf("record", where, "count")),
+                        "lo": claimed(min(r.memory_mib for r in mine), leaf("field:memory_mib", where, "min")),
+                        "hi": claimed(max(r.memory_mib for r in mine), leaf("field:memory_mib", where, "max"))})
+        return out
 
     def accelerators(self) -> list[dict]:
         """Points measured on KVM and on TCG alike (same guest, sizes, factors): what the guest saw on each

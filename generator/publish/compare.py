@@ -25,6 +25,7 @@ from ..manifest import FACTORS, Manifest, project_root
 from ..plan import Point, results_dir
 from ..safe import is_inside, read_regular
 from ..text import plain
+from .series import seen_mib
 
 FORMAT_VERSION = 1  # of compare --json's shape
 CLASSES = ("moved", "status changed", "added", "removed", "unchanged")
@@ -101,7 +102,7 @@ def group_key(record: dict) -> str:
 
 
 # What a comparison reads of each record (besides its identity and factors, which every record has).
-KEEP = frozenset({"free_m", "memtotal_settled_kib", "memtotal_boot_kib", "started_at", "domain_type", "guest_kernel",
+KEEP = frozenset({"free_m", "balloon", "memtotal_settled_kib", "memtotal_boot_kib", "started_at", "domain_type", "guest_kernel",
                   "qemu_version", "libvirt_version", "xen", "host_kernel"} | {f.name for f in FACTORS})
 
 
@@ -270,8 +271,10 @@ def published_commit(manifest: Manifest, site: Path) -> str | None:
 # --- comparing -------------------------------------------------------------------------------------------
 def _summary(records: list[dict]) -> dict:
     records = [as_record(r) for r in records]
-    seen = [r.free_m["total"] for r in records if r.status == "ok" and (r.free_m or {}).get("total")
-            is not None]
+    # what the guest saw, as the posts say it: free -m's total, less an autodeflate balloon's pages
+    # (which stay counted in its MemTotal)
+    seen = [v for v in (seen_mib(r) for r in records if r.status == "ok" and (r.free_m or {}).get("total")
+                        is not None) if v is not None]
     statuses = sorted({r.status for r in records})
     return {"median_mib": statistics.median(seen) if seen else None,
             "spread_mib": (max(seen) - min(seen)) if seen else None,

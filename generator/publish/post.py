@@ -241,7 +241,7 @@ def plan_post(plan: PostPlan, *, site: Path, outputs: dict[Path, Output], previe
             if data.has_data else []
         context = {"post": manifest.post, "manifest": manifest, "data": data, "figures": figures,
                    "results_commit": commit, "results_dir": display_path(folder), "layout": layout,
-                   "tool_version": __version__, "updates": changes}
+                   "tool_version": __version__, "updates": changes, "update_headline": updates.headline}
         from markupsafe import Markup
 
         with claims.recording() as ledger:

@@ -217,6 +217,20 @@ class SeriesPoint(RecordQueries):
         return self._claim(statistics.median(values), "set_aside_mib") if values else None
 
     @property
+    def reserved_line(self) -> float | None:
+        """The kernel's own 'Memory: … reserved' figure (MiB), the median over the repeats whose log had it."""
+        values = [v for r in self.records if (v := reserved_mib(r)) is not None]
+        return self._claim(statistics.median(values), "reserved_mib") if values else None
+
+    @property
+    def set_aside_from_reserved(self) -> bool:
+        """Whether set_aside_at_boot is (partly) the kernel's own 'Memory: … reserved' figure: a full
+        system that died before its MemTotal at boot was read. That figure still counts the init code
+        and the initramfs the kernel frees later, so it is a little larger than memory minus MemTotal."""
+        return any(not (isinstance(r.memtotal_boot_kib, int) and 0 < r.memtotal_boot_kib <= r.memory_mib * 1024)
+                   and reserved_mib(r) is not None for r in self.records)
+
+    @property
     def balloon_floor(self) -> float | None:
         """For the repeats that died: the smallest size (MiB) the host saw the guest's balloon leave it,
         the median over those repeats. The target was currentMemory; this is how close it came."""

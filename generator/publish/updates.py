@@ -53,8 +53,40 @@ def previous(page: Path) -> tuple[list[dict], str | None]:
                 readings = e.get("readings")
                 if isinstance(readings, int) and not isinstance(readings, bool) and 0 <= readings <= len(entry["changes"]):
                     entry["readings"] = readings  # how many of the changes are readings (the rest: versions)
+                else:  # written before entries counted them: the readings are the lines before the first version
+                    entry["readings"] = next((i for i, c in enumerate(entry["changes"]) if _VERSION_LINE.search(c)),
+                                             len(entry["changes"]))
                 entries.append(entry)
     return entries[:MAX_ENTRIES], commit_named_in(text)
+
+
+# provenance_lines()' shapes: "<what> on <where>: A then, B now.", "...: B now as well.", "...: no longer A."
+_VERSION_LINE = re.compile(r": .{0,400}( then, .{0,400} now| now as well)\.( \(.{0,400} throughout\)\.)?$|: no longer ")
+
+# What a reading line says (lines()' shapes), and how the notice at the top of a post counts it.
+HEADLINE = (("added", "point newly measured", "points newly measured"), ("moved", "reading moved", "readings moved"),
+            ("status changed", "outcome changed", "outcomes changed"),
+            ("removed", "point no longer measured", "points no longer measured"))
+
+
+def kind_of_line(line: str) -> str:
+    if line.startswith("Newly measured: "):
+        return "added"
+    if line.startswith("No longer measured: "):
+        return "removed"
+    if re.search(r" now sees [0-9.,]+ MiB, [0-9.,]+ MiB (less|more) than on ", line):
+        return "moved"
+    return "status changed"
+
+
+def headline(entry: dict) -> list[tuple[int, str]]:
+    """What the notice at the top of a post says of its newest update: [(count, 'points newly measured'),
+    …], readings only (a version that changed is told under "What changed", not at the top)."""
+    counts: dict[str, int] = {}
+    for line in entry["changes"][:entry.get("readings", len(entry["changes"]))]:
+        kind = kind_of_line(line)
+        counts[kind] = counts.get(kind, 0) + 1
+    return [(counts[kind], one if counts[kind] == 1 else many) for kind, one, many in HEADLINE if counts.get(kind)]
 
 
 def _day(records: list[dict]) -> str | None:

@@ -206,3 +206,33 @@ def test_a_full_systems_hostile_log_zones_and_sysctls_stay_bounded():
                                    for v in z.values() if not isinstance(v, list))
     if reserves:
         assert reserves["sysctl"].get("min_free_kbytes") is None  # 'nan' is not a number
+
+
+# The two lines /proc/iomem gave in a real boot of the same kernel (TCG, 1 GiB): where the probe now
+# reads the image's extent, instead of 100,000 lines of /proc/kallsyms.
+IOMEM_6_1_0_57 = ["iomem 01000000-01e01d31 : Kernel code", "iomem 03310000-043fffff : Kernel bss"]
+
+
+@pytest.mark.parametrize("name", ["qemu-6.1.0-57-amd64-1024.txt", "qemu-6.1.0-57-amd64-16384.txt"])
+def test_the_image_extent_from_iomem_itemizes_as_kallsyms_did(name):
+    console, memory, boot = capture(DATA / name)
+    text = console.sections["memblock"]
+    with_symbols = itemize(text, memory * 1024, boot)
+    lines = [line for line in text.splitlines() if not line.startswith("kallsyms ")]
+    with_iomem = itemize("\n".join(lines + IOMEM_6_1_0_57), memory * 1024, boot)
+    assert with_iomem["items"] == with_symbols["items"] and with_iomem["set_aside_kib"] == with_symbols["set_aside_kib"]
+    assert not with_iomem["notes"]
+    # without either, the image is summed from its sections, and says so
+    neither = itemize("\n".join(lines), memory * 1024, boot)
+    assert any("no kernel symbols" in n for n in neither["notes"])
+    # hostile iomem lines: only whole, bounded lines are read
+    bad = itemize("\n".join(lines + ["iomem 01000000-" + "f" * 40 + " : Kernel bss", "iomem x : Kernel code"]),
+                  memory * 1024, boot)
+    assert any("no kernel symbols" in n for n in bad["notes"])
+
+
+def test_the_probe_reads_the_image_extent_from_iomem_before_kallsyms():
+    from generator.guests.probe import INIT_SCRIPT
+
+    assert INIT_SCRIPT.index("/proc/iomem") < INIT_SCRIPT.index("/proc/kallsyms")
+    assert "sed 's/^ */iomem /'" in INIT_SCRIPT

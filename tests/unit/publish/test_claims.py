@@ -191,6 +191,8 @@ def answer(query, records):
             return len(set(map(repr, values)))
         if agg == "most_per_point":
             return max((len(v) for v in _per_point(chosen, fn).values()), default=0)
+        if agg == "fewest_per_point":
+            return min((len(v) for v in _per_point(chosen, fn).values()), default=0)
         if agg == "widest_per_point":
             return max((max(v) - min(v) for v in _per_point(chosen, fn).values()), default=0)
         if agg == "min":
@@ -457,3 +459,36 @@ def test_a_content_file_gets_only_the_manifests_own_numbers():
     for path in ("__class__", "sweep.__class__.__init__", "path", "sweep.memory", "hosts", "experiment"):
         with pytest.raises(ValueError):
             setting(m, path)
+
+
+# Sentences a post says without a number, gated on what the records show: each is answered again here.
+EXACT_PLUG = "In every case `MemTotal` grew by exactly what was plugged and went back to what it was once it was taken out."
+
+
+def _every_plug_exact(records) -> bool | None:
+    """From each plugged boot (not the medians the post tabulates): MemTotal grew by what was plugged and
+    came back to where it started. None when no boot was plugged and unplugged."""
+    done = [r for r in records if r.status == "ok" and isinstance(r.plug, dict) and "unplug_s" in r.plug]
+    if not done:
+        return None
+    return all(r.plug["memtotal_plugged_kib"] - r.plug["memtotal_before_kib"] == r.plugged_mib * 1024
+               and r.plug["memtotal_unplugged_kib"] == r.plug["memtotal_before_kib"] for r in done)
+
+
+@pytest.mark.parametrize("manifest,page,claims_file", list(_posts()))
+def test_the_plug_sentence_is_said_only_where_every_boot_shows_it(manifest, page, claims_file):
+    said = EXACT_PLUG in " ".join(page.read_text().split())
+    exact = _every_plug_exact(_records(manifest))
+    assert not said or exact, "the post says every plug was exact; a record shows otherwise (or none was plugged)"
+    if exact:
+        assert said, "every plug was exact, and the post does not say so"
+
+
+def test_a_plug_that_came_back_short_is_caught():
+    m = load_manifest(ROOT / "experiments" / "the-fix" / "experiment.yaml")
+    records = _records(m)
+    assert _every_plug_exact(records) is True
+    short = next(r for r in records if isinstance(r.plug, dict) and "unplug_s" in r.plug)
+    plug = dict(short.plug, memtotal_unplugged_kib=short.plug["memtotal_before_kib"] - 4)
+    planted = [results.as_record(dict(short, plug=plug)) if r is short else r for r in records]
+    assert _every_plug_exact(planted) is False

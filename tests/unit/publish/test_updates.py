@@ -77,7 +77,26 @@ def test_how_many_changes_are_readings_is_kept_only_when_it_can_be_true(tmp_path
     page.write_text("+++\n" + entry.format(d=1, extra="readings = 1\n") + entry.format(d=2, extra="readings = 9\n")
                     + entry.format(d=3, extra="readings = true\n") + entry.format(d=4, extra="") + "+++\n")
     entries, _ = previous(page)
-    assert [e.get("readings") for e in entries] == [1, None, None, None]
+    # a count that cannot be true is not kept: the readings are the lines before the first version line
+    assert [e.get("readings") for e in entries] == [1, 2, 2, 2]
+    page.write_text("+++\n" + entry.replace('["a", "b"]', '["Newly measured: x (saw 5 MiB).", '
+                                           '"guest kernel on local/debian: 6.1.0-56-amd64 then, 6.1.0-57-amd64 now.", '
+                                           '"host kernel on local: v1045 now as well (v669 throughout).", '
+                                           '"QEMU on kvm1: no longer 8.2.0."]').format(d=1, extra="") + "+++\n")
+    entries, _ = previous(page)
+    assert entries[0]["readings"] == 1
+
+
+def test_the_notice_counts_what_kind_of_change_each_reading_is():
+    from generator.publish.updates import headline
+
+    entry = {"changes": ["Newly measured: Debian 13 on KVM at 8 GiB (saw 824 MiB).",
+                         "Newly measured: Debian 13 on KVM at 16 GiB (saw 764 MiB).",
+                         "Debian 12 on QEMU (TCG) at 4 GiB now sees 843 MiB, 3 MiB less than on 2026-12-02.",
+                         "Debian 12 on QEMU (TCG) at 64 GiB: ran out of memory on 2026-12-02, now saw 435 MiB.",
+                         "guest kernel on local/debian: 6.1.0-56-amd64 then, 6.1.0-57-amd64 now."], "readings": 4}
+    assert headline(entry) == [(2, "points newly measured"), (1, "reading moved"), (1, "outcome changed")]
+    assert headline({"changes": entry["changes"][4:], "readings": 0}) == []  # versions only: no notice
 
 
 def test_versions_are_said_once_what_came_and_what_went():
