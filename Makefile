@@ -36,6 +36,7 @@ help:  ## this list
 	@echo "  predict                 what a guest will see at a memory ceiling, and the sizing table (--table)"
 	@echo "  audit                   what each running guest of a libvirt host loses to its ceiling (read-only)"
 	@echo "  compare                 what changed between two sets of records (git revisions)"
+	@echo "  model                   write the kernel's rules fitted to the records into the package (build does it too)"
 
 deps:  ## the Debian packages (root; prints the apt-get line otherwise)
 	@bash scripts/deps.sh $(DEB_PACKAGES)

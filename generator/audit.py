@@ -455,7 +455,7 @@ def table(hosts: list[HostAudit]) -> list[str]:
 
 
 def as_json(hosts: list[HostAudit], model: Model | None) -> str:
-    """The documented, versioned shape (README: Audit)."""
+    """The documented, versioned shape (docs/audit.md)."""
     doc = {"format": FORMAT, "version": VERSION,
            "generated_at": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
            "model_records": model.records if model else 0,

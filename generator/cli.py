@@ -404,7 +404,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--hosts", metavar="MANIFEST", help="the hosts of a manifest, reached as its sweep reaches them")
     a.add_argument("--format", choices=("table", "json", "prometheus"), default="table",
                    help="table (default); json: format memballoon-audit, version 1; prometheus: the text format "
-                        "of node_exporter's textfile collector (README, 'Audit')")
+                        "of node_exporter's textfile collector (docs/audit.md)")
     a.add_argument("--json", action="store_true", help="the same as --format json")
     a.add_argument("--agent", action="store_true",
                    help="read /proc/meminfo and the kernel release through the QEMU guest agent where there is one")

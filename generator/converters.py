@@ -324,7 +324,7 @@ CMDLINE_REFUSED = ("init", "rdinit", "initrd", "initramfs_async", "root", "conso
                    "crash_kexec_post_notifiers", "trace_buf_size", "memtest", "transparent_hugepage")
 
 
-# What a manifest may set is an allow-list (README, "Threat model"): parameters that change neither what
+# What a manifest may set is an allow-list (docs/security.md, "Threat model"): parameters that change neither what
 # runs nor the memory the kernel sets aside at boot. Anything else may size what is measured (a hash
 # table's entries, the low memory kept, a bounce buffer) without the posts saying so, and is refused.
 CMDLINE_ALLOWED = ("init_on_alloc", "init_on_free", "nokaslr", "mitigations", "pti", "nopti", "spectre_v2",

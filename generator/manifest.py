@@ -583,7 +583,7 @@ def find_manifests(root: str | Path) -> list[Path]:
 
 
 def describe_schema() -> str:
-    """The schema as text, for 'validate --schema' and the README."""
+    """The schema as text, for 'validate --schema' and docs/manifests.md."""
     lines: list[str] = []
 
     def walk(cls: type, indent: str) -> None:

@@ -1,8 +1,8 @@
-"""The additions README's "Extending" names, each performed the way a contributor would: a hypervisor, a
+"""The additions docs/extending.md's "Extending" names, each performed the way a contributor would: a hypervisor, a
 factor, a record field, a graph and a guest kind, each followed through the manifest, the plan, the
 domain XML, a measurement (a fake host and libvirt, tests/support/fake_host.py) and the build of a
-post. Each addition is made only where README says it is made (the registry lines are patched in, the
-way the Fedora source test adds a source); nothing else is edited. So README's counts are what these
+post. Each addition is made only where docs/extending.md says it is made (the registry lines are patched in, the
+way the Fedora source test adds a source); nothing else is edited. So its counts are what these
 tests touch, and a room that needs one more file turns a test red."""
 from __future__ import annotations
 

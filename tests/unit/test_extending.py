@@ -1,4 +1,4 @@
-"""The rooms that README's "Extending" promises: each kind of addition touches the files it names, and the
+"""The rooms that docs/extending.md's "Extending" promises: each kind of addition touches the files it names, and the
 structure that makes that true (no import cycle, a DomainSpec field per factor, hypervisors that
 answer for themselves) holds."""
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tests.support import ROOT  # noqa: F401
 
 
 def extending_section() -> str:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "extending.md").read_text()
     return text.split("## Extending", 1)[1].split("\n## ", 1)[0]
 
 
@@ -56,7 +56,7 @@ def test_every_file_extending_names_exists():
     named = set(re.findall(r"`((?:generator|templates|tests)/[^`\s]+)`", extending_section()))
     assert len(named) >= 8
     missing = [n for n in named if not (ROOT / n).exists()]
-    assert not missing, f"README's Extending names files that do not exist: {missing}"
+    assert not missing, f"docs/extending.md's Extending names files that do not exist: {missing}"
 
 
 def test_no_import_cycle():

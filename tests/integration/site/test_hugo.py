@@ -391,9 +391,9 @@ def test_a_manifest_without_content_gets_the_default_post(tmp_path):
     hugo(site)
 
 
-def test_the_readme_minimal_post_builds(tmp_path):
-    """The minimal post the README shows, as written there, builds a page with its answer first."""
-    readme = (ROOT / "README.md").read_text()
+def test_the_docs_minimal_post_builds(tmp_path):
+    """The minimal post the docs show, as written there, builds a page with its answer first."""
+    readme = (ROOT / "docs" / "results-and-posts.md").read_text()
     example = re.search(r"A post of your own can start.*?```markdown\n(.*?)```", readme, re.S).group(1)
     path = sample_without_content(tmp_path)
     (path.parent / "mine.md").write_text(example)
