@@ -7,7 +7,6 @@ record is written the moment its point is done, so an interrupted sweep loses no
 from __future__ import annotations
 
 import json
-import os
 import logging
 import signal
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from . import results
 from .errors import StopRequested, UserError, libvirt_message
 from .hosts import HostRuntime, libvirt_module, runtime_for
+from .hosts.base import machine_cache_dir  # noqa: F401 - where answers about this machine are kept
 from .manifest import Manifest
 from . import hypervisors
 from .kinds import Staged, kind_of, stage_probe
@@ -86,16 +86,6 @@ class MemoryBudget:
             self.used -= need
             self.running -= 1
             self.cond.notify_all()
-
-
-def machine_cache_dir() -> Path:
-    """Where answers about this machine are kept for every clone of the project (whether KVM works):
-    MEMBALLOON_MACHINE_CACHE, else $XDG_CACHE_HOME/memballoon, else ~/.cache/memballoon."""
-    explicit = os.environ.get("MEMBALLOON_MACHINE_CACHE")
-    if explicit:
-        return Path(explicit).resolve()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).resolve() / "memballoon"
 
 
 def _canary_cache(cache_dir: Path, facts: dict, release: str) -> Path:
@@ -236,6 +226,9 @@ class Sweep:
         spec = self.manifest.host(name)
         host = runtime_for(spec, self.cache_dir, note=self.progress.note, stop=self.stop)
         try:
+            first = host.first_contact()
+            if first:
+                self.progress.note(f"host {name}: {first}")
             host.connect()
             host.check_console_logging()
             leftovers = host.clean_leftovers()

@@ -74,6 +74,17 @@ def _ensure_event_loop(libvirt) -> None:
         _event_loop_started = True
 
 
+def machine_cache_dir() -> Path:
+    """Where answers about this machine are kept for every clone of the project (whether KVM works,
+    what its QEMU can do): MEMBALLOON_MACHINE_CACHE, else $XDG_CACHE_HOME/memballoon, else
+    ~/.cache/memballoon."""
+    explicit = os.environ.get("MEMBALLOON_MACHINE_CACHE")
+    if explicit:
+        return Path(explicit).resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).resolve() / "memballoon"
+
+
 def embed_root(cache_dir: Path) -> Path:
     """The embedded driver's root: under the cache folder, or a short private folder if that is too long.
 
@@ -126,6 +137,10 @@ class HostRuntime:
     @property
     def uri(self) -> str:
         return self.spec.uri
+
+    def first_contact(self) -> str | None:
+        """What the first connection will spend time on, said before it does (None: nothing worth saying)."""
+        return None
 
     def connect(self):
         """Open (once) the libvirt connection of this host."""

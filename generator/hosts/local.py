@@ -2,17 +2,29 @@
 in this process unless a URI names a local libvirtd: no daemon to install or start."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 from ..domain import PREFIX
-from ..errors import HostError
+from ..errors import HostError, UserError
 from ..manifest import Host as HostSpec
-from ..safe import lock_or_refuse, private_dir, write_nofollow
+from ..safe import lock_or_refuse, private_dir, read_regular, write_nofollow
 
-from .base import HostRuntime, _unexpected_exit, embed_root, qemu_processes
+from .base import HostRuntime, _unexpected_exit, embed_root, machine_cache_dir, qemu_processes
+
+log = logging.getLogger(__name__)
+
+# libvirt's QEMU capabilities cache: probing QEMU (about 8 s here, one binary at a time) is what a fresh
+# embedded root spends before its first answer. The files are kept per machine and handed to every new
+# root; libvirt checks each against its QEMU binary, libvirt version and host before trusting it, and
+# probes again where one is stale.
+CAPS_SUBDIR = Path("cache") / "qemu" / "capabilities"
+CAPS_NAME = re.compile(r"[0-9a-f]{64}\.xml")
+CAPS_MAX_BYTES = 8 << 20
 
 
 class LocalHost(HostRuntime):
@@ -70,10 +82,27 @@ class LocalHost(HostRuntime):
             return str(local)
         return super().stage(local, name)
 
+    def first_contact(self) -> str | None:
+        if not self.root or self._conn is not None:
+            return None
+        kept = machine_cache_dir() / "qemu-capabilities"
+        if (self.root / CAPS_SUBDIR).is_dir() or (kept.is_dir() and any(CAPS_NAME.fullmatch(p.name) for p in kept.iterdir())):
+            return None
+        return f"asking QEMU what it can do, once for this machine (some seconds; kept in {kept})"
+
     def connect(self):
-        if self._conn is None and self.root:
-            self._prepare_embed_root()
-        return super().connect()
+        if self._conn is not None or not self.root:
+            return super().connect()
+        self._prepare_embed_root()
+        kept = machine_cache_dir() / "qemu-capabilities"
+        _copy_capabilities(kept, self.root / CAPS_SUBDIR)
+        conn = super().connect()
+        try:
+            conn.getCapabilities()  # probes QEMU now where nothing kept was still good, then keep what it wrote
+        except Exception:  # noqa: BLE001 - the facts query says what is wrong, in its words
+            return conn
+        _copy_capabilities(self.root / CAPS_SUBDIR, kept)
+        return conn
 
     def clean_leftovers(self) -> list[str]:
         gone = super().clean_leftovers()
@@ -112,3 +141,28 @@ class LocalHost(HostRuntime):
             conf += ['user = "+0"', 'group = "+0"']
         write_nofollow(root / "etc" / "qemu.conf", ("\n".join(conf) + "\n").encode())
         os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{root}/libvirt.log")
+
+
+def _copy_capabilities(src: Path, dest: Path) -> None:
+    """Copy libvirt's cached QEMU capabilities (files named by their hash) that `dest` lacks or holds
+    older; written whole (a temporary name, then a rename), into a private folder. A cache that cannot
+    be read or written only costs the probe, never the sweep."""
+    try:
+        if not src.is_dir():
+            return
+        names = [p for p in src.iterdir() if CAPS_NAME.fullmatch(p.name)][:16]
+        if not names:
+            return
+        private_dir(dest)
+        for p in names:
+            target = dest / p.name
+            st = p.lstat()
+            if target.exists() and target.lstat().st_mtime >= st.st_mtime:
+                continue
+            data = read_regular(p, CAPS_MAX_BYTES, "QEMU capabilities")
+            tmp = dest / f".{p.name}.{os.getpid()}.tmp"
+            write_nofollow(tmp, data)
+            os.utime(tmp, (st.st_mtime, st.st_mtime))
+            os.replace(tmp, target)
+    except (OSError, UserError) as e:
+        log.debug("QEMU capabilities not copied from %s to %s: %s", src, dest, e)

@@ -59,3 +59,42 @@ def test_the_short_embed_root_is_private_and_per_user(tmp_path, monkeypatch):
     deep = tmp_path / ("x" * 60)
     root = embed_root(deep)
     assert root.parent == Path("/tmp") and root.name.startswith(f"memballoon-{os.geteuid()}-")
+
+
+def test_qemus_capabilities_are_kept_per_machine_and_handed_to_a_new_root(tmp_path, monkeypatch):
+    """libvirt's probe of QEMU (seconds) is paid once per machine: its cached files go to the machine cache
+    and come back into every fresh embedded root; only files named as libvirt names them, whole, newest."""
+    import time
+
+    from generator.hosts.local import CAPS_SUBDIR, _copy_capabilities
+
+    monkeypatch.setenv("MEMBALLOON_MACHINE_CACHE", str(tmp_path / "machine"))
+    kept = tmp_path / "machine" / "qemu-capabilities"
+    root = tmp_path / "root"
+    root.mkdir(mode=0o700)
+    host = local_host(tmp_path, root)
+    assert "asking QEMU what it can do" in host.first_contact()   # nothing kept yet: said before it is spent
+    probed = root / CAPS_SUBDIR
+    probed.mkdir(parents=True)
+    good = "a" * 64 + ".xml"
+    (probed / good).write_text("<qemuCaps/>")
+    (probed / "notes.txt").write_text("not libvirt's")
+    (probed / ("b" * 64 + ".xml")).write_bytes(b"x" * ((8 << 20) + 1))      # too large: left where it is
+    _copy_capabilities(probed, kept)
+    assert sorted(p.name for p in kept.iterdir()) == [good]
+    assert oct(kept.stat().st_mode & 0o777) == "0o700"
+    fresh = tmp_path / "fresh"
+    fresh.mkdir(mode=0o700)
+    assert local_host(tmp_path, fresh).first_contact() is None      # kept: nothing slow to announce
+    _copy_capabilities(kept, fresh / CAPS_SUBDIR)
+    assert (fresh / CAPS_SUBDIR / good).read_text() == "<qemuCaps/>"
+    # an older file never replaces a newer one; a newer one does
+    old = time.time() - 3600
+    os.utime(kept / good, (old, old))
+    (fresh / CAPS_SUBDIR / good).write_text("<qemuCaps newer='1'/>")
+    _copy_capabilities(kept, fresh / CAPS_SUBDIR)
+    assert "newer" in (fresh / CAPS_SUBDIR / good).read_text()
+    # a cache that cannot be written costs only the probe
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the folder should be")
+    _copy_capabilities(kept, blocked / "capabilities")
