@@ -38,6 +38,9 @@ class Hypervisor:
     linear_loss: bool = True             # a guest's loss grows in a straight line with memory (posts fit one)
     no_guest_stats: str = ""             # why libvirt has no guest-side balloon statistics for it ('' = it has)
     memblock_debug: bool = True          # probes boot with memblock=debug (their set-aside itemized by caller)
+    boot_words: dict[str, str] = {       # a record's boot_method -> how a post says its kernel was started
+        "pvh": "through their PVH entry", "bzimage": "by the firmware from the compressed image",
+        "kernel": "directly by the hypervisor", "firmware": "by the firmware from disk"}
 
     # -- the domain -------------------------------------------------------------------------------
     def render(self, spec: DomainSpec) -> str:

@@ -33,6 +33,7 @@ class Xen(Hypervisor):
     factors = {"memory_model": ("balloon",), "autodeflate": (False,), "free_page_reporting": (False,),
                "cpu_model": ("default",), "plugged_mib": (0,)}
     boot = "bzimage"             # PV boots the compressed kernel (no PVH entry through libvirt here)
+    boot_words = {"bzimage": "as PV domains from the compressed image", "kernel": "as PV domains"}
     no_guest_stats = "libvirt's libxl driver gives no guest-side statistics"
     # A PV guest logs thousands of early reservations with memblock=debug (its page lists): the kernel's
     # log buffer overflows and the boot's first lines, Xen's memory map among them, are lost. Its

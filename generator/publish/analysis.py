@@ -204,6 +204,47 @@ class Data(RecordQueries):
                         "fewest": claimed(min(per.values()), leaf("record", where, "fewest_per_point"))})
         return out
 
+    def kind_counts(self) -> list[dict]:
+        """How many boots of each kind of guest: [{'what': 'of the probe', 'n': 162}, {'what': 'of a full
+        system', 'n': 24}], each count a claim."""
+        words = {"probe": "of the probe", "system": "of a full system"}
+        out: dict[str, int] = {}
+        for r in self.records:
+            out[r.guest_kind or "probe"] = out.get(r.guest_kind or "probe", 0) + 1
+        return [{"what": words.get(k, f"of a {k} guest"),
+                 "n": claimed(n, leaf("record", {**self.where, "guest_kind": [k, None] if k == "probe" else k},
+                                      "count"))}   # records from before kinds were kept are probes
+                for k, n in sorted(out.items(), key=lambda kv: (kv[0] != "probe", kv[0]))]
+
+    def family_labels(self, like: Series) -> list[str]:
+        """The domain types measured on `like`'s hypervisor, as posts name them ('KVM', 'QEMU (TCG)')."""
+        hv = hypervisors.for_domain_type(like.domain_type)
+        return [hypervisors.label(t) for t in sorted({r.domain_type for r in self.records
+                                                      if r.domain_type and hypervisors.for_domain_type(r.domain_type) is hv},
+                                                     key=hypervisors.rank)]
+
+    def boot_summary(self) -> list[str]:
+        """How the guests' kernels were started, per hypervisor and kind of guest, in the hypervisor's own
+        words: ['probe kernels on KVM and QEMU (TCG) through their PVH entry or by the firmware from the
+        compressed image', 'probe kernels on Xen as PV domains from the compressed image', …]."""
+        groups: dict[tuple, dict] = {}
+        for r in sorted(self.records, key=lambda r: hypervisors.rank(r.domain_type or "")):
+            if not r.boot_method:
+                continue
+            hv = hypervisors.for_domain_type(r.domain_type)
+            g = groups.setdefault((hv.name, r.guest_kind or "probe"), {"hv": hv, "types": [], "methods": []})
+            if r.domain_type not in g["types"]:
+                g["types"].append(r.domain_type)
+            if r.boot_method not in g["methods"]:
+                g["methods"].append(r.boot_method)
+        whose = {"probe": "probe kernels", "system": "the full system's kernel"}
+        out = []
+        for (_, kind), g in groups.items():
+            where = " and ".join(hypervisors.label(t) for t in g["types"])
+            how = " or ".join(g["hv"].boot_words.get(m, m) for m in sorted(g["methods"], key=lambda m: (m != "pvh", m)))
+            out.append(f"{whose.get(kind, kind + ' kernels')} on {where} {how}")
+        return out
+
     def boot_methods(self, like: Series) -> list[dict]:
         """How the probes were started on `like`'s hypervisor (its domain types, KVM and TCG alike), as
         their records say: [{'method': 'pvh', 'guests': ['Debian 11 kernel 5.10', …]}], by method."""

@@ -134,3 +134,21 @@ def test_the_fixs_judged_outcomes_recomputed_from_the_records():
     assert re.search(rf"predicted \*\*{len(judged)} of {len(judged)}\*\* outcomes of this sweep \({len(hotplug)} of them "
                      r"hotplug guests", flat), (len(judged), len(hotplug))
     assert autodeflate and f"({len(autodeflate)} autodeflate boots, whose balloon gives pages back" in flat
+
+
+def test_how_kernels_were_started_is_said_in_each_hypervisors_words():
+    """A Xen PV boot of the compressed kernel is not 'by the firmware'; a full system is not a probe."""
+    from generator.publish.analysis import Data
+
+    base = {"experiment": "e", "host": "h", "current_memory_mib": 1024, "memory_mib": 1024, "repeat": 1,
+            "status": "ok"}
+    records = [dict(base, guest="a", domain_type="kvm", boot_method="pvh", guest_kind="probe"),
+               dict(base, guest="b", domain_type="qemu", boot_method="bzimage", guest_kind="probe"),
+               dict(base, guest="s", domain_type="qemu", boot_method="kernel", guest_kind="system"),
+               dict(base, guest="a", domain_type="xen", boot_method="bzimage", guest_kind="probe")]
+    said = Data(records, [], 0).boot_summary()
+    assert said == ["probe kernels on KVM and QEMU (TCG) through their PVH entry or by the firmware from the compressed image",
+                    "the full system's kernel on QEMU (TCG) directly by the hypervisor",
+                    "probe kernels on Xen as PV domains from the compressed image"]
+    counts = Data(records, [], 0).kind_counts()
+    assert [(c["what"], int(c["n"])) for c in counts] == [("of the probe", 3), ("of a full system", 1)]
