@@ -40,7 +40,8 @@ class Hypervisor:
     memblock_debug: bool = True          # probes boot with memblock=debug (their set-aside itemized by caller)
     boot_words: dict[str, str] = {       # a record's boot_method -> how a post says its kernel was started
         "pvh": "through their PVH entry", "bzimage": "by the firmware from the compressed image",
-        "kernel": "directly by the hypervisor", "firmware": "by the firmware from disk"}
+        "kernel": "by the firmware from its own compressed kernel (the image's /boot/vmlinuz)",
+        "firmware": "by the firmware from disk"}
 
     # -- the domain -------------------------------------------------------------------------------
     def render(self, spec: DomainSpec) -> str:

@@ -231,6 +231,21 @@ class SeriesPoint(RecordQueries):
                    and reserved_mib(r) is not None for r in self.records)
 
     @property
+    def settled_kib(self) -> float | None:
+        """MemTotal once the balloon settled (KiB), the median over the repeats that lived: finer than
+        `free -m`'s whole MiB where a difference of a few MiB is the point."""
+        values = [r.memtotal_settled_kib for r in self.ok if isinstance(r.memtotal_settled_kib, int)]
+        return self._claim(statistics.median(values), "field:memtotal_settled_kib", ok=True) if values else None
+
+    @property
+    def balloon_floors(self) -> tuple | None:
+        """The smallest and the largest of balloon_floor's per-repeat values (MiB), each a claim."""
+        floors = [low / 1024 for r in self.died if isinstance(low := _timeline_fact(r, "balloon_low_kib"), int) and low > 0]
+        if not floors:
+            return None
+        return (self._claim(min(floors), "balloon_floor_mib", "min"), self._claim(max(floors), "balloon_floor_mib", "max"))
+
+    @property
     def balloon_floor(self) -> float | None:
         """For the repeats that died: the smallest size (MiB) the host saw the guest's balloon leave it,
         the median over those repeats. The target was currentMemory; this is how close it came."""

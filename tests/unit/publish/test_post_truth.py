@@ -148,7 +148,7 @@ def test_how_kernels_were_started_is_said_in_each_hypervisors_words():
                dict(base, guest="a", domain_type="xen", boot_method="bzimage", guest_kind="probe")]
     said = Data(records, [], 0).boot_summary()
     assert said == ["probe kernels on KVM and QEMU (TCG) through their PVH entry or by the firmware from the compressed image",
-                    "the full system's kernel on QEMU (TCG) directly by the hypervisor",
+                    "the full system's kernel on QEMU (TCG) by the firmware from its own compressed kernel (the image's /boot/vmlinuz)",
                     "probe kernels on Xen as PV domains from the compressed image"]
     counts = Data(records, [], 0).kind_counts()
     assert [(c["what"], int(c["n"])) for c in counts] == [("of the probe", 3), ("of a full system", 1)]
