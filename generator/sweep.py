@@ -20,7 +20,7 @@ from pathlib import Path
 from . import results
 from .errors import StopRequested, UserError, libvirt_message
 from .hosts import HostRuntime, libvirt_module, runtime_for
-from .hosts.base import machine_cache_dir  # noqa: F401 - where answers about this machine are kept
+from .hosts.base import machine_cache_dir  # where answers about this machine are kept (KVM, QEMU)
 from .manifest import Manifest
 from . import hypervisors
 from .kinds import Staged, kind_of, stage_probe

@@ -62,7 +62,7 @@ say "begin memblock"; dmesg | grep -E 'memblock_(alloc|reserve|phys_alloc|phys_f
 # The kernel image's extent: /proc/iomem's Kernel code and bss (a few lines); /proc/kallsyms (about 2 s
 # under TCG) only where iomem does not name them.
 K=$(grep -E '^ *[0-9a-f]+-[0-9a-f]+ : Kernel (code|bss)$' /proc/iomem | head -n 4 | sed 's/^ */iomem /')
-if [ "$(echo "$K" | grep -cE 'Kernel (code|bss)$')" -ge 2 ]; then echo "$K"; else
+if echo "$K" | grep -q 'Kernel code$' && echo "$K" | grep -q 'Kernel bss$'; then echo "$K"; else
 grep -E ' (_text|_stext|_etext|__start_rodata|__end_rodata|_sdata|_edata|__init_begin|__init_end|__bss_start|__bss_stop|_end|__end_of_kernel_reserve|__brk_base|_brk_start|_brk_end|__brk_limit)$' /proc/kallsyms | head -n 40 | sed 's/^/kallsyms /'
 fi
 say "end memblock"

@@ -76,6 +76,21 @@ _E820 = re.compile(_TIME + r"(?:BIOS-e820|Xen): \[mem 0x([0-9a-f]{1,16})-0x([0-9
 _XEN_MAP = re.compile(_TIME + r"Xen: \[mem 0x[0-9a-f]{1,16}-0x([0-9a-f]{1,16})\] usable")
 
 
+def _image_extent_kib(symbols: dict, sections_kib: float) -> float | None:
+    """The kernel image's extent (KiB) from one consistent pair of addresses: kallsyms' virtual ones, else
+    iomem's physical ones. Only an extent that can be the image's is taken: it holds at least the sections
+    the Memory: line counts, and not more than twice them (alignment pads them by some MiB); an address of
+    0 (iomem read without privilege) or a guest's made-up numbers give None."""
+    pairs = ((symbols.get("_text"), symbols.get("__end_of_kernel_reserve") or symbols.get("__bss_stop")),
+             (symbols.get("iomem:_text"), symbols.get("iomem:__bss_stop")))
+    for start, end in pairs:
+        if start and end and end > start:
+            kib = (end - start) / 1024
+            if sections_kib <= kib <= 2 * sections_kib:
+                return kib
+    return None
+
+
 def item_of(caller: str) -> str:
     for prefixes, item in _CALLERS:
         if caller.startswith(prefixes):
@@ -187,11 +202,11 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None,
         if m := _KALLSYMS.match(line):
             symbols[m.group(2)] = int(m.group(1), 16)
             continue
-        if m := _IOMEM.match(line):  # physical addresses: only their difference is read, as with kallsyms'
+        if m := _IOMEM.match(line):  # physical addresses, kept apart from kallsyms' virtual ones
             if m.group(3) == "code":
-                symbols["_text"] = int(m.group(1), 16)
+                symbols.setdefault("iomem:_text", int(m.group(1), 16))
             else:
-                symbols["__bss_stop"] = int(m.group(2), 16) + 1
+                symbols.setdefault("iomem:__bss_stop", int(m.group(2), 16) + 1)
             continue
         if m := _XEN_MAP.search(line):
             xen_map_end = max(xen_map_end, int(m.group(1), 16) + 1)
@@ -230,11 +245,12 @@ def itemize(text: str, memory_kib: int, memtotal_boot_kib: int | None = None,
     handed_back = sum(freeing.values())
     initrd_back = sum(v for k, v in freeing.items() if "initrd" in k)
     image_back = handed_back - initrd_back      # init sections, gaps, alternatives: parts of the image
-    end = symbols.get("__end_of_kernel_reserve") or symbols.get("__bss_stop")
-    if "_text" in symbols and end and 0 < end - symbols["_text"] < 1 << 32:
-        image_reserved = (end - symbols["_text"]) / 1024   # what setup_arch reserved for the image
-    else:  # no symbols (kptr_restrict): the sections the Memory: line names, without what is handed back
-        image_reserved = code + rodata + rwdata + init + bss + (image_back - init)
+    sections = code + rodata + rwdata + init + bss
+    extent = _image_extent_kib(symbols, sections)
+    if extent is not None:
+        image_reserved = extent   # what setup_arch reserved for the image: _text to __end_of_kernel_reserve
+    else:  # no symbols (kptr_restrict) or none that hold together: the sections the Memory: line names
+        image_reserved = sections + (image_back - init)
         notes.append("the kernel image's size is the sum of its sections (no kernel symbols to read its extent)")
     items[KERNEL] = items.get(KERNEL, 0) + image_reserved - image_back
     set_aside = holes + reserved - handed_back

@@ -6,13 +6,14 @@ import logging
 import os
 import re
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
 from ..domain import PREFIX
 from ..errors import HostError, UserError
 from ..manifest import Host as HostSpec
-from ..safe import lock_or_refuse, private_dir, read_regular, write_nofollow
+from ..safe import lock_or_refuse, private_dir, write_beneath, write_nofollow
 
 from .base import HostRuntime, _unexpected_exit, embed_root, machine_cache_dir, qemu_processes
 
@@ -86,8 +87,12 @@ class LocalHost(HostRuntime):
         if not self.root or self._conn is not None:
             return None
         kept = machine_cache_dir() / "qemu-capabilities"
-        if (self.root / CAPS_SUBDIR).is_dir() or (kept.is_dir() and any(CAPS_NAME.fullmatch(p.name) for p in kept.iterdir())):
-            return None
+        try:
+            if (self.root / CAPS_SUBDIR).is_dir() or (_own_private_folder(kept) and any(
+                    CAPS_NAME.fullmatch(p.name) for p in kept.iterdir())):
+                return None
+        except OSError:  # an unreadable cache: the probe is paid, and said
+            pass
         return f"asking QEMU what it can do, once for this machine (some seconds; kept in {kept})"
 
     def connect(self):
@@ -143,26 +148,51 @@ class LocalHost(HostRuntime):
         os.environ.setdefault("LIBVIRT_LOG_OUTPUTS", f"3:file:{root}/libvirt.log")
 
 
+def _own_private_folder(path: Path) -> bool:
+    """A real folder (not a symlink) of this user that nobody else can write into."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
+def _read_own_file(path: Path) -> bytes:
+    """A regular file of this user's, not through a symlink, at most CAPS_MAX_BYTES."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_size > CAPS_MAX_BYTES:
+            raise OSError(f"{path}: not a regular file of this user's of at most {CAPS_MAX_BYTES} bytes")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read(CAPS_MAX_BYTES + 1)[:CAPS_MAX_BYTES]
+    finally:
+        os.close(fd)
+
+
 def _copy_capabilities(src: Path, dest: Path) -> None:
     """Copy libvirt's cached QEMU capabilities (files named by their hash) that `dest` lacks or holds
-    older; written whole (a temporary name, then a rename), into a private folder. A cache that cannot
-    be read or written only costs the probe, never the sweep."""
+    older. Read only from a private folder of this user's, never through a symlink, and only this
+    user's regular files; each written whole (safe.write_beneath: an unpredictable temporary name, then a
+    rename) into a private folder. A file or a cache that cannot be read or written costs only the probe,
+    never the sweep."""
     try:
-        if not src.is_dir():
+        if not _own_private_folder(src):
             return
-        names = [p for p in src.iterdir() if CAPS_NAME.fullmatch(p.name)][:16]
+        names = sorted(p for p in src.iterdir() if CAPS_NAME.fullmatch(p.name))[:16]
         if not names:
             return
         private_dir(dest)
-        for p in names:
-            target = dest / p.name
-            st = p.lstat()
-            if target.exists() and target.lstat().st_mtime >= st.st_mtime:
-                continue
-            data = read_regular(p, CAPS_MAX_BYTES, "QEMU capabilities")
-            tmp = dest / f".{p.name}.{os.getpid()}.tmp"
-            write_nofollow(tmp, data)
-            os.utime(tmp, (st.st_mtime, st.st_mtime))
-            os.replace(tmp, target)
     except (OSError, UserError) as e:
         log.debug("QEMU capabilities not copied from %s to %s: %s", src, dest, e)
+        return
+    for p in names:
+        try:
+            st = p.lstat()
+            target = dest / p.name
+            if target.exists() and target.lstat().st_mtime >= st.st_mtime:
+                continue
+            write_beneath(dest, p.name, _read_own_file(p), mode=0o600)
+            os.utime(target, (st.st_mtime, st.st_mtime), follow_symlinks=False)
+        except (OSError, UserError) as e:
+            log.debug("QEMU capabilities %s not copied to %s: %s", p, dest, e)

@@ -14,6 +14,16 @@ from .claims import claimed, fact, leaf, size
 from .series import IDENTITY, PAGE_SIZE, STRUCT_PAGE, RecordQueries, Series, _generic, point_where
 
 
+def _dtype(record) -> str:
+    """A record's domain type; one that names none is QEMU's (TCG), as hypervisors.for_domain_type reads it."""
+    return record.domain_type or "qemu"
+
+
+def _dtype_where(domain_type: str):
+    """The claims' selection of a domain type, old records without one included where they are QEMU's."""
+    return [domain_type, None] if domain_type == "qemu" else domain_type
+
+
 class Data(RecordQueries):
     """What a post's Jinja template sees as `data`: the series and numbers worth quoting."""
 
@@ -179,18 +189,18 @@ class Data(RecordQueries):
 
     def sizes_by_hypervisor(self) -> list[dict]:
         """Per hypervisor, in the posts' order: the `memory` sizes its records hold, smallest first."""
-        types = sorted({r.domain_type for r in self.records if r.domain_type}, key=hypervisors.rank)
+        types = sorted({_dtype(r) for r in self.records}, key=hypervisors.rank)
         return [{"hypervisor": hypervisors.label(dt),
-                 "sizes": [size(m) for m in sorted({r.memory_mib for r in self.records if r.domain_type == dt})]}
+                 "sizes": [size(m) for m in sorted({r.memory_mib for r in self.records if _dtype(r) == dt})]}
                 for dt in types]
 
     def coverage(self) -> list[dict]:
         """Per hypervisor, in the posts' order: how many boots, the `memory` sizes from and to, and how
         often each point ran (fewest and most times), each a claim."""
         out = []
-        for dt in sorted({r.domain_type for r in self.records if r.domain_type}, key=hypervisors.rank):
-            mine = [r for r in self.records if r.domain_type == dt]
-            where = {**self.where, "domain_type": dt}
+        for dt in sorted({_dtype(r) for r in self.records}, key=hypervisors.rank):
+            mine = [r for r in self.records if _dtype(r) == dt]
+            where = {**self.where, "domain_type": _dtype_where(dt)}
             per: dict = {}
             for r in mine:
                 key = tuple(repr(r.get(k)) for k in IDENTITY)
@@ -228,18 +238,18 @@ class Data(RecordQueries):
         words: ['probe kernels on KVM and QEMU (TCG) through their PVH entry or by the firmware from the
         compressed image', 'probe kernels on Xen as PV domains from the compressed image', …]."""
         groups: dict[tuple, dict] = {}
-        for r in sorted(self.records, key=lambda r: hypervisors.rank(r.domain_type or "")):
+        for r in self.records:
             if not r.boot_method:
                 continue
             hv = hypervisors.for_domain_type(r.domain_type)
-            g = groups.setdefault((hv.name, r.guest_kind or "probe"), {"hv": hv, "types": [], "methods": []})
-            if r.domain_type not in g["types"]:
-                g["types"].append(r.domain_type)
-            if r.boot_method not in g["methods"]:
-                g["methods"].append(r.boot_method)
+            g = groups.setdefault((hv.name, r.guest_kind or "probe"), {"hv": hv, "types": set(), "methods": set()})
+            g["types"].add(_dtype(r))
+            g["methods"].add(r.boot_method)
         whose = {"probe": "probe kernels", "system": "the full system's kernel"}
         out = []
-        for (_, kind), g in groups.items():
+        for (_, kind), g in sorted(groups.items(), key=lambda kv: (min(hypervisors.rank(t) for t in kv[1]["types"]),
+                                                                   kv[0][1] != "probe", kv[0][1])):
+            g["types"] = sorted(g["types"], key=hypervisors.rank)
             where = " and ".join(hypervisors.label(t) for t in g["types"])
             how = " or ".join(g["hv"].boot_words.get(m, m) for m in sorted(g["methods"], key=lambda m: (m != "pvh", m)))
             out.append(f"{whose.get(kind, kind + ' kernels')} on {where} {how}")
@@ -247,7 +257,8 @@ class Data(RecordQueries):
 
     def boot_methods(self, like: Series) -> list[dict]:
         """How the probes were started on `like`'s hypervisor (its domain types, KVM and TCG alike), as
-        their records say: [{'method': 'pvh', 'guests': ['Debian 11 kernel 5.10', …]}], by method."""
+        their records say, in the hypervisor's words: [{'method': 'pvh', 'words': 'through their PVH entry',
+        'guests': ['Debian 11 kernel 5.10', …]}], by method, in guest order."""
         hv = hypervisors.for_domain_type(like.domain_type)
         out: dict[str, list[str]] = {}
         for s in self.series:
@@ -256,7 +267,7 @@ class Data(RecordQueries):
             for method in sorted({str(r.boot_method) for p in s.points for r in p.records if r.boot_method}):  # series in guest order
                 if s.guest_label not in out.setdefault(method, []):
                     out[method].append(s.guest_label)
-        return [{"method": m, "guests": g} for m, g in out.items()]
+        return [{"method": m, "words": hv.boot_words.get(m, m), "guests": g} for m, g in out.items()]
 
     def larger_than_host(self) -> list[dict]:
         """Per host whose guests' RAM was a memfd (larger than it could commit): the host's memory as its
@@ -268,8 +279,8 @@ class Data(RecordQueries):
             where = {**self.where, "host": host}
             memfd = {**where, "memory_backing": "memfd"}
             host_mib = {r.host_memory_mib for r in mine if isinstance(r.host_memory_mib, int)}
-            dt = next(r.domain_type for r in mine)
-            out.append({"host": host, "hypervisor": hypervisors.label(dt),
+            types = sorted({_dtype(r) for r in mine}, key=hypervisors.rank)
+            out.append({"host": host, "hypervisor": " and ".join(hypervisors.label(t) for t in types),
                         "host_memory_mib": claimed(min(host_mib), leaf("field:host_memory_mib", where, "min"))
                         if host_mib else None,
                         "from_mib": claimed(min(r.memory_mib for r in mine if r.memory_backing == "memfd"),
@@ -282,11 +293,15 @@ class Data(RecordQueries):
         groups: dict[tuple, list] = {}
         for r in self.records:
             if r.kernel_parameters:
-                groups.setdefault((r.domain_type, r.kernel_parameters), []).append(r)
+                groups.setdefault((_dtype(r), r.kernel_parameters), []).append(r)
         out = []
         for (dt, params), mine in sorted(groups.items(), key=lambda kv: (hypervisors.rank(kv[0][0]), kv[0][1])):
-            where = {**self.where, "domain_type": dt, "kernel_parameters": params}
+            where = {**self.where, "domain_type": _dtype_where(dt), "kernel_parameters": params}
+            hv = hypervisors.for_domain_type(dt)
+            twins = [r for r in self.records if _dtype(r) != dt and hypervisors.for_domain_type(r.domain_type) is hv]
             out.append({"hypervisor": hypervisors.label(dt), "parameters": params,
+                        "all": len(mine) == sum(1 for r in self.records if _dtype(r) == dt),
+                        "twins_without": bool(twins) and not any(r.kernel_parameters for r in twins),
                         "n": claimed(len(mine), leaf("record", where, "count")),
                         "lo": claimed(min(r.memory_mib for r in mine), leaf("field:memory_mib", where, "min")),
                         "hi": claimed(max(r.memory_mib for r in mine), leaf("field:memory_mib", where, "max"))})

@@ -60,10 +60,14 @@ def test_autodeflate_is_not_judged_and_xen_is_judged_on_what_it_boots_with():
                zone_reserves={"zones": {"DMA32": {"free": 900_000, "min": 4_000, "managed": 980_000,
                                                   "protection": [0, 0, 0, 0]}}})
     assert pr.margin_mib(xen) == pytest.approx((980_000 - 80_000 - 4_000) / 1024)
+    hotplug = dict(rec(16384, 256, "ok", autodeflate=True, memory_model="virtio-mem"), memtotal_boot_kib=200_000,
+                   zone_reserves={"zones": {"DMA32": {"free": 150_000, "min": 1_000, "managed": 200_000,
+                                                       "protection": [0, 0, 0, 0]}}})
+    assert pr.check_outcomes([hotplug])["judged"] == 1   # it inflates nothing: autodeflate changes nothing there
     recs = [rec(16384, 512, "ok", autodeflate=True), xen]
     got = pr.check_outcomes(recs)
     assert got["judged"] == 1 and got["predicted"] == 1 and got["not_judged"] == 1
-    assert list(got["not_judged_why"]) == ["autodeflate boots, whose balloon gives pages back instead of holding its target"]
+    assert list(got["not_judged_why"]) == ["ballooned autodeflate boots, whose balloon gives pages back instead of holding its target"]
     # the same guest with no room left is predicted to die: recorded alive, it is a miss
     starved = dict(xen, zone_reserves={"zones": {"DMA32": {"free": 1_000, "min": 100_000, "managed": 980_000,
                                                            "protection": [0, 0, 0, 0]}}})

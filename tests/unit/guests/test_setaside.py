@@ -225,10 +225,42 @@ def test_the_image_extent_from_iomem_itemizes_as_kallsyms_did(name):
     # without either, the image is summed from its sections, and says so
     neither = itemize("\n".join(lines), memory * 1024, boot)
     assert any("no kernel symbols" in n for n in neither["notes"])
-    # hostile iomem lines: only whole, bounded lines are read
-    bad = itemize("\n".join(lines + ["iomem 01000000-" + "f" * 40 + " : Kernel bss", "iomem x : Kernel code"]),
-                  memory * 1024, boot)
-    assert any("no kernel symbols" in n for n in bad["notes"])
+    # hostile or unprivileged iomem lines: malformed, zero (iomem read without CAP_SYS_ADMIN), reversed, or an
+    # image of 4 GiB: none is taken for the image's extent
+    for junk in (["iomem 01000000-" + "f" * 40 + " : Kernel bss", "iomem x : Kernel code"],
+                 ["iomem 00000000-00000000 : Kernel code", "iomem 00000000-00000000 : Kernel bss"],
+                 ["iomem 04000000-04ffffff : Kernel code", "iomem 01000000-01ffffff : Kernel bss"],
+                 ["iomem 01000000-01e01d31 : Kernel code", "iomem 100000000-100ffffff : Kernel bss"]):
+        bad = itemize("\n".join(lines + junk), memory * 1024, boot)
+        assert any("no kernel symbols" in n for n in bad["notes"]), junk
+        assert bad["items"] == neither["items"]
+    # kallsyms' virtual pair and iomem's physical pair are never mixed
+    text_only = [line for line in text.splitlines() if not line.endswith(("__bss_stop", "__end_of_kernel_reserve"))]
+    mixed = itemize("\n".join(text_only + IOMEM_6_1_0_57[1:]), memory * 1024, boot)
+    assert any("no kernel symbols" in n for n in mixed["notes"])
+
+
+def test_the_probes_iomem_snippet_run_by_a_shell(tmp_path):
+    """The init script's lines that pick the image's extent, run by sh on a fixture of /proc/iomem: both
+    lines when both are there, kallsyms (here: a fixture) when one is missing."""
+    import subprocess
+
+    from generator.guests.probe import INIT_SCRIPT
+
+    start = INIT_SCRIPT.index("K=$(grep")
+    snippet = INIT_SCRIPT[start:INIT_SCRIPT.index("\nfi\n", start) + 4]
+    iomem, kallsyms = tmp_path / "iomem", tmp_path / "kallsyms"
+    kallsyms.write_text("ffffffff81000000 T _text\nffffffff84400000 B __bss_stop\n")
+    script = snippet.replace("/proc/iomem", str(iomem)).replace("/proc/kallsyms", str(kallsyms))
+
+    def run(text: str) -> list[str]:
+        iomem.write_text(text)
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    both = ("00000000-00000fff : Reserved\n00100000-bffdffff : System RAM\n  01000000-01e01d31 : Kernel code\n"
+            "  02000000-0289ffff : Kernel rodata\n  03310000-043fffff : Kernel bss\n")
+    assert run(both) == IOMEM_6_1_0_57
+    twice_code = "  01000000-01e01d31 : Kernel code\n  01000000-01e01d31 : Kernel code\n"
+    assert run(twice_code) == ["kallsyms ffffffff81000000 T _text", "kallsyms ffffffff84400000 B __bss_stop"]
 
 
 def test_the_probe_reads_the_image_extent_from_iomem_before_kallsyms():

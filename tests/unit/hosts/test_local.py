@@ -94,7 +94,49 @@ def test_qemus_capabilities_are_kept_per_machine_and_handed_to_a_new_root(tmp_pa
     (fresh / CAPS_SUBDIR / good).write_text("<qemuCaps newer='1'/>")
     _copy_capabilities(kept, fresh / CAPS_SUBDIR)
     assert "newer" in (fresh / CAPS_SUBDIR / good).read_text()
+    (kept / good).write_text("<qemuCaps newest='1'/>")
+    os.utime(kept / good, (time.time() + 60, time.time() + 60))
+    _copy_capabilities(kept, fresh / CAPS_SUBDIR)
+    assert "newest" in (fresh / CAPS_SUBDIR / good).read_text()
+    assert not [p for p in (fresh / CAPS_SUBDIR).iterdir() if p.name.startswith(".")]   # no temporary left
     # a cache that cannot be written costs only the probe
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the folder should be")
     _copy_capabilities(kept, blocked / "capabilities")
+    assert blocked.read_text() == "a file where the folder should be"
+
+
+def test_capabilities_are_read_only_from_this_users_own_private_files(tmp_path):
+    """libvirt runs as root and parses what it finds: nothing planted by someone else is handed to it."""
+    from generator.hosts.local import _copy_capabilities
+
+    secret = tmp_path / "secret"
+    secret.write_text("root's secret")
+    secret.chmod(0o600)
+    src = tmp_path / "src"
+    src.mkdir(mode=0o700)
+    names = ["%064x.xml" % i for i in range(4)]
+    (src / names[0]).symlink_to(secret)                     # a symlink to another file
+    (src / names[1]).write_text("<theirs/>")
+    os.chown(src / names[1], 65534, 65534)                  # someone else's file
+    os.mkfifo(src / names[2])                               # a FIFO (would block a plain open)
+    (src / names[3]).write_text("<mine/>")                  # the one good file, listed last
+    dest = tmp_path / "dest"
+    _copy_capabilities(src, dest)
+    assert sorted(p.name for p in dest.iterdir()) == [names[3]]
+    assert (dest / names[3]).read_text() == "<mine/>"
+    # a folder others can write into, a folder of someone else's, a symlinked folder: nothing read from it
+    for bad in ("shared", "nobody", "link"):
+        folder = tmp_path / bad
+        if bad == "link":
+            folder.symlink_to(src, target_is_directory=True)
+        else:
+            folder.mkdir(mode=0o700)
+            (folder / names[3]).write_text("<planted/>")
+            if bad == "shared":
+                folder.chmod(0o777)
+            else:
+                os.chown(folder, 65534, 65534)
+        out = tmp_path / f"out-{bad}"
+        _copy_capabilities(folder, out)
+        assert not out.exists(), bad

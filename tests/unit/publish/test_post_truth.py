@@ -5,6 +5,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 from generator.manifest import load
 from generator.publish.build import build_all
 from tests.support import ROOT  # noqa: F401
@@ -126,14 +128,15 @@ def test_the_fixs_judged_outcomes_recomputed_from_the_records():
 
     text = _committed("the-fix")
     finished = [r for r in _records("the-fix") if r["status"] in ("ok", "oom", "panic")]
-    autodeflate = [r for r in finished if r.get("autodeflate")]   # not judged: their balloon gives pages back
-    judged = [r for r in finished if not r.get("autodeflate") and r.get("zone_reserves")
+    # not judged: ballooned autodeflate guests, whose balloon gives pages back (hotplug guests inflate nothing)
+    autodeflate = [r for r in finished if r.get("autodeflate") and r.get("memory_model", "balloon") == "balloon"]
+    judged = [r for r in finished if r not in autodeflate and r.get("zone_reserves")
               and r.get("memtotal_boot_kib") and r["zone_reserves"].get("zones")]
     hotplug = [r for r in judged if r.get("memory_model", "balloon") != "balloon"]
     flat = " ".join(text.split())
     assert re.search(rf"predicted \*\*{len(judged)} of {len(judged)}\*\* outcomes of this sweep \({len(hotplug)} of them "
                      r"hotplug guests", flat), (len(judged), len(hotplug))
-    assert autodeflate and f"({len(autodeflate)} autodeflate boots, whose balloon gives pages back" in flat
+    assert autodeflate and f"({len(autodeflate)} ballooned autodeflate boots, whose balloon gives pages back" in flat
 
 
 def test_how_kernels_were_started_is_said_in_each_hypervisors_words():
@@ -152,3 +155,38 @@ def test_how_kernels_were_started_is_said_in_each_hypervisors_words():
                     "probe kernels on Xen as PV domains from the compressed image"]
     counts = Data(records, [], 0).kind_counts()
     assert [(c["what"], int(c["n"])) for c in counts] == [("of the probe", 3), ("of a full system", 1)]
+
+
+@pytest.mark.parametrize("page", sorted((ROOT / "site" / "content" / "posts").glob("*/index.md")), ids=lambda p: p.parent.name)
+def test_the_update_notice_counts_what_the_newest_update_lists(page):
+    """The line at the top of a post ('Updated …: 2 points newly measured, 1 reading moved') against the
+    newest entry of its update log, counted again here from the lines themselves."""
+    import re
+    import tomllib
+
+    text = page.read_text()
+    fm = tomllib.loads(re.match(r"\A\+\+\+\n(.*?)\n\+\+\+\n", text, re.S).group(1))
+    entries = fm.get("updates") or []
+    notice = re.search(r"\n\*Updated ([0-9-]{10}): (.*?) since the previous publication,", text, re.S)
+    if not entries:
+        assert notice is None
+        return
+    newest = entries[0]
+    readings = newest["changes"][:newest["readings"]]
+    counted: dict[str, int] = {}
+    for line in readings:
+        kind = ("points newly measured" if line.startswith("Newly measured: ") else
+                "points no longer measured" if line.startswith("No longer measured: ") else
+                "readings moved" if " now sees " in line else "outcomes changed" if ", now " in line else "changes")
+        counted[kind] = counted.get(kind, 0) + 1
+    if not readings:
+        assert notice is None, "a notice at the top for an update that moved no reading"
+        return
+    assert notice and notice.group(1) == newest["date"]
+    said = {}
+    for n, words in re.findall(r"([0-9]+) ([a-z ]+?)(?:,|$)", " ".join(notice.group(2).split())):
+        plural = {"point newly measured": "points newly measured", "reading moved": "readings moved",
+                  "outcome changed": "outcomes changed", "point no longer measured": "points no longer measured",
+                  "change": "changes"}.get(words, words)
+        said[plural] = int(n)
+    assert said == counted

@@ -87,7 +87,7 @@ def test_how_many_changes_are_readings_is_kept_only_when_it_can_be_true(tmp_path
     assert entries[0]["readings"] == 1
 
 
-def test_the_notice_counts_what_kind_of_change_each_reading_is():
+def test_the_notice_counts_what_kind_of_change_each_reading_is(tmp_path):
     from generator.publish.updates import headline
 
     entry = {"changes": ["Newly measured: Debian 13 on KVM at 8 GiB (saw 824 MiB).",
@@ -97,6 +97,22 @@ def test_the_notice_counts_what_kind_of_change_each_reading_is():
                          "guest kernel on local/debian: 6.1.0-56-amd64 then, 6.1.0-57-amd64 now."], "readings": 4}
     assert headline(entry) == [(2, "points newly measured"), (1, "reading moved"), (1, "outcome changed")]
     assert headline({"changes": entry["changes"][4:], "readings": 0}) == []  # versions only: no notice
+    # an entry written before counts were kept: its version lines, of every shape provenance_lines() writes,
+    # are not readings
+    from generator.publish.updates import previous
+    import tomli_w
+
+    page = tmp_path / "index.md"
+    old_entry = {"date": "2026-12-01", "base": "0123456789ab", "changes": [
+        "Newly measured: Debian 13 on KVM at 8 GiB (saw 824 MiB).",
+        "host kernel on local: v1045 now as well (v669 throughout).",
+        "QEMU on kvm1: 8.2.0 then, 9.0.0 now (7.2 throughout).",
+        "QEMU on kvm1: 8.2.0 then, 9.0.0 now.",
+        "libvirt on kvm1: no longer 9.0.0 (9.1.0 throughout)."]}
+    page.write_text("+++\n" + tomli_w.dumps({"updates": [old_entry]}) + "+++\n")
+    entries, _ = previous(page)
+    assert entries[0]["readings"] == 1 and headline(entries[0]) == [(1, "point newly measured")]
+    assert headline({"changes": ["something else entirely"], "readings": 1}) == [(1, "change")]
 
 
 def test_versions_are_said_once_what_came_and_what_went():
