@@ -40,6 +40,9 @@ def seen_mib(record: dict) -> int | None:
         return None
     actual = (record.balloon or {}).get("actual")
     if record.autodeflate and actual and (record.memory_model or "balloon") == "balloon":
+        kib = record.memtotal_settled_kib
+        if isinstance(kib, int) and kib > 0:   # in KiB, then to the nearest MiB, as the probe's free -m rounds
+            return (kib - (record.memory_mib * 1024 - int(actual)) + 512) // 1024
         return int(free) - (record.memory_mib - int(actual) // 1024)
     return int(free)
 
