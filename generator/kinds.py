@@ -31,6 +31,8 @@ class GuestKind:
     # Nothing but the tool's own init runs in the guest: its MemTotal at boot is read before the balloon
     # inflates, and what it has in use at boot is the probe's (a busybox), not a distribution's.
     bare = False
+    boots_as = "of another kind of guest"         # how a post counts its boots: '24 of a full system'
+    kernels_as = "other guests' kernels"          # how a post names its kernels: 'probe kernels'
 
     def claims(self, guest) -> bool:
         raise NotImplementedError
@@ -53,6 +55,8 @@ class ProbeKind(GuestKind):
 
     name = "probe"
     bare = True
+    boots_as = "of the probe"
+    kernels_as = "probe kernels"
 
     def claims(self, guest) -> bool:
         return not guest.image
@@ -67,6 +71,8 @@ class SystemKind(GuestKind):
     """A whole system from a disk image (the tool's Debian, or yours), booted from a throwaway overlay."""
 
     name = "system"
+    boots_as = "of a full system"
+    kernels_as = "the full system's kernel"
 
     def claims(self, guest) -> bool:
         return bool(guest.image)

@@ -38,6 +38,12 @@ def for_domain_type(domain_type: str | None) -> Hypervisor:
     return next((h for h in HYPERVISORS if domain_type in h.domain_types), UNKNOWN)
 
 
+def domain_type_of(recorded: str | None) -> str:
+    """A record's domain type; one that names none is the default hypervisor's emulated one (records
+    from before domain types were kept were all QEMU's, under TCG)."""
+    return recorded or next(iter(DEFAULT.emulated_twin.values()), DEFAULT.domain_types[0])
+
+
 def known(domain_type: str) -> Hypervisor | None:
     """The hypervisor that runs `<domain type=…>`, or None where no registered one does."""
     return next((h for h in HYPERVISORS if domain_type in h.domain_types), None)

@@ -11,17 +11,17 @@ import statistics
 from .. import hypervisors, laws
 from ..results import as_record
 from .claims import claimed, fact, leaf, size
+from ..kinds import kind_of_record
 from .series import IDENTITY, PAGE_SIZE, STRUCT_PAGE, RecordQueries, Series, _generic, point_where
 
 
 def _dtype(record) -> str:
-    """A record's domain type; one that names none is QEMU's (TCG), as hypervisors.for_domain_type reads it."""
-    return record.domain_type or "qemu"
+    return hypervisors.domain_type_of(record.domain_type)
 
 
 def _dtype_where(domain_type: str):
-    """The claims' selection of a domain type, old records without one included where they are QEMU's."""
-    return [domain_type, None] if domain_type == "qemu" else domain_type
+    """The claims' selection of a domain type, with the old records that name none where they are its."""
+    return [domain_type, None] if hypervisors.domain_type_of(None) == domain_type else domain_type
 
 
 class Data(RecordQueries):
@@ -216,15 +216,16 @@ class Data(RecordQueries):
 
     def kind_counts(self) -> list[dict]:
         """How many boots of each kind of guest: [{'what': 'of the probe', 'n': 162}, {'what': 'of a full
-        system', 'n': 24}], each count a claim."""
-        words = {"probe": "of the probe", "system": "of a full system"}
-        out: dict[str, int] = {}
+        system', 'n': 24}], each count a claim (records from before kinds were kept are the probe's)."""
+        counts: dict = {}
         for r in self.records:
-            out[r.guest_kind or "probe"] = out.get(r.guest_kind or "probe", 0) + 1
-        return [{"what": words.get(k, f"of a {k} guest"),
-                 "n": claimed(n, leaf("record", {**self.where, "guest_kind": [k, None] if k == "probe" else k},
-                                      "count"))}   # records from before kinds were kept are probes
-                for k, n in sorted(out.items(), key=lambda kv: (kv[0] != "probe", kv[0]))]
+            kind = kind_of_record(r)
+            counts[kind] = counts.get(kind, 0) + 1
+        unnamed = kind_of_record({})
+        return [{"what": k.boots_as,
+                 "n": claimed(n, leaf("record", {**self.where, "guest_kind": [k.name, None] if k is unnamed else k.name},
+                                      "count"))}
+                for k, n in sorted(counts.items(), key=lambda kv: (not kv[0].bare, kv[0].name))]
 
     def family_labels(self, like: Series) -> list[str]:
         """The domain types measured on `like`'s hypervisor, as posts name them ('KVM', 'QEMU (TCG)')."""
@@ -242,17 +243,16 @@ class Data(RecordQueries):
             if not r.boot_method:
                 continue
             hv = hypervisors.for_domain_type(r.domain_type)
-            g = groups.setdefault((hv.name, r.guest_kind or "probe"), {"hv": hv, "types": set(), "methods": set()})
+            g = groups.setdefault((hv.name, kind_of_record(r)), {"hv": hv, "types": set(), "methods": set()})
             g["types"].add(_dtype(r))
             g["methods"].add(r.boot_method)
-        whose = {"probe": "probe kernels", "system": "the full system's kernel"}
         out = []
         for (_, kind), g in sorted(groups.items(), key=lambda kv: (min(hypervisors.rank(t) for t in kv[1]["types"]),
-                                                                   kv[0][1] != "probe", kv[0][1])):
+                                                                   not kv[0][1].bare, kv[0][1].name)):
             g["types"] = sorted(g["types"], key=hypervisors.rank)
             where = " and ".join(hypervisors.label(t) for t in g["types"])
             how = " or ".join(g["hv"].boot_words.get(m, m) for m in sorted(g["methods"], key=lambda m: (m != "pvh", m)))
-            out.append(f"{whose.get(kind, kind + ' kernels')} on {where} {how}")
+            out.append(f"{kind.kernels_as} on {where} {how}")
         return out
 
     def boot_methods(self, like: Series) -> list[dict]:
