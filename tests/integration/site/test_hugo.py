@@ -334,7 +334,8 @@ def test_a_republished_post_says_what_changed(tmp_path):
         "- Newly measured: RHEL6 on KVM at 8 GiB (saw 753.5 MiB).",
         "- No longer measured: Ubuntu Precise on KVM at 1 GiB (saw 959.5 MiB on 2026-11-12).",
     ], items
-    assert "*Updated 2026-12-01: 4 reading(s) changed since the previous publication" in text.split("## ", 1)[0]
+    assert ("*Updated 2026-12-01: 1 point newly measured, 1 reading moved, 1 outcome changed, 1 point no longer "
+            "measured since the previous publication") in " ".join(text.split("## ", 1)[0].split())
     assert "EVIL" not in text and "evil-" not in text and "alert(1)" not in text and "youtube" not in text
     build_all([m], site=site, quiet=True, clean=True)
     assert page.read_text() == text  # no change: the same bytes, no second entry
