@@ -206,17 +206,23 @@ class SeriesPoint(RecordQueries):
         return claimed(len(self.died), leaf("record", {**self.where, "status": ["oom", "panic"]}, "count"))
 
 
+    def _set_asides(self) -> list[tuple[float, bool]]:
+        """Per repeat: (MiB of `memory` its kernel did not count as usable at boot, whether that is the
+        kernel's own 'Memory: … reserved' figure because MemTotal at boot was never read)."""
+        out = []
+        for r in self.records:
+            boot = r.memtotal_boot_kib
+            if isinstance(boot, int) and 0 < boot <= r.memory_mib * 1024:
+                out.append((r.memory_mib - boot / 1024, False))
+            elif (reserved := reserved_mib(r)) is not None:   # a full system that died before it was read
+                out.append((reserved, True))
+        return out
+
     @property
     def set_aside_at_boot(self) -> float | None:
         """MiB of `memory` the guest's kernel did not count as usable at boot (memory minus MemTotal at
         boot), the median over every repeat that reported it, those that later died included."""
-        values = []
-        for r in self.records:
-            boot = r.memtotal_boot_kib
-            if isinstance(boot, int) and 0 < boot <= r.memory_mib * 1024:
-                values.append(r.memory_mib - boot / 1024)
-            elif reserved_mib(r) is not None:   # a full system: its kernel's own 'Memory: … reserved'
-                values.append(reserved_mib(r))
+        values = [v for v, _ in self._set_asides()]
         return self._claim(statistics.median(values), "set_aside_mib") if values else None
 
     @property
@@ -227,11 +233,9 @@ class SeriesPoint(RecordQueries):
 
     @property
     def set_aside_from_reserved(self) -> bool:
-        """Whether set_aside_at_boot is (partly) the kernel's own 'Memory: … reserved' figure: a full
-        system that died before its MemTotal at boot was read. That figure still counts the init code
-        and the initramfs the kernel frees later, so it is a little larger than memory minus MemTotal."""
-        return any(not (isinstance(r.memtotal_boot_kib, int) and 0 < r.memtotal_boot_kib <= r.memory_mib * 1024)
-                   and reserved_mib(r) is not None for r in self.records)
+        """Whether set_aside_at_boot is (partly) the kernel's own 'Memory: … reserved' figure, a slightly
+        different measure than memory minus MemTotal."""
+        return any(from_reserved for _, from_reserved in self._set_asides())
 
     @property
     def settled_kib(self) -> float | None:
@@ -240,23 +244,23 @@ class SeriesPoint(RecordQueries):
         values = [r.memtotal_settled_kib for r in self.ok if isinstance(r.memtotal_settled_kib, int)]
         return self._claim(statistics.median(values), "field:memtotal_settled_kib", ok=True) if values else None
 
+    def _floors(self) -> list[float]:
+        """For the repeats that died: the smallest size (MiB) the host saw the balloon leave the guest."""
+        return [low / 1024 for r in self.died if isinstance(low := _timeline_fact(r, "balloon_low_kib"), int) and low > 0]
+
     @property
     def balloon_floors(self) -> tuple | None:
-        """The smallest and the largest of balloon_floor's per-repeat values (MiB), each a claim."""
-        floors = [low / 1024 for r in self.died if isinstance(low := _timeline_fact(r, "balloon_low_kib"), int) and low > 0]
+        """The smallest and the largest of those per-repeat floors (MiB), each a claim."""
+        floors = self._floors()
         if not floors:
             return None
         return (self._claim(min(floors), "balloon_floor_mib", "min"), self._claim(max(floors), "balloon_floor_mib", "max"))
 
     @property
     def balloon_floor(self) -> float | None:
-        """For the repeats that died: the smallest size (MiB) the host saw the guest's balloon leave it,
-        the median over those repeats. The target was currentMemory; this is how close it came."""
-        floors = []
-        for r in self.died:
-            low = _timeline_fact(r, "balloon_low_kib")
-            if isinstance(low, int) and low > 0:
-                floors.append(low / 1024)
+        """The median of those floors over the repeats that died. The target was currentMemory; this is
+        how close the balloon came."""
+        floors = self._floors()
         return self._claim(statistics.median(floors), "balloon_floor_mib") if floors else None
 
     @property
