@@ -24,6 +24,23 @@ def _dtype_where(domain_type: str):
     return [domain_type, None] if hypervisors.domain_type_of(None) == domain_type else domain_type
 
 
+def _spread(boots: list, where: dict) -> dict | None:
+    """How far boots of one point differ among themselves (max - min, KiB): what the guest saw once settled,
+    and each item of the set-aside; None with fewer than two boots that give them (claims)."""
+    seen = [r.memtotal_settled_kib for r in boots if isinstance(r.memtotal_settled_kib, int)]
+    sets = [r.set_aside_kib for r in boots if isinstance(r.set_aside_kib, dict)]
+    if len(seen) < 2:
+        return None
+    out = {"seen_kib": claimed(max(seen), leaf("field:memtotal_settled_kib", where, "max"))
+           - claimed(min(seen), leaf("field:memtotal_settled_kib", where, "min")), "items": {}}
+    if len(sets) >= 2:
+        for name in sorted(set().union(*sets)):
+            vals = [d.get(name, 0) for d in sets]
+            out["items"][name] = (claimed(max(vals), leaf(f"item_kib:{name}", where, "max"))
+                                  - claimed(min(vals), leaf(f"item_kib:{name}", where, "min")))
+    return out
+
+
 class Data(RecordQueries):
     """What a post's Jinja template sees as `data`: the series and numbers worth quoting."""
 
@@ -335,8 +352,26 @@ class Data(RecordQueries):
                                            - claimed(statistics.median(d.get(name, 0) for d in ib),
                                                      leaf(f"item_kib:{name}", wb)))
                     out.append({"guest": kvm.guest_label, "memory_mib": p.memory_mib, "kvm_kib": ka, "tcg_kib": kb,
-                                "diff_kib": ka - kb, "items": items, "variant": kvm.variant})
+                                "diff_kib": ka - kb, "items": items, "variant": kvm.variant,
+                                "spread": {kvm.domain_type: _spread(p.ok, wa), twin: _spread(q.ok, wb)}})
         return out
+
+    def accelerator_spread(self) -> list[dict]:
+        """At the points of `accelerators()`, how far the boots of one point on one accelerator differ among
+        themselves: per accelerator, the largest spread (max - min over its boots) of what the guest saw and of
+        each item of the set-aside, KiB. Only points with two boots or more on that side count."""
+        per: dict[str, dict] = {}
+        for pair in self.accelerators():
+            for dtype, spread in pair["spread"].items():
+                if spread is None:
+                    continue
+                mine = per.setdefault(dtype, {"hypervisor": hypervisors.label(dtype), "domain_type": dtype,
+                                              "points": 0, "seen_kib": 0, "items": {}})
+                mine["points"] += 1
+                mine["seen_kib"] = max(mine["seen_kib"], spread["seen_kib"])
+                for name, kib in spread["items"].items():
+                    mine["items"][name] = max(mine["items"].get(name, 0), kib)
+        return sorted(per.values(), key=lambda d: hypervisors.rank(d["domain_type"]))
 
     def accelerator_items(self) -> dict[str, float]:
         """Per item of the set-aside, the largest difference between KVM and TCG at the same point (KiB)."""

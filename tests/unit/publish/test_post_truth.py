@@ -190,3 +190,34 @@ def test_the_update_notice_counts_what_the_newest_update_lists(page):
                   "change": "changes"}.get(words, words)
         said[plural] = int(n)
     assert said == counted
+
+
+def test_boot_to_boot_spread_beside_kvm_against_tcg_recomputed_from_the_records():
+    """How far boots of one point differ on each accelerator, and whether KVM against TCG is within that,
+    recomputed from the JSON records: points measured on KVM and on QEMU (TCG) with the same guest and sizes."""
+    import re
+    import statistics
+
+    text = _committed("memory-ballooning")
+    points: dict = {}
+    for r in _records("memory-ballooning"):
+        if r["status"] == "ok" and r["domain_type"] in ("kvm", "qemu"):
+            points.setdefault((r["guest"], r["memory_mib"], r["current_memory_mib"]), {}).setdefault(
+                r["domain_type"], []).append(r)
+    pairs = {k: v for k, v in points.items() if len(v) == 2}
+    assert pairs, "no point was measured on both KVM and TCG"
+    widest_gap = max(abs(statistics.median(r["memtotal_settled_kib"] for r in v["kvm"])
+                         - statistics.median(r["memtotal_settled_kib"] for r in v["qemu"])) for v in pairs.values())
+    spread = {}
+    for side, label in (("kvm", "KVM"), ("qemu", "QEMU (TCG)")):
+        seen = [max(r["memtotal_settled_kib"] for r in v[side]) - min(r["memtotal_settled_kib"] for r in v[side])
+                for v in pairs.values() if len(v[side]) >= 2]
+        spread[side] = max(seen)
+        assert re.search(rf"on {re.escape(label)}, what the guest saw by up to {max(seen):,} KiB", text), (label, seen)
+        tables = max(max(r["set_aside_kib"].get("page tables", 0) for r in v[side])
+                     - min(r["set_aside_kib"].get("page tables", 0) for r in v[side])
+                     for v in pairs.values() if len(v[side]) >= 2)
+        if tables:
+            assert f"page tables up to {tables:,} KiB" in text
+    said = "no larger than the difference between two boots of one point" in text
+    assert said == (widest_gap <= max(spread.values())), (widest_gap, spread)
