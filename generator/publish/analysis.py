@@ -45,12 +45,29 @@ class Data(RecordQueries):
     """What a post's Jinja template sees as `data`: the series and numbers worth quoting."""
 
     def __init__(self, records: list[dict], series: list[Series], planned: int, guest_order: list[str] = (),
-                 host_order: list[str] = ()):
+                 host_order: list[str] = (), scope: dict | None = None):
         self.records = [as_record(r) for r in records]
         self.series = series
         self.planned = planned
         self.guest_order = list(guest_order)
         self.host_order = list(host_order)
+        self.scope = dict(scope or {})   # what every record here shares beyond their own fields (claims)
+
+    def by_hypervisor(self) -> list[Data]:
+        """The same questions asked per hypervisor (domain type), in the posts' order: one Data each,
+        its claims selecting that domain type; [self] alone when the records hold one."""
+        types = sorted({_dtype(r) for r in self.records}, key=hypervisors.rank)
+        if len(types) <= 1:
+            return [self]
+        return [Data([r for r in self.records if _dtype(r) == dt], [s for s in self.series if s.domain_type == dt],
+                     planned=self.planned, guest_order=self.guest_order, host_order=self.host_order,
+                     scope={**self.scope, "domain_type": _dtype_where(dt)}) for dt in types]
+
+    @property
+    def hypervisor(self) -> str:
+        """The hypervisor these records were measured on, as posts name it ('' if several)."""
+        types = {_dtype(r) for r in self.records}
+        return hypervisors.label(types.pop()) if len(types) == 1 else ""
 
     @property
     def has_data(self) -> bool:
@@ -122,7 +139,7 @@ class Data(RecordQueries):
 
     @property
     def where(self) -> dict:
-        return point_where(self.records)
+        return {**point_where(self.records), **self.scope}
 
     @property
     def max_repeats(self) -> int:

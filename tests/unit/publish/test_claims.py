@@ -492,3 +492,27 @@ def test_a_plug_that_came_back_short_is_caught():
     plug = dict(short.plug, memtotal_unplugged_kib=short.plug["memtotal_before_kib"] - 4)
     planted = [results.as_record(dict(short, plug=plug)) if r is short else r for r in records]
     assert _every_plug_exact(planted) is False
+
+
+def test_seen_is_what_the_guest_printed_or_its_memtotal_less_the_balloon():
+    """The claims above recompute with the library's per-record reading of what the guest saw (`seen_mib`),
+    so that reading is checked here on its own, against other fields of the raw JSON: `free -m`'s total as
+    the probe printed it, or, with autodeflate (the balloon's pages stay in MemTotal), /proc/meminfo's
+    MemTotal less the balloon the host reports, to the nearest MiB."""
+    checked = autodeflate = 0
+    for path in sorted((ROOT / "experiments").glob("*/results/**/*.json")):
+        raw = json.loads(path.read_text())
+        if raw.get("status") != "ok" or not isinstance(raw.get("free_m"), dict):
+            continue
+        seen = series.seen_mib(raw)
+        model = raw.get("memory_model") or "balloon"
+        actual = (raw.get("balloon") or {}).get("actual")
+        if raw.get("autodeflate") and model == "balloon" and actual:
+            memtotal = raw["meminfo"]["MemTotal"]
+            balloon_kib = raw["memory_mib"] * 1024 - actual
+            assert seen == math.floor((memtotal - balloon_kib) / 1024 + 0.5), path
+            autodeflate += 1
+        else:
+            assert seen == raw["free_m"]["total"], path
+        checked += 1
+    assert checked >= 200 and autodeflate >= 8, (checked, autodeflate)
