@@ -465,10 +465,9 @@ def check_outcomes(records: list[dict]) -> dict:
                  f"{mib_label(r.current_memory_mib)}, repeat {r.repeat}")
         if predicted == lived:
             hits += 1
-        elif abs(m) < BORDERLINE_MIB:
-            borderline.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
-        else:
-            misses.append({"point": where, "margin_mib": round(m, 1), "status": r.status})
+        else:   # `record`: which record it is, for a page that states the margin (a claim)
+            (borderline if abs(m) < BORDERLINE_MIB else misses).append(
+                {"point": where, "margin_mib": round(m, 1), "status": r.status, "record": r})
     return {"judged": judged, "predicted": hits, "borderline": borderline, "missed": misses, "not_judged": not_judged,
             "not_judged_why": dict(sorted(not_judged_why.items())), "built_with_current": built_with_current}
 

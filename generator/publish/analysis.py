@@ -59,9 +59,40 @@ class Data(RecordQueries):
         types = sorted({_dtype(r) for r in self.records}, key=hypervisors.rank)
         if len(types) <= 1:
             return [self]
-        return [Data([r for r in self.records if _dtype(r) == dt], [s for s in self.series if s.domain_type == dt],
+        def type_of(s: Series) -> set[str]:   # by its records: a series of old records is 'unknown' itself
+            return {_dtype(r) for p in s.points for r in p.records}
+        return [Data([r for r in self.records if _dtype(r) == dt], [s for s in self.series if type_of(s) == {dt}],
                      planned=self.planned, guest_order=self.guest_order, host_order=self.host_order,
                      scope={**self.scope, "domain_type": _dtype_where(dt)}) for dt in types]
+
+    def outcomes_at(self, memory_mib: int) -> dict[int, bool]:
+        """At one `memory`: each `currentMemory` tried, and whether its guest lived (True) or its balloon
+        killed it (False); targets whose boots ended otherwise (refused, timed out) are left out."""
+        out: dict[int, bool] = {}
+        for s in self.series:
+            p = s.at(memory_mib)
+            if p is None:
+                continue
+            if p.ok:
+                out[s.current_memory_mib] = True
+            elif any(r.status in ("oom", "panic") for r in p.records):
+                out.setdefault(s.current_memory_mib, False)
+        return out
+
+    def lines_compared(self) -> dict | None:
+        """Between the hypervisors of `by_hypervisor()` (None unless several): the sizes at which all of them
+        tried the same targets, split into those where the same targets lived and died (`same`) and those
+        where they did not (`apart`). Sizes where their targets differ are in neither."""
+        parts = self.by_hypervisor()
+        if len(parts) < 2:
+            return None
+        same, apart = [], []
+        for v in self.memory_values:
+            seen = [d.outcomes_at(v) for d in parts]
+            if any(not o for o in seen) or any(set(o) != set(seen[0]) for o in seen):
+                continue
+            (same if all(o == seen[0] for o in seen) else apart).append(v)
+        return {"same": same, "apart": apart}
 
     @property
     def hypervisor(self) -> str:
@@ -373,22 +404,36 @@ class Data(RecordQueries):
                                 "spread": {kvm.domain_type: _spread(p.ok, wa), twin: _spread(q.ok, wb)}})
         return out
 
-    def accelerator_spread(self) -> list[dict]:
+    def accelerator_spread(self) -> dict:
         """At the points of `accelerators()`, how far the boots of one point on one accelerator differ among
-        themselves: per accelerator, the largest spread (max - min over its boots) of what the guest saw and of
-        each item of the set-aside, KiB. Only points with two boots or more on that side count."""
+        themselves, and whether KVM against TCG stays inside that.
+
+        `sides`: per accelerator whose boots of one point ever differed, the largest spread (max - min over
+        its boots) of what the guest saw and of each item that moved, KiB (points with two boots or more).
+        `within`: how many points' KVM-TCG difference is no larger than the larger spread of that point's
+        two sides (a side with one boot spreads 0); `beyond_kib`: the largest difference of the others."""
         per: dict[str, dict] = {}
-        for pair in self.accelerators():
+        pairs = self.accelerators()
+        inside, beyond = [], []
+        for pair in pairs:
+            widest = 0
             for dtype, spread in pair["spread"].items():
                 if spread is None:
                     continue
+                widest = max(widest, spread["seen_kib"])
                 mine = per.setdefault(dtype, {"hypervisor": hypervisors.label(dtype), "domain_type": dtype,
-                                              "points": 0, "seen_kib": 0, "items": {}})
-                mine["points"] += 1
-                mine["seen_kib"] = max(mine["seen_kib"], spread["seen_kib"])
+                                              "seen_kib": None, "items": {}})
+                if spread["seen_kib"] > 0 and (mine["seen_kib"] is None or spread["seen_kib"] > mine["seen_kib"]):
+                    mine["seen_kib"] = spread["seen_kib"]          # the claim itself, with its query
                 for name, kib in spread["items"].items():
-                    mine["items"][name] = max(mine["items"].get(name, 0), kib)
-        return sorted(per.values(), key=lambda d: hypervisors.rank(d["domain_type"]))
+                    if kib > 0 and (name not in mine["items"] or kib > mine["items"][name]):
+                        mine["items"][name] = kib
+            (inside if abs(pair["diff_kib"]) <= widest else beyond).append(pair)
+        per = {dt: side for dt, side in per.items() if side["seen_kib"] is not None}   # sides whose boots differed
+        count = lambda chosen: claimed(len(chosen), {"op": "count", "args": [p["diff_kib"].query for p in chosen]})
+        return {"sides": sorted(per.values(), key=lambda d: hypervisors.rank(d["domain_type"])),
+                "points": count(pairs), "within": count(inside),
+                "beyond_kib": max((abs(p["diff_kib"]) for p in beyond), default=None)}
 
     def accelerator_items(self) -> dict[str, float]:
         """Per item of the set-aside, the largest difference between KVM and TCG at the same point (KiB)."""
@@ -459,13 +504,23 @@ class Data(RecordQueries):
     @property
     def outcomes(self) -> dict:
         """The survival condition checked against every outcome of these records (predict.py)."""
-        from ..predict import check_outcomes
+        from ..predict import check_outcomes, margin_mib
 
         out = dict(check_outcomes(self.records))
         where = self.where
         for key in ("judged", "predicted", "built_with_current", "not_judged"):
             if isinstance(out.get(key), int):
                 out[key] = claimed(out[key], {"outcomes": key, "where": where})
+        for key in ("missed", "borderline"):   # each figure a claim on its own record (macros.point prints it)
+            entries = []
+            for e in out.get(key) or []:
+                r = e["record"]
+                one = {**point_where([r]), "repeat": r.repeat}
+                entries.append({**e, "where": f"{r.get('experiment')}/{r.host}/{r.guest}",
+                                "memory_mib": size(r.memory_mib), "current_memory_mib": size(r.current_memory_mib),
+                                "repeat": claimed(r.repeat, leaf("field:repeat", one, "one")),
+                                "margin_mib": claimed(margin_mib(r), leaf("margin_mib", one, "one"))})
+            out[key] = entries
         out["n_missed"] = claimed(len(out.get("missed") or []), {"outcomes": "n_missed", "where": where})
         out["n_borderline"] = claimed(len(out.get("borderline") or []), {"outcomes": "n_borderline", "where": where})
         if isinstance(out.get("not_judged_why"), dict):
