@@ -364,8 +364,11 @@ class Data(RecordQueries):
             where = {**self.where, "domain_type": _dtype_where(dt), "kernel_parameters": params}
             hv = hypervisors.for_domain_type(dt)
             twins = [r for r in self.records if _dtype(r) != dt and hypervisors.for_domain_type(r.domain_type) is hv]
+            without = [r for r in self.records if _dtype(r) == dt and not r.kernel_parameters]
             out.append({"hypervisor": hypervisors.label(dt), "parameters": params,
                         "all": len(mine) == sum(1 for r in self.records if _dtype(r) == dt),
+                        "without": claimed(len(without), leaf("record", {**self.where, "domain_type": _dtype_where(dt),
+                                                                         "kernel_parameters": None}, "count")),
                         "twins_without": bool(twins) and not any(r.kernel_parameters for r in twins),
                         "n": claimed(len(mine), leaf("record", where, "count")),
                         "lo": claimed(min(r.memory_mib for r in mine), leaf("field:memory_mib", where, "min")),
